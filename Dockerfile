@@ -1,0 +1,14 @@
+# quantledger services image: llama.cpp (through llama-cpp-python) compiled for the build machine's CPU.
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake git \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY services ./services
+COPY registry_client ./registry_client
+COPY protos ./protos
+RUN python -m pip install --no-cache-dir .
+ENV QUANTLEDGER_HOME=/data
+VOLUME ["/data"]
+EXPOSE 50051
+CMD ["quantledger", "serve", "quantize", "--host", "0.0.0.0", "--port", "50051"]

@@ -1,0 +1,406 @@
+"""The ``quantledger`` command line.
+
+Every command takes ``--json`` (the proto JSON mapping with proto field names; ``watch`` prints JSON
+lines) and ``--server HOST:PORT``. Exit status: 0 on success, 1 on a failure (the error reason is
+printed), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from quantledger import __version__
+from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
+from quantledger.config import DEFAULT_PORT, Settings
+from quantledger.errors import QuantledgerError
+from quantledger.v1 import quantize_service_pb2 as pb
+from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
+
+
+class CommandFailed(Exception):
+    """A command failed with a reason; printed by main()."""
+
+    def __init__(self, reason: str, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.code = code
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (proto field names)")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("QUANTLEDGER_SERVER", f"127.0.0.1:{DEFAULT_PORT}"),
+        help="HOST:PORT of the gRPC server (default $QUANTLEDGER_SERVER or 127.0.0.1:50051)",
+    )
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="gRPC port (default 50051)")
+    parser.add_argument("--chain-port", type=int, default=None, help="JSON-RPC port of the embedded chain (8545)")
+    parser.add_argument("--chain-url", default=None, help="JSON-RPC URL of an external chain")
+    parser.add_argument("--max-parallel-jobs", type=int, default=None, help="jobs run at once (default 1)")
+
+
+def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
+    parser.add_argument("source", help="GGUF file (F32/F16/BF16), or a directory holding one")
+    parser.add_argument("--quant", "-q", action="append", required=True, metavar="TYPE", help="e.g. Q4_K_M; repeat")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: one per core)")
+    parser.add_argument("--allow-requantize", action="store_true", help="accept an already quantized source")
+    parser.add_argument("--leave-output-tensor", action="store_true", help="keep output.weight unquantized")
+    parser.add_argument("--pure", action="store_true", help="no per-tensor upgrades of the mix")
+    parser.add_argument("--output-tensor-type", default="", metavar="GGML_TYPE")
+    parser.add_argument("--token-embedding-type", default="", metavar="GGML_TYPE")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="REGEX=GGML_TYPE", help="per-tensor type; repeat"
+    )
+    parser.add_argument("--keep-split", action="store_true", help="split outputs like a split source")
+    parser.add_argument("--imatrix", default="", metavar="FILE", help="importance matrix (GGUF or .dat)")
+    parser.add_argument(
+        "--out",
+        default="",
+        required=out_required,
+        metavar="DIR",
+        help="output directory" + ("" if out_required else " (default: data dir)"),
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantledger", description="llama.cpp GGUF quantization as a service")
+    parser.add_argument("--version", action="version", version=f"quantledger {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="make a small model and run the whole pipeline on it")
+    _add_common(demo)
+
+    up = commands.add_parser("up", help="run every service in one process (gRPC 127.0.0.1:50051)")
+    _add_common(up)
+    _add_serve_flags(up)
+
+    serve = commands.add_parser("serve", help="run one service")
+    _add_common(serve)
+    serve.add_argument("service", choices=["quantize"], help="service to run")
+    _add_serve_flags(serve)
+
+    submit = commands.add_parser("submit", help="create a quantization job")
+    _add_common(submit)
+    _add_job_inputs(submit)
+    submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    submit.add_argument("--request-id", default="", help="idempotency key: a retry returns the same job")
+
+    jobs = commands.add_parser("jobs", help="list, show, watch or cancel jobs")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    listing = job_commands.add_parser("list", help="list jobs, newest first")
+    _add_common(listing)
+    listing.add_argument("--page-size", type=int, default=0)
+    listing.add_argument("--page-token", default="")
+    for action, text in (
+        ("show", "show one job"),
+        ("watch", "follow a job until it ends"),
+        ("cancel", "cancel a job"),
+    ):
+        sub = job_commands.add_parser(action, help=text)
+        _add_common(sub)
+        sub.add_argument("name", help="job name (jobs/ID) or id")
+
+    estimate = commands.add_parser("estimate", help="predict sizes, disk and time without running")
+    _add_common(estimate)
+    _add_job_inputs(estimate)
+
+    types = commands.add_parser("quant-types", help="list the quantization types llama.cpp offers")
+    _add_common(types)
+
+    quantize = commands.add_parser("quantize", help="quantize locally with the same engine, no server")
+    _add_common(quantize)
+    _add_job_inputs(quantize, out_required=True)
+    return parser
+
+
+def _source_argument(source: str) -> str:
+    """Make a local path absolute: the server resolves paths from its own directory."""
+    looks_local = source.startswith((".", "/", "~")) or source.endswith(".gguf") or source.count("/") != 1
+    if os.path.exists(source) or looks_local:
+        return os.path.abspath(os.path.expanduser(source))
+    return source
+
+
+def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
+    overrides = []
+    for item in args.override:
+        pattern, sep, type_name = item.rpartition("=")
+        if not sep or not pattern or not type_name:
+            raise CommandFailed(
+                "INVALID_ARGUMENT", f"--override {item!r}: expected REGEX=GGML_TYPE", "INVALID_ARGUMENT"
+            )
+        overrides.append(pb.TensorTypeOverride(pattern=pattern, type=type_name))
+    return pb.QuantizeJob(
+        source=_source_argument(args.source),
+        quant_types=args.quant,
+        options=pb.QuantizeOptions(
+            threads=args.threads,
+            allow_requantize=args.allow_requantize,
+            leave_output_tensor=args.leave_output_tensor,
+            pure=args.pure,
+            output_tensor_type=args.output_tensor_type,
+            token_embedding_type=args.token_embedding_type,
+            tensor_type_overrides=overrides,
+            keep_split=args.keep_split,
+            imatrix_path=os.path.abspath(args.imatrix) if args.imatrix else "",
+            output_dir=os.path.abspath(args.out) if args.out else "",
+            overwrite=args.overwrite,
+        ),
+    )
+
+
+def _job_name(name: str) -> str:
+    return name if name.startswith("jobs/") else f"jobs/{name}"
+
+
+# ------------------------------------------------------------------ client commands
+
+
+def _stub(args: argparse.Namespace) -> pb_grpc.QuantizeServiceStub:
+    channel = grpc.insecure_channel(args.server)
+    return pb_grpc.QuantizeServiceStub(channel)
+
+
+def follow(jobs: Iterator[pb.QuantizeJob], args: argparse.Namespace, *, lines: bool) -> pb.QuantizeJob:
+    """Show snapshots (a bar, or JSON lines) and return the last one."""
+    bar = None if args.json else ProgressBar()
+    last: pb.QuantizeJob | None = None
+    try:
+        for job in jobs:
+            last = job
+            if args.json and lines:
+                print_json(job)
+            elif bar is not None:
+                bar.update(job)
+    finally:
+        if bar is not None:
+            bar.close()
+    assert last is not None
+    return last
+
+
+def _finish_job(job: pb.QuantizeJob, args: argparse.Namespace, *, printed: bool = False) -> int:
+    if not printed:
+        if args.json:
+            print_json(job)
+        else:
+            print_job(job)
+    if job.state == pb.QuantizeJob.STATE_SUCCEEDED:
+        return 0
+    if job.state in (pb.QuantizeJob.STATE_FAILED, pb.QuantizeJob.STATE_CANCELLED):
+        reason = error_reason(job) if job.error.code else state_name(job)
+        print(f"error: {reason}: {job.error.message or state_name(job)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    stub = _stub(args)
+    job = stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job_request(args), request_id=args.request_id))
+    if not args.wait:
+        if args.json:
+            print_json(job)
+        else:
+            print_job(job)
+        return 0
+    if not args.json:
+        print(f"{job.name} created; following it (Ctrl-C stops following, not the job)", file=sys.stderr)
+    final = follow(stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name)), args, lines=False)
+    return _finish_job(final, args)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    stub = _stub(args)
+    action = args.jobs_command
+    if action == "list":
+        response = stub.ListQuantizeJobs(
+            pb.ListQuantizeJobsRequest(page_size=args.page_size, page_token=args.page_token)
+        )
+        if args.json:
+            print_json(response)
+            return 0
+        for job in response.jobs:
+            types = ",".join(job.quant_types)
+            print(f"{job.name}  {state_name(job):<9}  {types:<24}  {job.source}")
+        if response.next_page_token:
+            print(f"more: --page-token {response.next_page_token}")
+        return 0
+    name = _job_name(args.name)
+    if action == "show":
+        job = stub.GetQuantizeJob(pb.GetQuantizeJobRequest(name=name))
+        if args.json:
+            print_json(job)
+        else:
+            print_job(job)
+        return 0
+    if action == "watch":
+        final = follow(stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=name)), args, lines=True)
+        return _finish_job(final, args, printed=args.json)
+    job = stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=name))
+    if args.json:
+        print_json(job)
+    else:
+        print_job(job)
+    return 0
+
+
+def print_estimate(response: pb.EstimateQuantizeJobResponse) -> None:
+    from quantledger.cli.render import human_bytes
+
+    info = response.source_info
+    print(
+        f"source  {info.path}  ({info.architecture}, {info.parameter_count:,} parameters, {human_bytes(info.size_bytes)})"
+    )
+    for output in response.outputs:
+        basis = "measured" if output.throughput_basis == pb.THROUGHPUT_BASIS_MEASURED else "default"
+        print(
+            f"  {output.quant_type:<10} {output.size_bytes:>14,} bytes  {output.bits_per_weight:6.3f} BPW  "
+            f"fallbacks {output.fallback_tensor_count:<3} ~{output.duration.ToTimedelta().total_seconds():.1f}s ({basis})"
+        )
+    fits = "fits" if response.fits_on_disk else "DOES NOT FIT"
+    print(
+        f"disk    needs {human_bytes(response.disk_bytes_needed)}, {human_bytes(response.disk_bytes_free)} free "
+        f"in {response.output_dir}: {fits}"
+    )
+    print(f"time    ~{response.duration.ToTimedelta().total_seconds():.1f}s")
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    response = _stub(args).EstimateQuantizeJob(pb.EstimateQuantizeJobRequest(job=job_request(args)))
+    if args.json:
+        print_json(response)
+    else:
+        print_estimate(response)
+    return 0
+
+
+def cmd_quant_types(args: argparse.Namespace) -> int:
+    response = _stub(args).ListQuantTypes(pb.ListQuantTypesRequest())
+    if args.json:
+        print_json(response)
+        return 0
+    print(f"{'TYPE':<10} {'FTYPE':>5}  {'FAMILY':<8} {'BPW':>5}  IMATRIX  DESCRIPTION")
+    for t in response.quant_types:
+        bpw = f"{t.typical_bits_per_weight:.2f}" if t.typical_bits_per_weight else "-"
+        print(
+            f"{t.name:<10} {t.file_type:>5}  {t.family:<8} {bpw:>5}  {'yes' if t.requires_imatrix else '':<7}  {t.description}"
+        )
+    print(f"({response.llama_cpp_version})")
+    return 0
+
+
+# ------------------------------------------------------------------ local commands
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        host=args.host, port=args.port, chain_port=args.chain_port, chain_url=args.chain_url,
+        max_parallel_jobs=args.max_parallel_jobs,
+    )  # fmt: skip
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from quantledger.grpc_api.server import serve
+
+    settings = _settings(args)
+    if args.chain_url or args.chain_port:
+        print(
+            "note: the registry chain is not part of this release yet; --chain-* flags are accepted",
+            file=sys.stderr,
+        )
+    asyncio.run(serve(settings, ["quantize"]))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from quantledger.cli.local import quantize_locally
+
+    job = quantize_locally(job_request(args), show_progress=not args.json)
+    return _finish_job(job, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from quantledger.cli.demo import run_demo
+
+    return run_demo(json_output=args.json)
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo,
+    "up": cmd_serve,
+    "serve": cmd_serve,
+    "submit": cmd_submit,
+    "jobs": cmd_jobs,
+    "estimate": cmd_estimate,
+    "quant-types": cmd_quant_types,
+    "quantize": cmd_quantize,
+}
+
+
+def _rpc_failure(exc: grpc.RpcError) -> CommandFailed:
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return CommandFailed(info.reason, status.message, code)
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == "UNAVAILABLE":
+        return CommandFailed(
+            "SERVER_UNAVAILABLE",
+            f"no quantledger server answers: {details} (start one with `quantledger up`)",
+            code,
+        )
+    return CommandFailed(code, str(details), code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("QUANTLEDGER_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        return HANDLERS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except grpc.RpcError as exc:
+        failure = _rpc_failure(exc)
+    except QuantledgerError as exc:
+        failure = CommandFailed(exc.reason, exc.message, exc.code)
+    except CommandFailed as exc:
+        failure = exc
+    error: dict[str, Any] = {"error": {"reason": failure.reason, "code": failure.code, "message": failure.message}}
+    if as_json:
+        print_json(error)
+    print(f"error: {failure.reason}: {failure.message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "to_json"]

@@ -1,0 +1,124 @@
+"""Human and JSON output of the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from quantledger.v1 import quantize_service_pb2 as pb
+
+MIB = 1 << 20
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """The proto JSON mapping with proto field names (what --json prints)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def print_json(data: Any, stream: TextIO = sys.stdout) -> None:
+    stream.write(json.dumps(data if not isinstance(data, Message) else to_json(data), indent=None) + "\n")
+    stream.flush()
+
+
+def state_name(job: pb.QuantizeJob) -> str:
+    return pb.QuantizeJob.State.Name(job.state).removeprefix("STATE_")
+
+
+def stage_name(job: pb.QuantizeJob) -> str:
+    return pb.QuantizeJob.Stage.Name(job.stage).removeprefix("STAGE_")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def error_reason(job: pb.QuantizeJob) -> str:
+    from google.rpc import error_details_pb2
+
+    for detail in job.error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return "UNKNOWN"
+
+
+class ProgressBar:
+    """One self-rewriting line on a terminal; plain lines every few seconds elsewhere."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self._stream = stream
+        self._width = width
+        self._tty = stream.isatty()
+        self._last_plain = 0.0
+        self._drawn = False
+
+    def update(self, job: pb.QuantizeJob) -> None:
+        progress = job.progress
+        fraction = progress.fraction
+        filled = round(fraction * self._width)
+        bar = "#" * filled + "." * (self._width - filled)
+        eta = progress.eta.ToTimedelta().total_seconds() if progress.HasField("eta") else None
+        state = state_name(job)
+        what = stage_name(job) if state == "RUNNING" else state
+        line = (
+            f"{what:<10} {progress.current_quant_type or '-':<8} [{bar}] {fraction * 100:5.1f}% "
+            f"{human_bytes(progress.bytes_done)}/{human_bytes(progress.bytes_total)} "
+            f"out {progress.outputs_done}/{progress.outputs_total}"
+        )
+        if eta is not None and state == "RUNNING":
+            line += f" ETA {eta:4.0f}s"
+        if progress.current_tensor and state == "RUNNING":
+            line += f" {progress.current_tensor}"
+        if self._tty:
+            self._stream.write("\r\x1b[2K" + line[:200])
+            self._drawn = True
+            self._stream.flush()
+        elif time.monotonic() - self._last_plain >= 2 or state != "RUNNING":
+            self._last_plain = time.monotonic()
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+
+
+def print_job(job: pb.QuantizeJob, stream: TextIO = sys.stdout) -> None:
+    out = stream.write
+    out(f"{job.name}  {state_name(job)}")
+    if job.stage:
+        out(f" ({stage_name(job)})")
+    out("\n")
+    out(f"  source       {job.source}\n")
+    if job.source_info.path:
+        info = job.source_info
+        out(
+            f"               {info.architecture}, {info.parameter_count:,} parameters, {human_bytes(info.size_bytes)}\n"
+        )
+    out(f"  quant types  {', '.join(job.quant_types)}\n")
+    out(f"  output dir   {job.output_dir}\n")
+    if job.state == pb.QuantizeJob.STATE_RUNNING:
+        p = job.progress
+        out(
+            f"  progress     {p.fraction * 100:.1f}% ({human_bytes(p.bytes_done)} of "
+            f"{human_bytes(p.bytes_total)}), {p.current_quant_type} {p.current_tensor}\n"
+        )
+    for artifact in job.outputs:
+        out(
+            f"  {artifact.quant_type:<12} {artifact.size_bytes:>14,} bytes  {artifact.bits_per_weight:6.3f} BPW  "
+            f"x{artifact.compression_ratio:.2f}  fallbacks {artifact.fallback_tensor_count}\n"
+            f"               sha256 {artifact.sha256}\n               {artifact.path}\n"
+        )
+    if job.HasField("error") and job.error.code:
+        out(f"  error        {error_reason(job)}: {job.error.message}\n")

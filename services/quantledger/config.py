@@ -1,0 +1,72 @@
+"""Settings: command-line flags win, then ``QUANTLEDGER_*`` environment variables, then defaults."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 50051
+DEFAULT_CHAIN_PORT = 8545
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the services read from their environment."""
+
+    home: pathlib.Path
+    allowed_roots: tuple[pathlib.Path, ...]
+    max_parallel_jobs: int = 1
+    disk_reserve_bytes: int = 256 << 20
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    chain_port: int = DEFAULT_CHAIN_PORT
+    chain_url: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def database(self) -> pathlib.Path:
+        return self.home / "jobs.sqlite3"
+
+    @property
+    def artifacts(self) -> pathlib.Path:
+        return self.home / "artifacts"
+
+    @property
+    def logs(self) -> pathlib.Path:
+        return self.home / "logs"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.artifacts, self.logs):
+            path.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Build settings from the environment; keyword arguments (flags) take precedence when not None."""
+        home = pathlib.Path(os.environ.get("QUANTLEDGER_HOME") or "~/.quantledger").expanduser().resolve()
+        roots_raw = os.environ.get("QUANTLEDGER_ALLOWED_ROOTS", "")
+        roots = [pathlib.Path(r).expanduser() for r in roots_raw.split(os.pathsep) if r.strip()]
+        if not roots:
+            roots = [home, pathlib.Path.cwd()]
+        values: dict[str, object] = {
+            "home": home,
+            "allowed_roots": tuple(r.resolve() for r in roots),
+            "max_parallel_jobs": max(1, _env_int("QUANTLEDGER_MAX_PARALLEL_JOBS", 1)),
+            "disk_reserve_bytes": max(0, _env_int("QUANTLEDGER_DISK_RESERVE_BYTES", 256 << 20)),
+            "host": os.environ.get("QUANTLEDGER_HOST") or "127.0.0.1",
+            "port": _env_int("QUANTLEDGER_PORT", DEFAULT_PORT),
+            "chain_port": _env_int("QUANTLEDGER_CHAIN_PORT", DEFAULT_CHAIN_PORT),
+            "chain_url": os.environ.get("QUANTLEDGER_CHAIN_URL", ""),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,182 @@
+"""Domain objects <-> quantledger.v1 messages. No rules here, only field mapping."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from quantledger.errors import DOMAIN
+from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, Options, SourceInfo
+from quantledger.quantize.catalogue import QuantType
+from quantledger.quantize.estimate import Estimate
+from quantledger.v1 import quantize_service_pb2 as pb
+
+_CODE_NUMBERS = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
+    "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
+    "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}  # fmt: skip
+
+
+def code_number(code: str) -> int:
+    """Canonical status code number of a code name such as "NOT_FOUND"."""
+    return _CODE_NUMBERS.get(code, 13)
+
+
+def status_of(error: JobError) -> status_pb2.Status:
+    """google.rpc.Status carrying an ErrorInfo with the error's reason."""
+    status = status_pb2.Status(code=code_number(error.code), message=error.message)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    status.details.add().Pack(info)
+    return status
+
+
+def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _duration(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(max(0.0, seconds) * 1e9))
+    return value
+
+
+def options_from_proto(message: pb.QuantizeOptions) -> Options:
+    return Options(
+        threads=message.threads,
+        allow_requantize=message.allow_requantize,
+        leave_output_tensor=message.leave_output_tensor,
+        pure=message.pure,
+        output_tensor_type=message.output_tensor_type,
+        token_embedding_type=message.token_embedding_type,
+        tensor_type_overrides=tuple((o.pattern, o.type) for o in message.tensor_type_overrides),
+        keep_split=message.keep_split,
+        imatrix_path=message.imatrix_path,
+        output_dir=message.output_dir,
+        overwrite=message.overwrite,
+    )
+
+
+def options_to_proto(options: Options) -> pb.QuantizeOptions:
+    return pb.QuantizeOptions(
+        threads=options.threads,
+        allow_requantize=options.allow_requantize,
+        leave_output_tensor=options.leave_output_tensor,
+        pure=options.pure,
+        output_tensor_type=options.output_tensor_type,
+        token_embedding_type=options.token_embedding_type,
+        tensor_type_overrides=[pb.TensorTypeOverride(pattern=p, type=t) for p, t in options.tensor_type_overrides],
+        keep_split=options.keep_split,
+        imatrix_path=options.imatrix_path,
+        output_dir=options.output_dir,
+        overwrite=options.overwrite,
+    )
+
+
+def spec_from_proto(job: pb.QuantizeJob) -> JobSpec:
+    return JobSpec(source=job.source, quant_types=tuple(job.quant_types), options=options_from_proto(job.options))
+
+
+def source_info_to_proto(info: SourceInfo | None) -> pb.SourceInfo | None:
+    if info is None:
+        return None
+    return pb.SourceInfo(
+        path=info.path,
+        architecture=info.architecture,
+        size_bytes=info.size_bytes,
+        parameter_count=info.parameter_count,
+        file_type=info.file_type,
+        tensor_count=info.tensor_count,
+        model_name=info.model_name,
+        tensor_bytes=info.tensor_bytes,
+    )
+
+
+def artifact_to_proto(artifact: Artifact) -> pb.QuantizedArtifact:
+    return pb.QuantizedArtifact(
+        quant_type=artifact.quant_type,
+        path=artifact.path,
+        size_bytes=artifact.size_bytes,
+        sha256=artifact.sha256,
+        bits_per_weight=artifact.bits_per_weight,
+        fallback_tensor_count=artifact.fallback_tensor_count,
+        tensor_count=artifact.tensor_count,
+        source_size_bytes=artifact.source_size_bytes,
+        compression_ratio=artifact.compression_ratio,
+        quantize_duration=_duration(artifact.quantize_seconds),
+        file_type=artifact.file_type,
+    )
+
+
+def job_to_proto(job: Job) -> pb.QuantizeJob:
+    progress = job.progress
+    return pb.QuantizeJob(
+        name=job.name,
+        source=job.spec.source,
+        quant_types=list(job.spec.quant_types),
+        options=options_to_proto(job.spec.options),
+        state=pb.QuantizeJob.State.Value(f"STATE_{job.state.value}"),
+        stage=pb.QuantizeJob.Stage.Value(f"STAGE_{job.stage.value}") if job.stage.value != "NONE" else 0,
+        progress=pb.Progress(
+            fraction=progress.fraction,
+            bytes_done=progress.bytes_done,
+            bytes_total=progress.bytes_total,
+            current_tensor=progress.current_tensor,
+            current_quant_type=progress.current_quant_type,
+            tensors_done=progress.tensors_done,
+            tensors_total=progress.tensors_total,
+            outputs_done=progress.outputs_done,
+            outputs_total=progress.outputs_total,
+            eta=_duration(progress.eta_seconds),
+            bytes_per_second=progress.bytes_per_second,
+        ),
+        outputs=[artifact_to_proto(a) for a in job.outputs],
+        error=status_of(job.error) if job.error else None,
+        create_time=_timestamp(job.create_time),
+        start_time=_timestamp(job.start_time),
+        end_time=_timestamp(job.end_time),
+        request_id=job.request_id,
+        source_info=source_info_to_proto(job.source_info),
+        output_dir=job.output_dir,
+    )
+
+
+def estimate_to_proto(estimate: Estimate) -> pb.EstimateQuantizeJobResponse:
+    return pb.EstimateQuantizeJobResponse(
+        outputs=[
+            pb.OutputEstimate(
+                quant_type=o.quant_type,
+                size_bytes=o.size_bytes,
+                bits_per_weight=o.bits_per_weight,
+                fallback_tensor_count=o.fallback_tensor_count,
+                duration=_duration(o.seconds),
+                throughput_bytes_per_second=o.throughput,
+                throughput_basis=pb.THROUGHPUT_BASIS_MEASURED if o.measured else pb.THROUGHPUT_BASIS_DEFAULT,
+            )
+            for o in estimate.outputs
+        ],
+        disk_bytes_needed=estimate.disk_bytes_needed,
+        disk_bytes_free=estimate.disk_bytes_free,
+        fits_on_disk=estimate.fits_on_disk,
+        duration=_duration(estimate.seconds),
+        source_info=source_info_to_proto(estimate.source_info),
+        output_dir=estimate.output_dir,
+    )
+
+
+def quant_type_to_proto(quant_type: QuantType) -> pb.QuantType:
+    return pb.QuantType(
+        name=quant_type.name,
+        file_type=quant_type.file_type,
+        family=quant_type.family,
+        requires_imatrix=quant_type.requires_imatrix,
+        typical_bits_per_weight=quant_type.typical_bits_per_weight,
+        description=quant_type.description,
+    )

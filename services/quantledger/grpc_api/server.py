@@ -1,0 +1,102 @@
+"""One grpc.aio server hosting the quantledger services, health and reflection.
+
+SIGTERM or SIGINT shut it down gracefully: health turns NOT_SERVING, running jobs are stopped
+(worker killed, partial files removed, job marked INTERRUPTED), then the server stops with a grace
+period for calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from quantledger.config import Settings
+from quantledger.grpc_api.quantize_servicer import QuantizeServicer
+from quantledger.jobs.engine import JobEngine
+from quantledger.jobs.store import SqliteJobStore
+from quantledger.quantize.catalogue import catalogue
+from quantledger.v1 import quantize_service_pb2 as pb
+from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+GRACE_SECONDS = 5.0
+SERVICES = ("quantize",)
+
+
+class QuantledgerServer:
+    """The gRPC server and the engines behind it."""
+
+    def __init__(self, settings: Settings, services: Sequence[str] = SERVICES) -> None:
+        unknown = sorted(set(services) - set(SERVICES))
+        if unknown:
+            raise ValueError(f"unknown services {unknown}; available: {', '.join(SERVICES)}")
+        self.settings = settings
+        self._services = tuple(services)
+        self._server = grpc.aio.server()
+        self._health = health.aio.HealthServicer()
+        self._engine: JobEngine | None = None
+        self._stopped = asyncio.Event()
+        self.port = 0
+
+    async def start(self) -> int:
+        settings = self.settings
+        settings.ensure_dirs()
+        await asyncio.to_thread(catalogue)  # probe llama.cpp's types once, before the first request
+        names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+        if "quantize" in self._services:
+            self._engine = JobEngine(settings, SqliteJobStore(str(settings.database)))
+            await self._engine.start()
+            pb_grpc.add_QuantizeServiceServicer_to_server(QuantizeServicer(self._engine), self._server)
+            names.append(pb.DESCRIPTOR.services_by_name["QuantizeService"].full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(names, self._server)
+        address = f"{settings.host}:{settings.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._server.start()
+        for name in [*names, ""]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self) -> None:
+        """Graceful shutdown (idempotent)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("shutting down: health NOT_SERVING, stopping running jobs")
+        await self._health.enter_graceful_shutdown()
+        if self._engine is not None:
+            await self._engine.shutdown()
+        await self._server.stop(GRACE_SECONDS)
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings, services: Sequence[str] = SERVICES, *, announce: bool = True) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    server = QuantledgerServer(settings, services)
+    port = await server.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.stop()))
+    if announce:
+        print(
+            f"quantledger serving {', '.join(services)} on {settings.host}:{port} (data dir {settings.home})",
+            flush=True,
+        )
+    try:
+        await server.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)

@@ -1,0 +1,447 @@
+"""The job engine: validate, queue, run, watch and cancel quantization jobs.
+
+Runs inside an asyncio loop. Jobs wait in the store as QUEUED; up to ``max_parallel_jobs`` run at
+once, each output in its own worker process (see quantize/runner.py). A running job's progress
+lives in memory and reaches the store every couple of seconds; state changes reach it at once.
+Cancel kills the worker's process group and removes partial files; shutdown does the same to every
+running job and marks it INTERRUPTED; a restart after a kill -9 marks jobs left RUNNING the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import json
+import logging
+import os
+import pathlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+from quantledger.config import Settings
+from quantledger.errors import (
+    InsufficientDisk,
+    Interrupted,
+    InvalidArgument,
+    JobAlreadyFinished,
+    JobNotFound,
+    QuantledgerError,
+    RequestIdConflict,
+)
+from quantledger.gguf_header import read_gguf_header
+from quantledger.hashing import sha256_file
+from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, JobState, Progress, Stage
+from quantledger.jobs.store import DuplicateRequestId, JobStore
+from quantledger.quantize.estimate import Estimate, estimate, throughput_for
+from quantledger.quantize.plan import PARTIAL_SUFFIX, PlannedOutput, QuantizePlan, make_plan
+from quantledger.quantize.runner import WorkerProcess
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_REQUEST_ID_LENGTH = 128
+PROGRESS_SAVE_SECONDS = 2.0
+# Runs shorter than this say more about process start-up than about throughput.
+MIN_BYTES_FOR_THROUGHPUT = 16 << 20
+
+
+def _error_of(exc: QuantledgerError) -> JobError:
+    return JobError(code=exc.code, reason=exc.reason, message=exc.message, metadata=dict(exc.metadata))
+
+
+def encode_page_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"before": seq}).encode()).decode()
+
+
+def decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        before = json.loads(base64.urlsafe_b64decode(token.encode()))["before"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument("page_token is not a token this service issued") from exc
+    if not isinstance(before, int):
+        raise InvalidArgument("page_token is not a token this service issued")
+    return before
+
+
+class JobEngine:
+    """Owns every job of one data dir."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self._settings = settings
+        self._store = store
+        self._live: dict[str, Job] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._workers: dict[str, WorkerProcess] = {}
+        self._stop_reason: dict[str, str] = {}
+        self._changed: asyncio.Condition | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Recover from an unclean stop and start taking queued jobs."""
+        self._settings.ensure_dirs()
+        self._changed = asyncio.Condition()
+        self._wakeup = asyncio.Event()
+        self.recover_interrupted()
+        self._scheduler = asyncio.create_task(self._schedule(), name="quantledger-scheduler")
+
+    def recover_interrupted(self) -> list[str]:
+        """Jobs a dead server left RUNNING become FAILED (INTERRUPTED); their partial files go."""
+        recovered = []
+        for job in self._store.with_state(JobState.RUNNING):
+            self._remove_partials(job)
+            self._finish(
+                job,
+                JobState.FAILED,
+                _error_of(
+                    Interrupted(
+                        "the server stopped while this job was running; outputs finished before "
+                        "that are kept, resubmit for the rest"
+                    )
+                ),
+            )
+            recovered.append(job.id)
+        return recovered
+
+    async def shutdown(self) -> None:
+        """Stop every running job cleanly (worker killed, partial files removed, job INTERRUPTED)."""
+        self._stopping = True
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+        tasks = list(self._tasks.items())
+        for job_id, task in tasks:
+            self._stop_reason[job_id] = "shutdown"
+            worker = self._workers.get(job_id)
+            if worker is not None:
+                worker.kill()
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
+
+    # ---------------------------------------------------------------- API
+
+    async def create(self, spec: JobSpec, request_id: str = "") -> Job:
+        """Validate ``spec`` completely, then queue a job (or return the one ``request_id`` made)."""
+        if len(request_id) > MAX_REQUEST_ID_LENGTH:
+            raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
+        fingerprint = spec.fingerprint()
+        if request_id:
+            existing = self._existing_for(request_id, fingerprint)
+            if existing is not None:
+                return existing
+        job_id = uuid.uuid4().hex
+        plan = await asyncio.to_thread(make_plan, spec, self._settings, self._settings.artifacts / job_id, job_id)
+        predicted = await self._estimate(plan)
+        if not predicted.fits_on_disk:
+            raise InsufficientDisk(
+                f"outputs need {predicted.disk_bytes_needed} bytes but {predicted.output_dir} has "
+                f"{predicted.disk_bytes_free} free (after a reserve of {self._settings.disk_reserve_bytes})",
+                needed=str(predicted.disk_bytes_needed),
+                free=str(predicted.disk_bytes_free),
+            )
+        job = Job(
+            id=job_id,
+            spec=spec,
+            request_id=request_id,
+            create_time=time.time(),
+            source_info=plan.source.info,
+            output_dir=str(plan.output_dir),
+            progress=Progress(
+                bytes_total=plan.source.header.tensor_bytes * len(plan.outputs),
+                outputs_total=len(plan.outputs),
+                eta_seconds=predicted.seconds,
+            ),
+        )
+        try:
+            self._store.insert(job, fingerprint)
+        except DuplicateRequestId:
+            existing = self._existing_for(request_id, fingerprint)
+            if existing is None:  # pragma: no cover - the row that clashed cannot vanish
+                raise
+            return existing
+        log.info("created %s: %s -> %s", job.name, spec.source, ",".join(spec.quant_types))
+        await self._notify()
+        return copy.deepcopy(job)
+
+    def _existing_for(self, request_id: str, fingerprint: str) -> Job | None:
+        found = self._store.find_by_request_id(request_id)
+        if found is None:
+            return None
+        job, stored_fingerprint = found
+        if stored_fingerprint != fingerprint:
+            raise RequestIdConflict(
+                f"request_id {request_id!r} was used for {job.name} with another request body",
+                job=job.name,
+            )
+        return self.get(job.id)
+
+    def get(self, job_id: str) -> Job:
+        live = self._live.get(job_id)
+        if live is not None:
+            return copy.deepcopy(live)
+        job = self._store.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job jobs/{job_id}", name=f"jobs/{job_id}")
+        return job
+
+    def list_jobs(self, page_size: int, page_token: str) -> tuple[list[Job], str]:
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        jobs, next_seq = self._store.page(limit, decode_page_token(page_token))
+        jobs = [copy.deepcopy(self._live[j.id]) if j.id in self._live else j for j in jobs]
+        return jobs, (encode_page_token(next_seq) if next_seq is not None else "")
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state.finished:
+            raise JobAlreadyFinished(f"{job.name} already ended ({job.state.value}); nothing to cancel", name=job.name)
+        task = self._tasks.get(job_id)
+        if task is None:
+            self._finish(job, JobState.CANCELLED, _cancelled())
+            await self._notify()
+            return self.get(job_id)
+        self._stop_reason[job_id] = "cancel"
+        worker = self._workers.get(job_id)
+        if worker is not None:
+            worker.kill()
+        task.cancel()
+        await asyncio.wait([task], timeout=10)
+        return self.get(job_id)
+
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+        """Yield the job now and after every change, until it has ended."""
+        assert self._changed is not None, "engine not started"
+        job = self.get(job_id)
+        yield job
+        while not job.state.finished:
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait_for(partial(self._moved, job_id, job.version)), timeout=5)
+            latest = self.get(job_id)
+            if latest.version != job.version:
+                job = latest
+                yield job
+
+    async def estimate(self, spec: JobSpec) -> Estimate:
+        plan = await asyncio.to_thread(make_plan, spec, self._settings, self._settings.artifacts / "{job}")
+        return await self._estimate(plan)
+
+    # ---------------------------------------------------------------- internals
+
+    async def _estimate(self, plan: QuantizePlan) -> Estimate:
+        log_path = self._settings.logs / f"estimate-{uuid.uuid4().hex}.log"
+        result = await estimate(plan, self._store, str(log_path), self._settings.disk_reserve_bytes)
+        log_path.unlink(missing_ok=True)
+        return result
+
+    def _moved(self, job_id: str, seen: int) -> bool:
+        return self._version(job_id) != seen
+
+    def _version(self, job_id: str) -> int:
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.version
+        stored = self._store.get(job_id)
+        return stored.version if stored is not None else -1
+
+    async def _notify(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _touch(self, job: Job, *, save: bool = True) -> None:
+        job.version += 1
+        if save:
+            self._store.save(job)
+        if self._changed is not None:
+            asyncio.get_running_loop().create_task(self._notify())
+
+    def _finish(self, job: Job, state: JobState, error: JobError | None) -> None:
+        job.state = state
+        job.stage = Stage.NONE
+        job.error = error
+        job.end_time = time.time()
+        job.progress.current_tensor = ""
+        job.progress.eta_seconds = None
+        job.version += 1
+        self._store.save(job)
+
+    async def _schedule(self) -> None:
+        assert self._wakeup is not None
+        while not self._stopping:
+            self._wakeup.clear()
+            free = self._settings.max_parallel_jobs - len(self._tasks)
+            if free > 0:
+                for job in self._store.with_state(JobState.QUEUED)[:free]:
+                    if job.id not in self._tasks:
+                        self._start(job)
+            await self._wakeup.wait()
+
+    def _start(self, job: Job) -> None:
+        job.state = JobState.RUNNING
+        job.stage = Stage.QUANTIZING
+        job.start_time = time.time()
+        self._live[job.id] = job
+        self._touch(job)
+        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+
+    async def _run(self, job: Job) -> None:
+        hashing: list[asyncio.Task[None]] = []
+        try:
+            plan = await asyncio.to_thread(make_plan, job.spec, self._settings, pathlib.Path(job.output_dir), job.id)
+            plan.output_dir.mkdir(parents=True, exist_ok=True)
+            for index, output in enumerate(plan.outputs):
+                result_events, seconds = await self._quantize_one(job, plan, index, output)
+                hashing.append(asyncio.create_task(self._complete_output(job, plan, output, result_events, seconds)))
+            if any(not t.done() for t in hashing):
+                job.stage = Stage.HASHING
+                self._touch(job)
+            await asyncio.gather(*hashing)
+            job.progress.fraction = 1.0
+            job.progress.bytes_done = job.progress.bytes_total
+            self._finish(job, JobState.SUCCEEDED, None)
+            log.info("%s succeeded: %d outputs", job.name, len(job.outputs))
+        except asyncio.CancelledError:
+            await self._abandon(hashing)
+            if self._stop_reason.get(job.id) == "cancel":
+                self._finish(job, JobState.CANCELLED, _cancelled())
+            else:
+                self._finish(
+                    job,
+                    JobState.FAILED,
+                    _error_of(Interrupted("the server shut down while this job ran; resubmit it")),
+                )
+        except QuantledgerError as exc:
+            await self._abandon(hashing)
+            log.warning("%s failed: %s", job.name, exc.message)
+            self._finish(job, JobState.FAILED, _error_of(exc))
+        except Exception as exc:
+            await self._abandon(hashing)
+            log.exception("%s failed unexpectedly", job.name)
+            self._finish(job, JobState.FAILED, JobError("INTERNAL", "INTERNAL", f"internal error: {exc}"))
+        finally:
+            self._remove_partials(job)
+            self._live.pop(job.id, None)
+            self._tasks.pop(job.id, None)
+            self._workers.pop(job.id, None)
+            self._stop_reason.pop(job.id, None)
+            await self._notify()
+
+    async def _abandon(self, hashing: list[asyncio.Task[None]]) -> None:
+        for task in hashing:
+            task.cancel()
+        await asyncio.gather(*hashing, return_exceptions=True)
+
+    async def _quantize_one(
+        self, job: Job, plan: QuantizePlan, index: int, output: PlannedOutput
+    ) -> tuple[list[dict[str, Any]], float]:
+        header = plan.source.header
+        bytes_of = {t.name: t.n_bytes for t in header.tensors}
+        per_output = header.tensor_bytes
+        before = per_output * index
+        progress = job.progress
+        progress.current_quant_type = output.quant_type.name
+        progress.tensors_done = 0
+        progress.tensors_total = len(header.tensors)
+        progress.outputs_done = index
+        job.stage = Stage.QUANTIZING
+        self._touch(job)
+        default_rate, _ = throughput_for(output.quant_type, self._store)
+        started = time.monotonic()
+        done_here = 0
+        last_save = started
+
+        def on_event(event: dict[str, Any]) -> None:
+            nonlocal done_here, last_save
+            kind = event.get("event")
+            if kind == "tensor_start":
+                progress.current_tensor = event["name"]
+            elif kind == "tensor_done":
+                done_here += bytes_of.get(event["name"], int(event.get("mib_before", 0) * (1 << 20)))
+                progress.tensors_done = int(event["index"])
+            else:
+                return
+            now = time.monotonic()
+            elapsed = now - started
+            rate = done_here / elapsed if done_here and elapsed > 0 else 0.0
+            progress.bytes_done = before + done_here
+            progress.fraction = min(1.0, progress.bytes_done / progress.bytes_total) if progress.bytes_total else 0.0
+            progress.bytes_per_second = rate
+            remaining = progress.bytes_total - progress.bytes_done
+            progress.eta_seconds = remaining / (rate or default_rate)
+            save = now - last_save >= PROGRESS_SAVE_SECONDS
+            if save:
+                last_save = now
+            self._touch(job, save=save)
+
+        worker = WorkerProcess(plan.worker_request(output), str(self._settings.logs / f"{job.id}.log"))
+        self._workers[job.id] = worker
+        result = await worker.run(on_event)
+        seconds = time.monotonic() - started
+        if per_output >= MIN_BYTES_FOR_THROUGHPUT:
+            self._store.record_throughput(output.quant_type.name, per_output, seconds)
+        progress.bytes_done = before + per_output
+        progress.outputs_done = index + 1
+        self._touch(job)
+        return result.events, seconds
+
+    async def _complete_output(
+        self,
+        job: Job,
+        plan: QuantizePlan,
+        output: PlannedOutput,
+        events: list[dict[str, Any]],
+        seconds: float,
+    ) -> None:
+        digest = await asyncio.to_thread(sha256_file, output.partial_path)
+        written = await asyncio.to_thread(read_gguf_header, output.partial_path)
+        fallbacks = sum(1 for e in events if e.get("event") == "fallback")
+        elements = sum(t.n_elements for t in written.tensors)
+        bits_per_weight = 8 * written.tensor_bytes / elements if elements else 0.0
+        size = written.file_size
+        os.replace(output.partial_path, output.path)
+        artifact = Artifact(
+            quant_type=output.quant_type.name,
+            path=str(output.path),
+            size_bytes=size,
+            sha256=digest,
+            bits_per_weight=bits_per_weight,
+            fallback_tensor_count=fallbacks,
+            tensor_count=len(written.tensors),
+            source_size_bytes=plan.source.header.file_size,
+            quantize_seconds=seconds,
+            file_type=output.quant_type.file_type,
+        )
+        order = {name: i for i, name in enumerate(job.spec.quant_types)}
+        job.outputs = sorted([*job.outputs, artifact], key=lambda a: order.get(a.quant_type, len(order)))
+        self._touch(job)
+
+    def _remove_partials(self, job: Job) -> None:
+        if not job.output_dir:
+            return
+        directory = pathlib.Path(job.output_dir)
+        if not directory.is_dir():
+            return
+        for partial in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
+
+def _cancelled() -> JobError:
+    return JobError(code="CANCELLED", reason="JOB_CANCELLED", message="cancelled by a client")

@@ -1,0 +1,169 @@
+"""What a quantization job is, independent of storage and transport."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class Stage(enum.StrEnum):
+    NONE = "NONE"
+    FETCHING = "FETCHING"
+    CONVERTING = "CONVERTING"
+    QUANTIZING = "QUANTIZING"
+    HASHING = "HASHING"
+    EVALUATING = "EVALUATING"
+    REGISTERING = "REGISTERING"
+
+
+@dataclass(frozen=True)
+class Options:
+    """llama.cpp quantizer options; type names are ggml type names ("Q8_0"), empty for default."""
+
+    threads: int = 0
+    allow_requantize: bool = False
+    leave_output_tensor: bool = False
+    pure: bool = False
+    output_tensor_type: str = ""
+    token_embedding_type: str = ""
+    tensor_type_overrides: tuple[tuple[str, str], ...] = ()
+    keep_split: bool = False
+    imatrix_path: str = ""
+    output_dir: str = ""
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a client asks for: the body that request_id idempotency compares."""
+
+    source: str
+    quant_types: tuple[str, ...]
+    options: Options = Options()
+
+    def fingerprint(self) -> str:
+        body = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str
+    architecture: str
+    size_bytes: int
+    parameter_count: int
+    file_type: int
+    tensor_count: int
+    model_name: str
+    tensor_bytes: int
+
+
+@dataclass
+class Progress:
+    fraction: float = 0.0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    current_tensor: str = ""
+    current_quant_type: str = ""
+    tensors_done: int = 0
+    tensors_total: int = 0
+    outputs_done: int = 0
+    outputs_total: int = 0
+    eta_seconds: float | None = None
+    bytes_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    quant_type: str
+    path: str
+    size_bytes: int
+    sha256: str
+    bits_per_weight: float
+    fallback_tensor_count: int
+    tensor_count: int
+    source_size_bytes: int
+    quantize_seconds: float
+    file_type: int
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.source_size_bytes / self.size_bytes if self.size_bytes else 0.0
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: the wire form of a QuantledgerError."""
+
+    code: str
+    reason: str
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec
+    request_id: str
+    create_time: float
+    state: JobState = JobState.QUEUED
+    stage: Stage = Stage.NONE
+    progress: Progress = field(default_factory=Progress)
+    outputs: list[Artifact] = field(default_factory=list)
+    error: JobError | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    source_info: SourceInfo | None = None
+    output_dir: str = ""
+    version: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"jobs/{self.id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        spec = data["spec"]
+        options = dict(spec.get("options") or {})
+        options["tensor_type_overrides"] = tuple(tuple(o) for o in options.get("tensor_type_overrides", ()))
+        known = {f.name for f in dataclasses.fields(Options)}
+        return cls(
+            id=data["id"],
+            spec=JobSpec(
+                source=spec["source"],
+                quant_types=tuple(spec["quant_types"]),
+                options=Options(**{k: v for k, v in options.items() if k in known}),
+            ),
+            request_id=data.get("request_id", ""),
+            create_time=data["create_time"],
+            state=JobState(data["state"]),
+            stage=Stage(data.get("stage", "NONE")),
+            progress=Progress(**data.get("progress") or {}),
+            outputs=[Artifact(**a) for a in data.get("outputs") or []],
+            error=JobError(**data["error"]) if data.get("error") else None,
+            start_time=data.get("start_time"),
+            end_time=data.get("end_time"),
+            source_info=SourceInfo(**data["source_info"]) if data.get("source_info") else None,
+            output_dir=data.get("output_dir", ""),
+            version=data.get("version", 0),
+        )

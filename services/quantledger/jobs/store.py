@@ -1,0 +1,128 @@
+"""Durable job state in SQLite.
+
+``JobStore`` is the one small interface the engine uses for persistence and queueing; ``SqliteJobStore``
+is the embedded implementation (a file in the data dir, or ``:memory:`` for the serverless CLI). A
+distributed backend for multi-machine worker pools implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from typing import Protocol
+
+from quantledger.jobs.model import Job, JobState
+
+
+class DuplicateRequestId(Exception):
+    """Another job already holds this request_id."""
+
+
+class JobStore(Protocol):
+    def insert(self, job: Job, fingerprint: str) -> None: ...
+    def save(self, job: Job) -> None: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def find_by_request_id(self, request_id: str) -> tuple[Job, str] | None: ...
+    def page(self, limit: int, before_seq: int | None) -> tuple[list[Job], int | None]: ...
+    def with_state(self, state: JobState) -> list[Job]: ...
+    def record_throughput(self, quant_type: str, source_bytes: int, seconds: float) -> None: ...
+    def throughputs(self, quant_type: str, limit: int = 20) -> list[float]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    request_id TEXT UNIQUE,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS throughput (
+    quant_type TEXT NOT NULL,
+    source_bytes INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    recorded REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS throughput_type ON throughput(quant_type, recorded);
+"""
+
+
+class SqliteJobStore:
+    """JobStore on one SQLite database (WAL: a committed write survives a kill -9)."""
+
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def insert(self, job: Job, fingerprint: str) -> None:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO jobs (id, request_id, fingerprint, state, doc) VALUES (?, ?, ?, ?, ?)",
+                    (job.id, job.request_id or None, fingerprint, job.state.value, json.dumps(job.to_dict())),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateRequestId(job.request_id) from exc
+
+    def save(self, job: Job) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state = ?, doc = ? WHERE id = ?",
+                (job.state.value, json.dumps(job.to_dict()), job.id),
+            )
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_dict(json.loads(row[0])) if row else None
+
+    def find_by_request_id(self, request_id: str) -> tuple[Job, str] | None:
+        with self._lock:
+            row = self._db.execute("SELECT doc, fingerprint FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+        return (Job.from_dict(json.loads(row[0])), row[1]) if row else None
+
+    def page(self, limit: int, before_seq: int | None) -> tuple[list[Job], int | None]:
+        """Up to ``limit`` jobs, newest first, older than ``before_seq``; and the seq to continue from."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, doc FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                (before_seq if before_seq is not None else 2**62, limit + 1),
+            ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        jobs = [Job.from_dict(json.loads(doc)) for _, doc in rows]
+        return jobs, (rows[-1][0] if more and rows else None)
+
+    def with_state(self, state: JobState) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM jobs WHERE state = ? ORDER BY seq", (state.value,)).fetchall()
+        return [Job.from_dict(json.loads(doc)) for (doc,) in rows]
+
+    def record_throughput(self, quant_type: str, source_bytes: int, seconds: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO throughput (quant_type, source_bytes, seconds, recorded) VALUES (?, ?, ?, ?)",
+                (quant_type, source_bytes, seconds, time.time()),
+            )
+
+    def throughputs(self, quant_type: str, limit: int = 20) -> list[float]:
+        """Source bytes per second of the latest runs of this type."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT source_bytes, seconds FROM throughput WHERE quant_type = ? AND seconds > 0 "
+                "ORDER BY recorded DESC LIMIT ?",
+                (quant_type, limit),
+            ).fetchall()
+        return [b / s for b, s in rows]

@@ -1,0 +1,182 @@
+"""The quantization types (llama.cpp ``llama_ftype`` values) the installed llama.cpp offers.
+
+The list is read from llama-cpp-python's ``LLAMA_FTYPE_*`` constants, so a llama.cpp upgrade that
+adds a type shows up without code changes; the table below only adds descriptions and the typical
+bits per weight measured on Llama-3.1-8B where known.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from quantledger.errors import UnknownQuantType
+
+# llama.cpp decides per tensor whether an importance matrix is needed (IQ1/IQ2 tensor types, and the
+# Q2_K tensors of Q2_K_S); which ftypes that makes depends on the mix. The catalogue learns the list
+# by probing (see ``_probe``); the errors llama.cpp logs in each case:
+IMATRIX_ERROR = "requires an imatrix"
+UNSUPPORTED_ERROR = "invalid output file type"
+
+_KNOWN: dict[str, tuple[float, str]] = {
+    "F32": (32.0, "32-bit float, no quantization"),
+    "F16": (16.0, "16-bit float"),
+    "BF16": (16.0, "bfloat16"),
+    "Q4_0": (4.5, "legacy 4-bit, blocks of 32 with one scale"),
+    "Q4_1": (5.0, "legacy 4-bit, blocks of 32 with scale and minimum"),
+    "Q5_0": (5.5, "legacy 5-bit, blocks of 32 with one scale"),
+    "Q5_1": (6.0, "legacy 5-bit, blocks of 32 with scale and minimum"),
+    "Q8_0": (8.5, "legacy 8-bit, blocks of 32: near lossless"),
+    "Q2_K": (3.16, "2-bit K-quant mix"),
+    "Q2_K_S": (2.97, "2-bit K-quant, small mix (needs an importance matrix)"),
+    "Q3_K_S": (3.64, "3-bit K-quant, small mix"),
+    "Q3_K_M": (4.00, "3-bit K-quant, medium mix"),
+    "Q3_K_L": (4.27, "3-bit K-quant, large mix"),
+    "Q4_K_S": (4.67, "4-bit K-quant, small mix"),
+    "Q4_K_M": (4.89, "4-bit K-quant, medium mix: the usual default"),
+    "Q5_K_S": (5.57, "5-bit K-quant, small mix"),
+    "Q5_K_M": (5.70, "5-bit K-quant, medium mix"),
+    "Q6_K": (6.56, "6-bit K-quant"),
+    "IQ1_S": (2.00, "1.56-bit i-quant (needs an importance matrix)"),
+    "IQ1_M": (2.15, "1.75-bit i-quant (needs an importance matrix)"),
+    "IQ2_XXS": (2.38, "2.06-bit i-quant (needs an importance matrix)"),
+    "IQ2_XS": (2.59, "2.31-bit i-quant (needs an importance matrix)"),
+    "IQ2_S": (2.74, "2.5-bit i-quant (needs an importance matrix)"),
+    "IQ2_M": (2.93, "2.7-bit i-quant mix"),
+    "IQ3_XXS": (3.25, "3.06-bit i-quant"),
+    "IQ3_XS": (3.50, "3.3-bit i-quant mix"),
+    "IQ3_S": (3.66, "3.44-bit i-quant"),
+    "IQ3_M": (3.76, "3.66-bit i-quant mix"),
+    "IQ4_NL": (4.68, "4.5-bit non-linear i-quant, blocks of 32"),
+    "IQ4_XS": (4.46, "4.25-bit non-linear i-quant"),
+    "TQ1_0": (0.0, "ternary 1.69-bit, for ternary-trained models (BitNet)"),
+    "TQ2_0": (0.0, "ternary 2.06-bit, for ternary-trained models (BitNet)"),
+    "MXFP4_MOE": (0.0, "MXFP4 for mixture-of-experts tensors, Q8_0 elsewhere"),
+    "NVFP4": (0.0, "NVIDIA FP4, blocks of 64"),
+    "Q1_0": (0.0, "1-bit, blocks of 128"),
+    "Q2_0": (0.0, "2-bit, blocks of 64"),
+}
+
+
+@dataclass(frozen=True)
+class QuantType:
+    """A quantization type users can ask for."""
+
+    name: str
+    file_type: int
+    family: str
+    requires_imatrix: bool
+    typical_bits_per_weight: float
+    description: str
+
+
+def _family(name: str) -> str:
+    if name in ("F32", "F16", "BF16"):
+        return "float"
+    if name.startswith("IQ"):
+        return "i-quant"
+    if name.startswith("TQ"):
+        return "ternary"
+    if "FP4" in name:
+        return "mxfp"
+    if "_K" in name:
+        return "k-quant"
+    return "legacy"
+
+
+def _name_of(constant: str) -> str | None:
+    for prefix in ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_"):
+        if constant.startswith(prefix):
+            return constant.removeprefix(prefix)
+    return None
+
+
+def _declared() -> dict[str, int]:
+    """Every LLAMA_FTYPE_* constant llama-cpp-python declares: name -> llama_ftype."""
+    import llama_cpp
+
+    declared = {}
+    for constant in dir(llama_cpp):
+        name = _name_of(constant)
+        if name is not None:
+            declared[name] = int(getattr(llama_cpp, constant))
+    return declared
+
+
+def _probe(ftypes: list[int]) -> dict[int, str]:
+    """How quantizing to each ftype ends on a tiny 256-wide model without an imatrix:
+    "ok", "imatrix" (needs one) or "unsupported" (this llama.cpp cannot write it)."""
+    from quantledger.quantize.runner import run_worker_sync
+
+    outcome: dict[int, str] = {}
+    current: int | None = None
+    for event in run_worker_sync({"probe_ftypes": ftypes}):
+        if event.get("event") == "run":
+            current = int(event["ftype"])
+        elif event.get("event") == "finished" and current is not None:
+            errors = " ".join(event.get("errors") or [])
+            if event["rc"] == 0:
+                outcome[current] = "ok"
+            elif IMATRIX_ERROR in errors:
+                outcome[current] = "imatrix"
+            else:
+                outcome[current] = "unsupported"
+    return outcome
+
+
+@functools.cache
+def catalogue() -> tuple[QuantType, ...]:
+    """Every type the installed llama.cpp can write, in llama_ftype order.
+
+    The first call probes llama.cpp in a worker process (about a second); the result is kept.
+    """
+    declared = {name: ftype for name, ftype in _declared().items() if name != "GUESSED"}
+    outcome = _probe(sorted(declared.values()))
+    types = []
+    for name, ftype in declared.items():
+        if outcome.get(ftype, "unsupported") == "unsupported":
+            continue
+        bpw, description = _KNOWN.get(name, (0.0, f"llama.cpp type {name}"))
+        types.append(
+            QuantType(
+                name=name,
+                file_type=ftype,
+                family=_family(name),
+                requires_imatrix=outcome[ftype] == "imatrix",
+                typical_bits_per_weight=bpw,
+                description=description,
+            )
+        )
+    return tuple(sorted(types, key=lambda t: t.file_type))
+
+
+def unsupported_names() -> list[str]:
+    """Types llama-cpp-python declares but the installed llama.cpp refuses to write."""
+    offered = {t.name for t in catalogue()}
+    return sorted(n for n in _declared() if n not in offered and n != "GUESSED")
+
+
+@functools.cache
+def _by_name() -> dict[str, QuantType]:
+    return {t.name: t for t in catalogue()}
+
+
+def lookup(name: str) -> QuantType:
+    """The type called ``name`` (case-insensitive); UnknownQuantType names the valid ones."""
+    found = _by_name().get(name.strip().upper())
+    if found is None and name.strip().upper() in unsupported_names():
+        raise UnknownQuantType(
+            f"{name!r} is declared by llama-cpp-python but this llama.cpp build cannot write it",
+            quant_type=name,
+        )
+    if found is None:
+        valid = ", ".join(t.name for t in catalogue())
+        raise UnknownQuantType(f"unknown quantization type {name!r}; valid types: {valid}", quant_type=name)
+    return found
+
+
+def llama_cpp_version() -> str:
+    """llama-cpp-python release and the llama.cpp shared library version it loaded."""
+    import llama_cpp
+
+    return f"llama-cpp-python {llama_cpp.__version__}"

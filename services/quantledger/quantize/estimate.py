@@ -1,0 +1,159 @@
+"""Predict a job's outputs before running it: exact sizes, disk, and time on this machine.
+
+Sizes come from llama.cpp's own dry run (``params.dry_run``), which logs the type every tensor would
+get without writing anything; the file size then follows from the GGUF layout llama.cpp writes.
+Time comes from the throughput of finished jobs of the same type on this machine, or from built-in
+figures measured on a 2-core AVX2 machine until such a job exists.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from quantledger.errors import QuantizeFailed, UnsupportedArchitecture
+from quantledger.ggml_types import ggml_types, ggml_types_by_name
+from quantledger.gguf_header import predict_quantized_file_size
+from quantledger.jobs.model import SourceInfo
+from quantledger.jobs.store import JobStore
+from quantledger.quantize.catalogue import QuantType
+from quantledger.quantize.plan import QuantizePlan
+from quantledger.quantize.runner import WorkerProcess
+
+# llama.cpp's GGML_QNT_VERSION, written to general.quantization_version by every quantization.
+GGML_QNT_VERSION = 2
+# Seconds a worker needs before llama.cpp reads the first tensor (interpreter, library, mmap).
+WORKER_STARTUP_SECONDS = 0.6
+# Source bytes per second with 2 threads, measured on a 2-core AVX2 machine with a 1.35 GB F16 model.
+_DEFAULT_THROUGHPUT = {"Q4_K_M": 54e6, "Q8_0": 375e6, "Q4_0": 420e6, "IQ4_XS": 17.8e6}
+_FAMILY_THROUGHPUT = {
+    "float": 600e6,
+    "legacy": 350e6,
+    "k-quant": 55e6,
+    "i-quant": 15e6,
+    "ternary": 60e6,
+    "mxfp": 200e6,
+}
+
+
+@dataclass(frozen=True)
+class OutputPrediction:
+    quant_type: str
+    size_bytes: int
+    bits_per_weight: float
+    fallback_tensor_count: int
+    seconds: float
+    throughput: float
+    measured: bool
+
+
+@dataclass(frozen=True)
+class Estimate:
+    outputs: tuple[OutputPrediction, ...]
+    disk_bytes_needed: int
+    disk_bytes_free: int
+    source_info: SourceInfo
+    output_dir: str
+
+    @property
+    def fits_on_disk(self) -> bool:
+        return self.disk_bytes_needed <= self.disk_bytes_free
+
+    @property
+    def seconds(self) -> float:
+        return sum(o.seconds for o in self.outputs)
+
+
+def throughput_for(quant_type: QuantType, store: JobStore | None) -> tuple[float, bool]:
+    """Source bytes per second for this type and whether it was measured on this machine."""
+    measured = store.throughputs(quant_type.name) if store is not None else []
+    if measured:
+        return statistics.median(measured), True
+    default = _DEFAULT_THROUGHPUT.get(quant_type.name) or _FAMILY_THROUGHPUT.get(quant_type.family, 50e6)
+    return default, False
+
+
+def free_bytes(directory: pathlib.Path, reserve: int) -> int:
+    """Free bytes on the file system that will hold ``directory`` (which may not exist yet)."""
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return max(0, shutil.disk_usage(probe).free - reserve)
+
+
+def _split_runs(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    runs: list[list[dict[str, Any]]] = []
+    for event in events:
+        if event.get("event") == "run":
+            runs.append([])
+        elif runs:
+            runs[-1].append(event)
+    return runs
+
+
+def summarize_run(plan: QuantizePlan, quant_type: QuantType, events: list[dict[str, Any]]) -> tuple[int, float, int]:
+    """Exact file size, bits per weight and fallback count of one (dry or real) run's events."""
+    by_name = ggml_types_by_name()
+    new_types: dict[str, int] = {}
+    for event in events:
+        if event.get("event") == "tensor_done":
+            target = by_name.get(event["target_type"])
+            if target is not None:
+                new_types[event["name"]] = target.id
+    header = plan.source.header
+    size = predict_quantized_file_size(
+        header,
+        new_types,
+        {"general.quantization_version": GGML_QNT_VERSION, "general.file_type": quant_type.file_type},
+    )
+    table = ggml_types()
+    bits = 0
+    elements = 0
+    for tensor in header.tensors:
+        kind = table[new_types.get(tensor.name, tensor.ggml_type)]
+        bits += 8 * kind.row_bytes(tensor.shape[0]) * (tensor.n_elements // tensor.shape[0])
+        elements += tensor.n_elements
+    fallbacks = sum(1 for e in events if e.get("event") == "fallback")
+    return size, (bits / elements if elements else 0.0), fallbacks
+
+
+async def estimate(plan: QuantizePlan, store: JobStore | None, log_path: str, disk_reserve: int) -> Estimate:
+    """Run llama.cpp's dry run for every output of ``plan`` in one worker and predict the job."""
+    request = {"runs": [plan.worker_request(o, dry_run=True) for o in plan.outputs]}
+    try:
+        result = await WorkerProcess(request, log_path).run(lambda _event: None)
+    except QuantizeFailed as exc:
+        if "unknown model architecture" in exc.message:
+            raise UnsupportedArchitecture(
+                f"llama.cpp does not support the architecture of {plan.source.path.name} "
+                f"({plan.source.header.architecture!r})",
+                architecture=plan.source.header.architecture or "",
+            ) from exc
+        raise
+    runs = _split_runs(result.events)
+    predictions = []
+    tensor_bytes = plan.source.header.tensor_bytes
+    for output, events in zip(plan.outputs, runs, strict=True):
+        size, bpw, fallbacks = summarize_run(plan, output.quant_type, events)
+        throughput, measured = throughput_for(output.quant_type, store)
+        predictions.append(
+            OutputPrediction(
+                quant_type=output.quant_type.name,
+                size_bytes=size,
+                bits_per_weight=bpw,
+                fallback_tensor_count=fallbacks,
+                seconds=WORKER_STARTUP_SECONDS + tensor_bytes / throughput,
+                throughput=throughput,
+                measured=measured,
+            )
+        )
+    return Estimate(
+        outputs=tuple(predictions),
+        disk_bytes_needed=sum(p.size_bytes for p in predictions),
+        disk_bytes_free=free_bytes(plan.output_dir, disk_reserve),
+        source_info=plan.source.info,
+        output_dir=str(plan.output_dir),
+    )

@@ -1,0 +1,161 @@
+"""Validate a job request completely before any work, and turn it into worker requests.
+
+Everything a client can get wrong is found here, with its reason: the source, the types, the
+options, the importance matrix, the output directory. The engine runs ``make_plan`` in
+CreateQuantizeJob and EstimateQuantizeJob, so a job that exists has passed all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from quantledger.config import Settings
+from quantledger.errors import (
+    ImatrixRequired,
+    InvalidArgument,
+    OutputExists,
+    RequantizeRefused,
+    SourceInvalid,
+    SourceNotFound,
+)
+from quantledger.ggml_types import ggml_types_by_name
+from quantledger.jobs.model import JobSpec
+from quantledger.quantize.catalogue import QuantType, lookup
+from quantledger.sources import GgufSource, open_source, resolve_allowed
+
+MAX_TYPES_PER_JOB = 64
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    quant_type: QuantType
+    path: pathlib.Path
+    tag: str
+
+    @property
+    def partial_path(self) -> pathlib.Path:
+        """Where llama.cpp writes before the rename: hidden, same directory (same file system),
+        tagged with the job so jobs sharing a directory never touch each other's partial files."""
+        return self.path.with_name(f".{self.path.name}.{self.tag}{PARTIAL_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    spec: JobSpec
+    source: GgufSource
+    outputs: tuple[PlannedOutput, ...]
+    output_dir: pathlib.Path
+    imatrix_path: pathlib.Path | None
+    base_request: dict[str, Any]
+
+    def worker_request(self, output: PlannedOutput, *, dry_run: bool = False) -> dict[str, Any]:
+        request = dict(self.base_request)
+        request.update(
+            ftype=output.quant_type.file_type,
+            output=str(output.partial_path if not dry_run else output.path),
+            dry_run=dry_run,
+        )
+        return request
+
+
+def _ggml_type_id(name: str, what: str) -> int:
+    found = ggml_types_by_name().get(name.strip().upper())
+    if found is None:
+        valid = ", ".join(sorted(ggml_types_by_name()))
+        raise InvalidArgument(f"{what}: unknown ggml type {name!r}; valid: {valid}")
+    return found.id
+
+
+def make_plan(
+    spec: JobSpec, settings: Settings, default_output_dir: pathlib.Path, tag: str = "estimate"
+) -> QuantizePlan:
+    """Validate ``spec`` and return what to run; raises the error a client should see.
+
+    ``tag`` (the job id) names the job's partial files.
+    """
+    if not spec.quant_types:
+        raise InvalidArgument("quant_types is empty: name at least one type, such as Q4_K_M")
+    if len(spec.quant_types) > MAX_TYPES_PER_JOB:
+        raise InvalidArgument(f"at most {MAX_TYPES_PER_JOB} types per job")
+    types = [lookup(name) for name in spec.quant_types]
+    names = [t.name for t in types]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidArgument(f"quant_types names {', '.join(duplicates)} more than once")
+    options = spec.options
+    if options.threads < 0:
+        raise InvalidArgument("threads must be 0 (all cores) or positive")
+
+    source = open_source(spec.source, settings.allowed_roots)
+    if source.header.is_quantized() and not options.allow_requantize:
+        raise RequantizeRefused(
+            f"{source.path.name} is already quantized (file type {source.header.file_type}); "
+            "requantizing loses quality: set allow_requantize to do it anyway",
+            path=str(source.path),
+        )
+
+    imatrix_path: pathlib.Path | None = None
+    if options.imatrix_path:
+        imatrix_path = resolve_allowed(options.imatrix_path, settings.allowed_roots, what="imatrix")
+        if not imatrix_path.is_file():
+            raise SourceNotFound(f"imatrix file {options.imatrix_path!r} does not exist")
+        from quantledger.imatrix import check_covers, load_imatrix
+
+        check_covers(load_imatrix(imatrix_path), {t.name: t.shape[0] for t in source.header.tensors})
+    needing = [t.name for t in types if t.requires_imatrix]
+    if needing and imatrix_path is None:
+        raise ImatrixRequired(
+            f"{', '.join(needing)} need an importance matrix: pass imatrix_path (llama-imatrix output)",
+            quant_types=",".join(needing),
+        )
+
+    overrides: list[list[Any]] = []
+    for pattern, type_name in options.tensor_type_overrides:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise InvalidArgument(f"tensor type override pattern {pattern!r} is not a regex: {exc}") from exc
+        overrides.append([pattern, _ggml_type_id(type_name, f"override {pattern!r}")])
+
+    if options.output_dir:
+        output_dir = resolve_allowed(options.output_dir, settings.allowed_roots, what="output_dir")
+        if output_dir.exists() and not output_dir.is_dir():
+            raise InvalidArgument(f"output_dir {options.output_dir!r} is not a directory")
+    else:
+        output_dir = default_output_dir
+    outputs = tuple(PlannedOutput(t, output_dir / f"{source.stem}-{t.name}.gguf", tag) for t in types)
+    for output in outputs:
+        if output.path == source.path:
+            raise InvalidArgument(f"output {output.path} would overwrite the source")
+        if output.path.exists() and not options.overwrite:
+            raise OutputExists(
+                f"{output.path} already exists: remove it, choose another output_dir or set overwrite",
+                path=str(output.path),
+            )
+    if not os.access(output_dir if output_dir.exists() else output_dir.parent, os.W_OK):
+        raise SourceInvalid(f"output_dir {output_dir} is not writable by the service")
+
+    base_request: dict[str, Any] = {
+        "source": str(source.path),
+        "threads": options.threads or (os.cpu_count() or 1),
+        "allow_requantize": options.allow_requantize,
+        "quantize_output_tensor": not options.leave_output_tensor,
+        "pure": options.pure,
+        "keep_split": options.keep_split,
+        "output_tensor_type": (
+            _ggml_type_id(options.output_tensor_type, "output_tensor_type") if options.output_tensor_type else -1
+        ),
+        "token_embedding_type": (
+            _ggml_type_id(options.token_embedding_type, "token_embedding_type") if options.token_embedding_type else -1
+        ),
+        "tensor_type_overrides": overrides,
+        "imatrix": str(imatrix_path) if imatrix_path else None,
+    }
+    return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request)

@@ -1,0 +1,148 @@
+"""Parent side of the quantization worker: start it, stream its events, kill it on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantledger.errors import ImatrixRequired, QuantizeFailed, WorkerCrashed
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class WorkerResult:
+    """What one worker run produced."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    returncode: int = 0
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == kind]
+
+
+class WorkerProcess:
+    """One ``llama_model_quantize`` call in its own process group."""
+
+    def __init__(self, request: dict[str, Any], log_path: str) -> None:
+        self._request = request
+        self._log_path = log_path
+        self._process: asyncio.subprocess.Process | None = None
+        self.killed = False
+
+    async def run(self, on_event: EventHandler) -> WorkerResult:
+        """Run to completion; raise QuantizeFailed / WorkerCrashed unless llama.cpp returned 0."""
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_root(), env.get("PYTHONPATH", "")] if p)
+        with open(self._log_path, "ab") as log:
+            try:
+                self._process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "quantledger.quantize.worker",
+                    "--events-fd",
+                    str(write_fd),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(write_fd,),
+                    start_new_session=True,
+                    env=env,
+                )
+            finally:
+                os.close(write_fd)
+        result = WorkerResult()
+        try:
+            assert self._process.stdin is not None
+            self._process.stdin.write(json.dumps(self._request).encode())
+            await self._process.stdin.drain()
+            self._process.stdin.close()
+            await self._read_events(read_fd, result, on_event)
+            result.returncode = await self._process.wait()
+        except BaseException:
+            self.kill()
+            raise
+        if self.killed:
+            raise asyncio.CancelledError("worker killed")
+        finished = result.of("finished")
+        if result.returncode == 0:
+            return result
+        if finished:
+            errors = "; ".join(finished[-1].get("errors") or []) or "see the job log"
+            if "requires an imatrix" in errors:
+                raise ImatrixRequired(
+                    f"llama.cpp needs an importance matrix for this model and type: {errors}; pass imatrix_path"
+                )
+            raise QuantizeFailed(f"llama.cpp failed to quantize: {errors}", log=self._log_path)
+        raise WorkerCrashed(
+            f"quantization worker died (exit status {result.returncode}); log: {self._log_path}",
+            log=self._log_path,
+        )
+
+    async def _read_events(self, read_fd: int, result: WorkerResult, on_event: EventHandler) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+        )
+        try:
+            async for raw in reader:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                result.events.append(event)
+                on_event(event)
+        finally:
+            transport.close()
+
+    def kill(self) -> None:
+        """Kill the worker's whole process group now (idempotent)."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        self.killed = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[str, Any]]:
+    """Run a worker to completion from synchronous code and return its events."""
+    import subprocess
+
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_root(), env.get("PYTHONPATH", "")] if p)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "quantledger.quantize.worker", "--events-fd", str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            env=env,
+        )
+    finally:
+        os.close(write_fd)
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(request).encode())
+    process.stdin.close()
+    with os.fdopen(read_fd, "rb") as events:
+        raw = events.read()
+    if process.wait(timeout=timeout) != 0:
+        raise WorkerCrashed(f"worker exited with status {process.returncode}")
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def _package_root() -> str:
+    """Directory that holds the ``quantledger`` package, so the child imports the same code."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

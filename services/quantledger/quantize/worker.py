@@ -1,0 +1,152 @@
+"""Child process that runs one ``llama_model_quantize`` call.
+
+Run as ``python -m quantledger.quantize.worker``: it reads a JSON request on stdin, writes JSON-line
+events on the file descriptor named by ``--events-fd`` and exits 0 on success. llama.cpp's own
+stdout/stderr are left to the parent to collect. The parent starts it in a new process group so a
+cancel can kill it (and any thread llama.cpp started) at once; the worker asks the kernel to kill it
+if the parent dies, so a killed server leaves no orphan writing files.
+
+The request is one run, or ``{"runs": [run, ...]}`` for several (dry runs of every type of a job
+share one process). Run fields: source, output, ftype, dry_run, threads, allow_requantize, quantize_output_tensor,
+pure, keep_split, output_tensor_type, token_embedding_type (ggml type ids, -1 for llama.cpp's
+choice), tensor_type_overrides ([[pattern, ggml type id], ...]), imatrix (path or null).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+from typing import Any, TextIO
+
+PR_SET_PDEATHSIG = 1
+# Log callbacks handed to llama.cpp: a collected ctypes callback crashes the process when called.
+_CALLBACKS: list[Any] = []
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not Linux: the parent's process-group kill still applies
+        pass
+
+
+class _Emitter:
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(event) + "\n")
+        self._stream.flush()
+
+
+def run(request: dict[str, Any], emit: _Emitter) -> int:
+    """Quantize as ``request`` says; return llama.cpp's return code."""
+    import llama_cpp
+
+    from quantledger.quantize.llama_log import LogParser
+
+    parser = LogParser()
+
+    def on_log(level: int, text: bytes | None, _user_data: Any) -> None:
+        if not text:
+            return
+        for event in parser.feed(int(level), text.decode("utf-8", errors="replace")):
+            emit(event)
+
+    callback = llama_cpp.llama_log_callback(on_log)
+    _CALLBACKS.append(callback)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(request["ftype"])
+    params.nthread = int(request.get("threads") or os.cpu_count() or 1)
+    params.allow_requantize = bool(request.get("allow_requantize", False))
+    params.quantize_output_tensor = bool(request.get("quantize_output_tensor", True))
+    params.pure = bool(request.get("pure", False))
+    params.keep_split = bool(request.get("keep_split", False))
+    params.dry_run = bool(request.get("dry_run", False))
+    if int(request.get("output_tensor_type", -1)) >= 0:
+        params.output_tensor_type = int(request["output_tensor_type"])
+    if int(request.get("token_embedding_type", -1)) >= 0:
+        params.token_embedding_type = int(request["token_embedding_type"])
+
+    keepalive: list[Any] = []
+    overrides = request.get("tensor_type_overrides") or []
+    if overrides:
+        array = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for slot, (pattern, type_id) in zip(array, overrides, strict=False):
+            slot.pattern = str(pattern).encode()
+            slot.type = int(type_id)
+        array[len(overrides)].pattern = None
+        params.tt_overrides = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keepalive.append(array)
+    if request.get("imatrix"):
+        from quantledger.imatrix import ImatrixCArray, load_imatrix
+
+        imatrix = ImatrixCArray(load_imatrix(request["imatrix"]))
+        params.imatrix = imatrix.pointer
+        keepalive.append(imatrix)
+
+    emit({"event": "started", "pid": os.getpid()})
+    rc = int(
+        llama_cpp.llama_model_quantize(
+            os.fsencode(request["source"]), os.fsencode(request["output"]), ctypes.byref(params)
+        )
+    )
+    emit({"event": "finished", "rc": rc, "errors": parser.errors[-5:]})
+    del keepalive
+    return rc
+
+
+def probe(ftypes: list[int], emit: _Emitter) -> None:
+    """Quantize a tiny 256-wide model to every ftype without an imatrix and report how each ends.
+
+    This tells which types the installed llama.cpp can write (some constants exist in the API but
+    are refused as "invalid output file type") and which need an importance matrix.
+    """
+    import tempfile
+
+    from quantledger.synthetic_model import write_llama_gguf
+
+    with tempfile.TemporaryDirectory(prefix="quantledger-probe-") as work:
+        model = os.path.join(work, "probe-f16.gguf")
+        write_llama_gguf(model, n_embd=256, n_ff=512, n_layer=2, n_vocab=300)
+        for ftype in ftypes:
+            emit({"event": "run", "ftype": ftype})
+            request = {
+                "source": model,
+                "output": os.path.join(work, "out.gguf"),
+                "ftype": ftype,
+                "dry_run": False,
+                "threads": 1,
+            }
+            run(request, emit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argparse.ArgumentParser(description="quantledger quantization worker")
+    args.add_argument("--events-fd", type=int, required=True)
+    parsed = args.parse_args(argv)
+    _die_with_parent()
+    request = json.load(sys.stdin)
+    with os.fdopen(parsed.events_fd, "w", buffering=1) as stream:
+        emit = _Emitter(stream)
+        if "probe_ftypes" in request:
+            probe([int(f) for f in request["probe_ftypes"]], emit)
+            return 0
+        rc = 0
+        for index, one in enumerate(request.get("runs") or [request]):
+            emit({"event": "run", "index": index})
+            rc = run(one, emit)
+            if rc != 0:
+                break
+    return 0 if rc == 0 else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generated Python stubs of the quantledger.v1 API (run protos/generate.py; do not edit)."""

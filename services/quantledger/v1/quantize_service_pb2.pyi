@@ -1,0 +1,342 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ThroughputBasis(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    THROUGHPUT_BASIS_UNSPECIFIED: _ClassVar[ThroughputBasis]
+    THROUGHPUT_BASIS_MEASURED: _ClassVar[ThroughputBasis]
+    THROUGHPUT_BASIS_DEFAULT: _ClassVar[ThroughputBasis]
+THROUGHPUT_BASIS_UNSPECIFIED: ThroughputBasis
+THROUGHPUT_BASIS_MEASURED: ThroughputBasis
+THROUGHPUT_BASIS_DEFAULT: ThroughputBasis
+
+class QuantizeJob(_message.Message):
+    __slots__ = ("name", "source", "quant_types", "options", "state", "stage", "progress", "outputs", "error", "create_time", "start_time", "end_time", "request_id", "source_info", "output_dir")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[QuantizeJob.State]
+        STATE_QUEUED: _ClassVar[QuantizeJob.State]
+        STATE_RUNNING: _ClassVar[QuantizeJob.State]
+        STATE_SUCCEEDED: _ClassVar[QuantizeJob.State]
+        STATE_FAILED: _ClassVar[QuantizeJob.State]
+        STATE_CANCELLED: _ClassVar[QuantizeJob.State]
+    STATE_UNSPECIFIED: QuantizeJob.State
+    STATE_QUEUED: QuantizeJob.State
+    STATE_RUNNING: QuantizeJob.State
+    STATE_SUCCEEDED: QuantizeJob.State
+    STATE_FAILED: QuantizeJob.State
+    STATE_CANCELLED: QuantizeJob.State
+    class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STAGE_UNSPECIFIED: _ClassVar[QuantizeJob.Stage]
+        STAGE_FETCHING: _ClassVar[QuantizeJob.Stage]
+        STAGE_CONVERTING: _ClassVar[QuantizeJob.Stage]
+        STAGE_QUANTIZING: _ClassVar[QuantizeJob.Stage]
+        STAGE_HASHING: _ClassVar[QuantizeJob.Stage]
+        STAGE_EVALUATING: _ClassVar[QuantizeJob.Stage]
+        STAGE_REGISTERING: _ClassVar[QuantizeJob.Stage]
+    STAGE_UNSPECIFIED: QuantizeJob.Stage
+    STAGE_FETCHING: QuantizeJob.Stage
+    STAGE_CONVERTING: QuantizeJob.Stage
+    STAGE_QUANTIZING: QuantizeJob.Stage
+    STAGE_HASHING: QuantizeJob.Stage
+    STAGE_EVALUATING: QuantizeJob.Stage
+    STAGE_REGISTERING: QuantizeJob.Stage
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    QUANT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_INFO_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    quant_types: _containers.RepeatedScalarFieldContainer[str]
+    options: QuantizeOptions
+    state: QuantizeJob.State
+    stage: QuantizeJob.Stage
+    progress: Progress
+    outputs: _containers.RepeatedCompositeFieldContainer[QuantizedArtifact]
+    error: _status_pb2.Status
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    request_id: str
+    source_info: SourceInfo
+    output_dir: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ...) -> None: ...
+
+class QuantizeOptions(_message.Message):
+    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite")
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_REQUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_OUTPUT_TENSOR_FIELD_NUMBER: _ClassVar[int]
+    PURE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TENSOR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EMBEDDING_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_TYPE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    KEEP_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    IMATRIX_PATH_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    threads: int
+    allow_requantize: bool
+    leave_output_tensor: bool
+    pure: bool
+    output_tensor_type: str
+    token_embedding_type: str
+    tensor_type_overrides: _containers.RepeatedCompositeFieldContainer[TensorTypeOverride]
+    keep_split: bool
+    imatrix_path: str
+    output_dir: str
+    overwrite: bool
+    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+
+class TensorTypeOverride(_message.Message):
+    __slots__ = ("pattern", "type")
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    pattern: str
+    type: str
+    def __init__(self, pattern: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("fraction", "bytes_done", "bytes_total", "current_tensor", "current_quant_type", "tensors_done", "tensors_total", "outputs_done", "outputs_total", "eta", "bytes_per_second")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_TENSOR_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_QUANT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_DONE_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_DONE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    bytes_done: int
+    bytes_total: int
+    current_tensor: str
+    current_quant_type: str
+    tensors_done: int
+    tensors_total: int
+    outputs_done: int
+    outputs_total: int
+    eta: _duration_pb2.Duration
+    bytes_per_second: float
+    def __init__(self, fraction: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_tensor: _Optional[str] = ..., current_quant_type: _Optional[str] = ..., tensors_done: _Optional[int] = ..., tensors_total: _Optional[int] = ..., outputs_done: _Optional[int] = ..., outputs_total: _Optional[int] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., bytes_per_second: _Optional[float] = ...) -> None: ...
+
+class QuantizedArtifact(_message.Message):
+    __slots__ = ("quant_type", "path", "size_bytes", "sha256", "bits_per_weight", "quality", "registry", "fallback_tensor_count", "tensor_count", "source_size_bytes", "compression_ratio", "quantize_duration", "file_type")
+    QUANT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    BITS_PER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_TENSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_RATIO_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    FILE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    quant_type: str
+    path: str
+    size_bytes: int
+    sha256: str
+    bits_per_weight: float
+    quality: QualityReport
+    registry: RegistryRecord
+    fallback_tensor_count: int
+    tensor_count: int
+    source_size_bytes: int
+    compression_ratio: float
+    quantize_duration: _duration_pb2.Duration
+    file_type: int
+    def __init__(self, quant_type: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., bits_per_weight: _Optional[float] = ..., quality: _Optional[_Union[QualityReport, _Mapping]] = ..., registry: _Optional[_Union[RegistryRecord, _Mapping]] = ..., fallback_tensor_count: _Optional[int] = ..., tensor_count: _Optional[int] = ..., source_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., quantize_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., file_type: _Optional[int] = ...) -> None: ...
+
+class QualityReport(_message.Message):
+    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity")
+    MEAN_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    P99_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_DELTA_FIELD_NUMBER: _ClassVar[int]
+    MEAN_COSINE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    mean_kl_divergence: float
+    p99_kl_divergence: float
+    top1_agreement: float
+    perplexity_delta: float
+    mean_cosine_similarity: float
+    min_cosine_similarity: float
+    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ...) -> None: ...
+
+class RegistryRecord(_message.Message):
+    __slots__ = ("chain_id", "contract", "tx_hash", "attester")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_FIELD_NUMBER: _ClassVar[int]
+    TX_HASH_FIELD_NUMBER: _ClassVar[int]
+    ATTESTER_FIELD_NUMBER: _ClassVar[int]
+    chain_id: int
+    contract: str
+    tx_hash: str
+    attester: str
+    def __init__(self, chain_id: _Optional[int] = ..., contract: _Optional[str] = ..., tx_hash: _Optional[str] = ..., attester: _Optional[str] = ...) -> None: ...
+
+class SourceInfo(_message.Message):
+    __slots__ = ("path", "architecture", "size_bytes", "parameter_count", "file_type", "tensor_count", "model_name", "tensor_bytes")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FILE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    architecture: str
+    size_bytes: int
+    parameter_count: int
+    file_type: int
+    tensor_count: int
+    model_name: str
+    tensor_bytes: int
+    def __init__(self, path: _Optional[str] = ..., architecture: _Optional[str] = ..., size_bytes: _Optional[int] = ..., parameter_count: _Optional[int] = ..., file_type: _Optional[int] = ..., tensor_count: _Optional[int] = ..., model_name: _Optional[str] = ..., tensor_bytes: _Optional[int] = ...) -> None: ...
+
+class CreateQuantizeJobRequest(_message.Message):
+    __slots__ = ("job", "request_id")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    job: QuantizeJob
+    request_id: str
+    def __init__(self, job: _Optional[_Union[QuantizeJob, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetQuantizeJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListQuantizeJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListQuantizeJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[QuantizeJob]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[QuantizeJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelQuantizeJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class WatchQuantizeJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class EstimateQuantizeJobRequest(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: QuantizeJob
+    def __init__(self, job: _Optional[_Union[QuantizeJob, _Mapping]] = ...) -> None: ...
+
+class OutputEstimate(_message.Message):
+    __slots__ = ("quant_type", "size_bytes", "bits_per_weight", "fallback_tensor_count", "duration", "throughput_bytes_per_second", "throughput_basis")
+    QUANT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BITS_PER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_TENSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_BASIS_FIELD_NUMBER: _ClassVar[int]
+    quant_type: str
+    size_bytes: int
+    bits_per_weight: float
+    fallback_tensor_count: int
+    duration: _duration_pb2.Duration
+    throughput_bytes_per_second: float
+    throughput_basis: ThroughputBasis
+    def __init__(self, quant_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., bits_per_weight: _Optional[float] = ..., fallback_tensor_count: _Optional[int] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., throughput_bytes_per_second: _Optional[float] = ..., throughput_basis: _Optional[_Union[ThroughputBasis, str]] = ...) -> None: ...
+
+class EstimateQuantizeJobResponse(_message.Message):
+    __slots__ = ("outputs", "disk_bytes_needed", "disk_bytes_free", "fits_on_disk", "duration", "source_info", "output_dir")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FREE_FIELD_NUMBER: _ClassVar[int]
+    FITS_ON_DISK_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_INFO_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[OutputEstimate]
+    disk_bytes_needed: int
+    disk_bytes_free: int
+    fits_on_disk: bool
+    duration: _duration_pb2.Duration
+    source_info: SourceInfo
+    output_dir: str
+    def __init__(self, outputs: _Optional[_Iterable[_Union[OutputEstimate, _Mapping]]] = ..., disk_bytes_needed: _Optional[int] = ..., disk_bytes_free: _Optional[int] = ..., fits_on_disk: _Optional[bool] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ...) -> None: ...
+
+class ListQuantTypesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListQuantTypesResponse(_message.Message):
+    __slots__ = ("quant_types", "next_page_token", "llama_cpp_version")
+    QUANT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LLAMA_CPP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    quant_types: _containers.RepeatedCompositeFieldContainer[QuantType]
+    next_page_token: str
+    llama_cpp_version: str
+    def __init__(self, quant_types: _Optional[_Iterable[_Union[QuantType, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., llama_cpp_version: _Optional[str] = ...) -> None: ...
+
+class QuantType(_message.Message):
+    __slots__ = ("name", "file_type", "family", "requires_imatrix", "typical_bits_per_weight", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_IMATRIX_FIELD_NUMBER: _ClassVar[int]
+    TYPICAL_BITS_PER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    file_type: int
+    family: str
+    requires_imatrix: bool
+    typical_bits_per_weight: float
+    description: str
+    def __init__(self, name: _Optional[str] = ..., file_type: _Optional[int] = ..., family: _Optional[str] = ..., requires_imatrix: _Optional[bool] = ..., typical_bits_per_weight: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...

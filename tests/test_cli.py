@@ -1,0 +1,173 @@
+"""The quantledger command line, as a user runs it, against a real server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import Models, RunningServer
+
+QUANTLEDGER = shutil.which("quantledger") or ""
+
+
+def cli(*args: str, server: RunningServer | None = None, env: dict[str, str] | None = None, timeout: float = 300):
+    argv = [QUANTLEDGER] if QUANTLEDGER else [sys.executable, "-m", "quantledger.cli.main"]
+    argv += list(args)
+    if server is not None:
+        argv += ["--server", server.address]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def test_console_script_is_installed() -> None:
+    assert QUANTLEDGER, "the `quantledger` console script is not on PATH: pip install -e '.[dev]'"
+
+
+def test_submit_wait_json_then_show_list_watch(server: RunningServer, models: Models) -> None:
+    out_dir = models.root / "cli-submit"
+    done = cli(
+        "submit",
+        str(models.f16),
+        "--quant",
+        "Q4_K_M",
+        "--quant",
+        "Q8_0",
+        "--wait",
+        "--json",
+        "--out",
+        str(out_dir),
+        server=server,
+    )
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["state"] == "STATE_SUCCEEDED"
+    assert [o["quant_type"] for o in job["outputs"]] == ["Q4_K_M", "Q8_0"]
+    for output in job["outputs"]:
+        data = pathlib.Path(output["path"]).read_bytes()
+        assert int(output["size_bytes"]) == len(data)
+        assert output["sha256"] == hashlib.sha256(data).hexdigest()
+        assert output["bits_per_weight"] > 4
+
+    shown = json.loads(cli("jobs", "show", job["name"], "--json", server=server).stdout)
+    assert shown["name"] == job["name"] and shown["outputs"] == job["outputs"]
+    by_id = cli("jobs", "show", job["name"].removeprefix("jobs/"), server=server)
+    assert by_id.returncode == 0 and job["outputs"][0]["sha256"] in by_id.stdout
+    listed = json.loads(cli("jobs", "list", "--json", "--page-size", "100", server=server).stdout)
+    assert job["name"] in [j["name"] for j in listed["jobs"]]
+    watched = cli("jobs", "watch", job["name"], "--json", server=server)
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert watched.returncode == 0 and lines[-1]["state"] == "STATE_SUCCEEDED"
+
+
+def test_human_output_and_progress(server: RunningServer, models: Models) -> None:
+    done = cli(
+        "submit",
+        str(models.f16),
+        "-q",
+        "Q5_K_M",
+        "--wait",
+        "--out",
+        str(models.root / "cli-human"),
+        server=server,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SUCCEEDED" in done.stdout and "sha256" in done.stdout and "BPW" in done.stdout
+    assert "%" in done.stderr  # the progress bar (plain lines when not a terminal)
+
+
+def test_estimate_and_quant_types(server: RunningServer, models: Models) -> None:
+    estimate = json.loads(cli("estimate", str(models.f16), "-q", "Q4_K_M", "--json", server=server).stdout)
+    assert estimate["outputs"][0]["quant_type"] == "Q4_K_M" and int(estimate["outputs"][0]["size_bytes"]) > 0
+    assert estimate["fits_on_disk"] is True
+    human = cli("estimate", str(models.f16), "-q", "Q4_K_M", server=server)
+    assert "Q4_K_M" in human.stdout and "fits" in human.stdout
+    types = json.loads(cli("quant-types", "--json", server=server).stdout)
+    assert "Q4_K_M" in [t["name"] for t in types["quant_types"]]
+    assert "IQ2_XXS" in cli("quant-types", server=server).stdout
+
+
+def test_failures_exit_non_zero_with_reason(server: RunningServer, models: Models) -> None:
+    missing = cli("submit", str(models.root / "nope.gguf"), "-q", "Q4_K_M", "--json", server=server)
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout)["error"]["reason"] == "SOURCE_NOT_FOUND"
+    assert "SOURCE_NOT_FOUND" in missing.stderr
+    unknown = cli("submit", str(models.f16), "-q", "Q7_Z", server=server)
+    assert unknown.returncode == 1 and "UNKNOWN_QUANT_TYPE" in unknown.stderr
+    gone = cli("jobs", "show", "jobs/doesnotexist", server=server)
+    assert gone.returncode == 1 and "JOB_NOT_FOUND" in gone.stderr
+    nobody = cli("jobs", "list", "--server", "127.0.0.1:1", "--json")
+    assert nobody.returncode == 1 and json.loads(nobody.stdout)["error"]["reason"] == "SERVER_UNAVAILABLE"
+    usage = cli("submit", str(models.f16))
+    assert usage.returncode == 2  # argparse: --quant is required
+
+
+def test_cancel_from_cli(server: RunningServer, models: Models) -> None:
+    created = json.loads(
+        cli(
+            "submit",
+            str(models.large),
+            "-q",
+            "IQ4_XS",
+            "--json",
+            "--out",
+            str(models.root / "cli-cancel"),
+            server=server,
+        ).stdout
+    )
+    cancelled = cli("jobs", "cancel", created["name"], "--json", server=server)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["state"] == "STATE_CANCELLED"
+    again = cli("jobs", "cancel", created["name"], "--json", server=server)
+    assert again.returncode == 1 and json.loads(again.stdout)["error"]["reason"] == "JOB_ALREADY_FINISHED"
+
+
+def test_quantize_locally_without_server(models: Models, tmp_path) -> None:
+    out = tmp_path / "local"
+    done = cli(
+        "quantize",
+        str(models.f16_320),
+        "-q",
+        "Q4_K_S",
+        "-q",
+        "Q6_K",
+        "--out",
+        str(out),
+        "--json",
+        env={"QUANTLEDGER_HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["state"] == "STATE_SUCCEEDED"
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["tiny320-Q4_K_S.gguf", "tiny320-Q6_K.gguf"]
+    assert all(o["fallback_tensor_count"] > 0 for o in job["outputs"])
+    bad = cli(
+        "quantize",
+        str(models.q8_0),
+        "-q",
+        "Q4_0",
+        "--out",
+        str(out),
+        env={"QUANTLEDGER_HOME": str(tmp_path / "home")},
+    )
+    assert bad.returncode == 1 and "REQUANTIZE_REFUSED" in bad.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_pipeline(tmp_path) -> None:
+    done = cli("demo", "--json", env={"QUANTLEDGER_HOME": str(tmp_path / "home")}, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["job"]["state"] == "STATE_SUCCEEDED"
+    checks = next(s for s in report["steps"] if s["step"].startswith("6."))
+    assert checks["Q4_K_M"] == checks["Q8_0"] == "sha256 and predicted size match"
+    human = cli("demo", env={"QUANTLEDGER_HOME": str(tmp_path / "home2")}, timeout=600)
+    assert human.returncode == 0, human.stderr
+    assert "== 7." in human.stdout
