@@ -1,4 +1,4 @@
-# quantledger services image: llama.cpp (through llama-cpp-python) compiled for the build machine's CPU.
+# quantledger services image: llama.cpp (through llama-cpp-python) built for AVX2, as README's install command does.
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake git \
     && rm -rf /var/lib/apt/lists/*
@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY services ./services
 COPY registry_client ./registry_client
 COPY protos ./protos
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 RUN python -m pip install --no-cache-dir .
 ENV QUANTLEDGER_HOME=/data
 VOLUME ["/data"]

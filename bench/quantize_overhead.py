@@ -144,9 +144,8 @@ def main() -> int:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
-        print(
-            f"quantledger submit --wait:  {service_seconds:7.2f} s   peak RSS {service_peak / 1e6:7.1f} MB (server + worker)"
-        )
+        peak_mb = service_peak / 1e6
+        print(f"quantledger submit --wait:  {service_seconds:7.2f} s   peak RSS {peak_mb:7.1f} MB (server + worker)")
         same = (
             (work / "service" / "bench-Q4_K_M.gguf").stat().st_size == bare_out.stat().st_size
             if args.quant == "Q4_K_M"

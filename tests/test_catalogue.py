@@ -37,7 +37,7 @@ def test_every_catalogue_type_loads_and_evaluates(stub, models: Models) -> None:
     for output in final.outputs:
         header = read_gguf_header(output.path)
         assert header.metadata["general.file_type"] == output.file_type, output.quant_type
-        llm = llama_cpp.Llama(model_path=output.path, n_ctx=32, n_threads=2, verbose=False, logits_all=False)
+        llm = llama_cpp.Llama(model_path=output.path, n_ctx=32, n_threads=2, verbose=False, logits_all=True)
         tokens = llm.tokenize(b"the quick brown fox")
         llm.eval(tokens)
         logits = np.asarray(llm.scores[len(tokens) - 1])

@@ -34,7 +34,8 @@ def test_quantize_service_runs_as_composed(models: Models, tmp_path) -> None:
     env = dict(os.environ)
     env.update({k: mapped(str(v)) for k, v in service["environment"].items()})
     (tmp_path / "data").mkdir()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_serving(f"127.0.0.1:{port}", process)
         health = [mapped(str(c)).replace("50051", str(port)) for c in service["healthcheck"]["test"][1:]]
@@ -49,4 +50,6 @@ def test_quantize_service_runs_as_composed(models: Models, tmp_path) -> None:
         assert final.outputs[0].path.startswith(str(tmp_path / "data"))  # outputs land in the data volume
     finally:
         process.send_signal(getattr(signal, service.get("stop_signal", "SIGTERM")))
-        assert process.wait(timeout=30) == 0
+        code = process.wait(timeout=30)
+        log.close()
+        assert code == 0, (tmp_path / "server.log").read_text()

@@ -113,13 +113,9 @@ def run_demo(*, json_output: bool) -> int:
 
         request = pb.QuantizeJob(source=str(model), quant_types=list(DEMO_TYPES))
         estimate = stub.EstimateQuantizeJob(pb.EstimateQuantizeJobRequest(job=request))
-        step(
-            "4. estimated the job with llama.cpp's dry run",
-            {o.quant_type: f"{o.size_bytes:,} bytes, {o.bits_per_weight:.3f} BPW" for o in estimate.outputs}
-            | {
-                "disk": f"needs {human_bytes(estimate.disk_bytes_needed)} of {human_bytes(estimate.disk_bytes_free)} free"
-            },
-        )
+        predicted = {o.quant_type: f"{o.size_bytes:,} bytes, {o.bits_per_weight:.3f} BPW" for o in estimate.outputs}
+        needed, free = human_bytes(estimate.disk_bytes_needed), human_bytes(estimate.disk_bytes_free)
+        step("4. estimated the job with llama.cpp's dry run", {**predicted, "disk": f"needs {needed} of {free} free"})
 
         job = stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=request, request_id=f"demo-{time.time_ns()}"))
         bar = None if json_output else ProgressBar()
@@ -155,7 +151,7 @@ def run_demo(*, json_output: bool) -> int:
         smallest = min(final.outputs, key=lambda a: a.size_bytes)
         llm = llama_cpp.Llama(model_path=smallest.path, n_ctx=64, verbose=False)
         tokens = llm.tokenize(b"hello world")
-        completion = llm.create_completion("hello world", max_tokens=8, temperature=0.0)
+        completion: Any = llm.create_completion("hello world", max_tokens=8, temperature=0.0)
         step(
             f"7. loaded {smallest.quant_type} in llama.cpp and generated",
             {

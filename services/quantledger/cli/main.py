@@ -267,14 +267,14 @@ def print_estimate(response: pb.EstimateQuantizeJobResponse) -> None:
     from quantledger.cli.render import human_bytes
 
     info = response.source_info
-    print(
-        f"source  {info.path}  ({info.architecture}, {info.parameter_count:,} parameters, {human_bytes(info.size_bytes)})"
-    )
+    size = human_bytes(info.size_bytes)
+    print(f"source  {info.path}  ({info.architecture}, {info.parameter_count:,} parameters, {size})")
     for output in response.outputs:
         basis = "measured" if output.throughput_basis == pb.THROUGHPUT_BASIS_MEASURED else "default"
+        seconds = output.duration.ToTimedelta().total_seconds()
         print(
             f"  {output.quant_type:<10} {output.size_bytes:>14,} bytes  {output.bits_per_weight:6.3f} BPW  "
-            f"fallbacks {output.fallback_tensor_count:<3} ~{output.duration.ToTimedelta().total_seconds():.1f}s ({basis})"
+            f"fallbacks {output.fallback_tensor_count:<3} ~{seconds:.1f}s ({basis})"
         )
     fits = "fits" if response.fits_on_disk else "DOES NOT FIT"
     print(
@@ -301,9 +301,8 @@ def cmd_quant_types(args: argparse.Namespace) -> int:
     print(f"{'TYPE':<10} {'FTYPE':>5}  {'FAMILY':<8} {'BPW':>5}  IMATRIX  DESCRIPTION")
     for t in response.quant_types:
         bpw = f"{t.typical_bits_per_weight:.2f}" if t.typical_bits_per_weight else "-"
-        print(
-            f"{t.name:<10} {t.file_type:>5}  {t.family:<8} {bpw:>5}  {'yes' if t.requires_imatrix else '':<7}  {t.description}"
-        )
+        imatrix = "yes" if t.requires_imatrix else ""
+        print(f"{t.name:<10} {t.file_type:>5}  {t.family:<8} {bpw:>5}  {imatrix:<7}  {t.description}")
     print(f"({response.llama_cpp_version})")
     return 0
 
@@ -357,7 +356,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _rpc_failure(exc: grpc.RpcError) -> CommandFailed:
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    status = rpc_status.from_call(exc)
     code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
     if status is not None:
         for detail in status.details:

@@ -47,7 +47,7 @@ def error_reason(job: pb.QuantizeJob) -> str:
     for detail in job.error.details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason
+            return str(info.reason)
     return "UNKNOWN"
 
 

@@ -122,8 +122,8 @@ def job_to_proto(job: Job) -> pb.QuantizeJob:
         source=job.spec.source,
         quant_types=list(job.spec.quant_types),
         options=options_to_proto(job.spec.options),
-        state=pb.QuantizeJob.State.Value(f"STATE_{job.state.value}"),
-        stage=pb.QuantizeJob.Stage.Value(f"STAGE_{job.stage.value}") if job.stage.value != "NONE" else 0,
+        state=f"STATE_{job.state.value}",
+        stage=f"STAGE_{job.stage.value}" if job.stage.value != "NONE" else "STAGE_UNSPECIFIED",
         progress=pb.Progress(
             fraction=progress.fraction,
             bytes_done=progress.bytes_done,

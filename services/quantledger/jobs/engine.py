@@ -38,6 +38,7 @@ from quantledger.hashing import sha256_file
 from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, JobState, Progress, Stage
 from quantledger.jobs.store import DuplicateRequestId, JobStore
 from quantledger.quantize.estimate import Estimate, estimate, throughput_for
+from quantledger.quantize.llama_log import fallback_count
 from quantledger.quantize.plan import PARTIAL_SUFFIX, PlannedOutput, QuantizePlan, make_plan
 from quantledger.quantize.runner import WorkerProcess
 
@@ -411,7 +412,7 @@ class JobEngine:
     ) -> None:
         digest = await asyncio.to_thread(sha256_file, output.partial_path)
         written = await asyncio.to_thread(read_gguf_header, output.partial_path)
-        fallbacks = sum(1 for e in events if e.get("event") == "fallback")
+        fallbacks = fallback_count(events)
         elements = sum(t.n_elements for t in written.tensors)
         bits_per_weight = 8 * written.tensor_bytes / elements if elements else 0.0
         size = written.file_size
@@ -438,9 +439,9 @@ class JobEngine:
         directory = pathlib.Path(job.output_dir)
         if not directory.is_dir():
             return
-        for partial in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}"):
+        for leftover in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+                leftover.unlink()
 
 
 def _cancelled() -> JobError:

@@ -20,6 +20,7 @@ from quantledger.gguf_header import predict_quantized_file_size
 from quantledger.jobs.model import SourceInfo
 from quantledger.jobs.store import JobStore
 from quantledger.quantize.catalogue import QuantType
+from quantledger.quantize.llama_log import fallback_count
 from quantledger.quantize.plan import QuantizePlan
 from quantledger.quantize.runner import WorkerProcess
 
@@ -116,7 +117,7 @@ def summarize_run(plan: QuantizePlan, quant_type: QuantType, events: list[dict[s
         kind = table[new_types.get(tensor.name, tensor.ggml_type)]
         bits += 8 * kind.row_bytes(tensor.shape[0]) * (tensor.n_elements // tensor.shape[0])
         elements += tensor.n_elements
-    fallbacks = sum(1 for e in events if e.get("event") == "fallback")
+    fallbacks = fallback_count(events)
     return size, (bits / elements if elements else 0.0), fallbacks
 
 

@@ -110,3 +110,11 @@ class LogParser:
         if total is not None:
             return [{"event": "fallback_total", "count": int(total["count"]), "total": int(total["total"])}]
         return []
+
+
+def fallback_count(events: list[dict[str, Any]]) -> int:
+    """Tensors llama.cpp quantized to another type than planned: its own total when it logged one."""
+    totals = [e["count"] for e in events if e.get("event") == "fallback_total"]
+    if totals:
+        return int(totals[-1])
+    return sum(1 for e in events if e.get("event") == "fallback")
