@@ -181,3 +181,16 @@ def test_parallel_slots_run_jobs_side_by_side(models: Models, tmp_path) -> None:
             stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=name))
     finally:
         server.stop()
+
+
+def test_worker_crash_fails_one_job_not_the_service(stub, server: RunningServer, models: Models) -> None:
+    job = create(stub, models.large, ["IQ4_XS"], output_dir=str(models.root / "crash"))
+    running = wait_running_with_progress(stub, job.name)
+    (worker,) = workers_of(server)
+    worker.kill()  # what the OOM killer or a segfault in llama.cpp looks like from outside
+    final = wait_for_job(stub, job.name)
+    assert final.state == Job.STATE_FAILED
+    assert error_reason_of(final) == "WORKER_CRASHED"
+    assert partial_files(running.output_dir) == []
+    after = wait_for_job(stub, create(stub, models.f16, ["Q4_0"], output_dir=str(models.root / "after-crash")).name)
+    assert after.state == Job.STATE_SUCCEEDED

@@ -199,3 +199,23 @@ def test_list_quant_types_is_the_installed_catalogue(stub, models: Models) -> No
     assert len(page.quant_types) == 5 and page.next_page_token
     rest = stub.ListQuantTypes(pb.ListQuantTypesRequest(page_token=page.next_page_token))
     assert [t.name for t in page.quant_types] + [t.name for t in rest.quant_types] == names
+
+
+def test_time_estimate_is_calibrated_by_jobs_run_here(stub, models: Models) -> None:
+    request = pb.QuantizeJob(source=str(models.large), quant_types=["Q5_1"])
+    before = stub.EstimateQuantizeJob(pb.EstimateQuantizeJobRequest(job=request)).outputs[0]
+    assert before.throughput_basis == pb.THROUGHPUT_BASIS_DEFAULT
+    final = wait_for_job(stub, create(stub, models.large, ["Q5_1"], output_dir=str(models.root / "calibrate")).name)
+    assert final.state == Job.STATE_SUCCEEDED
+    after = stub.EstimateQuantizeJob(
+        pb.EstimateQuantizeJobRequest(
+            job=pb.QuantizeJob(
+                source=str(models.large),
+                quant_types=["Q5_1"],
+                options=pb.QuantizeOptions(output_dir=str(models.root / "calibrate2")),
+            )
+        )
+    ).outputs[0]
+    assert after.throughput_basis == pb.THROUGHPUT_BASIS_MEASURED
+    measured = final.source_info.tensor_bytes / final.outputs[0].quantize_duration.ToTimedelta().total_seconds()
+    assert after.throughput_bytes_per_second == pytest.approx(measured, rel=0.01)

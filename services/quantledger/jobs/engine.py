@@ -20,7 +20,6 @@ import pathlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
 from quantledger.config import Settings
@@ -82,7 +81,7 @@ class JobEngine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._workers: dict[str, WorkerProcess] = {}
         self._stop_reason: dict[str, str] = {}
-        self._changed: asyncio.Condition | None = None
+        self._changed: asyncio.Event | None = None  # set (and replaced) on every job change
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping = False
@@ -92,7 +91,7 @@ class JobEngine:
     async def start(self) -> None:
         """Recover from an unclean stop and start taking queued jobs."""
         self._settings.ensure_dirs()
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._wakeup = asyncio.Event()
         self.recover_interrupted()
         self._scheduler = asyncio.create_task(self._schedule(), name="quantledger-scheduler")
@@ -174,7 +173,7 @@ class JobEngine:
                 raise
             return existing
         log.info("created %s: %s -> %s", job.name, spec.source, ",".join(spec.quant_types))
-        await self._notify()
+        self._notify()
         return copy.deepcopy(job)
 
     def _existing_for(self, request_id: str, fingerprint: str) -> Job | None:
@@ -213,7 +212,7 @@ class JobEngine:
         task = self._tasks.get(job_id)
         if task is None:
             self._finish(job, JobState.CANCELLED, _cancelled())
-            await self._notify()
+            self._notify()
             return self.get(job_id)
         self._stop_reason[job_id] = "cancel"
         worker = self._workers.get(job_id)
@@ -229,16 +228,17 @@ class JobEngine:
         job = self.get(job_id)
         yield job
         while not job.state.finished:
-            async with self._changed:
+            changed = self._changed
+            if self._version(job_id) == job.version:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(partial(self._moved, job_id, job.version)), timeout=5)
+                    await asyncio.wait_for(changed.wait(), timeout=5)
             latest = self.get(job_id)
             if latest.version != job.version:
                 job = latest
                 yield job
 
     async def estimate(self, spec: JobSpec) -> Estimate:
-        plan = await asyncio.to_thread(make_plan, spec, self._settings, self._settings.artifacts / "{job}")
+        plan = await asyncio.to_thread(make_plan, spec, self._settings, self._settings.artifacts / "<job id>")
         return await self._estimate(plan)
 
     # ---------------------------------------------------------------- internals
@@ -249,9 +249,6 @@ class JobEngine:
         log_path.unlink(missing_ok=True)
         return result
 
-    def _moved(self, job_id: str, seen: int) -> bool:
-        return self._version(job_id) != seen
-
     def _version(self, job_id: str) -> int:
         live = self._live.get(job_id)
         if live is not None:
@@ -259,19 +256,19 @@ class JobEngine:
         stored = self._store.get(job_id)
         return stored.version if stored is not None else -1
 
-    async def _notify(self) -> None:
+    def _notify(self) -> None:
+        """Wake the scheduler and every watcher."""
         if self._wakeup is not None:
             self._wakeup.set()
         if self._changed is not None:
-            async with self._changed:
-                self._changed.notify_all()
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     def _touch(self, job: Job, *, save: bool = True) -> None:
         job.version += 1
         if save:
             self._store.save(job)
-        if self._changed is not None:
-            asyncio.get_running_loop().create_task(self._notify())
+        self._notify()
 
     def _finish(self, job: Job, state: JobState, error: JobError | None) -> None:
         job.state = state
@@ -342,7 +339,7 @@ class JobEngine:
             self._tasks.pop(job.id, None)
             self._workers.pop(job.id, None)
             self._stop_reason.pop(job.id, None)
-            await self._notify()
+            self._notify()
 
     async def _abandon(self, hashing: list[asyncio.Task[None]]) -> None:
         for task in hashing:
