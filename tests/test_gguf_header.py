@@ -443,13 +443,18 @@ def quantize(llama_cpp: Any, source: Path, output: Path, ftype: str) -> int:
     return int(params.ftype)
 
 
-@pytest.mark.parametrize("source", ["f16", "f16_320", "q8_0"])
-@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q8_0", "Q4_0"])
+@pytest.mark.parametrize(
+    ("source", "ftype"),
+    [
+        (source, ftype)
+        for source in ("f16", "f16_320", "q8_0")
+        for ftype in ("Q4_K_M", "Q8_0", "Q4_0")
+        if (source, ftype) != ("q8_0", "Q8_0")  # same type: nothing to requantize
+    ],
+)
 def test_predicted_size_matches_llama_cpp(
     llama_cpp: Any, tiny_models: dict[str, Path], tmp_path: Path, source: str, ftype: str
 ) -> None:
-    if source == "q8_0" and ftype == "Q8_0":
-        pytest.skip("same type: nothing to requantize")
     source_header = read_gguf_header(tiny_models[source])
     output = tmp_path / f"{source}-{ftype}.gguf"
     file_type = quantize(llama_cpp, tiny_models[source], output, ftype)

@@ -29,9 +29,8 @@ class _BackgroundServer:
     """A QuantledgerServer on its own event loop thread."""
 
     def __init__(self, settings: Settings) -> None:
-        from quantledger.grpc_api.server import QuantledgerServer
-
-        self._server = QuantledgerServer(settings)
+        self._settings = settings
+        self._server: Any = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="demo-server", daemon=True)
@@ -39,8 +38,12 @@ class _BackgroundServer:
         self._failure: BaseException | None = None
 
     def _main(self) -> None:
+        from quantledger.grpc_api.server import QuantledgerServer
+
         asyncio.set_event_loop(self._loop)
         try:
+            # grpc.aio binds a server to the loop current when it is made: make it on this thread's loop
+            self._server = QuantledgerServer(self._settings)
             self.port = self._loop.run_until_complete(self._server.start())
         except BaseException as exc:
             self._failure = exc

@@ -42,6 +42,7 @@ class QuantledgerServer:
         self._server = grpc.aio.server()
         self._health = health.aio.HealthServicer()
         self._engine: JobEngine | None = None
+        self._stopping = False
         self._stopped = asyncio.Event()
         self.port = 0
 
@@ -67,19 +68,23 @@ class QuantledgerServer:
         return self.port
 
     async def stop(self) -> None:
-        """Graceful shutdown (idempotent)."""
-        if self._stopped.is_set():
+        """Graceful shutdown (idempotent; a second call waits for the first to finish)."""
+        if self._stopping:
+            await self._stopped.wait()
             return
-        self._stopped.set()
+        self._stopping = True
         log.info("shutting down: health NOT_SERVING, stopping running jobs")
-        await self._health.enter_graceful_shutdown()
-        if self._engine is not None:
-            await self._engine.shutdown()
-        await self._server.stop(GRACE_SECONDS)
+        try:
+            await self._health.enter_graceful_shutdown()
+            if self._engine is not None:
+                await self._engine.shutdown()
+            await self._server.stop(GRACE_SECONDS)
+        finally:
+            self._stopped.set()
 
     async def wait(self) -> None:
+        """Return once stop() has completed."""
         await self._stopped.wait()
-        await self._server.wait_for_termination()
 
 
 async def serve(settings: Settings, services: Sequence[str] = SERVICES, *, announce: bool = True) -> None:

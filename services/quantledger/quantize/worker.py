@@ -115,7 +115,7 @@ def probe(ftypes: list[int], emit: _Emitter) -> None:
 
     with tempfile.TemporaryDirectory(prefix="quantledger-probe-") as work:
         model = os.path.join(work, "probe-f16.gguf")
-        write_llama_gguf(model, n_embd=256, n_ff=512, n_layer=2, n_vocab=300)
+        write_llama_gguf(model, n_embd=256, n_ff=256, n_layer=1, n_head=2, n_head_kv=1, n_vocab=288)
         for ftype in ftypes:
             emit({"event": "run", "ftype": ftype})
             request = {
