@@ -86,7 +86,11 @@ def main() -> int:
 
         bare_out = work / "bare.gguf"
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-c", BARE, str(model), str(bare_out), args.quant, str(args.threads)])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BARE, str(model), str(bare_out), args.quant, str(args.threads)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         sampler = PeakRss(proc.pid)
         rc = proc.wait()
         bare_seconds = time.monotonic() - started
