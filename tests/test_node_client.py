@@ -20,7 +20,7 @@ NODE_DIR = REPO / "tests" / "node"
 def test_node_client_creates_watches_and_reads_outputs(server: RunningServer, models: Models) -> None:
     node = shutil.which("node")
     assert node, "Node.js is required (see .ci/run)"
-    assert (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run: npm ci --prefix tests/node"
+    assert (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run: npm install --prefix tests/node"
     includes = [
         str(pathlib.Path(grpc_tools.__file__).parent / "_proto"),  # google/protobuf/*.proto
         str(pathlib.Path(google.rpc.status_pb2.__file__).parents[2]),  # google/rpc/status.proto

@@ -33,7 +33,7 @@ def test_protos_pass_buf_lint_and_format(tmp_path) -> None:
     import yaml
 
     buf = REPO / "tests" / "node" / "node_modules" / ".bin" / "buf"
-    assert buf.exists(), "run: npm ci --prefix tests/node"
+    assert buf.exists(), "run: npm install --prefix tests/node"
     shutil.copytree(REPO / "protos" / "quantledger", tmp_path / "api" / "quantledger")
     googleapis = tmp_path / "third_party" / "google" / "rpc"
     googleapis.mkdir(parents=True)
