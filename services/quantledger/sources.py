@@ -7,6 +7,7 @@ before any existence test, so the service never tells whether a file exists outs
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -18,6 +19,8 @@ from quantledger.gguf_header import GgufHeader, is_gguf_file, read_gguf_header
 from quantledger.jobs.model import SourceInfo
 
 _FIRST_SPLIT = re.compile(r"-00001-of-\d{5}\.gguf$")
+_SHARD_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+MAX_SHARDS = 9999
 
 
 def resolve_allowed(raw: str, roots: Sequence[pathlib.Path], what: str = "source") -> pathlib.Path:
@@ -41,10 +44,16 @@ def resolve_allowed(raw: str, roots: Sequence[pathlib.Path], what: str = "source
 
 @dataclass(frozen=True)
 class GgufSource:
-    """A validated local GGUF source."""
+    """A validated local GGUF source.
+
+    For a split model (``split.count`` > 1), ``path`` is the first shard and ``header`` merges every
+    shard: metadata of the first, tensors and sizes of all (llama.cpp reads the other shards itself
+    and writes one merged output unless keep_split is set).
+    """
 
     path: pathlib.Path
     header: GgufHeader
+    shards: tuple[pathlib.Path, ...] = ()
 
     @property
     def info(self) -> SourceInfo:
@@ -82,11 +91,58 @@ def open_source(raw: str, roots: Sequence[pathlib.Path]) -> GgufSource:
     if not is_gguf_file(path):
         raise SourceInvalid(f"{path.name} is not a GGUF file (no GGUF magic)", path=str(path))
     header = read_gguf_header(path)
+    shards: tuple[pathlib.Path, ...] = (path,)
+    if _split_count(header) > 1:
+        header, shards = _merge_shards(path, header, roots)
     if not header.architecture:
         raise SourceInvalid(f"{path.name} has no general.architecture: not a model GGUF", path=str(path))
     if not header.tensors:
         raise SourceInvalid(f"{path.name} holds no tensors", path=str(path))
-    return GgufSource(path=path, header=header)
+    return GgufSource(path=path, header=header, shards=shards)
+
+
+def _split_count(header: GgufHeader) -> int:
+    count = header.metadata.get("split.count", 1)
+    return count if isinstance(count, int) and not isinstance(count, bool) else 1
+
+
+def _merge_shards(
+    first: pathlib.Path, header: GgufHeader, roots: Sequence[pathlib.Path]
+) -> tuple[GgufHeader, tuple[pathlib.Path, ...]]:
+    """Validate every shard of a split model and merge their tensors into one header."""
+    count = _split_count(header)
+    named = _SHARD_NAME.match(first.name)
+    if header.metadata.get("split.no", 0) != 0 or named is None or int(named["no"]) != 1:
+        raise SourceInvalid(
+            f"{first.name} is not the first shard of its split model; name the first shard (…-00001-of-NNNNN.gguf)",
+            path=str(first),
+        )
+    if count > MAX_SHARDS or int(named["count"]) != count:
+        raise SourceInvalid(f"{first.name}: split.count {count} does not match its file name", path=str(first))
+    shards = [first]
+    headers = [header]
+    for number in range(2, count + 1):
+        shard = first.with_name(f"{named['prefix']}-{number:05d}-of-{count:05d}.gguf")
+        real = resolve_allowed(str(shard), roots)
+        if not real.is_file():
+            raise SourceInvalid(f"split model {first.name}: shard {shard.name} is missing", path=str(shard))
+        shard_header = read_gguf_header(real)
+        if shard_header.metadata.get("split.no") != number - 1:
+            raise SourceInvalid(f"{shard.name} does not say it is shard {number} of {count}", path=str(shard))
+        shards.append(real)
+        headers.append(shard_header)
+    tensors = tuple(t for h in headers for t in h.tensors)
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise SourceInvalid(f"split model {first.name}: a tensor appears in more than one shard", path=str(first))
+    declared = header.metadata.get("split.tensors.count")
+    if isinstance(declared, int) and declared != len(tensors):
+        raise SourceInvalid(
+            f"split model {first.name}: split.tensors.count says {declared}, the shards hold {len(tensors)}",
+            path=str(first),
+        )
+    merged = dataclasses.replace(header, tensors=tensors, file_size=sum(h.file_size for h in headers))
+    return merged, tuple(shards)
 
 
 def _model_in_directory(directory: pathlib.Path) -> pathlib.Path:

@@ -101,6 +101,11 @@ def make_plan(
             path=str(source.path),
         )
 
+    if options.keep_split and len(source.shards) > 1:
+        raise InvalidArgument(
+            "keep_split with a split source is not supported yet: leave it off and the output is one merged file"
+        )
+
     imatrix_path: pathlib.Path | None = None
     if options.imatrix_path:
         imatrix_path = resolve_allowed(options.imatrix_path, settings.allowed_roots, what="imatrix")
