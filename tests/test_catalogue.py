@@ -54,6 +54,15 @@ def test_imatrix_types_quantize_with_either_imatrix_format(stub, models: Models,
         quant_types=["IQ2_XXS", "IQ1_S"],
         options=pb.QuantizeOptions(imatrix_path=str(imatrix), output_dir=str(models.root / f"imatrix-{fmt}")),
     )
+    estimate = stub.EstimateQuantizeJob(pb.EstimateQuantizeJobRequest(job=job))
     final = wait_for_job(stub, stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job)).name)
     assert final.state == pb.QuantizeJob.STATE_SUCCEEDED, final.error
-    assert {t.type_name for t in read_gguf_header(final.outputs[0].path).tensors} >= {"IQ2_XXS"}
+    header = read_gguf_header(final.outputs[0].path)
+    assert {t.type_name for t in header.tensors} >= {"IQ2_XXS"}
+    # the output records its importance matrix as llama-quantize does, and the estimate knew the bytes
+    n_matrices = sum(1 for t in read_gguf_header(models.f16).tensors if len(t.shape) >= 2)
+    assert header.metadata["quantize.imatrix.file"] == imatrix.name
+    assert header.metadata["quantize.imatrix.entries_count"] == n_matrices
+    assert header.metadata["quantize.imatrix.dataset"] == "synthetic"
+    assert header.metadata["quantize.imatrix.chunks_count"] >= 1
+    assert [o.size_bytes for o in final.outputs] == [o.size_bytes for o in estimate.outputs]

@@ -502,11 +502,14 @@ def _n_dims_written(shape: tuple[int, ...]) -> int:
     return n
 
 
-def predict_quantized_file_size(header: GgufHeader, new_types: Mapping[str, int], set_u32: Mapping[str, int]) -> int:
+def predict_quantized_file_size(
+    header: GgufHeader, new_types: Mapping[str, int], set_values: Mapping[str, int | str]
+) -> int:
     """The exact size of the file ``llama_model_quantize`` writes for this source.
 
     ``new_types`` gives the ggml type of each tensor in the output (tensors not named keep their type);
-    ``set_u32`` the u32 keys llama.cpp sets (``general.quantization_version``, ``general.file_type``).
+    ``set_values`` the keys llama.cpp sets: ints are written as u32 (``general.quantization_version``,
+    ``general.file_type``, integer kv_overrides), strings as strings (string kv_overrides).
     Raises InvalidArgument for an unknown type or one whose block size does not divide a row.
     """
     if header.metadata and not header.kv_layout:
@@ -515,11 +518,15 @@ def predict_quantized_file_size(header: GgufHeader, new_types: Mapping[str, int]
     for raw_key, value_bytes in header.kv_layout:
         keys.pop(raw_key, None)  # llama.cpp's gguf_set_* removes an existing key and appends
         keys[raw_key] = value_bytes
-    for key in set_u32:
+    for key, value in set_values.items():
         raw_key = key.encode("utf-8")
         raw_key = raw_key[: _cut_at_nul(raw_key)]
         keys.pop(raw_key, None)
-        keys[raw_key] = 4 + 4
+        if isinstance(value, str):
+            raw_value = value.encode("utf-8")
+            keys[raw_key] = 4 + 8 + _cut_at_nul(raw_value)  # type tag, length, bytes up to a NUL
+        else:
+            keys[raw_key] = 4 + 4  # type tag, u32
     for key in SPLIT_KEYS:
         keys.pop(key.encode(), None)
     meta = _HEADER_BYTES + sum(8 + len(raw_key) + value_bytes for raw_key, value_bytes in keys.items())

@@ -107,13 +107,25 @@ def make_plan(
         )
 
     imatrix_path: pathlib.Path | None = None
+    metadata_overrides: list[list[Any]] = []
     if options.imatrix_path:
         imatrix_path = resolve_allowed(options.imatrix_path, settings.allowed_roots, what="imatrix")
         if not imatrix_path.is_file():
             raise SourceNotFound(f"imatrix file {options.imatrix_path!r} does not exist")
         from quantledger.imatrix import check_covers, load_imatrix
 
-        check_covers(load_imatrix(imatrix_path), {t.name: t.shape[0] for t in source.header.tensors})
+        imatrix = load_imatrix(imatrix_path)
+        check_covers(imatrix, {t.name: t.shape[0] for t in source.header.tensors})
+        # what llama-quantize records about the imatrix in the output (strings: llama.cpp keeps 127 bytes)
+        metadata_overrides = [
+            ["quantize.imatrix.file", imatrix_path.name.encode()[:127].decode(errors="ignore")],
+            ["quantize.imatrix.entries_count", len(imatrix.entries)],
+            ["quantize.imatrix.chunks_count", imatrix.chunk_count],
+        ]
+        if imatrix.datasets:
+            metadata_overrides.append(
+                ["quantize.imatrix.dataset", imatrix.datasets[0].encode()[:127].decode(errors="ignore")]
+            )
     needing = [t.name for t in types if t.requires_imatrix]
     if needing and imatrix_path is None:
         raise ImatrixRequired(
@@ -162,5 +174,6 @@ def make_plan(
         ),
         "tensor_type_overrides": overrides,
         "imatrix": str(imatrix_path) if imatrix_path else None,
+        "metadata": metadata_overrides,
     }
     return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request)

@@ -9,7 +9,8 @@ if the parent dies, so a killed server leaves no orphan writing files.
 The request is one run, or ``{"runs": [run, ...]}`` for several (dry runs of every type of a job
 share one process). Run fields: source, output, ftype, dry_run, threads, allow_requantize, quantize_output_tensor,
 pure, keep_split, output_tensor_type, token_embedding_type (ggml type ids, -1 for llama.cpp's
-choice), tensor_type_overrides ([[pattern, ggml type id], ...]), imatrix (path or null).
+choice), tensor_type_overrides ([[pattern, ggml type id], ...]), imatrix (path or null), metadata
+([[key, int or str], ...]: keys written into the output, as llama-quantize records its imatrix).
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ def run(request: dict[str, Any], emit: _Emitter) -> int:
         array[len(overrides)].pattern = None
         params.tt_overrides = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keepalive.append(array)
+    metadata = request.get("metadata") or []
+    if metadata:
+        entries = (llama_cpp.llama_model_kv_override * (len(metadata) + 1))()
+        for entry, (key, value) in zip(entries, metadata, strict=False):
+            entry.key = str(key).encode()[:127]
+            if isinstance(value, str):
+                entry.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+                entry.value.val_str = value.encode()[:127]
+            else:
+                entry.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT  # written as u32
+                entry.value.val_i64 = int(value)
+        entries[len(metadata)].key = b""
+        params.kv_overrides = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+        keepalive.append(entries)
     if request.get("imatrix"):
         from quantledger.imatrix import ImatrixCArray, load_imatrix
 
