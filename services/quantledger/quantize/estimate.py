@@ -105,11 +105,9 @@ def summarize_run(plan: QuantizePlan, quant_type: QuantType, events: list[dict[s
             if target is not None:
                 new_types[event["name"]] = target.id
     header = plan.source.header
-    size = predict_quantized_file_size(
-        header,
-        new_types,
-        {"general.quantization_version": GGML_QNT_VERSION, "general.file_type": quant_type.file_type},
-    )
+    written: dict[str, int | str] = {key: value for key, value in plan.base_request.get("metadata") or []}
+    written.update({"general.quantization_version": GGML_QNT_VERSION, "general.file_type": quant_type.file_type})
+    size = predict_quantized_file_size(header, new_types, written)
     table = ggml_types()
     bits = 0
     elements = 0
