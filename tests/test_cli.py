@@ -171,3 +171,24 @@ def test_demo_runs_the_whole_pipeline(tmp_path) -> None:
     human = cli("demo", env={"QUANTLEDGER_HOME": str(tmp_path / "home2")}, timeout=600)
     assert human.returncode == 0, human.stderr
     assert "== 7." in human.stdout
+
+
+def test_up_accepts_its_flags_announces_json_and_stops_on_sigint(tmp_path) -> None:
+    import signal
+
+    from conftest import free_port, wait_serving
+
+    port = free_port()
+    env = dict(os.environ, QUANTLEDGER_HOME=str(tmp_path / "home"))
+    argv = [QUANTLEDGER or "quantledger", "up", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--chain-port", str(free_port()), "--json"]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        announcement = json.loads(process.stdout.readline())
+        assert announcement["address"] == f"127.0.0.1:{port}" and "quantize" in announcement["serving"]
+        wait_serving(announcement["address"], process)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr

@@ -326,7 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "note: the registry chain is not part of this release yet; --chain-* flags are accepted",
             file=sys.stderr,
         )
-    asyncio.run(serve(settings, ["quantize"]))
+    asyncio.run(serve(settings, ["quantize"], as_json=args.json))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Sequence
@@ -87,18 +88,18 @@ class QuantledgerServer:
         await self._stopped.wait()
 
 
-async def serve(settings: Settings, services: Sequence[str] = SERVICES, *, announce: bool = True) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(settings: Settings, services: Sequence[str] = SERVICES, *, as_json: bool = False) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; announce the address on stdout."""
     server = QuantledgerServer(settings, services)
     port = await server.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.stop()))
-    if announce:
-        print(
-            f"quantledger serving {', '.join(services)} on {settings.host}:{port} (data dir {settings.home})",
-            flush=True,
-        )
+    address = f"{settings.host}:{port}"
+    if as_json:
+        print(json.dumps({"serving": list(services), "address": address, "data_dir": str(settings.home)}), flush=True)
+    else:
+        print(f"quantledger serving {', '.join(services)} on {address} (data dir {settings.home})", flush=True)
     try:
         await server.wait()
     finally:
