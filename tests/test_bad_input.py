@@ -26,8 +26,10 @@ def refused(call, *args, **kwargs) -> tuple[grpc.StatusCode, str, str]:
     return caught.value.code(), error_reason(caught.value), caught.value.details()
 
 
-def gguf_bytes(tensors: list[tuple[str, list[int], int]], tensor_count: int | None = None, data: bytes = b"") -> bytes:
-    """A minimal GGUF v3: general.architecture = llama, the given tensor infos, then ``data``."""
+def gguf_bytes(
+    tensors: list[tuple[str, list[int], int]], tensor_count: int | None = None, data: bytes = b"", arch: str = "llama"
+) -> bytes:
+    """A minimal GGUF v3: general.architecture = ``arch``, the given tensor infos, then ``data``."""
 
     def string(value: str) -> bytes:
         raw = value.encode()
@@ -35,7 +37,7 @@ def gguf_bytes(tensors: list[tuple[str, list[int], int]], tensor_count: int | No
 
     out = b"GGUF" + struct.pack("<I", 3)
     out += struct.pack("<QQ", len(tensors) if tensor_count is None else tensor_count, 1)
-    out += string("general.architecture") + struct.pack("<I", 8) + string("llama")
+    out += string("general.architecture") + struct.pack("<I", 8) + string(arch)
     offset = 0
     for name, dims, ggml_type in tensors:
         out += string(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
@@ -63,6 +65,12 @@ def bad(models: Models) -> dict[str, pathlib.Path]:
     files["absurd_count"].write_bytes(gguf_bytes([("a.weight", [256, 4], 1)], tensor_count=2**40, data=b"\0" * 2048))
     files["absurd_size"] = root / "absurd-size.gguf"
     files["absurd_size"].write_bytes(gguf_bytes([("a.weight", [2**40, 2**40], 1)], data=b"\0" * 64))
+    files["unknown_arch"] = root / "unknown-arch.gguf"
+    files["unknown_arch"].write_bytes(
+        gguf_bytes([("blk.0.x.weight", [256, 4], 1)], data=b"\0" * 2048, arch="frobnicator")
+    )
+    files["incomplete_llama"] = root / "incomplete-llama.gguf"
+    files["incomplete_llama"].write_bytes(gguf_bytes([("blk.0.x.weight", [256, 4], 1)], data=b"\0" * 2048))
     files["lying_size"] = root / "lying-size.gguf"
     files["lying_size"].write_bytes(gguf_bytes([("a.weight", [4096, 4096], 1)], data=b"\0" * 64))
     return files
@@ -79,6 +87,8 @@ def bad(models: Models) -> dict[str, pathlib.Path]:
         ("absurd_count", grpc.StatusCode.INVALID_ARGUMENT, "SOURCE_INVALID"),
         ("absurd_size", grpc.StatusCode.INVALID_ARGUMENT, "SOURCE_INVALID"),
         ("lying_size", grpc.StatusCode.INVALID_ARGUMENT, "SOURCE_INVALID"),
+        ("unknown_arch", grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_ARCHITECTURE"),
+        ("incomplete_llama", grpc.StatusCode.INVALID_ARGUMENT, "SOURCE_INVALID"),
     ],
 )
 def test_bad_sources(stub, models: Models, bad, case, code, reason) -> None:

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from quantledger.errors import QuantizeFailed, UnsupportedArchitecture
+from quantledger.errors import QuantizeFailed, SourceInvalid, UnsupportedArchitecture
 from quantledger.ggml_types import ggml_types, ggml_types_by_name
 from quantledger.gguf_header import predict_quantized_file_size
 from quantledger.jobs.model import SourceInfo
@@ -131,7 +131,9 @@ async def estimate(plan: QuantizePlan, store: JobStore | None, log_path: str, di
                 f"({plan.source.header.architecture!r})",
                 architecture=plan.source.header.architecture or "",
             ) from exc
-        raise
+        # a dry run reads only the source and the options: what fails here is the model itself
+        detail = exc.message.removeprefix("llama.cpp failed to quantize: ")
+        raise SourceInvalid(f"llama.cpp cannot quantize {plan.source.path.name}: {detail}") from exc
     runs = _split_runs(result.events)
     predictions = []
     tensor_bytes = plan.source.header.tensor_bytes
