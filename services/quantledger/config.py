@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_PORT = 50051
 DEFAULT_CHAIN_PORT = 8545
@@ -32,7 +32,6 @@ class Settings:
     port: int = DEFAULT_PORT
     chain_port: int = DEFAULT_CHAIN_PORT
     chain_url: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def database(self) -> pathlib.Path:
