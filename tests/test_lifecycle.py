@@ -35,7 +35,7 @@ def wait_running_with_progress(stub, name: str, timeout: float = 60) -> pb.Quant
 
 def partial_files(directory: str | pathlib.Path) -> list[pathlib.Path]:
     directory = pathlib.Path(directory)
-    return [p for p in directory.iterdir() if p.name.endswith(".partial")] if directory.is_dir() else []
+    return [p for p in directory.iterdir() if ".partial" in p.name] if directory.is_dir() else []
 
 
 def workers_of(server: RunningServer) -> list[psutil.Process]:

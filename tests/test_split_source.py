@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 
 import gguf
@@ -91,13 +92,39 @@ def test_split_source_quantizes_to_one_merged_file(stub, split_model: list[pathl
         del llm
 
 
+def test_keep_split_writes_one_file_per_shard(stub, split_model: list[pathlib.Path], models: Models) -> None:
+    out = models.root / "split-keep"
+    request = pb.QuantizeJob(
+        source=str(split_model[0]),
+        quant_types=["Q4_K_M"],
+        options=pb.QuantizeOptions(keep_split=True, output_dir=str(out)),
+    )
+    estimate = stub.EstimateQuantizeJob(pb.EstimateQuantizeJobRequest(job=request))
+    final = wait_for_job(stub, stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=request)).name)
+    assert final.state == pb.QuantizeJob.STATE_SUCCEEDED, final.error
+    (output,) = final.outputs
+    names = [pathlib.Path(f.path).name for f in output.files]
+    assert names == [f"splitmodel-Q4_K_M-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    assert sorted(p.name for p in out.iterdir()) == names  # nothing else, no partial files
+    for file in output.files:
+        data = pathlib.Path(file.path).read_bytes()
+        assert file.size_bytes == len(data) and file.sha256 == hashlib.sha256(data).hexdigest()
+    assert (output.path, output.size_bytes, output.sha256) == (
+        output.files[0].path,
+        output.files[0].size_bytes,
+        output.files[0].sha256,
+    )
+    assert output.total_size_bytes == sum(f.size_bytes for f in output.files) == estimate.outputs[0].size_bytes
+    assert output.tensor_count == 21
+    llm = llama_cpp.Llama(model_path=output.path, n_ctx=32, verbose=False)  # finds shards 2 and 3 itself
+    llm.eval(llm.tokenize(b"split"))
+    del llm
+
+
 def test_broken_splits_are_refused(stub, split_model: list[pathlib.Path], models: Models) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         create(stub, split_model[1])  # not the first shard
     assert error_reason(caught.value) == "SOURCE_INVALID"
-    with pytest.raises(grpc.RpcError) as caught:
-        create(stub, split_model[0], keep_split=True)
-    assert error_reason(caught.value) == "INVALID_ARGUMENT"
     lonely = models.root / "split-lonely"
     lonely.mkdir(exist_ok=True)
     first = lonely / split_model[0].name

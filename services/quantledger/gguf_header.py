@@ -503,13 +503,18 @@ def _n_dims_written(shape: tuple[int, ...]) -> int:
 
 
 def predict_quantized_file_size(
-    header: GgufHeader, new_types: Mapping[str, int], set_values: Mapping[str, int | str]
+    header: GgufHeader,
+    new_types: Mapping[str, int],
+    set_values: Mapping[str, int | str],
+    extra_kv: Mapping[str, int] | None = None,
 ) -> int:
     """The exact size of the file ``llama_model_quantize`` writes for this source.
 
     ``new_types`` gives the ggml type of each tensor in the output (tensors not named keep their type);
     ``set_values`` the keys llama.cpp sets: ints are written as u32 (``general.quantization_version``,
     ``general.file_type``, integer kv_overrides), strings as strings (string kv_overrides).
+    ``extra_kv`` adds keys set after the split keys are dropped, as key -> bytes of the typed value
+    (type tag included): the split keys of a keep_split output shard.
     Raises InvalidArgument for an unknown type or one whose block size does not divide a row.
     """
     if header.metadata and not header.kv_layout:
@@ -529,6 +534,9 @@ def predict_quantized_file_size(
             keys[raw_key] = 4 + 4  # type tag, u32
     for key in SPLIT_KEYS:
         keys.pop(key.encode(), None)
+    for key, value_bytes in (extra_kv or {}).items():
+        keys.pop(key.encode(), None)
+        keys[key.encode()] = value_bytes
     meta = _HEADER_BYTES + sum(8 + len(raw_key) + value_bytes for raw_key, value_bytes in keys.items())
 
     table = _type_table()

@@ -54,6 +54,7 @@ class GgufSource:
     path: pathlib.Path
     header: GgufHeader
     shards: tuple[pathlib.Path, ...] = ()
+    shard_headers: tuple[GgufHeader, ...] = ()
 
     @property
     def info(self) -> SourceInfo:
@@ -92,13 +93,14 @@ def open_source(raw: str, roots: Sequence[pathlib.Path]) -> GgufSource:
         raise SourceInvalid(f"{path.name} is not a GGUF file (no GGUF magic)", path=str(path))
     header = read_gguf_header(path)
     shards: tuple[pathlib.Path, ...] = (path,)
+    shard_headers: tuple[GgufHeader, ...] = (header,)
     if _split_count(header) > 1:
-        header, shards = _merge_shards(path, header, roots)
+        header, shards, shard_headers = _merge_shards(path, header, roots)
     if not header.architecture:
         raise SourceInvalid(f"{path.name} has no general.architecture: not a model GGUF", path=str(path))
     if not header.tensors:
         raise SourceInvalid(f"{path.name} holds no tensors", path=str(path))
-    return GgufSource(path=path, header=header, shards=shards)
+    return GgufSource(path=path, header=header, shards=shards, shard_headers=shard_headers)
 
 
 def _split_count(header: GgufHeader) -> int:
@@ -108,7 +110,7 @@ def _split_count(header: GgufHeader) -> int:
 
 def _merge_shards(
     first: pathlib.Path, header: GgufHeader, roots: Sequence[pathlib.Path]
-) -> tuple[GgufHeader, tuple[pathlib.Path, ...]]:
+) -> tuple[GgufHeader, tuple[pathlib.Path, ...], tuple[GgufHeader, ...]]:
     """Validate every shard of a split model and merge their tensors into one header."""
     count = _split_count(header)
     named = _SHARD_NAME.match(first.name)
@@ -142,7 +144,7 @@ def _merge_shards(
             path=str(first),
         )
     merged = dataclasses.replace(header, tensors=tensors, file_size=sum(h.file_size for h in headers))
-    return merged, tuple(shards)
+    return merged, tuple(shards), tuple(headers)
 
 
 def _model_in_directory(directory: pathlib.Path) -> pathlib.Path:

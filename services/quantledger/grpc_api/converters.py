@@ -112,6 +112,8 @@ def artifact_to_proto(artifact: Artifact) -> pb.QuantizedArtifact:
         compression_ratio=artifact.compression_ratio,
         quantize_duration=_duration(artifact.quantize_seconds),
         file_type=artifact.file_type,
+        files=[pb.OutputFile(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256) for f in artifact.files],
+        total_size_bytes=artifact.total_size_bytes,
     )
 
 

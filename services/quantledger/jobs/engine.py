@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -29,12 +30,13 @@ from quantledger.errors import (
     InvalidArgument,
     JobAlreadyFinished,
     JobNotFound,
+    QuantizeFailed,
     QuantledgerError,
     RequestIdConflict,
 )
 from quantledger.gguf_header import read_gguf_header
 from quantledger.hashing import sha256_file
-from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, JobState, Progress, Stage
+from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, JobState, OutputFile, Progress, Stage
 from quantledger.jobs.store import DuplicateRequestId, JobStore
 from quantledger.quantize.estimate import Estimate, estimate, throughput_for
 from quantledger.quantize.llama_log import fallback_count
@@ -407,24 +409,33 @@ class JobEngine:
         events: list[dict[str, Any]],
         seconds: float,
     ) -> None:
-        digest = await asyncio.to_thread(sha256_file, output.partial_path)
-        written = await asyncio.to_thread(read_gguf_header, output.partial_path)
-        fallbacks = fallback_count(events)
-        elements = sum(t.n_elements for t in written.tensors)
-        bits_per_weight = 8 * written.tensor_bytes / elements if elements else 0.0
-        size = written.file_size
-        os.replace(output.partial_path, output.path)
+        missing = [p.name for p in output.partial_paths if not p.is_file()]
+        if missing:
+            raise QuantizeFailed(f"llama.cpp reported success but did not write {', '.join(missing)}")
+        files = []
+        headers = []
+        for partial in output.partial_paths:
+            digest = await asyncio.to_thread(sha256_file, partial)
+            header = await asyncio.to_thread(read_gguf_header, partial)
+            files.append(OutputFile(path="", size_bytes=header.file_size, sha256=digest))
+            headers.append(header)
+        for partial, final in zip(output.partial_paths, output.paths, strict=True):
+            os.replace(partial, final)
+        files = [dataclasses.replace(f, path=str(final)) for f, final in zip(files, output.paths, strict=True)]
+        elements = sum(t.n_elements for h in headers for t in h.tensors)
+        tensor_bytes = sum(h.tensor_bytes for h in headers)
         artifact = Artifact(
             quant_type=output.quant_type.name,
-            path=str(output.path),
-            size_bytes=size,
-            sha256=digest,
-            bits_per_weight=bits_per_weight,
-            fallback_tensor_count=fallbacks,
-            tensor_count=len(written.tensors),
+            path=files[0].path,
+            size_bytes=files[0].size_bytes,
+            sha256=files[0].sha256,
+            bits_per_weight=8 * tensor_bytes / elements if elements else 0.0,
+            fallback_tensor_count=fallback_count(events),
+            tensor_count=sum(len(h.tensors) for h in headers),
             source_size_bytes=plan.source.header.file_size,
             quantize_seconds=seconds,
             file_type=output.quant_type.file_type,
+            files=tuple(files),
         )
         order = {name: i for i, name in enumerate(job.spec.quant_types)}
         job.outputs = sorted([*job.outputs, artifact], key=lambda a: order.get(a.quant_type, len(order)))
@@ -436,7 +447,7 @@ class JobEngine:
         directory = pathlib.Path(job.output_dir)
         if not directory.is_dir():
             return
-        for leftover in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}"):
+        for leftover in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
 

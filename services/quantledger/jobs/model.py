@@ -90,7 +90,16 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class OutputFile:
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Artifact:
+    """One output: ``path``, ``size_bytes`` and ``sha256`` describe its first (usually only) file."""
+
     quant_type: str
     path: str
     size_bytes: int
@@ -101,10 +110,22 @@ class Artifact:
     source_size_bytes: int
     quantize_seconds: float
     file_type: int
+    files: tuple[OutputFile, ...] = ()
+
+    @property
+    def total_size_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files) if self.files else self.size_bytes
 
     @property
     def compression_ratio(self) -> float:
-        return self.source_size_bytes / self.size_bytes if self.size_bytes else 0.0
+        total = self.total_size_bytes
+        return self.source_size_bytes / total if total else 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Artifact:
+        fields = dict(data)
+        fields["files"] = tuple(OutputFile(**f) for f in fields.get("files") or ())
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -159,7 +180,7 @@ class Job:
             state=JobState(data["state"]),
             stage=Stage(data.get("stage", "NONE")),
             progress=Progress(**data.get("progress") or {}),
-            outputs=[Artifact(**a) for a in data.get("outputs") or []],
+            outputs=[Artifact.from_dict(a) for a in data.get("outputs") or []],
             error=JobError(**data["error"]) if data.get("error") else None,
             start_time=data.get("start_time"),
             end_time=data.get("end_time"),

@@ -8,20 +8,21 @@ figures measured on a 2-core AVX2 machine until such a job exists.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import shutil
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from quantledger.errors import QuantizeFailed, SourceInvalid, UnsupportedArchitecture
+from quantledger.errors import ImatrixRequired, QuantizeFailed, SourceInvalid, UnsupportedArchitecture
 from quantledger.ggml_types import ggml_types, ggml_types_by_name
 from quantledger.gguf_header import predict_quantized_file_size
 from quantledger.jobs.model import SourceInfo
 from quantledger.jobs.store import JobStore
 from quantledger.quantize.catalogue import QuantType
 from quantledger.quantize.llama_log import fallback_count
-from quantledger.quantize.plan import QuantizePlan
+from quantledger.quantize.plan import PlannedOutput, QuantizePlan
 from quantledger.quantize.runner import WorkerProcess
 
 # llama.cpp's GGML_QNT_VERSION, written to general.quantization_version by every quantization.
@@ -85,6 +86,10 @@ def free_bytes(directory: pathlib.Path, reserve: int) -> int:
     return max(0, shutil.disk_usage(probe).free - reserve)
 
 
+def _needs_imatrix(events: list[dict[str, Any]]) -> bool:
+    return any(e.get("event") == "requires_imatrix" for e in events)
+
+
 def _split_runs(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     runs: list[list[dict[str, Any]]] = []
     for event in events:
@@ -95,8 +100,13 @@ def _split_runs(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return runs
 
 
-def summarize_run(plan: QuantizePlan, quant_type: QuantType, events: list[dict[str, Any]]) -> tuple[int, float, int]:
-    """Exact file size, bits per weight and fallback count of one (dry or real) run's events."""
+# Keys llama.cpp writes into every file of a keep_split output: u16, u16, i32 (type tag + value bytes).
+SPLIT_KEY_BYTES = {"split.no": 4 + 2, "split.count": 4 + 2, "split.tensors.count": 4 + 4}
+
+
+def summarize_run(plan: QuantizePlan, output: PlannedOutput, events: list[dict[str, Any]]) -> tuple[int, float, int]:
+    """Exact size of all files, bits per weight and fallback count of one (dry or real) run's events."""
+    quant_type = output.quant_type
     by_name = ggml_types_by_name()
     new_types: dict[str, int] = {}
     for event in events:
@@ -107,7 +117,14 @@ def summarize_run(plan: QuantizePlan, quant_type: QuantType, events: list[dict[s
     header = plan.source.header
     written: dict[str, int | str] = {key: value for key, value in plan.base_request.get("metadata") or []}
     written.update({"general.quantization_version": GGML_QNT_VERSION, "general.file_type": quant_type.file_type})
-    size = predict_quantized_file_size(header, new_types, written)
+    if output.split_count == 1:
+        size = predict_quantized_file_size(header, new_types, written)
+    else:  # llama.cpp keeps each tensor in its shard; only the first file carries the model's metadata
+        first, *rest = plan.source.shard_headers
+        size = predict_quantized_file_size(first, new_types, written, SPLIT_KEY_BYTES)
+        for shard in rest:
+            bare = dataclasses.replace(shard, metadata={}, kv_layout=())
+            size += predict_quantized_file_size(bare, new_types, {}, SPLIT_KEY_BYTES)
     table = ggml_types()
     bits = 0
     elements = 0
@@ -135,10 +152,16 @@ async def estimate(plan: QuantizePlan, store: JobStore | None, log_path: str, di
         detail = exc.message.removeprefix("llama.cpp failed to quantize: ")
         raise SourceInvalid(f"llama.cpp cannot quantize {plan.source.path.name}: {detail}") from exc
     runs = _split_runs(result.events)
+    needing = [o.quant_type.name for o, events in zip(plan.outputs, runs, strict=True) if _needs_imatrix(events)]
+    if needing and plan.imatrix_path is None:
+        raise ImatrixRequired(
+            f"for this model llama.cpp needs an importance matrix for {', '.join(needing)}: pass imatrix_path",
+            quant_types=",".join(needing),
+        )
     predictions = []
     tensor_bytes = plan.source.header.tensor_bytes
     for output, events in zip(plan.outputs, runs, strict=True):
-        size, bpw, fallbacks = summarize_run(plan, output.quant_type, events)
+        size, bpw, fallbacks = summarize_run(plan, output, events)
         throughput, measured = throughput_for(output.quant_type, store)
         predictions.append(
             OutputPrediction(

@@ -10,8 +10,10 @@ llama.cpp has no progress callback. While quantizing it logs, per tensor and in 
 
 a warning per tensor that falls back to another type, and at the end
 ``quant size = 0.78 MiB (4.90 BPW)`` and ``WARNING: 13 of 21 tensor(s) required fallback
-quantization``. ``LogParser`` takes the fragments as the log callback delivers them and returns
-events as soon as they are known, so progress can name the tensor being worked on.
+quantization``; a dry run of a type that would need an importance matrix ends with "dry run
+completed successfully, but actually completing this quantization will require an imatrix!".
+``LogParser`` takes the fragments as the log callback delivers them and returns events as soon as
+they are known, so progress can name the tensor being worked on.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ _FALLBACK = re.compile(
 )
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*(?P<mib>[\d.]+) MiB(?: \((?P<bpw>[\d.]+) BPW\))?")
 _FALLBACK_TOTAL = re.compile(r"(?P<count>\d+) of (?P<total>\d+) tensor\(s\) required fallback")
+_DRY_RUN_NEEDS_IMATRIX = "will require an imatrix"
 
 # ggml log levels (ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 cont.
 LEVEL_ERROR = 4
@@ -106,6 +109,8 @@ class LogParser:
                     "bits_per_weight": float(quant["bpw"]) if quant["bpw"] else None,
                 }
             ]
+        if _DRY_RUN_NEEDS_IMATRIX in line:
+            return [{"event": "requires_imatrix"}]
         total = _FALLBACK_TOTAL.search(line)
         if total is not None:
             return [{"event": "fallback_total", "count": int(total["count"]), "total": int(total["total"])}]

@@ -35,15 +35,45 @@ PARTIAL_SUFFIX = ".partial"
 
 @dataclass(frozen=True)
 class PlannedOutput:
+    """One requested type: where llama.cpp writes it and where it ends up.
+
+    ``split_count`` > 1 (keep_split on a split source) means llama.cpp writes one file per source
+    shard, named ``{prefix}-00001-of-0000N.gguf``; ``path`` is then the first of ``paths``.
+    """
+
     quant_type: QuantType
-    path: pathlib.Path
+    directory: pathlib.Path
+    stem: str  # "{source stem}-{TYPE}"
     tag: str
+    split_count: int = 1
 
     @property
-    def partial_path(self) -> pathlib.Path:
-        """Where llama.cpp writes before the rename: hidden, same directory (same file system),
-        tagged with the job so jobs sharing a directory never touch each other's partial files."""
-        return self.path.with_name(f".{self.path.name}.{self.tag}{PARTIAL_SUFFIX}")
+    def paths(self) -> tuple[pathlib.Path, ...]:
+        if self.split_count == 1:
+            return (self.directory / f"{self.stem}.gguf",)
+        n = self.split_count
+        return tuple(self.directory / f"{self.stem}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1))
+
+    @property
+    def path(self) -> pathlib.Path:
+        return self.paths[0]
+
+    @property
+    def partial_prefix(self) -> pathlib.Path:
+        """What llama.cpp is told to write: hidden, in the output directory (same file system), tagged
+        with the job so jobs sharing a directory never touch each other's partial files."""
+        return self.directory / f".{self.stem}.{self.tag}{PARTIAL_SUFFIX}"
+
+    @property
+    def partial_paths(self) -> tuple[pathlib.Path, ...]:
+        """The files llama.cpp writes, in the order of ``paths``."""
+        if self.split_count == 1:
+            return (self.partial_prefix,)
+        n = self.split_count
+        return tuple(
+            self.partial_prefix.with_name(f"{self.partial_prefix.name}-{i:05d}-of-{n:05d}.gguf")
+            for i in range(1, n + 1)
+        )
 
 
 @dataclass(frozen=True)
@@ -59,7 +89,7 @@ class QuantizePlan:
         request = dict(self.base_request)
         request.update(
             ftype=output.quant_type.file_type,
-            output=str(output.partial_path if not dry_run else output.path),
+            output=str(output.partial_prefix if not dry_run else output.path),
             dry_run=dry_run,
         )
         return request
@@ -99,11 +129,6 @@ def make_plan(
             f"{source.path.name} is already quantized (file type {source.header.file_type}); "
             "requantizing loses quality: set allow_requantize to do it anyway",
             path=str(source.path),
-        )
-
-    if options.keep_split and len(source.shards) > 1:
-        raise InvalidArgument(
-            "keep_split with a split source is not supported yet: leave it off and the output is one merged file"
         )
 
     imatrix_path: pathlib.Path | None = None
@@ -147,15 +172,16 @@ def make_plan(
             raise InvalidArgument(f"output_dir {options.output_dir!r} is not a directory")
     else:
         output_dir = default_output_dir
-    outputs = tuple(PlannedOutput(t, output_dir / f"{source.stem}-{t.name}.gguf", tag) for t in types)
+    split_count = len(source.shards) if options.keep_split else 1
+    outputs = tuple(PlannedOutput(t, output_dir, f"{source.stem}-{t.name}", tag, split_count) for t in types)
     for output in outputs:
-        if output.path == source.path:
-            raise InvalidArgument(f"output {output.path} would overwrite the source")
-        if output.path.exists() and not options.overwrite:
-            raise OutputExists(
-                f"{output.path} already exists: remove it, choose another output_dir or set overwrite",
-                path=str(output.path),
-            )
+        for path in output.paths:
+            if path in source.shards:
+                raise InvalidArgument(f"output {path} would overwrite the source")
+            if path.exists() and not options.overwrite:
+                raise OutputExists(
+                    f"{path} already exists: remove it, choose another output_dir or set overwrite", path=str(path)
+                )
     if not os.access(output_dir if output_dir.exists() else output_dir.parent, os.W_OK):
         raise SourceInvalid(f"output_dir {output_dir} is not writable by the service")
 

@@ -146,7 +146,7 @@ class Progress(_message.Message):
     def __init__(self, fraction: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_tensor: _Optional[str] = ..., current_quant_type: _Optional[str] = ..., tensors_done: _Optional[int] = ..., tensors_total: _Optional[int] = ..., outputs_done: _Optional[int] = ..., outputs_total: _Optional[int] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., bytes_per_second: _Optional[float] = ...) -> None: ...
 
 class QuantizedArtifact(_message.Message):
-    __slots__ = ("quant_type", "path", "size_bytes", "sha256", "bits_per_weight", "quality", "registry", "fallback_tensor_count", "tensor_count", "source_size_bytes", "compression_ratio", "quantize_duration", "file_type")
+    __slots__ = ("quant_type", "path", "size_bytes", "sha256", "bits_per_weight", "quality", "registry", "fallback_tensor_count", "tensor_count", "source_size_bytes", "compression_ratio", "quantize_duration", "file_type", "files", "total_size_bytes")
     QUANT_TYPE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,8 @@ class QuantizedArtifact(_message.Message):
     COMPRESSION_RATIO_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_DURATION_FIELD_NUMBER: _ClassVar[int]
     FILE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     quant_type: str
     path: str
     size_bytes: int
@@ -173,7 +175,19 @@ class QuantizedArtifact(_message.Message):
     compression_ratio: float
     quantize_duration: _duration_pb2.Duration
     file_type: int
-    def __init__(self, quant_type: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., bits_per_weight: _Optional[float] = ..., quality: _Optional[_Union[QualityReport, _Mapping]] = ..., registry: _Optional[_Union[RegistryRecord, _Mapping]] = ..., fallback_tensor_count: _Optional[int] = ..., tensor_count: _Optional[int] = ..., source_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., quantize_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., file_type: _Optional[int] = ...) -> None: ...
+    files: _containers.RepeatedCompositeFieldContainer[OutputFile]
+    total_size_bytes: int
+    def __init__(self, quant_type: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., bits_per_weight: _Optional[float] = ..., quality: _Optional[_Union[QualityReport, _Mapping]] = ..., registry: _Optional[_Union[RegistryRecord, _Mapping]] = ..., fallback_tensor_count: _Optional[int] = ..., tensor_count: _Optional[int] = ..., source_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., quantize_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., file_type: _Optional[int] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., total_size_bytes: _Optional[int] = ...) -> None: ...
+
+class OutputFile(_message.Message):
+    __slots__ = ("path", "size_bytes", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size_bytes: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class QualityReport(_message.Message):
     __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity")
