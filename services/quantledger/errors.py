@@ -13,6 +13,7 @@ the gRPC layer maps ``code`` to ``grpc.StatusCode``.
     ├── RequantizeRefused                 FAILED_PRECONDITION  REQUANTIZE_REFUSED
     ├── ImatrixRequired                   FAILED_PRECONDITION  IMATRIX_REQUIRED
     ├── ImatrixInvalid                    INVALID_ARGUMENT     IMATRIX_INVALID
+    ├── LoraInvalid                       INVALID_ARGUMENT     LORA_INVALID
     ├── InvalidArgument                   INVALID_ARGUMENT     INVALID_ARGUMENT
     ├── InsufficientDisk                  RESOURCE_EXHAUSTED   INSUFFICIENT_DISK
     ├── JobNotFound                       NOT_FOUND            JOB_NOT_FOUND
@@ -20,6 +21,8 @@ the gRPC layer maps ``code`` to ``grpc.StatusCode``.
     ├── RequestIdConflict                 ALREADY_EXISTS       REQUEST_ID_CONFLICT
     ├── OutputExists                      ALREADY_EXISTS       OUTPUT_EXISTS
     ├── Interrupted                       ABORTED              INTERRUPTED
+    ├── QualityGateFailed                 FAILED_PRECONDITION  QUALITY_GATE_FAILED
+    ├── ConversionFailed                  INTERNAL             CONVERSION_FAILED
     ├── QuantizeFailed                    INTERNAL             QUANTIZE_FAILED
     └── WorkerCrashed                     INTERNAL             WORKER_CRASHED
 """
@@ -83,6 +86,11 @@ class ImatrixInvalid(QuantledgerError):
     reason = "IMATRIX_INVALID"
 
 
+class LoraInvalid(QuantledgerError):
+    code = "INVALID_ARGUMENT"
+    reason = "LORA_INVALID"
+
+
 class InvalidArgument(QuantledgerError):
     code = "INVALID_ARGUMENT"
     reason = "INVALID_ARGUMENT"
@@ -116,6 +124,16 @@ class OutputExists(QuantledgerError):
 class Interrupted(QuantledgerError):
     code = "ABORTED"
     reason = "INTERRUPTED"
+
+
+class QualityGateFailed(QuantledgerError):
+    code = "FAILED_PRECONDITION"
+    reason = "QUALITY_GATE_FAILED"
+
+
+class ConversionFailed(QuantledgerError):
+    code = "INTERNAL"
+    reason = "CONVERSION_FAILED"
 
 
 class QuantizeFailed(QuantledgerError):
