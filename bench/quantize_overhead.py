@@ -131,6 +131,7 @@ def main() -> int:
                     args.quant,
                     "--threads",
                     str(args.threads),
+                    "--no-quality",  # the bare call measures no quality either
                     "--wait",
                     "--json",
                     "--out",

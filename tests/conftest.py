@@ -164,3 +164,14 @@ def error_reason(exc: grpc.RpcError) -> str:
             assert info.domain == "quantledger.v1"
             return info.reason
     raise AssertionError(f"no ErrorInfo in {status}")
+
+
+def job_error_reason(job: pb.QuantizeJob) -> str:
+    """The ErrorInfo reason in a finished job's error, or ""."""
+    from google.rpc import error_details_pb2
+
+    for detail in job.error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""

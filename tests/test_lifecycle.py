@@ -9,7 +9,7 @@ import time
 import grpc
 import psutil
 import pytest
-from conftest import Models, RunningServer, start_server, wait_for_job
+from conftest import Models, RunningServer, job_error_reason, start_server, wait_for_job
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quantledger.v1 import quantize_service_pb2 as pb
 
@@ -60,22 +60,12 @@ def test_cancel_running_job_within_two_seconds_and_partials_gone(stub, models: M
     cancelled = stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=job.name))
     assert time.monotonic() - started < 2.0
     assert cancelled.state == Job.STATE_CANCELLED
-    assert error_reason_of(cancelled) == "JOB_CANCELLED"
+    assert job_error_reason(cancelled) == "JOB_CANCELLED"
     assert partial_files(running.output_dir) == []
     assert list(pathlib.Path(running.output_dir).glob("*.gguf")) == []
     # the service still works
     ok = wait_for_job(stub, create(stub, models.f16, ["Q4_0"], output_dir=str(models.root / "after-cancel")).name)
     assert ok.state == Job.STATE_SUCCEEDED
-
-
-def error_reason_of(job: pb.QuantizeJob) -> str:
-    from google.rpc import error_details_pb2
-
-    for detail in job.error.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    return ""
 
 
 def test_cancel_queued_job(models: Models, tmp_path) -> None:
@@ -118,7 +108,7 @@ def test_kill_9_and_restart(models: Models, tmp_path) -> None:
         stub = restarted.stub()
         after = stub.GetQuantizeJob(pb.GetQuantizeJobRequest(name=victim.name))
         assert after.state == Job.STATE_FAILED
-        assert error_reason_of(after) == "INTERRUPTED"
+        assert job_error_reason(after) == "INTERRUPTED"
         assert partial_files(running.output_dir) == []
         kept = stub.GetQuantizeJob(pb.GetQuantizeJobRequest(name=done.name))
         assert kept.state == Job.STATE_SUCCEEDED and kept.outputs[0].sha256 == done.outputs[0].sha256
@@ -158,7 +148,7 @@ def test_sigterm_stops_running_jobs_cleanly(models: Models, tmp_path) -> None:
     restarted = start_server(home, roots)
     try:
         after = restarted.stub().GetQuantizeJob(pb.GetQuantizeJobRequest(name=victim.name))
-        assert after.state == Job.STATE_FAILED and error_reason_of(after) == "INTERRUPTED"
+        assert after.state == Job.STATE_FAILED and job_error_reason(after) == "INTERRUPTED"
     finally:
         restarted.stop()
 
@@ -190,7 +180,7 @@ def test_worker_crash_fails_one_job_not_the_service(stub, server: RunningServer,
     worker.kill()  # what the OOM killer or a segfault in llama.cpp looks like from outside
     final = wait_for_job(stub, job.name)
     assert final.state == Job.STATE_FAILED
-    assert error_reason_of(final) == "WORKER_CRASHED"
+    assert job_error_reason(final) == "WORKER_CRASHED"
     assert partial_files(running.output_dir) == []
     after = wait_for_job(stub, create(stub, models.f16, ["Q4_0"], output_dir=str(models.root / "after-crash")).name)
     assert after.state == Job.STATE_SUCCEEDED

@@ -32,6 +32,7 @@ class Settings:
     port: int = DEFAULT_PORT
     chain_port: int = DEFAULT_CHAIN_PORT
     chain_url: str = ""
+    conversion_cache_bytes: int = 20 << 30
 
     @property
     def database(self) -> pathlib.Path:
@@ -66,6 +67,7 @@ class Settings:
             "port": _env_int("QUANTLEDGER_PORT", DEFAULT_PORT),
             "chain_port": _env_int("QUANTLEDGER_CHAIN_PORT", DEFAULT_CHAIN_PORT),
             "chain_url": os.environ.get("QUANTLEDGER_CHAIN_URL", ""),
+            "conversion_cache_bytes": max(0, _env_int("QUANTLEDGER_CONVERSION_CACHE_BYTES", 20 << 30)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

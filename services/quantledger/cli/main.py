@@ -58,7 +58,10 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
-    parser.add_argument("source", help="GGUF file (F32/F16/BF16), or a directory holding one")
+    parser.add_argument(
+        "source",
+        help="GGUF file (F32/F16/BF16) or a directory holding one, a Hugging Face model folder, or owner/name[@rev]",
+    )
     parser.add_argument("--quant", "-q", action="append", required=True, metavar="TYPE", help="e.g. Q4_K_M; repeat")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: one per core)")
     parser.add_argument("--allow-requantize", action="store_true", help="accept an already quantized source")
@@ -79,6 +82,18 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
         help="output directory" + ("" if out_required else " (default: data dir)"),
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--lora", default="", metavar="DIR", help="PEFT LoRA adapter merged before conversion (HF sources)"
+    )
+    parser.add_argument("--max-kld", type=float, default=0.0, metavar="X", help="fail when an output's mean KLD > X")
+    parser.add_argument("--no-quality", action="store_true", help="do not measure output quality")
+    parser.add_argument(
+        "--intermediate-type",
+        default="",
+        choices=["", "F16", "BF16", "F32", "Q8_0"],
+        help="GGUF type HF sources convert to",
+    )
+    parser.add_argument("--eval-text", default="", metavar="FILE", help="evaluation text for causal models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +179,11 @@ def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
             imatrix_path=os.path.abspath(args.imatrix) if args.imatrix else "",
             output_dir=os.path.abspath(args.out) if args.out else "",
             overwrite=args.overwrite,
+            lora_dir=os.path.abspath(args.lora) if args.lora else "",
+            max_kl_divergence=args.max_kld,
+            skip_quality=args.no_quality,
+            intermediate_type=args.intermediate_type,
+            eval_text_path=os.path.abspath(args.eval_text) if args.eval_text else "",
         ),
     )
 

@@ -94,6 +94,19 @@ class ProgressBar:
             self._drawn = False
 
 
+def describe_quality(quality: pb.QualityReport) -> str:
+    if quality.kind == "embedding":
+        return (
+            f"cosine mean {quality.mean_cosine_similarity:.4f} min {quality.min_cosine_similarity:.4f}, "
+            f"top-k agreement {quality.topk_retrieval_agreement:.2f} ({quality.eval_set})"
+        )
+    return (
+        f"KLD mean {quality.mean_kl_divergence:.5f} p99 {quality.p99_kl_divergence:.5f}, "
+        f"top-1 {quality.top1_agreement * 100:.1f}%, perplexity {quality.perplexity_delta * 100:+.2f}% "
+        f"({quality.eval_set})"
+    )
+
+
 def print_job(job: pb.QuantizeJob, stream: TextIO = sys.stdout) -> None:
     out = stream.write
     out(f"{job.name}  {state_name(job)}")
@@ -120,5 +133,7 @@ def print_job(job: pb.QuantizeJob, stream: TextIO = sys.stdout) -> None:
             f"x{artifact.compression_ratio:.2f}  fallbacks {artifact.fallback_tensor_count}\n"
             f"               sha256 {artifact.sha256}\n               {artifact.path}\n"
         )
+        if artifact.HasField("quality"):
+            out(f"               quality {describe_quality(artifact.quality)}\n")
     if job.HasField("error") and job.error.code:
         out(f"  error        {error_reason(job)}: {job.error.message}\n")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from quantledger.errors import DOMAIN
-from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, Options, SourceInfo
+from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, Options, Quality, SourceInfo
 from quantledger.quantize.catalogue import QuantType
 from quantledger.quantize.estimate import Estimate
 from quantledger.v1 import quantize_service_pb2 as pb
@@ -61,6 +63,11 @@ def options_from_proto(message: pb.QuantizeOptions) -> Options:
         imatrix_path=message.imatrix_path,
         output_dir=message.output_dir,
         overwrite=message.overwrite,
+        lora_dir=message.lora_dir,
+        max_kl_divergence=message.max_kl_divergence,
+        skip_quality=message.skip_quality,
+        intermediate_type=message.intermediate_type,
+        eval_text_path=message.eval_text_path,
     )
 
 
@@ -77,6 +84,11 @@ def options_to_proto(options: Options) -> pb.QuantizeOptions:
         imatrix_path=options.imatrix_path,
         output_dir=options.output_dir,
         overwrite=options.overwrite,
+        lora_dir=options.lora_dir,
+        max_kl_divergence=options.max_kl_divergence,
+        skip_quality=options.skip_quality,
+        intermediate_type=options.intermediate_type,
+        eval_text_path=options.eval_text_path,
     )
 
 
@@ -96,6 +108,14 @@ def source_info_to_proto(info: SourceInfo | None) -> pb.SourceInfo | None:
         tensor_count=info.tensor_count,
         model_name=info.model_name,
         tensor_bytes=info.tensor_bytes,
+        kind=info.kind,
+        repo_id=info.repo_id,
+        revision=info.revision,
+        commit_sha=info.commit_sha,
+        root_digest=info.root_digest,
+        manifest=[pb.SourceFile(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256) for f in info.manifest],
+        hf_architecture=info.hf_architecture,
+        conversion_cached=info.conversion_cached,
     )
 
 
@@ -114,7 +134,15 @@ def artifact_to_proto(artifact: Artifact) -> pb.QuantizedArtifact:
         file_type=artifact.file_type,
         files=[pb.OutputFile(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256) for f in artifact.files],
         total_size_bytes=artifact.total_size_bytes,
+        quality=quality_to_proto(artifact.quality),
     )
+
+
+def quality_to_proto(quality: Quality | None) -> pb.QualityReport | None:
+    if quality is None:
+        return None
+    values = {k: v for k, v in dataclasses.asdict(quality).items() if v is not None}
+    return pb.QualityReport(**values)
 
 
 def job_to_proto(job: Job) -> pb.QuantizeJob:

@@ -21,6 +21,7 @@ import pathlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from quantledger.config import Settings
@@ -36,12 +37,32 @@ from quantledger.errors import (
 )
 from quantledger.gguf_header import read_gguf_header
 from quantledger.hashing import sha256_file
-from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, JobState, OutputFile, Progress, Stage
+from quantledger.hf.cache import ConversionCache
+from quantledger.hf.pipeline import (
+    classify,
+)
+from quantledger.jobs.model import (
+    Artifact,
+    Job,
+    JobError,
+    JobSpec,
+    JobState,
+    OutputFile,
+    Progress,
+    Stage,
+)
+from quantledger.jobs.stages import describe_hf_job, evaluate_outputs, prepare_intermediate
 from quantledger.jobs.store import DuplicateRequestId, JobStore
 from quantledger.quantize.estimate import Estimate, estimate, throughput_for
 from quantledger.quantize.llama_log import fallback_count
-from quantledger.quantize.plan import PARTIAL_SUFFIX, PlannedOutput, QuantizePlan, make_plan
+from quantledger.quantize.plan import (
+    PARTIAL_SUFFIX,
+    PlannedOutput,
+    QuantizePlan,
+    make_plan,
+)
 from quantledger.quantize.runner import WorkerProcess
+from quantledger.sources import GgufSource
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +100,8 @@ class JobEngine:
     def __init__(self, settings: Settings, store: JobStore) -> None:
         self._settings = settings
         self._store = store
+        self.settings = settings
+        self.cache = ConversionCache(settings.home / "conversion-cache", settings.conversion_cache_bytes)
         self._live: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._workers: dict[str, WorkerProcess] = {}
@@ -145,6 +168,12 @@ class JobEngine:
             if existing is not None:
                 return existing
         job_id = uuid.uuid4().hex
+        hf = await asyncio.to_thread(classify, spec.source, self._settings.allowed_roots)
+        if hf is not None:
+            job = await asyncio.to_thread(describe_hf_job, self._settings, spec, request_id, job_id, hf)
+            return await self._queue(job, fingerprint)
+        if spec.options.lora_dir:
+            raise InvalidArgument("lora_dir needs a Hugging Face source (a model folder or repo id), not a GGUF")
         plan = await asyncio.to_thread(make_plan, spec, self._settings, self._settings.artifacts / job_id, job_id)
         predicted = await self._estimate(plan)
         if not predicted.fits_on_disk:
@@ -167,14 +196,17 @@ class JobEngine:
                 eta_seconds=predicted.seconds,
             ),
         )
+        return await self._queue(job, fingerprint)
+
+    async def _queue(self, job: Job, fingerprint: str) -> Job:
         try:
             self._store.insert(job, fingerprint)
         except DuplicateRequestId:
-            existing = self._existing_for(request_id, fingerprint)
+            existing = self._existing_for(job.request_id, fingerprint)
             if existing is None:  # pragma: no cover - the row that clashed cannot vanish
                 raise
             return existing
-        log.info("created %s: %s -> %s", job.name, spec.source, ",".join(spec.quant_types))
+        log.info("created %s: %s -> %s", job.name, job.spec.source, ",".join(job.spec.quant_types))
         self._notify()
         return copy.deepcopy(job)
 
@@ -266,6 +298,16 @@ class JobEngine:
             self._changed.set()
             self._changed = asyncio.Event()
 
+    def worker_for(self, job: Job, request: dict[str, Any]) -> WorkerProcess:
+        """A worker for ``job`` that cancel and shutdown can kill."""
+        worker = WorkerProcess(request, str(self._settings.logs / f"{job.id}.log"))
+        self._workers[job.id] = worker
+        return worker
+
+    def touch(self, job: Job, *, save: bool = True) -> None:
+        """Record a change of ``job`` (saved unless ``save`` is false) and wake its watchers."""
+        self._touch(job, save=save)
+
     def _touch(self, job: Job, *, save: bool = True) -> None:
         job.version += 1
         if save:
@@ -303,8 +345,20 @@ class JobEngine:
 
     async def _run(self, job: Job) -> None:
         hashing: list[asyncio.Task[None]] = []
+        pins = contextlib.ExitStack()
         try:
-            plan = await asyncio.to_thread(make_plan, job.spec, self._settings, pathlib.Path(job.output_dir), job.id)
+            source: GgufSource | None = None
+            stem: str | None = None
+            hf = await asyncio.to_thread(classify, job.spec.source, self._settings.allowed_roots)
+            if hf is not None:
+                source, stem = await prepare_intermediate(self, job, hf, pins)
+            plan = await asyncio.to_thread(
+                partial(make_plan, source=source, stem=stem),
+                job.spec,
+                self._settings,
+                pathlib.Path(job.output_dir),
+                job.id,
+            )
             plan.output_dir.mkdir(parents=True, exist_ok=True)
             for index, output in enumerate(plan.outputs):
                 result_events, seconds = await self._quantize_one(job, plan, index, output)
@@ -313,6 +367,8 @@ class JobEngine:
                 job.stage = Stage.HASHING
                 self._touch(job)
             await asyncio.gather(*hashing)
+            if not job.spec.options.skip_quality:
+                await evaluate_outputs(self, job, plan)
             job.progress.fraction = 1.0
             job.progress.bytes_done = job.progress.bytes_total
             self._finish(job, JobState.SUCCEEDED, None)
@@ -336,6 +392,7 @@ class JobEngine:
             log.exception("%s failed unexpectedly", job.name)
             self._finish(job, JobState.FAILED, JobError("INTERNAL", "INTERNAL", f"internal error: {exc}"))
         finally:
+            pins.close()
             self._remove_partials(job)
             self._live.pop(job.id, None)
             self._tasks.pop(job.id, None)
@@ -390,8 +447,7 @@ class JobEngine:
                 last_save = now
             self._touch(job, save=save)
 
-        worker = WorkerProcess(plan.worker_request(output), str(self._settings.logs / f"{job.id}.log"))
-        self._workers[job.id] = worker
+        worker = self.worker_for(job, plan.worker_request(output))
         result = await worker.run(on_event)
         seconds = time.monotonic() - started
         if per_output >= MIN_BYTES_FOR_THROUGHPUT:
@@ -414,13 +470,13 @@ class JobEngine:
             raise QuantizeFailed(f"llama.cpp reported success but did not write {', '.join(missing)}")
         files = []
         headers = []
-        for partial in output.partial_paths:
-            digest = await asyncio.to_thread(sha256_file, partial)
-            header = await asyncio.to_thread(read_gguf_header, partial)
+        for written in output.partial_paths:
+            digest = await asyncio.to_thread(sha256_file, written)
+            header = await asyncio.to_thread(read_gguf_header, written)
             files.append(OutputFile(path="", size_bytes=header.file_size, sha256=digest))
             headers.append(header)
-        for partial, final in zip(output.partial_paths, output.paths, strict=True):
-            os.replace(partial, final)
+        for written, final in zip(output.partial_paths, output.paths, strict=True):
+            os.replace(written, final)
         files = [dataclasses.replace(f, path=str(final)) for f, final in zip(files, output.paths, strict=True)]
         elements = sum(t.n_elements for h in headers for t in h.tensors)
         tensor_bytes = sum(h.tensor_bytes for h in headers)

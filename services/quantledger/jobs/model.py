@@ -47,6 +47,11 @@ class Options:
     imatrix_path: str = ""
     output_dir: str = ""
     overwrite: bool = False
+    lora_dir: str = ""
+    max_kl_divergence: float = 0.0
+    skip_quality: bool = False
+    intermediate_type: str = ""
+    eval_text_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,13 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class SourceFile:
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     path: str
     architecture: str
@@ -72,6 +84,38 @@ class SourceInfo:
     tensor_count: int
     model_name: str
     tensor_bytes: int
+    kind: str = "gguf"
+    repo_id: str = ""
+    revision: str = ""
+    commit_sha: str = ""
+    root_digest: str = ""
+    manifest: tuple[SourceFile, ...] = ()
+    hf_architecture: str = ""
+    conversion_cached: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SourceInfo:
+        fields = dict(data)
+        fields["manifest"] = tuple(SourceFile(**f) for f in fields.get("manifest") or ())
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """What quantization cost (see quantledger.quality); None fields do not apply to the model kind."""
+
+    kind: str
+    mean_kl_divergence: float | None = None
+    p99_kl_divergence: float | None = None
+    top1_agreement: float | None = None
+    perplexity_reference: float | None = None
+    perplexity: float | None = None
+    perplexity_delta: float | None = None
+    mean_cosine_similarity: float | None = None
+    min_cosine_similarity: float | None = None
+    topk_retrieval_agreement: float | None = None
+    items_evaluated: int = 0
+    eval_set: str = ""
 
 
 @dataclass
@@ -111,6 +155,7 @@ class Artifact:
     quantize_seconds: float
     file_type: int
     files: tuple[OutputFile, ...] = ()
+    quality: Quality | None = None
 
     @property
     def total_size_bytes(self) -> int:
@@ -125,6 +170,7 @@ class Artifact:
     def from_dict(cls, data: dict[str, Any]) -> Artifact:
         fields = dict(data)
         fields["files"] = tuple(OutputFile(**f) for f in fields.get("files") or ())
+        fields["quality"] = Quality(**fields["quality"]) if fields.get("quality") else None
         return cls(**fields)
 
 
@@ -184,7 +230,7 @@ class Job:
             error=JobError(**data["error"]) if data.get("error") else None,
             start_time=data.get("start_time"),
             end_time=data.get("end_time"),
-            source_info=SourceInfo(**data["source_info"]) if data.get("source_info") else None,
+            source_info=SourceInfo.from_dict(data["source_info"]) if data.get("source_info") else None,
             output_dir=data.get("output_dir", ""),
             version=data.get("version", 0),
         )

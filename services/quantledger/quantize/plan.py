@@ -103,13 +103,11 @@ def _ggml_type_id(name: str, what: str) -> int:
     return found.id
 
 
-def make_plan(
-    spec: JobSpec, settings: Settings, default_output_dir: pathlib.Path, tag: str = "estimate"
-) -> QuantizePlan:
-    """Validate ``spec`` and return what to run; raises the error a client should see.
+INTERMEDIATE_TYPES = ("F16", "BF16", "F32", "Q8_0")
 
-    ``tag`` (the job id) names the job's partial files.
-    """
+
+def requested_types(spec: JobSpec) -> list[QuantType]:
+    """The types of ``spec``, validated: known to this llama.cpp, at least one, no duplicates."""
     if not spec.quant_types:
         raise InvalidArgument("quant_types is empty: name at least one type, such as Q4_K_M")
     if len(spec.quant_types) > MAX_TYPES_PER_JOB:
@@ -119,11 +117,59 @@ def make_plan(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidArgument(f"quant_types names {', '.join(duplicates)} more than once")
+    return types
+
+
+def check_options(spec: JobSpec, settings: Settings) -> None:
+    """Everything about the options that does not need the source model."""
     options = spec.options
     if options.threads < 0:
         raise InvalidArgument("threads must be 0 (all cores) or positive")
+    if options.max_kl_divergence < 0:
+        raise InvalidArgument("max_kl_divergence must not be negative (0: no quality gate)")
+    if options.max_kl_divergence and options.skip_quality:
+        raise InvalidArgument("max_kl_divergence needs the quality measurement that skip_quality turns off")
+    if options.intermediate_type and options.intermediate_type.upper() not in INTERMEDIATE_TYPES:
+        raise InvalidArgument(f"intermediate_type must be one of {', '.join(INTERMEDIATE_TYPES)}")
+    for pattern, type_name in options.tensor_type_overrides:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise InvalidArgument(f"tensor type override pattern {pattern!r} is not a regex: {exc}") from exc
+        _ggml_type_id(type_name, f"override {pattern!r}")
+    for name in ("output_tensor_type", "token_embedding_type"):
+        if getattr(options, name):
+            _ggml_type_id(getattr(options, name), name)
+    for name, what in (("imatrix_path", "imatrix"), ("eval_text_path", "eval_text_path")):
+        if getattr(options, name):
+            path = resolve_allowed(getattr(options, name), settings.allowed_roots, what=what)
+            if not path.is_file():
+                raise SourceNotFound(f"{what} file {getattr(options, name)!r} does not exist")
+    if options.output_dir:
+        output_dir = resolve_allowed(options.output_dir, settings.allowed_roots, what="output_dir")
+        if output_dir.exists() and not output_dir.is_dir():
+            raise InvalidArgument(f"output_dir {options.output_dir!r} is not a directory")
 
-    source = open_source(spec.source, settings.allowed_roots)
+
+def make_plan(
+    spec: JobSpec,
+    settings: Settings,
+    default_output_dir: pathlib.Path,
+    tag: str = "estimate",
+    *,
+    source: GgufSource | None = None,
+    stem: str | None = None,
+) -> QuantizePlan:
+    """Validate ``spec`` and return what to run; raises the error a client should see.
+
+    ``tag`` (the job id) names the job's partial files. ``source`` is given for a Hugging Face job
+    (the converted intermediate; ``spec.source`` then names the HF model) and ``stem`` names its outputs.
+    """
+    types = requested_types(spec)
+    check_options(spec, settings)
+    options = spec.options
+    if source is None:
+        source = open_source(spec.source, settings.allowed_roots)
     if source.header.is_quantized() and not options.allow_requantize:
         raise RequantizeRefused(
             f"{source.path.name} is already quantized (file type {source.header.file_type}); "
@@ -135,8 +181,6 @@ def make_plan(
     metadata_overrides: list[list[Any]] = []
     if options.imatrix_path:
         imatrix_path = resolve_allowed(options.imatrix_path, settings.allowed_roots, what="imatrix")
-        if not imatrix_path.is_file():
-            raise SourceNotFound(f"imatrix file {options.imatrix_path!r} does not exist")
         from quantledger.imatrix import check_covers, load_imatrix
 
         imatrix = load_imatrix(imatrix_path)
@@ -158,22 +202,14 @@ def make_plan(
             quant_types=",".join(needing),
         )
 
-    overrides: list[list[Any]] = []
-    for pattern, type_name in options.tensor_type_overrides:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise InvalidArgument(f"tensor type override pattern {pattern!r} is not a regex: {exc}") from exc
-        overrides.append([pattern, _ggml_type_id(type_name, f"override {pattern!r}")])
-
+    overrides = [[pattern, _ggml_type_id(name, pattern)] for pattern, name in options.tensor_type_overrides]
     if options.output_dir:
         output_dir = resolve_allowed(options.output_dir, settings.allowed_roots, what="output_dir")
-        if output_dir.exists() and not output_dir.is_dir():
-            raise InvalidArgument(f"output_dir {options.output_dir!r} is not a directory")
     else:
         output_dir = default_output_dir
     split_count = len(source.shards) if options.keep_split else 1
-    outputs = tuple(PlannedOutput(t, output_dir, f"{source.stem}-{t.name}", tag, split_count) for t in types)
+    base_name = stem or source.stem
+    outputs = tuple(PlannedOutput(t, output_dir, f"{base_name}-{t.name}", tag, split_count) for t in types)
     for output in outputs:
         for path in output.paths:
             if path in source.shards:

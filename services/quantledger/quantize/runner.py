@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantledger.errors import ImatrixRequired, QuantizeFailed, WorkerCrashed
+from quantledger.errors import ImatrixRequired, QuantizeFailed, QuantledgerError, WorkerCrashed
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -75,6 +75,9 @@ class WorkerProcess:
         finished = result.of("finished")
         if result.returncode == 0:
             return result
+        typed = result.of("error")
+        if typed:
+            raise error_for_reason(typed[-1]["reason"], typed[-1]["message"])
         if finished:
             errors = "; ".join(finished[-1].get("errors") or []) or "see the job log"
             if "requires an imatrix" in errors:
@@ -112,6 +115,17 @@ class WorkerProcess:
         self.killed = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def error_for_reason(reason: str, message: str) -> QuantledgerError:
+    """The QuantledgerError subclass that carries ``reason`` (a worker reports errors by reason)."""
+    pending: list[type[QuantledgerError]] = [QuantledgerError]
+    while pending:
+        cls = pending.pop()
+        if cls.reason == reason:
+            return cls(message)
+        pending.extend(cls.__subclasses__())
+    return QuantizeFailed(message)
 
 
 def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[str, Any]]:

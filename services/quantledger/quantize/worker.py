@@ -23,6 +23,8 @@ import signal
 import sys
 from typing import Any, TextIO
 
+from quantledger.errors import QuantledgerError
+
 PR_SET_PDEATHSIG = 1
 # Log callbacks handed to llama.cpp: a collected ctypes callback crashes the process when called.
 _CALLBACKS: list[Any] = []
@@ -143,6 +145,65 @@ def probe(ftypes: list[int], emit: _Emitter) -> None:
             run(request, emit)
 
 
+def convert(request: dict[str, Any], emit: _Emitter) -> None:
+    """Convert a Hugging Face folder to a GGUF intermediate (stage CONVERTING), merging a LoRA if given."""
+    from quantledger.convert.converter import convert_hf_to_gguf
+
+    transform = None
+    if request.get("lora_dir"):
+        from quantledger.lora import load_lora, merging_transform
+
+        transform = merging_transform(load_lora(request["lora_dir"]))
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or total <= 0 or done - last[0] >= total / 200:
+            last[0] = done
+            emit({"event": "convert_progress", "bytes_done": done, "bytes_total": total})
+
+    result = convert_hf_to_gguf(
+        request["folder"],
+        request["output"],
+        out_type=request.get("out_type") or "F16",
+        metadata=request.get("metadata") or {},
+        tensor_transform=transform,
+        progress=progress,
+    )
+    emit({"event": "converted", "bytes_written": result.bytes_written, "tensor_count": result.tensor_count})
+
+
+def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
+    """Measure an output against its unquantized reference (stage EVALUATING)."""
+    import dataclasses
+    import hashlib
+
+    from quantledger.quality.evaluate import (
+        default_embedding_set,
+        default_eval_text,
+        evaluate_causal,
+        evaluate_embedding,
+        is_embedding_model,
+    )
+
+    reference, quantized = request["reference"], request["quantized"]
+    threads = int(request.get("threads") or 0)
+
+    def label(name: str, content: str) -> str:
+        return f"{name}:{hashlib.sha256(content.encode()).hexdigest()[:16]}"
+
+    if is_embedding_model(reference):
+        sentences, queries = default_embedding_set()
+        name = label("quantledger-embedding-set", json.dumps([sentences, queries]))
+        report = evaluate_embedding(reference, quantized, sentences, queries, threads=threads, eval_set=name)
+    else:
+        text, name = default_eval_text(), "quantledger-eval-text"
+        if request.get("eval_text_path"):
+            with open(request["eval_text_path"], encoding="utf-8") as handle:
+                text, name = handle.read(), os.path.basename(request["eval_text_path"])
+        report = evaluate_causal(reference, quantized, text, threads=threads, eval_set=label(name, text))
+    emit({"event": "quality", **dataclasses.asdict(report)})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argparse.ArgumentParser(description="quantledger quantization worker")
     args.add_argument("--events-fd", type=int, required=True)
@@ -153,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         emit = _Emitter(stream)
         if "probe_ftypes" in request:
             probe([int(f) for f in request["probe_ftypes"]], emit)
+            return 0
+        mode = request.get("mode", "quantize")
+        if mode in ("convert", "evaluate"):
+            try:
+                (convert if mode == "convert" else evaluate)(request, emit)
+            except QuantledgerError as exc:  # typed: the parent re-raises it with its reason
+                emit({"event": "error", "reason": exc.reason, "message": exc.message})
+                return 4
             return 0
         rc = 0
         for index, one in enumerate(request.get("runs") or [request]):

@@ -86,7 +86,7 @@ class QuantizeJob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
-    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite")
+    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path")
     THREADS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REQUANTIZE_FIELD_NUMBER: _ClassVar[int]
     LEAVE_OUTPUT_TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,11 @@ class QuantizeOptions(_message.Message):
     IMATRIX_PATH_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    LORA_DIR_FIELD_NUMBER: _ClassVar[int]
+    MAX_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    INTERMEDIATE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_TEXT_PATH_FIELD_NUMBER: _ClassVar[int]
     threads: int
     allow_requantize: bool
     leave_output_tensor: bool
@@ -109,7 +114,12 @@ class QuantizeOptions(_message.Message):
     imatrix_path: str
     output_dir: str
     overwrite: bool
-    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+    lora_dir: str
+    max_kl_divergence: float
+    skip_quality: bool
+    intermediate_type: str
+    eval_text_path: str
+    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ...) -> None: ...
 
 class TensorTypeOverride(_message.Message):
     __slots__ = ("pattern", "type")
@@ -179,6 +189,16 @@ class QuantizedArtifact(_message.Message):
     total_size_bytes: int
     def __init__(self, quant_type: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., bits_per_weight: _Optional[float] = ..., quality: _Optional[_Union[QualityReport, _Mapping]] = ..., registry: _Optional[_Union[RegistryRecord, _Mapping]] = ..., fallback_tensor_count: _Optional[int] = ..., tensor_count: _Optional[int] = ..., source_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., quantize_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., file_type: _Optional[int] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., total_size_bytes: _Optional[int] = ...) -> None: ...
 
+class SourceFile(_message.Message):
+    __slots__ = ("path", "size_bytes", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size_bytes: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
 class OutputFile(_message.Message):
     __slots__ = ("path", "size_bytes", "sha256")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -190,20 +210,32 @@ class OutputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class QualityReport(_message.Message):
-    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity")
+    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity", "kind", "perplexity_reference", "perplexity", "topk_retrieval_agreement", "items_evaluated", "eval_set")
     MEAN_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     P99_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     PERPLEXITY_DELTA_FIELD_NUMBER: _ClassVar[int]
     MEAN_COSINE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     MIN_COSINE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    TOPK_RETRIEVAL_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    EVAL_SET_FIELD_NUMBER: _ClassVar[int]
     mean_kl_divergence: float
     p99_kl_divergence: float
     top1_agreement: float
     perplexity_delta: float
     mean_cosine_similarity: float
     min_cosine_similarity: float
-    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ...) -> None: ...
+    kind: str
+    perplexity_reference: float
+    perplexity: float
+    topk_retrieval_agreement: float
+    items_evaluated: int
+    eval_set: str
+    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ..., kind: _Optional[str] = ..., perplexity_reference: _Optional[float] = ..., perplexity: _Optional[float] = ..., topk_retrieval_agreement: _Optional[float] = ..., items_evaluated: _Optional[int] = ..., eval_set: _Optional[str] = ...) -> None: ...
 
 class RegistryRecord(_message.Message):
     __slots__ = ("chain_id", "contract", "tx_hash", "attester")
@@ -218,7 +250,7 @@ class RegistryRecord(_message.Message):
     def __init__(self, chain_id: _Optional[int] = ..., contract: _Optional[str] = ..., tx_hash: _Optional[str] = ..., attester: _Optional[str] = ...) -> None: ...
 
 class SourceInfo(_message.Message):
-    __slots__ = ("path", "architecture", "size_bytes", "parameter_count", "file_type", "tensor_count", "model_name", "tensor_bytes")
+    __slots__ = ("path", "architecture", "size_bytes", "parameter_count", "file_type", "tensor_count", "model_name", "tensor_bytes", "kind", "repo_id", "revision", "commit_sha", "root_digest", "manifest", "hf_architecture", "conversion_cached")
     PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +259,14 @@ class SourceInfo(_message.Message):
     TENSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REPO_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_SHA_FIELD_NUMBER: _ClassVar[int]
+    ROOT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    HF_ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_CACHED_FIELD_NUMBER: _ClassVar[int]
     path: str
     architecture: str
     size_bytes: int
@@ -235,7 +275,15 @@ class SourceInfo(_message.Message):
     tensor_count: int
     model_name: str
     tensor_bytes: int
-    def __init__(self, path: _Optional[str] = ..., architecture: _Optional[str] = ..., size_bytes: _Optional[int] = ..., parameter_count: _Optional[int] = ..., file_type: _Optional[int] = ..., tensor_count: _Optional[int] = ..., model_name: _Optional[str] = ..., tensor_bytes: _Optional[int] = ...) -> None: ...
+    kind: str
+    repo_id: str
+    revision: str
+    commit_sha: str
+    root_digest: str
+    manifest: _containers.RepeatedCompositeFieldContainer[SourceFile]
+    hf_architecture: str
+    conversion_cached: bool
+    def __init__(self, path: _Optional[str] = ..., architecture: _Optional[str] = ..., size_bytes: _Optional[int] = ..., parameter_count: _Optional[int] = ..., file_type: _Optional[int] = ..., tensor_count: _Optional[int] = ..., model_name: _Optional[str] = ..., tensor_bytes: _Optional[int] = ..., kind: _Optional[str] = ..., repo_id: _Optional[str] = ..., revision: _Optional[str] = ..., commit_sha: _Optional[str] = ..., root_digest: _Optional[str] = ..., manifest: _Optional[_Iterable[_Union[SourceFile, _Mapping]]] = ..., hf_architecture: _Optional[str] = ..., conversion_cached: _Optional[bool] = ...) -> None: ...
 
 class CreateQuantizeJobRequest(_message.Message):
     __slots__ = ("job", "request_id")

