@@ -73,12 +73,20 @@ def train_qwen2_bpe(folder: pathlib.Path, vocab_size: int = 600) -> int:
 
 
 def write_causal_folder(
-    folder: pathlib.Path, architecture: str, *, dtype: str = "F16", shards: int = 1
+    folder: pathlib.Path,
+    architecture: str,
+    *,
+    dtype: str = "F16",
+    shards: int = 1,
+    hidden: int = 256,
+    ffn: int = 512,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
 ) -> pathlib.Path:
-    """A 2-layer model of ``architecture`` (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)."""
+    """A small random-weight model of ``architecture`` (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab = train_sentencepiece(folder) if architecture == "LlamaForCausalLM" else train_qwen2_bpe(folder)
-    hidden, ffn, heads, kv_heads, layers = 256, 512, 4, 2, 2
     head_dim = hidden // heads
     model_type = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}[architecture]
     config = {
@@ -92,7 +100,7 @@ def write_causal_folder(
     tensors: dict[str, np.ndarray] = {}
 
     def add(name: str, shape: tuple[int, ...], scale: float = 0.05, ones: bool = False) -> None:
-        value = np.ones(shape, np.float32) if ones else rng.normal(0, scale, shape).astype(np.float32)
+        value = np.ones(shape, np.float32) if ones else rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
         if dtype == "BF16":
             tensors[name] = (value.view(np.uint32) >> 16).astype(np.uint16)
         else:

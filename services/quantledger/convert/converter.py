@@ -136,6 +136,40 @@ def _target(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQuanti
     return OUT_TYPES[out_type]
 
 
+def _moves_rows(arch: Architecture, name: str) -> bool:
+    """Whether the architecture permutes this tensor (llama q/k rotary layout), so its bytes change."""
+    return arch.gguf_name == "llama" and name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight"))
+
+
+def _copy_tensor(writer: gguf.GGUFWriter, source: SafetensorsFile, entry: TensorEntry) -> None:
+    """write_tensor_data for bytes that need no change, with copy_file_range (gguf-py 0.19's writer layout:
+    one output file, tensor infos consumed in order, data padded to the alignment)."""
+    assert writer.fout is not None
+    fout = writer.fout[0]
+    info = writer.tensors[0].pop(next(iter(writer.tensors[0])))
+    size = entry.end - entry.start
+    if info.nbytes != size:
+        raise ConversionFailed(f"{entry.name}: {size} bytes in the file, {info.nbytes} planned")
+    writer.write_padding(fout, fout.tell())
+    fout.flush()
+    with open(source.path, "rb") as src:
+        offset, remaining = entry.start, size
+        while remaining:
+            copied = os.copy_file_range(src.fileno(), fout.fileno(), remaining, offset)
+            if copied <= 0:
+                raise ConversionFailed(f"{entry.name}: copy stopped with {remaining} bytes left")
+            offset += copied
+            remaining -= copied
+    fout.seek(0, os.SEEK_END)
+    writer.write_padding(fout, size)
+    writer.state = gguf.gguf_writer.WriterState.WEIGHTS
+
+
+def _same_type(dtype: str, kind: gguf.GGMLQuantizationType) -> bool:
+    return {"F32": gguf.GGMLQuantizationType.F32, "F16": gguf.GGMLQuantizationType.F16,
+            "BF16": gguf.GGMLQuantizationType.BF16}.get(dtype) == kind  # fmt: skip
+
+
 def _encode(array: np.ndarray[Any, Any], kind: gguf.GGMLQuantizationType) -> np.ndarray[Any, Any]:
     if kind == gguf.GGMLQuantizationType.F32:
         return array.astype(np.float32)
@@ -246,11 +280,19 @@ def convert_hf_to_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for source, entry, _name, kind in plan:
-            weight = _as_float32(source.read(entry.name), entry.dtype)
-            if tensor_transform is not None:
-                weight = tensor_transform(entry.name, weight)
-            weight = arch.transform(entry.name, weight, info.config)
-            writer.write_tensor_data(_encode(weight, kind))
+            if tensor_transform is None and not _moves_rows(arch, entry.name) and _same_type(entry.dtype, kind):
+                _copy_tensor(writer, source, entry)  # the same bytes: copied by the kernel, never through Python
+                continue
+            raw = source.read(entry.name)
+            if tensor_transform is None and _same_type(entry.dtype, kind):
+                # no arithmetic needed: keep the bytes (the rotary permutation only moves rows)
+                writer.write_tensor_data(arch.transform(entry.name, raw, info.config))
+            else:
+                weight = _as_float32(raw, entry.dtype)
+                if tensor_transform is not None:
+                    weight = tensor_transform(entry.name, weight)
+                weight = arch.transform(entry.name, weight, info.config)
+                writer.write_tensor_data(_encode(weight, kind))
             done += entry.end - entry.start
             if progress is not None:
                 progress(done, total)
