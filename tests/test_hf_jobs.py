@@ -120,3 +120,13 @@ def test_corrupt_weights_fail_the_job_and_leave_nothing_in_the_cache(hf_server: 
         assert error_reason(exc) == "SOURCE_INVALID"
     after = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
     assert after == before
+
+
+def test_estimate_of_a_hf_source_uses_the_preflight(hf_server: RunningServer) -> None:
+    stub = hf_server.stub()
+    request = pb.QuantizeJob(source=str(MINILM), quant_types=["Q8_0", "Q4_K_M"])
+    estimate = stub.EstimateQuantizeJob(pb.EstimateQuantizeJobRequest(job=request))
+    q8, q4 = estimate.outputs
+    assert estimate.source_info.kind == "hf_folder" and estimate.source_info.parameter_count > 22_000_000
+    assert q4.size_bytes < q8.size_bytes < estimate.source_info.parameter_count * 2
+    assert estimate.fits_on_disk

@@ -157,9 +157,4 @@ def _model_in_directory(directory: pathlib.Path) -> pathlib.Path:
     if len(candidates) > 1:
         names = ", ".join(p.name for p in candidates)
         raise SourceInvalid(f"directory {directory} holds several models ({names}); name the file")
-    if (directory / "config.json").exists():
-        raise SourceInvalid(
-            f"directory {directory} is a Hugging Face model folder; conversion to GGUF is not "
-            "available yet: convert it to an F16 GGUF first"
-        )
     raise SourceInvalid(f"directory {directory} holds no model (no .gguf file)", path=str(directory))

@@ -51,7 +51,7 @@ from quantledger.jobs.model import (
     Progress,
     Stage,
 )
-from quantledger.jobs.stages import describe_hf_job, evaluate_outputs, prepare_intermediate
+from quantledger.jobs.stages import describe_hf_job, estimate_hf, evaluate_outputs, prepare_intermediate
 from quantledger.jobs.store import DuplicateRequestId, JobStore
 from quantledger.quantize.estimate import Estimate, estimate, throughput_for
 from quantledger.quantize.llama_log import fallback_count
@@ -272,6 +272,9 @@ class JobEngine:
                 yield job
 
     async def estimate(self, spec: JobSpec) -> Estimate:
+        hf = await asyncio.to_thread(classify, spec.source, self._settings.allowed_roots)
+        if hf is not None:
+            return await asyncio.to_thread(estimate_hf, self._settings, spec, hf, self._store)
         plan = await asyncio.to_thread(make_plan, spec, self._settings, self._settings.artifacts / "<job id>")
         return await self._estimate(plan)
 

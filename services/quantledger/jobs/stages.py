@@ -18,10 +18,47 @@ from quantledger.errors import InsufficientDisk, QualityGateFailed
 from quantledger.hf.cache import CacheEntry, ConversionCache, cache_key
 from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, materialize, preflight, read_config
 from quantledger.jobs.model import Job, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
-from quantledger.quantize.estimate import free_bytes
+from quantledger.jobs.store import JobStore
+from quantledger.quantize.estimate import (
+    WORKER_STARTUP_SECONDS,
+    Estimate,
+    OutputPrediction,
+    free_bytes,
+    throughput_for,
+)
 from quantledger.quantize.plan import QuantizePlan, check_options, requested_types
 from quantledger.quantize.runner import WorkerProcess
 from quantledger.sources import GgufSource, open_source, resolve_allowed
+
+
+def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore) -> Estimate:
+    """Predict a Hugging Face job from its preflight: sizes from typical bits per weight (the exact
+    figures need the converted intermediate, which only the job makes), time from throughput."""
+    job = describe_hf_job(settings, spec, "", "<job id>", hf)
+    assert job.source_info is not None
+    parameters = job.source_info.parameter_count or job.source_info.size_bytes // 2
+    outputs = []
+    for quant_type in requested_types(spec):
+        bpw = quant_type.typical_bits_per_weight or 8.5
+        throughput, measured = throughput_for(quant_type, store)
+        outputs.append(
+            OutputPrediction(
+                quant_type=quant_type.name,
+                size_bytes=int(parameters * bpw / 8),
+                bits_per_weight=bpw,
+                fallback_tensor_count=0,
+                seconds=WORKER_STARTUP_SECONDS + parameters * 2 / throughput,
+                throughput=throughput,
+                measured=measured,
+            )
+        )
+    return Estimate(
+        outputs=tuple(outputs),
+        disk_bytes_needed=sum(o.size_bytes for o in outputs),
+        disk_bytes_free=free_bytes(pathlib.Path(job.output_dir), settings.disk_reserve_bytes),
+        source_info=job.source_info,
+        output_dir=job.output_dir,
+    )
 
 
 def base_shapes(folder: pathlib.Path) -> dict[str, tuple[int, ...]]:

@@ -120,6 +120,8 @@ class QuantizeServiceServicer:
     def EstimateQuantizeJob(self, request, context):
         """Predicts, without writing anything, each output's exact size (from llama.cpp's dry run),
         the disk space the job needs against what is free, and how long it will take on this machine.
+        For a Hugging Face source the sizes come from typical bits per weight (exact figures need the
+        converted intermediate, which only the job makes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
