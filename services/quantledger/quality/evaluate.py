@@ -19,7 +19,6 @@ import json
 import os
 import pathlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -28,25 +27,10 @@ import numpy.typing as npt
 
 from quantledger.errors import InvalidArgument, SourceNotFound
 from quantledger.gguf_header import read_gguf_header
+from quantledger.jobs.model import Quality as QualityReport
 
 FloatArray = npt.NDArray[np.float64]
 EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "jina-bert-v2", "modern-bert", "t5encoder"})
-
-
-@dataclass(frozen=True)
-class QualityReport:
-    kind: str  # "causal" | "embedding"
-    mean_kl_divergence: float | None = None
-    p99_kl_divergence: float | None = None
-    top1_agreement: float | None = None
-    perplexity_reference: float | None = None
-    perplexity: float | None = None
-    perplexity_delta: float | None = None
-    mean_cosine_similarity: float | None = None
-    min_cosine_similarity: float | None = None
-    topk_retrieval_agreement: float | None = None
-    items_evaluated: int = 0
-    eval_set: str = ""
 
 
 def _data(name: str) -> str:
