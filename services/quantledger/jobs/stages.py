@@ -34,7 +34,7 @@ from quantledger.sources import GgufSource, open_source, resolve_allowed
 def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore) -> Estimate:
     """Predict a Hugging Face job from its preflight: sizes from typical bits per weight (the exact
     figures need the converted intermediate, which only the job makes), time from throughput."""
-    job = describe_hf_job(settings, spec, "", "<job id>", hf)
+    job = describe_hf_job(settings, spec, "", "<job id>", hf, check_disk=False)
     assert job.source_info is not None
     parameters = job.source_info.parameter_count or job.source_info.size_bytes // 2
     outputs = []
@@ -81,8 +81,11 @@ class StageHost(Protocol):
     def worker_for(self, job: Job, request: dict[str, Any]) -> WorkerProcess: ...
 
 
-def describe_hf_job(settings: Settings, spec: JobSpec, request_id: str, job_id: str, hf: HfSource) -> Job:
-    """Validate a Hugging Face job before any weight download and describe it."""
+def describe_hf_job(
+    settings: Settings, spec: JobSpec, request_id: str, job_id: str, hf: HfSource, *, check_disk: bool = True
+) -> Job:
+    """Validate a Hugging Face job before any weight download and describe it (INSUFFICIENT_DISK when
+    ``check_disk`` and the conversion plus outputs cannot fit)."""
     types = requested_types(spec)
     check_options(spec, settings)
     if spec.options.lora_dir:
@@ -104,7 +107,7 @@ def describe_hf_job(settings: Settings, spec: JobSpec, request_id: str, job_id: 
     )
     needed = int(intermediate + outputs * 1.05)
     free = free_bytes(output_dir, settings.disk_reserve_bytes)
-    if needed > free:
+    if check_disk and needed > free:
         raise InsufficientDisk(
             f"the conversion and outputs need about {needed} bytes but {output_dir} has {free} free",
             needed=str(needed),
