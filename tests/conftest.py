@@ -167,11 +167,7 @@ def error_reason(exc: grpc.RpcError) -> str:
 
 
 def job_error_reason(job: pb.QuantizeJob) -> str:
-    """The ErrorInfo reason in a finished job's error, or ""."""
-    from google.rpc import error_details_pb2
+    """The ErrorInfo reason in a finished job's error (what the CLI prints)."""
+    from quantledger.cli.render import error_reason as reason_of
 
-    for detail in job.error.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return ""
+    return reason_of(job)

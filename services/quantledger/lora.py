@@ -46,6 +46,7 @@ from safetensors import SafetensorError, safe_open
 
 from quantledger.errors import LoraInvalid
 from quantledger.hashing import sha256_file
+from quantledger.json_files import read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -174,12 +175,7 @@ def load_lora(directory: str | os.PathLike[str]) -> LoraAdapter:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LoraInvalid(f"{ADAPTER_CONFIG} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise LoraInvalid(f"{ADAPTER_CONFIG} is not a JSON object")
+    config = read_json_object(path, error=LoraInvalid)
     peft_type = config.get("peft_type")
     if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
         raise LoraInvalid(f"{ADAPTER_CONFIG}: peft_type is {peft_type!r}, only LORA adapters can be merged")

@@ -8,7 +8,6 @@ temporary name and renamed; a failure leaves nothing behind. Nothing from the fo
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
@@ -23,6 +22,7 @@ from quantledger.convert.architectures import ARCHITECTURES, Architecture
 from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry, bf16_to_f32
 from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
 from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture
+from quantledger.json_files import read_hf_config, read_json_object
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)
 CONVERTER_VERSION = "quantledger-convert-1"
@@ -61,12 +61,14 @@ class ConversionResult:
     seconds: float
 
 
-def _architecture(config: dict[str, Any], folder: pathlib.Path) -> Architecture:
+def architecture_for(config: Mapping[str, Any], label: str) -> Architecture:
+    """The converter's knowledge of ``config.architectures[0]``; UnsupportedArchitecture names the
+    supported ones. ``label`` (folder or repo id) names the model in the message."""
     names = config.get("architectures") or []
     name = str(names[0]) if isinstance(names, list) and names else ""
     if name not in ARCHITECTURES:
         raise UnsupportedArchitecture(
-            f"{folder.name} is a {name or 'model without config.architectures'}; supported: "
+            f"{label} is a {name or 'model without config.architectures'}; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}",
             architecture=name,
         )
@@ -76,10 +78,9 @@ def _architecture(config: dict[str, Any], folder: pathlib.Path) -> Architecture:
 def _weight_files(folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SourceInvalid(f"{index.name} has no valid weight_map: {exc}") from exc
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise SourceInvalid(f"{index.name} has no weight_map object")
         files = sorted({folder / str(name) for name in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -94,14 +95,8 @@ def _weight_files(folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
 def inspect_hf_folder(folder: str | os.PathLike[str]) -> HfModelInfo:
     """What the folder holds, from config.json and the safetensors headers only (never the weights)."""
     root = pathlib.Path(folder)
-    config_path = root / "config.json"
-    if not config_path.is_file():
-        raise SourceInvalid(f"{root} has no config.json: not a Hugging Face model folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SourceInvalid(f"{config_path} is not valid JSON: {exc}") from exc
-    architecture = _architecture(config, root)
+    config = read_hf_config(root)
+    architecture = architecture_for(config, root.name)
     files = _weight_files(root)
     entries = [entry for path in files for entry in SafetensorsFile(path).entries()]
     return HfModelInfo(
@@ -225,7 +220,7 @@ def _pooling(folder: pathlib.Path) -> int | None:
     path = folder / "1_Pooling" / "config.json"
     if not path.is_file():
         return None
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json_object(path)
     for mode, value in (("mean", POOLING["mean"]), ("cls", POOLING["cls"]), ("lasttoken", POOLING["lasttoken"])):
         if config.get(f"pooling_mode_{mode}_tokens"):
             return value

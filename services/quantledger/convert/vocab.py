@@ -5,12 +5,12 @@ Token types follow llama.cpp: 1 normal, 2 unknown, 3 control, 4 user defined, 5 
 
 from __future__ import annotations
 
-import json
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from quantledger.errors import SourceInvalid
+from quantledger.json_files import read_json_object as _json
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # llama.cpp's pre-tokenizer names by model family (tokenizer.ggml.pre); the regexes behind them live in llama.cpp
@@ -31,16 +31,6 @@ class Vocab:
     add_eos: bool | None = None
     chat_template: str | None = None
     token_type_count: int | None = None
-
-
-def _json(path: pathlib.Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SourceInvalid(f"{path.name} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SourceInvalid(f"{path.name} does not hold a JSON object")
-    return data
 
 
 def _token_text(value: object) -> str | None:

@@ -9,17 +9,15 @@ the engine then looks up or converts into.
 from __future__ import annotations
 
 import fnmatch
-import json
 import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from quantledger.errors import SourceInvalid, UnsupportedArchitecture
+from quantledger.errors import SourceInvalid
 from quantledger.hf.hub import ALLOW_PATTERNS, HubRef, fetch_config, fetch_snapshot, parse_hub_id
 from quantledger.hf.manifest import SourceManifest, build_manifest
+from quantledger.json_files import read_hf_config, read_json_object
 from quantledger.sources import resolve_allowed
-
-MAX_CONFIG_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -69,24 +67,9 @@ def classify(raw: str, roots: Sequence[pathlib.Path]) -> HfSource | None:
     return None
 
 
-def read_config(folder: pathlib.Path) -> dict[str, object]:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise SourceInvalid(f"{folder} has no config.json: not a Hugging Face model folder")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise SourceInvalid(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a model config")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SourceInvalid(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise SourceInvalid(f"{path} does not hold a JSON object")
-    return config
-
-
 def preflight(source: HfSource) -> Preflight:
     """Check the architecture and sizes before any weight download."""
-    from quantledger.convert.converter import SUPPORTED_ARCHITECTURES, inspect_hf_folder
+    from quantledger.convert.converter import architecture_for, inspect_hf_folder
 
     if source.folder is not None:
         info = inspect_hf_folder(source.folder)
@@ -95,19 +78,12 @@ def preflight(source: HfSource) -> Preflight:
         )
     assert source.hub is not None
     folder = fetch_config(source.hub)
-    config = read_config(folder)
-    architectures = config.get("architectures") or []
-    architecture = str(architectures[0]) if isinstance(architectures, list) and architectures else ""
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedArchitecture(
-            f"{source.hub.repo_id} is a {architecture or 'model without architectures'}; supported: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)}",
-            architecture=architecture,
-        )
+    config = read_hf_config(folder)
+    architecture = architecture_for(config, source.hub.repo_id).hf_name
     weight_bytes = 0
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        metadata = json.loads(index.read_text(encoding="utf-8")).get("metadata") or {}
+        metadata = read_json_object(index).get("metadata") or {}
         weight_bytes = int(metadata.get("total_size") or 0)
     return Preflight(architecture, 0, weight_bytes, str(config.get("model_type", "")))
 

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 from quantledger.config import Settings
 from quantledger.errors import InsufficientDisk, QualityGateFailed
 from quantledger.hf.cache import CacheEntry, ConversionCache, cache_key
-from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, materialize, preflight, read_config
+from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, materialize, preflight
 from quantledger.jobs.model import Job, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
 from quantledger.jobs.store import JobStore
+from quantledger.json_files import read_hf_config
 from quantledger.quantize.estimate import (
     WORKER_STARTUP_SECONDS,
     Estimate,
@@ -190,7 +191,7 @@ async def _convert(
 ) -> CacheEntry:
     job.stage = Stage.CONVERTING
     host.touch(job)
-    config = await asyncio.to_thread(read_config, materialized.folder)
+    config = await asyncio.to_thread(read_hf_config, materialized.folder)
     temp = host.cache.temp_path(key)
     request = {
         "mode": "convert",

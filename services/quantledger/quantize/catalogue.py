@@ -11,12 +11,12 @@ import functools
 from dataclasses import dataclass
 
 from quantledger.errors import UnknownQuantType
+from quantledger.quantize.llama_log import IMATRIX_ERROR
 
 # llama.cpp decides per tensor whether an importance matrix is needed (IQ1/IQ2 tensor types, and the
 # Q2_K tensors of Q2_K_S); which ftypes that makes depends on the mix. The catalogue learns the list
-# by probing (see ``_probe``); the errors llama.cpp logs in each case:
-IMATRIX_ERROR = "requires an imatrix"
-UNSUPPORTED_ERROR = "invalid output file type"
+# by probing (see ``_probe``): a type whose run fails with IMATRIX_ERROR needs one; a type that fails
+# otherwise (this build answers NVFP4 with "invalid output file type") is not offered.
 
 _KNOWN: dict[str, tuple[float, str]] = {
     "F32": (32.0, "32-bit float, no quantization"),

@@ -35,6 +35,8 @@ _FALLBACK = re.compile(
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*(?P<mib>[\d.]+) MiB(?: \((?P<bpw>[\d.]+) BPW\))?")
 _FALLBACK_TOTAL = re.compile(r"(?P<count>\d+) of (?P<total>\d+) tensor\(s\) required fallback")
 _DRY_RUN_NEEDS_IMATRIX = "will require an imatrix"
+# what llama.cpp's error says when a real run needs an importance matrix it was not given
+IMATRIX_ERROR = "requires an imatrix"
 
 # ggml log levels (ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 cont.
 LEVEL_ERROR = 4

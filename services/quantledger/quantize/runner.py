@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantledger.errors import ImatrixRequired, QuantizeFailed, QuantledgerError, WorkerCrashed
+from quantledger.quantize.llama_log import IMATRIX_ERROR
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -80,7 +81,7 @@ class WorkerProcess:
             raise error_for_reason(typed[-1]["reason"], typed[-1]["message"])
         if finished:
             errors = "; ".join(finished[-1].get("errors") or []) or "see the job log"
-            if "requires an imatrix" in errors:
+            if IMATRIX_ERROR in errors:
                 raise ImatrixRequired(
                     f"llama.cpp needs an importance matrix for this model and type: {errors}; pass imatrix_path"
                 )
