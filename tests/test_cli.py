@@ -146,8 +146,20 @@ def test_quantize_locally_without_server(models: Models, tmp_path) -> None:
     job = json.loads(done.stdout)
     assert job["state"] == "STATE_SUCCEEDED"
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["tiny320-Q4_K_S.gguf", "tiny320-Q6_K.gguf"]
+    assert files == [
+        "tiny320-Q4_K_S.gguf",
+        "tiny320-Q4_K_S.gguf.provenance.json",
+        "tiny320-Q6_K.gguf",
+        "tiny320-Q6_K.gguf.provenance.json",
+    ]
     assert all(o["fallback_tensor_count"] > 0 for o in job["outputs"])
+    # no chain here: the provenance is written all the same, and nothing claims to be on chain
+    for output in job["outputs"]:
+        assert output["registry"]["state"] == "STATE_UNREGISTERED"
+        statement = json.loads(pathlib.Path(output["registry"]["provenance_path"]).read_bytes())
+        assert statement["subject"] == [
+            {"name": pathlib.Path(output["path"]).name, "digest": {"sha256": output["sha256"]}}
+        ]
     bad = cli(
         "quantize",
         str(models.q8_0),
@@ -181,13 +193,21 @@ def test_up_accepts_its_flags_announces_json_and_stops_on_sigint(tmp_path) -> No
     port = free_port()
     env = dict(os.environ, QUANTLEDGER_HOME=str(tmp_path / "home"))
     argv = [QUANTLEDGER or "quantledger", "up", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--chain-port", str(free_port()), "--json"]
+    chain_port = free_port()
+    argv += ["--chain-port", str(chain_port), "--json"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         announcement = json.loads(process.stdout.readline())
         assert announcement["address"] == f"127.0.0.1:{port}" and "quantize" in announcement["serving"]
+        assert announcement["serving"] == ["quantize", "registry"]
+        assert announcement["chain_url"] == f"http://127.0.0.1:{chain_port}"
         wait_serving(announcement["address"], process)
+        # the embedded chain answers JSON-RPC and holds the registry that up deployed
+        from registry_client.client import RegistryClient
+
+        registry = RegistryClient(RegistryClient.web3_for(announcement["chain_url"]), announcement["registry"])
+        assert registry.deployed_code_matches() and registry.is_attester(announcement["attester"])
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)

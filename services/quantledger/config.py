@@ -33,6 +33,8 @@ class Settings:
     chain_port: int = DEFAULT_CHAIN_PORT
     chain_url: str = ""
     conversion_cache_bytes: int = 20 << 30
+    registry_address: str = ""
+    registry_retry_seconds: float = 10.0
 
     @property
     def database(self) -> pathlib.Path:
@@ -41,6 +43,20 @@ class Settings:
     @property
     def artifacts(self) -> pathlib.Path:
         return self.home / "artifacts"
+
+    @property
+    def chain_dir(self) -> pathlib.Path:
+        """The embedded chain's journal and snapshots."""
+        return self.home / "chain"
+
+    @property
+    def admin_key_path(self) -> pathlib.Path:
+        """The embedded chain's admin key (hex, mode 0600); it deploys the registry and attests."""
+        return self.home / "keys" / "admin.key"
+
+    @property
+    def embedded_chain_url(self) -> str:
+        return f"http://127.0.0.1:{self.chain_port}"
 
     @property
     def logs(self) -> pathlib.Path:
@@ -68,6 +84,8 @@ class Settings:
             "chain_port": _env_int("QUANTLEDGER_CHAIN_PORT", DEFAULT_CHAIN_PORT),
             "chain_url": os.environ.get("QUANTLEDGER_CHAIN_URL", ""),
             "conversion_cache_bytes": max(0, _env_int("QUANTLEDGER_CONVERSION_CACHE_BYTES", 20 << 30)),
+            "registry_address": os.environ.get("QUANTLEDGER_REGISTRY_ADDRESS", "").strip(),
+            "registry_retry_seconds": max(1, _env_int("QUANTLEDGER_REGISTRY_RETRY_SECONDS", 10)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

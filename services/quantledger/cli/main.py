@@ -8,7 +8,6 @@ printed), 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -20,11 +19,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from quantledger import __version__
+from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
 from quantledger.config import DEFAULT_PORT, Settings
 from quantledger.errors import QuantledgerError
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
+from registry_client.errors import RegistryError
 
 
 class CommandFailed(Exception):
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run one service")
     _add_common(serve)
-    serve.add_argument("service", choices=["quantize"], help="service to run")
+    serve.add_argument("service", choices=["quantize", "registry", "chain"], help="service to run")
     _add_serve_flags(serve)
 
     submit = commands.add_parser("submit", help="create a quantization job")
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     types = commands.add_parser("quant-types", help="list the quantization types llama.cpp offers")
     _add_common(types)
 
+    add_registry_parser(commands, _add_common)
     quantize = commands.add_parser("quantize", help="quantize locally with the same engine, no server")
     _add_common(quantize)
     _add_job_inputs(quantize, out_required=True)
@@ -338,16 +340,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from quantledger.grpc_api.server import serve
+    from quantledger.cli.services import run_services
 
     settings = _settings(args)
-    if args.chain_url or args.chain_port:
-        print(
-            "note: the registry chain is not part of this release yet; --chain-* flags are accepted",
-            file=sys.stderr,
-        )
-    asyncio.run(serve(settings, ["quantize"], as_json=args.json))
-    return 0
+    if args.command == "up":
+        everything = ["quantize", "registry"]
+        return run_services(settings, everything, as_json=args.json, embedded_chain=not settings.chain_url)
+    return run_services(settings, [args.service], as_json=args.json, embedded_chain=False)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -372,6 +371,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "estimate": cmd_estimate,
     "quant-types": cmd_quant_types,
     "quantize": cmd_quantize,
+    "registry": cmd_registry,
 }
 
 
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except grpc.RpcError as exc:
         failure = _rpc_failure(exc)
-    except QuantledgerError as exc:
+    except (QuantledgerError, RegistryError) as exc:
         failure = CommandFailed(exc.reason, exc.message, exc.code)
     except CommandFailed as exc:
         failure = exc

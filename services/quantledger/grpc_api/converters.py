@@ -8,7 +8,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from quantledger.errors import DOMAIN
-from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, Options, Quality, SourceInfo
+from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, Options, Quality, RegistryEntry, SourceInfo
 from quantledger.quantize.catalogue import QuantType
 from quantledger.quantize.estimate import Estimate
 from quantledger.v1 import quantize_service_pb2 as pb
@@ -135,6 +135,24 @@ def artifact_to_proto(artifact: Artifact) -> pb.QuantizedArtifact:
         files=[pb.OutputFile(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256) for f in artifact.files],
         total_size_bytes=artifact.total_size_bytes,
         quality=quality_to_proto(artifact.quality),
+        registry=registry_entry_to_proto(artifact.registry),
+    )
+
+
+def registry_entry_to_proto(entry: RegistryEntry | None) -> pb.RegistryRecord | None:
+    if entry is None:
+        return None
+    return pb.RegistryRecord(
+        chain_id=entry.chain_id,
+        contract=entry.contract,
+        tx_hash=entry.tx_hash,
+        attester=entry.attester,
+        state=f"STATE_{entry.state}",
+        block_number=entry.block_number,
+        provenance_path=entry.provenance_path,
+        provenance_sha256=entry.provenance_sha256,
+        error=status_of(entry.error) if entry.error else None,
+        attempts=entry.attempts,
     )
 
 

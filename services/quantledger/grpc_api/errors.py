@@ -14,18 +14,19 @@ from grpc_status import rpc_status
 from quantledger.errors import QuantledgerError
 from quantledger.grpc_api.converters import status_of
 from quantledger.jobs.model import JobError
+from registry_client.errors import RegistryError
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: QuantledgerError) -> None:
+async def abort_with(context: grpc.aio.ServicerContext, exc: QuantledgerError | RegistryError) -> None:
     error = JobError(code=exc.code, reason=exc.reason, message=exc.message, metadata=exc.metadata)
     await context.abort_with_status(rpc_status.to_status(status_of(error)))
 
 
 def maps_domain_errors(method: F) -> F:
-    """Turn a QuantledgerError raised by ``method`` into its status code, reason and message."""
+    """Turn a QuantledgerError or RegistryError raised by ``method`` into its status code, reason and message."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
@@ -33,7 +34,7 @@ def maps_domain_errors(method: F) -> F:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except QuantledgerError as exc:
+            except (QuantledgerError, RegistryError) as exc:
                 await abort_with(context, exc)
 
         return stream  # type: ignore[return-value]
@@ -42,7 +43,7 @@ def maps_domain_errors(method: F) -> F:
     async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except QuantledgerError as exc:
+        except (QuantledgerError, RegistryError) as exc:
             log.info("%s: %s %s", method.__name__, exc.reason, exc.message)
             await abort_with(context, exc)
 

@@ -20,15 +20,19 @@ from grpc_reflection.v1alpha import reflection
 
 from quantledger.config import Settings
 from quantledger.grpc_api.quantize_servicer import QuantizeServicer
+from quantledger.grpc_api.registry_servicer import RegistryServicer
 from quantledger.jobs.engine import JobEngine
 from quantledger.jobs.store import SqliteJobStore
 from quantledger.quantize.catalogue import catalogue
+from quantledger.registry.wiring import make_reader, make_registrar
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
+from quantledger.v1 import registry_service_pb2 as registry_pb
+from quantledger.v1 import registry_service_pb2_grpc as registry_pb_grpc
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 5.0
-SERVICES = ("quantize",)
+SERVICES = ("quantize", "registry")
 
 
 class QuantledgerServer:
@@ -50,13 +54,18 @@ class QuantledgerServer:
     async def start(self) -> int:
         settings = self.settings
         settings.ensure_dirs()
-        await asyncio.to_thread(catalogue)  # probe llama.cpp's types once, before the first request
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         if "quantize" in self._services:
-            self._engine = JobEngine(settings, SqliteJobStore(str(settings.database)))
+            await asyncio.to_thread(catalogue)  # probe llama.cpp's types once, before the first request
+            registrar = make_registrar(settings)
+            self._engine = JobEngine(settings, SqliteJobStore(str(settings.database)), registrar)
             await self._engine.start()
             pb_grpc.add_QuantizeServiceServicer_to_server(QuantizeServicer(self._engine), self._server)
             names.append(pb.DESCRIPTOR.services_by_name["QuantizeService"].full_name)
+        if "registry" in self._services:
+            servicer = RegistryServicer(make_reader(settings))
+            registry_pb_grpc.add_RegistryServiceServicer_to_server(servicer, self._server)
+            names.append(registry_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(names, self._server)
         address = f"{settings.host}:{settings.port}"
@@ -88,7 +97,13 @@ class QuantledgerServer:
         await self._stopped.wait()
 
 
-async def serve(settings: Settings, services: Sequence[str] = SERVICES, *, as_json: bool = False) -> None:
+async def serve(
+    settings: Settings,
+    services: Sequence[str] = SERVICES,
+    *,
+    as_json: bool = False,
+    announce: dict[str, str] | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully; announce the address on stdout."""
     server = QuantledgerServer(settings, services)
     port = await server.start()
@@ -97,9 +112,11 @@ async def serve(settings: Settings, services: Sequence[str] = SERVICES, *, as_js
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.stop()))
     address = f"{settings.host}:{port}"
     if as_json:
-        print(json.dumps({"serving": list(services), "address": address, "data_dir": str(settings.home)}), flush=True)
+        body = {"serving": list(services), "address": address, "data_dir": str(settings.home), **(announce or {})}
+        print(json.dumps(body), flush=True)
     else:
-        print(f"quantledger serving {', '.join(services)} on {address} (data dir {settings.home})", flush=True)
+        extra = "".join(f", {key} {value}" for key, value in (announce or {}).items())
+        print(f"quantledger serving {', '.join(services)} on {address} (data dir {settings.home}{extra})", flush=True)
     try:
         await server.wait()
     finally:

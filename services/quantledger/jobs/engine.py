@@ -62,6 +62,8 @@ from quantledger.quantize.plan import (
     make_plan,
 )
 from quantledger.quantize.runner import WorkerProcess
+from quantledger.registry.registrar import PENDING, Registrar
+from quantledger.registry.stage import attach_provenance, ensure_source_digest
 from quantledger.sources import GgufSource
 
 log = logging.getLogger(__name__)
@@ -97,10 +99,13 @@ def decode_page_token(token: str) -> int | None:
 class JobEngine:
     """Owns every job of one data dir."""
 
-    def __init__(self, settings: Settings, store: JobStore) -> None:
+    def __init__(self, settings: Settings, store: JobStore, registrar: Registrar | None = None) -> None:
         self._settings = settings
         self._store = store
         self.settings = settings
+        self.registrar = registrar
+        self._pending_registration: set[str] = set()
+        self._retrier: asyncio.Task[None] | None = None
         self.cache = ConversionCache(settings.home / "conversion-cache", settings.conversion_cache_bytes)
         self._live: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -120,6 +125,11 @@ class JobEngine:
         self._wakeup = asyncio.Event()
         self.recover_interrupted()
         self._scheduler = asyncio.create_task(self._schedule(), name="quantledger-scheduler")
+        if self.registrar is not None:
+            self._pending_registration.update(
+                job.id for job in self._store.with_state(JobState.SUCCEEDED) if _registration_pending(job)
+            )
+            self._retrier = asyncio.create_task(self._retry_registrations(), name="quantledger-registrar")
 
     def recover_interrupted(self) -> list[str]:
         """Jobs a dead server left RUNNING become FAILED (INTERRUPTED); their partial files go."""
@@ -142,10 +152,11 @@ class JobEngine:
     async def shutdown(self) -> None:
         """Stop every running job cleanly (worker killed, partial files removed, job INTERRUPTED)."""
         self._stopping = True
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler
+        for background in (self._scheduler, self._retrier):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         tasks = list(self._tasks.items())
         for job_id, task in tasks:
             self._stop_reason[job_id] = "shutdown"
@@ -372,6 +383,7 @@ class JobEngine:
             await asyncio.gather(*hashing)
             if not job.spec.options.skip_quality:
                 await evaluate_outputs(self, job, plan)
+            await self._register_outputs(job)
             job.progress.fraction = 1.0
             job.progress.bytes_done = job.progress.bytes_total
             self._finish(job, JobState.SUCCEEDED, None)
@@ -402,6 +414,38 @@ class JobEngine:
             self._workers.pop(job.id, None)
             self._stop_reason.pop(job.id, None)
             self._notify()
+
+    async def _register_outputs(self, job: Job) -> None:
+        """Provenance JSON next to every output, then one registry transaction (PENDING if the chain is down)."""
+        job.stage = Stage.REGISTERING
+        self._touch(job)
+        await asyncio.to_thread(ensure_source_digest, job)
+        registering = self.registrar is not None
+        job.outputs = [await asyncio.to_thread(attach_provenance, job, a, registering=registering) for a in job.outputs]
+        self._touch(job)
+        if self.registrar is not None:
+            job.outputs = await asyncio.to_thread(self.registrar.register, job, job.outputs)
+            if _registration_pending(job):
+                self._pending_registration.add(job.id)
+
+    async def _retry_registrations(self) -> None:
+        """Every few seconds, try again to register outputs of finished jobs that are still PENDING."""
+        assert self.registrar is not None
+        while True:
+            await asyncio.sleep(self._settings.registry_retry_seconds)
+            for job_id in sorted(self._pending_registration):
+                job = self._store.get(job_id)
+                if job is None or not _registration_pending(job):
+                    self._pending_registration.discard(job_id)
+                    continue
+                job.outputs = await asyncio.to_thread(self.registrar.register, job, job.outputs)
+                self._store.save(job)
+                self._notify()
+                if not _registration_pending(job):
+                    self._pending_registration.discard(job_id)
+                    log.info("%s: pending registrations recorded", job.name)
+                else:
+                    break  # the chain is still away; try the rest next round
 
     async def _abandon(self, hashing: list[asyncio.Task[None]]) -> None:
         for task in hashing:
@@ -509,6 +553,10 @@ class JobEngine:
         for leftover in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def _registration_pending(job: Job) -> bool:
+    return any(a.registry is not None and a.registry.state == PENDING for a in job.outputs)
 
 
 def _cancelled() -> JobError:

@@ -141,6 +141,28 @@ class OutputFile:
 
 
 @dataclass(frozen=True)
+class RegistryEntry:
+    """Where an output's on-chain registration stands (PENDING, REGISTERED or FAILED)."""
+
+    state: str
+    provenance_path: str
+    provenance_sha256: str
+    chain_id: int = 0
+    contract: str = ""
+    attester: str = ""
+    tx_hash: str = ""
+    block_number: int = 0
+    attempts: int = 0
+    error: JobError | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RegistryEntry:
+        fields = dict(data)
+        fields["error"] = JobError(**fields["error"]) if fields.get("error") else None
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
 class Artifact:
     """One output: ``path``, ``size_bytes`` and ``sha256`` describe its first (usually only) file."""
 
@@ -156,6 +178,7 @@ class Artifact:
     file_type: int
     files: tuple[OutputFile, ...] = ()
     quality: Quality | None = None
+    registry: RegistryEntry | None = None
 
     @property
     def total_size_bytes(self) -> int:
@@ -171,6 +194,7 @@ class Artifact:
         fields = dict(data)
         fields["files"] = tuple(OutputFile(**f) for f in fields.get("files") or ())
         fields["quality"] = Quality(**fields["quality"]) if fields.get("quality") else None
+        fields["registry"] = RegistryEntry.from_dict(fields["registry"]) if fields.get("registry") else None
         return cls(**fields)
 
 

@@ -238,16 +238,40 @@ class QualityReport(_message.Message):
     def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ..., kind: _Optional[str] = ..., perplexity_reference: _Optional[float] = ..., perplexity: _Optional[float] = ..., topk_retrieval_agreement: _Optional[float] = ..., items_evaluated: _Optional[int] = ..., eval_set: _Optional[str] = ...) -> None: ...
 
 class RegistryRecord(_message.Message):
-    __slots__ = ("chain_id", "contract", "tx_hash", "attester")
+    __slots__ = ("chain_id", "contract", "tx_hash", "attester", "state", "block_number", "provenance_path", "provenance_sha256", "error", "attempts")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[RegistryRecord.State]
+        STATE_PENDING: _ClassVar[RegistryRecord.State]
+        STATE_REGISTERED: _ClassVar[RegistryRecord.State]
+        STATE_FAILED: _ClassVar[RegistryRecord.State]
+        STATE_UNREGISTERED: _ClassVar[RegistryRecord.State]
+    STATE_UNSPECIFIED: RegistryRecord.State
+    STATE_PENDING: RegistryRecord.State
+    STATE_REGISTERED: RegistryRecord.State
+    STATE_FAILED: RegistryRecord.State
+    STATE_UNREGISTERED: RegistryRecord.State
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_FIELD_NUMBER: _ClassVar[int]
     TX_HASH_FIELD_NUMBER: _ClassVar[int]
     ATTESTER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_PATH_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     chain_id: int
     contract: str
     tx_hash: str
     attester: str
-    def __init__(self, chain_id: _Optional[int] = ..., contract: _Optional[str] = ..., tx_hash: _Optional[str] = ..., attester: _Optional[str] = ...) -> None: ...
+    state: RegistryRecord.State
+    block_number: int
+    provenance_path: str
+    provenance_sha256: str
+    error: _status_pb2.Status
+    attempts: int
+    def __init__(self, chain_id: _Optional[int] = ..., contract: _Optional[str] = ..., tx_hash: _Optional[str] = ..., attester: _Optional[str] = ..., state: _Optional[_Union[RegistryRecord.State, str]] = ..., block_number: _Optional[int] = ..., provenance_path: _Optional[str] = ..., provenance_sha256: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class SourceInfo(_message.Message):
     __slots__ = ("path", "architecture", "size_bytes", "parameter_count", "file_type", "tensor_count", "model_name", "tensor_bytes", "kind", "repo_id", "revision", "commit_sha", "root_digest", "manifest", "hf_architecture", "conversion_cached")

@@ -1,0 +1,150 @@
+"""``quantledger registry list|show|verify|revoke``.
+
+Reads go to the RegistryService of ``--server`` (so they work from any machine without an Ethereum
+library); ``verify FILE`` hashes the file here and asks the server about its digest and size, then checks
+the GGUF header's file type against each record. ``revoke`` signs a transaction, so it talks to the
+chain directly with the caller's key (``QUANTLEDGER_CHAIN_KEY`` / ``_FILE``, else the data dir's key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import grpc
+
+from quantledger.cli.render import human_bytes, print_json, to_json
+from quantledger.config import Settings
+from quantledger.gguf_header import read_gguf_header
+from quantledger.hashing import sha256_file
+from quantledger.v1 import registry_service_pb2 as pb
+from quantledger.v1 import registry_service_pb2_grpc as pb_grpc
+
+VERDICT_EXIT = {"VERDICT_VALID": 0}
+
+
+def add_registry_parser(commands: Any, add_common: Any) -> None:
+    registry = commands.add_parser("registry", help="read, verify and revoke provenance records")
+    actions = registry.add_subparsers(dest="registry_command", required=True)
+    listing = actions.add_parser("list", help="records of a file or of a source")
+    add_common(listing)
+    target = listing.add_mutually_exclusive_group(required=True)
+    target.add_argument("--file", help="SHA-256 of a file")
+    target.add_argument("--source", help="root digest of a source model")
+    listing.add_argument("--page-size", type=int, default=0)
+    listing.add_argument("--page-token", default="")
+    show = actions.add_parser("show", help="one record: files/{sha256}/records/{attester}, or SHA --attester A")
+    add_common(show)
+    show.add_argument("record", help="record name, or a file SHA-256 with --attester")
+    show.add_argument("--attester", default="", help="attester address (with a SHA-256)")
+    verify = actions.add_parser("verify", help="hash a local file and ask who vouches for it")
+    add_common(verify)
+    verify.add_argument("file", help="a GGUF file")
+    verify.add_argument("--attester", default="", help="only this attester's record counts")
+    revoke = actions.add_parser("revoke", help="revoke your own record of a file (signs a transaction)")
+    add_common(revoke)
+    revoke.add_argument("sha256", help="SHA-256 of the file")
+    revoke.add_argument("--reason", required=True, help="why, in plain words (kept on chain)")
+    revoke.add_argument("--chain-url", default=None, help="JSON-RPC URL (default $QUANTLEDGER_CHAIN_URL or local)")
+
+
+def _stub(args: argparse.Namespace) -> pb_grpc.RegistryServiceStub:
+    return pb_grpc.RegistryServiceStub(grpc.insecure_channel(args.server))
+
+
+def _print_record(record: pb.ProvenanceRecord) -> None:
+    status = pb.ProvenanceRecord.Status.Name(record.status).removeprefix("STATUS_")
+    print(f"{record.name}  {status}")
+    print(f"  {record.quant_type} (file type {record.file_type}), {human_bytes(record.quantized_size_bytes)} "
+          f"from {human_bytes(record.original_size_bytes)}: {record.compression_ratio:.2f}x smaller")  # fmt: skip
+    revision = f" @ {record.source_revision}" if record.source_revision else ""
+    print(f"  source {record.source_digest}{revision}")
+    print(f"  provenance {record.provenance_sha256}  tool {record.tool_version}")
+    if record.flags:
+        print(f"  flags {', '.join(record.flags)}")
+    print(f"  attested {record.attest_time.ToJsonString()}", end="")
+    print(f", revoked {record.revoke_time.ToJsonString()}" if record.HasField("revoke_time") else "")
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    action = args.registry_command
+    if action == "list":
+        parent = f"files/{args.file}" if args.file else f"sources/{args.source}"
+        response = _stub(args).ListRecords(
+            pb.ListRecordsRequest(parent=parent, page_size=args.page_size, page_token=args.page_token)
+        )
+        if args.json:
+            print_json(to_json(response))
+        else:
+            for record in response.records:
+                _print_record(record)
+            if not response.records:
+                print(f"no records under {parent}")
+            if response.next_page_token:
+                print(f"more: --page-token {response.next_page_token}")
+        return 0
+    if action == "show":
+        name = args.record
+        if args.attester:
+            name = f"files/{args.record}/records/{args.attester}"
+        record = _stub(args).GetRecord(pb.GetRecordRequest(name=name))
+        if args.json:
+            print_json(to_json(record))
+        else:
+            _print_record(record)
+        return 0
+    if action == "verify":
+        return _verify(args)
+    return _revoke(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    header = read_gguf_header(args.file)  # refuses a non-GGUF file before hashing it
+    digest = sha256_file(args.file)
+    response = _stub(args).VerifyDigest(
+        pb.VerifyDigestRequest(file_sha256=digest, attester=args.attester, size_bytes=header.file_size)
+    )
+    verdict = pb.VerifyDigestResponse.Verdict.Name(response.verdict)
+    problems = [
+        f"{r.attester} recorded file type {r.file_type}; the header says {header.file_type}"
+        for r in response.valid_records
+        if header.file_type is not None and r.file_type != header.file_type
+    ]
+    if problems and len(problems) == len(response.valid_records):
+        verdict = "VERDICT_MISMATCH"
+    if args.json:
+        print_json({"file": args.file, "sha256": digest, "verdict": verdict, "problems": problems,
+                    "response": to_json(response)})  # fmt: skip
+    else:
+        print(f"{args.file}: {verdict.removeprefix('VERDICT_')} (sha256 {digest})")
+        for record in response.valid_records:
+            print(f"  vouched for by {record.attester}: {record.quant_type} of source {record.source_digest[:16]}…")
+        for record in response.revoked_records:
+            print(f"  revoked by {record.attester} at {record.revoke_time.ToJsonString()}")
+        for problem in problems:
+            print(f"  problem: {problem}", file=sys.stderr)
+        print(f"  (chain {response.chain_id}, registry {response.contract})")
+    return VERDICT_EXIT.get(verdict, 1)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from quantledger.registry.wiring import signing_account
+    from registry_client.address_book import AddressBook
+    from registry_client.client import RegistryClient
+
+    settings = Settings.from_env(chain_url=args.chain_url)
+    url = settings.chain_url or settings.embedded_chain_url
+    client = RegistryClient.connect(
+        url,
+        address=settings.registry_address or None,
+        account=signing_account(settings),
+        address_book=AddressBook.in_home(settings.home),
+    )
+    result = client.revoke(args.sha256, args.reason)
+    if args.json:
+        print_json({"revoked": args.sha256, "attester": client.attester, "transaction": result.transaction,
+                    "blockNumber": result.block_number})  # fmt: skip
+    else:
+        print(f"revoked {args.sha256} for {client.attester} in {result.transaction} (block {result.block_number})")
+    return 0

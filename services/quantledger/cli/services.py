@@ -1,0 +1,97 @@
+"""``quantledger up`` and ``quantledger serve quantize|registry|chain``.
+
+``up`` runs everything on one machine: the embedded chain as a child process (it dies with ``up``),
+the registry deployed on it once (recorded in the data dir's address book), then one gRPC server
+hosting every service. With ``--chain-url`` (or ``QUANTLEDGER_CHAIN_URL``) ``up`` uses that chain
+instead and starts none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from quantledger.config import Settings
+from registry_client.address_book import AddressBook
+from registry_client.client import RegistryClient
+from registry_client.errors import RegistryUnavailable
+from registry_client.keys import load_or_create_key
+
+CHAIN_START_SECONDS = 120.0
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    with contextlib.suppress(OSError):  # not Linux: up still stops the chain on its way out
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def serve_chain(settings: Settings, *, as_json: bool) -> int:
+    """The embedded chain in the foreground; its admin key (created on first use) is funded at genesis."""
+    from registry_client.chain import serve_chain as run_chain
+
+    admin = load_or_create_key(settings.admin_key_path)
+
+    def announce(url: str) -> None:
+        if as_json:
+            print(json.dumps({"serving": ["chain"], "url": url, "admin": admin.address}), flush=True)
+        else:
+            print(f"quantledger chain serving JSON-RPC on {url} (admin {admin.address})", flush=True)
+
+    run_chain(settings.chain_dir, settings.host, settings.chain_port, [admin.address], on_ready=announce)
+    return 0
+
+
+def start_embedded_chain(settings: Settings) -> subprocess.Popen[bytes]:
+    """Start ``serve chain`` as a child and wait until it answers JSON-RPC."""
+    settings.logs.mkdir(parents=True, exist_ok=True)
+    log = open(settings.logs / "chain.log", "ab")  # noqa: SIM115 - the child keeps writing to it
+    argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "chain", "--host", "127.0.0.1",
+            "--chain-port", str(settings.chain_port)]  # fmt: skip
+    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_terminate_with_parent)
+    deadline = time.monotonic() + CHAIN_START_SECONDS
+    while True:
+        try:
+            RegistryClient.web3_for(settings.embedded_chain_url, timeout=2.0)
+            return child
+        except RegistryUnavailable:
+            if child.poll() is not None or time.monotonic() > deadline:
+                child.kill()
+                raise SystemExit(f"the embedded chain did not start; see {settings.logs / 'chain.log'}") from None
+            time.sleep(0.2)
+
+
+def run_services(settings: Settings, services: Sequence[str], *, as_json: bool, embedded_chain: bool) -> int:
+    from quantledger.grpc_api.server import serve
+
+    if list(services) == ["chain"]:
+        return serve_chain(settings, as_json=as_json)
+    settings.ensure_dirs()
+    chain: subprocess.Popen[bytes] | None = None
+    announce: dict[str, str] = {}
+    try:
+        if embedded_chain:
+            account = load_or_create_key(settings.admin_key_path)
+            chain = start_embedded_chain(settings)
+            settings = dataclasses.replace(settings, chain_url=settings.embedded_chain_url)
+            registry = RegistryClient.ensure_deployed(settings.chain_url, account, AddressBook.in_home(settings.home))
+            announce = {"chain_url": settings.chain_url, "registry": registry.address, "attester": account.address}
+        elif settings.chain_url:
+            announce = {"chain_url": settings.chain_url}
+        asyncio.run(serve(settings, services, as_json=as_json, announce=announce))
+    finally:
+        if chain is not None:
+            chain.send_signal(signal.SIGTERM)
+            try:
+                chain.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                chain.kill()
+    return 0

@@ -1,0 +1,1 @@
+"""Provenance JSON and on-chain registration of outputs (domain side; no grpc)."""

@@ -1,0 +1,137 @@
+"""RegistryReader: the read-only questions of the RegistryService, answered by contract views."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from quantledger.errors import InvalidArgument
+from registry_client.client import RegistryClient
+from registry_client.errors import ContractNotDeployed, RegistryUnavailable
+from registry_client.records import Record, normalize_digest
+from registry_client.verify import Verdict
+
+T = TypeVar("T")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class DigestVerification:
+    verdict: Verdict
+    valid: list[Record] = field(default_factory=list)
+    revoked: list[Record] = field(default_factory=list)
+
+
+def record_name(record: Record) -> str:
+    return f"files/{record.file_sha256}/records/{record.attester}"
+
+
+def _digest(value: str, what: str) -> str:
+    try:
+        return normalize_digest(value, what)
+    except Exception as exc:
+        raise InvalidArgument(f"{what} must be a SHA-256 in hex (64 characters)", field=what) from exc
+
+
+def _encode_token(offset: int, parent: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([parent, offset]).encode()).decode()
+
+
+def _decode_token(token: str, parent: str) -> int:
+    try:
+        saved_parent, offset = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except Exception as exc:
+        raise InvalidArgument("page_token is not one this service issued", field="page_token") from exc
+    if saved_parent != parent or not isinstance(offset, int) or offset < 0:
+        raise InvalidArgument("page_token belongs to another listing", field="page_token")
+    return offset
+
+
+class RegistryReader:
+    """Records by name, by digest and by source, over one RegistryClient (no key needed).
+
+    ``connect`` makes the client on first use and again after the chain stopped answering, so the
+    service starts (and keeps serving health) while its chain is away.
+    """
+
+    def __init__(self, connect: Callable[[], RegistryClient]) -> None:
+        self._connect = connect
+        self._client: RegistryClient | None = None
+
+    @property
+    def client(self) -> RegistryClient:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def forget_client(self) -> None:
+        self._client = None
+
+    def _reconnecting(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (RegistryUnavailable, ContractNotDeployed):
+            self.forget_client()
+            raise
+
+    def get_record(self, name: str) -> Record:
+        return self._reconnecting(lambda: self._get_record(name))
+
+    def verify_digest(self, file_sha256: str, attester: str = "", size_bytes: int = 0) -> DigestVerification:
+        return self._reconnecting(lambda: self._verify_digest(file_sha256, attester, size_bytes))
+
+    def list_records(self, parent: str, page_size: int, page_token: str) -> tuple[list[Record], str]:
+        return self._reconnecting(lambda: self._list_records(parent, page_size, page_token))
+
+    def _get_record(self, name: str) -> Record:
+        parts = name.split("/")
+        if len(parts) != 4 or parts[0] != "files" or parts[2] != "records":
+            raise InvalidArgument(f"{name!r} is not a record name (files/{{sha256}}/records/{{attester}})", name=name)
+        digest = _digest(parts[1], "file_sha256")
+        if not parts[3].startswith("0x") or len(parts[3]) != 42:
+            raise InvalidArgument(f"{parts[3]!r} is not an address (0x and 40 hex characters)", field="attester")
+        return self.client.get(digest, parts[3])
+
+    def _verify_digest(self, file_sha256: str, attester: str = "", size_bytes: int = 0) -> DigestVerification:
+        if size_bytes < 0:
+            raise InvalidArgument("size_bytes must not be negative", field="size_bytes")
+        digest = _digest(file_sha256, "file_sha256")
+        records = self.client.records_of(digest)
+        if attester:
+            records = [r for r in records if r.attester.lower() == attester.lower()]
+        revoked = [r for r in records if r.revoked_at]
+        valid = [r for r in records if not r.revoked_at and (not size_bytes or r.quantized_size == size_bytes)]
+        if valid:
+            verdict = Verdict.VALID
+        elif not records:
+            verdict = Verdict.UNKNOWN
+        elif len(revoked) == len(records):
+            verdict = Verdict.REVOKED
+        else:
+            verdict = Verdict.MISMATCH
+        return DigestVerification(verdict, valid, revoked)
+
+    def _list_records(self, parent: str, page_size: int, page_token: str) -> tuple[list[Record], str]:
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", field="page_size")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        offset = _decode_token(page_token, parent) if page_token else 0
+        kind, _, value = parent.partition("/")
+        if kind == "files":
+            digest = _digest(value, "parent")
+            attesters, total = self.client.attesters_of(digest, offset, size)
+            records = [self.client.get(digest, a) for a in attesters]
+        elif kind == "sources":
+            digest = _digest(value, "parent")
+            files, total = self.client.files_by_source(digest, offset, size)
+            records = []
+            for file in files:
+                records.extend(r for r in self.client.records_of(file) if r.source_digest == digest)
+        else:
+            raise InvalidArgument(f"parent {parent!r} must be files/{{sha256}} or sources/{{digest}}", field="parent")
+        offset += len(attesters) if kind == "files" else len(files)
+        return records, (_encode_token(offset, parent) if offset < total else "")

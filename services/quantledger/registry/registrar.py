@@ -1,0 +1,169 @@
+"""Registrar: records finished outputs on the QuantizedModelRegistry, exactly once each.
+
+A job's outputs are registered in one ``registerBatch`` transaction. Before sending, each file is looked
+up by contract view: a record this attester already holds (an acknowledgement lost in a crash, or the
+same bytes made by an earlier job) counts as registered, so a retry never registers anything twice.
+A chain that does not answer leaves the outputs PENDING for the engine to retry; a refusal by the
+contract (not an attester, invalid record) is FAILED with its reason and is not retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+
+from eth_account.signers.local import LocalAccount
+
+from quantledger.jobs.model import Artifact, Job, JobError, SourceInfo
+from quantledger.registry.provenance import tool_version
+from registry_client import errors as registry_errors
+from registry_client.address_book import AddressBook
+from registry_client.client import RegistryClient
+from registry_client.records import Flag, Registration, Status
+
+log = logging.getLogger(__name__)
+
+PENDING = "PENDING"
+REGISTERED = "REGISTERED"
+FAILED = "FAILED"
+UNREGISTERED = "UNREGISTERED"
+
+#: errors worth retrying: the chain may come back (or be redeployed)
+_TRANSIENT = (
+    registry_errors.RegistryUnavailable,
+    registry_errors.TransactionFailed,
+    registry_errors.ContractNotDeployed,
+)
+
+
+def _job_error(exc: registry_errors.RegistryError) -> JobError:
+    return JobError(code=exc.code, reason=exc.reason, message=exc.message, metadata=dict(exc.metadata))
+
+
+def flags_for(job: Job) -> int:
+    options = job.spec.options
+    flags = Flag(0)
+    if options.imatrix_path:
+        flags |= Flag.IMATRIX
+    if options.pure:
+        flags |= Flag.PURE
+    if options.lora_dir:
+        flags |= Flag.LORA_MERGED
+    if options.allow_requantize:
+        flags |= Flag.REQUANTIZED
+    if options.leave_output_tensor:
+        flags |= Flag.OUTPUT_TENSOR_KEPT
+    return int(flags)
+
+
+def registrations_for(job: Job, artifact: Artifact, info: SourceInfo) -> list[Registration]:
+    """One registration per file of the output; a split output's original size is shared out by file size."""
+    entry = artifact.registry
+    assert entry is not None
+    files = artifact.files or ()
+    total = artifact.total_size_bytes
+    result = []
+    for file in files:
+        share = artifact.source_size_bytes * file.size_bytes // total if total else 0
+        result.append(
+            Registration(
+                file_sha256=file.sha256,
+                source_digest=info.root_digest,
+                provenance_sha256=entry.provenance_sha256,
+                quant_type=artifact.quant_type,
+                tool_version=tool_version(),
+                file_type=max(artifact.file_type, 0),
+                original_size=max(share, file.size_bytes),
+                quantized_size=file.size_bytes,
+                source_revision=info.commit_sha,
+                flags=flags_for(job),
+            )
+        )
+    return result
+
+
+class Registrar:
+    """Registers outputs under one key on one chain; connects lazily and reconnects after failures."""
+
+    def __init__(self, url: str, account: LocalAccount, address_book: AddressBook, *, address: str | None = None):
+        self.url = url
+        self.account = account
+        self.address_book = address_book
+        self.address = address
+        self._client: RegistryClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def attester(self) -> str:
+        return str(self.account.address)
+
+    def client(self) -> RegistryClient:
+        """The registry at the configured address, else the one recorded for this chain (deployed if missing)."""
+        if self._client is None:
+            if self.address:
+                self._client = RegistryClient.connect(self.url, address=self.address, account=self.account)
+            else:
+                self._client = RegistryClient.ensure_deployed(self.url, self.account, self.address_book)
+        return self._client
+
+    def register(self, job: Job, artifacts: Sequence[Artifact]) -> list[Artifact]:
+        """Register every PENDING output of ``job``; returns the outputs with their entries updated."""
+        with self._lock:
+            pending = [a for a in artifacts if a.registry is not None and a.registry.state == PENDING]
+            if not pending:
+                return list(artifacts)
+            info = job.source_info
+            assert info is not None and info.root_digest, "a job's source digest is set before registering"
+            try:
+                updated = self._register(job, pending, info)
+            except _TRANSIENT as exc:
+                self._client = None
+                log.warning("%s: registration pending: %s", job.name, exc.message)
+                updated = {id(a): _with(a, attempts=1, error=_job_error(exc)) for a in pending}
+            except registry_errors.RegistryError as exc:
+                log.warning("%s: registration refused: %s", job.name, exc.message)
+                updated = {id(a): _with(a, state=FAILED, attempts=1, error=_job_error(exc)) for a in pending}
+            return [updated.get(id(a), a) for a in artifacts]
+
+    def _register(self, job: Job, pending: list[Artifact], info: SourceInfo) -> dict[int, Artifact]:
+        client = self.client()
+        chain_id = client.chain_id
+        to_send: list[Registration] = []
+        for artifact in pending:
+            for registration in registrations_for(job, artifact, info):
+                valid = registration.validated()
+                if client.verify(valid.file_sha256, self.attester) is Status.UNKNOWN:
+                    to_send.append(valid)
+                else:
+                    log.info("%s: %s is already recorded by %s", job.name, valid.file_sha256, self.attester)
+        tx_hash, block = "", 0
+        for start in range(0, len(to_send), 64):
+            result = client.register_batch(to_send[start : start + 64])
+            tx_hash, block = result.transaction, result.block_number
+        sent = {r.file_sha256 for r in to_send}
+        updated = {}
+        for artifact in pending:
+            mine = any(f.sha256 in sent for f in artifact.files)
+            updated[id(artifact)] = _with(
+                artifact,
+                state=REGISTERED,
+                attempts=1,
+                error=None,
+                chain_id=chain_id,
+                contract=client.address,
+                attester=self.attester,
+                tx_hash=tx_hash if mine else "",
+                block_number=block if mine else 0,
+            )
+        return updated
+
+
+def _with(artifact: Artifact, *, attempts: int, **changes: object) -> Artifact:
+    entry = artifact.registry
+    assert entry is not None
+    return dataclasses.replace(
+        artifact,
+        registry=dataclasses.replace(entry, attempts=entry.attempts + attempts, **changes),  # type: ignore[arg-type]
+    )

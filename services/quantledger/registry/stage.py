@@ -1,0 +1,59 @@
+"""The REGISTERING stage of a job: provenance JSON next to each output, then the on-chain record."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+
+from quantledger.hashing import sha256_file
+from quantledger.hf.manifest import build_manifest
+from quantledger.jobs.model import Artifact, Job, RegistryEntry, SourceFile
+from quantledger.registry.provenance import build_statement, write_provenance
+from quantledger.registry.registrar import PENDING, UNREGISTERED
+
+_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def gguf_source_files(path: pathlib.Path) -> list[str]:
+    """Names of the files a GGUF source consists of: the file, or every shard of a split model."""
+    match = _SPLIT.match(path.name)
+    if match is None:
+        return [path.name]
+    count = int(match["count"])
+    return [f"{match['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def ensure_source_digest(job: Job) -> None:
+    """GGUF sources get the same identity as HF ones: a manifest of their files and its root digest."""
+    info = job.source_info
+    if info is None or info.root_digest:
+        return
+    path = pathlib.Path(info.path)
+    manifest = build_manifest(path.parent, gguf_source_files(path))
+    job.source_info = dataclasses.replace(
+        info,
+        root_digest=manifest.root_digest,
+        manifest=tuple(SourceFile(f.path, f.size_bytes, f.sha256) for f in manifest.files),
+    )
+
+
+def attach_provenance(job: Job, artifact: Artifact, *, registering: bool) -> Artifact:
+    """Write the output's provenance JSON and give the output its registry entry (PENDING or UNREGISTERED)."""
+    if artifact.registry is not None:
+        return artifact
+    info = job.source_info
+    assert info is not None
+    options = job.spec.options
+    imatrix = sha256_file(options.imatrix_path) if options.imatrix_path else ""
+    lora = ""
+    if options.lora_dir:
+        from quantledger.lora import load_lora
+
+        lora = load_lora(pathlib.Path(options.lora_dir)).sha256
+    statement = build_statement(job, artifact, info, imatrix_sha256=imatrix, lora_sha256=lora)
+    path, digest = write_provenance(artifact.path, statement)
+    entry = RegistryEntry(
+        state=PENDING if registering else UNREGISTERED, provenance_path=path, provenance_sha256=digest
+    )
+    return dataclasses.replace(artifact, registry=entry)
