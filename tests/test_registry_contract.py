@@ -52,7 +52,9 @@ class InProcessProvider(BaseProvider):
 
     def make_request(self, method, params):  # type: ignore[no-untyped-def]
         self._id += 1
-        request = json.loads(json.dumps({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}, default=_jsonable))
+        request = json.loads(
+            json.dumps({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}, default=_jsonable)
+        )
         return self._dispatcher.handle(request)
 
     def is_connected(self, show_traceback: bool = False) -> bool:

@@ -1,0 +1,258 @@
+"""Outputs registered on chain end to end: `quantledger up` (embedded chain + gRPC), the CLI, the
+RegistryService, a chain that goes away and comes back, and the kill -9 durability of the chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import psutil
+import pytest
+from conftest import REPO, RunningServer, free_port, wait_serving
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from quantledger.hf.manifest import FileDigest, root_digest
+from quantledger.v1 import quantize_service_pb2 as qpb
+from quantledger.v1 import registry_service_pb2 as pb
+from quantledger.v1 import registry_service_pb2_grpc as pb_grpc
+from registry_client.address_book import AddressBook
+from registry_client.client import RegistryClient
+from registry_client.records import Status
+
+pytestmark = [pytest.mark.chain, pytest.mark.slow]
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "quantledger.cli.main", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+
+
+class Up:
+    """`quantledger up` on free ports, with its data dir and the chain it started."""
+
+    def __init__(self, home: pathlib.Path, roots: list[pathlib.Path]) -> None:
+        self.home = home
+        self.port, self.chain_port = free_port(), free_port()
+        self.env = {
+            "QUANTLEDGER_HOME": str(home),
+            "QUANTLEDGER_ALLOWED_ROOTS": os.pathsep.join(str(r) for r in roots),
+            "QUANTLEDGER_REGISTRY_RETRY_SECONDS": "1",
+        }
+        argv = [sys.executable, "-m", "quantledger.cli.main", "up", "--port", str(self.port),
+                "--chain-port", str(self.chain_port), "--json"]  # fmt: skip
+        with open(home / "up.log", "a") as log:
+            self.process = subprocess.Popen(argv, env={**os.environ, **self.env}, stdout=subprocess.PIPE, text=True,
+                                            stderr=log, cwd=home)  # fmt: skip
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, (home / "up.log").read_text()
+        self.announcement = json.loads(line)
+        self.address = self.announcement["address"]
+        wait_serving(self.address)
+        self.chain_url = self.announcement["chain_url"]
+        self.client = RegistryClient(RegistryClient.web3_for(self.chain_url), self.announcement["registry"])
+
+    @property
+    def server(self) -> RunningServer:
+        return RunningServer(self.process, self.address, self.home, self.home / "up.log")  # type: ignore[arg-type]
+
+    def chain_process(self) -> psutil.Process:
+        children = psutil.Process(self.process.pid).children()
+        return next(c for c in children if "chain" in c.cmdline())
+
+    def registry_stub(self) -> pb_grpc.RegistryServiceStub:
+        return pb_grpc.RegistryServiceStub(grpc.insecure_channel(self.address))
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory, models) -> Iterator[Up]:  # type: ignore[no-untyped-def]
+    home = tmp_path_factory.mktemp("up-home")
+    running = Up(home, [models.root, home])
+    yield running
+    running.stop()
+
+
+def reason_of(exc: grpc.RpcError) -> str:
+    status = rpc_status.from_call(exc)
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    status.details[0].Unpack(info)
+    return info.reason
+
+
+def submit(up: Up, source: pathlib.Path, *types: str, out: pathlib.Path) -> dict:
+    out = up.home / "outputs" / out.parent.name  # outputs must lie under the server's allowed roots
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["submit", str(source), *[x for t in types for x in ("-q", t)], "--out", str(out), "--wait", "--json"]
+    done = cli(*args, "--server", up.address, env=up.env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_outputs_are_registered_with_provenance(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    job = submit(up, models.f16, "Q8_0", "Q4_0", out=tmp_path / "out")
+    assert job["state"] == "STATE_SUCCEEDED"
+    source_digest = root_digest([FileDigest(models.f16.name, models.f16.stat().st_size,
+                                            hashlib.sha256(models.f16.read_bytes()).hexdigest())])  # fmt: skip
+    for output in job["outputs"]:
+        entry = output["registry"]
+        assert entry["state"] == "STATE_REGISTERED", entry
+        assert entry["tx_hash"].startswith("0x") and int(entry["block_number"]) > 0
+        assert entry["contract"] == up.client.address and int(entry["chain_id"]) == up.client.chain_id
+        provenance = pathlib.Path(entry["provenance_path"]).read_bytes()
+        assert hashlib.sha256(provenance).hexdigest() == entry["provenance_sha256"]
+        statement = json.loads(provenance)
+        assert statement["_type"] == "https://in-toto.io/Statement/v1"
+        assert statement["subject"][0]["digest"]["sha256"] == output["sha256"]
+        assert statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"]["sha256"] == source_digest
+        record = up.client.get(output["sha256"], entry["attester"])
+        assert record.quant_type == output["quant_type"]
+        assert record.quantized_size == int(output["size_bytes"])
+        assert record.original_size == int(output["source_size_bytes"])
+        assert record.file_type == output["file_type"]
+        assert record.provenance_sha256 == entry["provenance_sha256"]
+        assert record.source_digest == source_digest
+        assert record.tool_version.startswith("llama-cpp-python ")
+
+
+def test_cli_verify_show_list_and_revoke(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    job = submit(up, models.f16, "Q5_0", out=tmp_path / "out")
+    output = job["outputs"][0]
+    path = output["path"]
+    verified = cli("registry", "verify", path, "--server", up.address, "--json", env=up.env)
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["verdict"] == "VERDICT_VALID"
+    human = cli("registry", "verify", path, "--server", up.address, env=up.env)
+    assert "VALID" in human.stdout and output["registry"]["attester"] in human.stdout
+
+    tampered = tmp_path / "tampered.gguf"
+    shutil.copyfile(path, tampered)
+    with open(tampered, "ab") as handle:
+        handle.write(b"\0")
+    unknown = cli("registry", "verify", str(tampered), "--server", up.address, "--json", env=up.env)
+    assert unknown.returncode == 1 and json.loads(unknown.stdout)["verdict"] == "VERDICT_UNKNOWN"
+    not_gguf = cli("registry", "verify", str(REPO / "README.md"), "--server", up.address, env=up.env)
+    assert not_gguf.returncode == 1 and "SOURCE_INVALID" in not_gguf.stderr
+
+    name = f"files/{output['sha256']}/records/{output['registry']['attester']}"
+    shown = cli("registry", "show", name, "--server", up.address, "--json", env=up.env)
+    assert json.loads(shown.stdout)["quant_type"] == "Q5_0"
+    listed = cli("registry", "list", "--file", output["sha256"], "--server", up.address, "--json", env=up.env)
+    assert [r["name"] for r in json.loads(listed.stdout)["records"]] == [name]
+
+    revoked = cli("registry", "revoke", output["sha256"], "--reason", "test build", "--json", env={
+        **up.env, "QUANTLEDGER_CHAIN_URL": up.chain_url})  # fmt: skip
+    assert revoked.returncode == 0, revoked.stderr
+    after = cli("registry", "verify", path, "--server", up.address, "--json", env=up.env)
+    assert after.returncode == 1 and json.loads(after.stdout)["verdict"] == "VERDICT_REVOKED"
+    again = cli("registry", "revoke", output["sha256"], "--reason", "twice", env={
+        **up.env, "QUANTLEDGER_CHAIN_URL": up.chain_url})  # fmt: skip
+    assert again.returncode == 1 and "ALREADY_REVOKED" in again.stderr
+
+
+def test_registry_service_errors_are_typed(up: Up) -> None:
+    stub = up.registry_stub()
+    cases = [
+        (lambda: stub.GetRecord(pb.GetRecordRequest(name="nonsense")), "INVALID_ARGUMENT"),
+        (
+            lambda: stub.GetRecord(pb.GetRecordRequest(name=f"files/{'ab' * 32}/records/0x{'11' * 20}")),
+            "RECORD_NOT_FOUND",
+        ),
+        (lambda: stub.VerifyDigest(pb.VerifyDigestRequest(file_sha256="abc")), "INVALID_ARGUMENT"),
+        (
+            lambda: stub.ListRecords(pb.ListRecordsRequest(parent="files/" + "ab" * 32, page_size=-1)),
+            "INVALID_ARGUMENT",
+        ),
+        (lambda: stub.ListRecords(pb.ListRecordsRequest(parent="models/x")), "INVALID_ARGUMENT"),
+        (
+            lambda: stub.ListRecords(pb.ListRecordsRequest(parent="files/" + "ab" * 32, page_token="garbage")),
+            "INVALID_ARGUMENT",
+        ),
+    ]
+    for call, reason in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert reason_of(caught.value) == reason
+    answer = stub.VerifyDigest(pb.VerifyDigestRequest(file_sha256="cd" * 32))
+    assert answer.verdict == pb.VerifyDigestResponse.VERDICT_UNKNOWN and answer.contract == up.client.address
+
+
+def test_size_mismatch_and_pagination_over_grpc(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    job = submit(up, models.f16, "Q4_1", "Q5_1", "Q6_K", out=tmp_path / "out")
+    sha = job["outputs"][0]["sha256"]
+    stub = up.registry_stub()
+    wrong = stub.VerifyDigest(pb.VerifyDigestRequest(file_sha256=sha, size_bytes=12345))
+    assert wrong.verdict == pb.VerifyDigestResponse.VERDICT_MISMATCH
+    record = up.client.get(sha, job["outputs"][0]["registry"]["attester"])
+    pages, token = [], ""
+    while True:
+        page = stub.ListRecords(
+            pb.ListRecordsRequest(parent=f"sources/{record.source_digest}", page_size=2, page_token=token)
+        )
+        pages.append([r.quant_type for r in page.records])
+        token = page.next_page_token
+        if not token:
+            break
+    listed = [t for page in pages for t in page]
+    assert {"Q4_1", "Q5_1", "Q6_K"} <= set(listed) and all(len(p) <= 2 for p in pages)
+
+
+def test_chain_down_keeps_outputs_pending_then_registers_once(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    chain = up.chain_process()
+    argv = chain.cmdline()
+    chain.kill()  # kill -9 the embedded chain under the running service
+    deadline = time.monotonic() + 10
+    while chain.is_running() and chain.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job = submit(up, models.f16, "Q3_K_S", out=tmp_path / "out")
+    output = job["outputs"][0]
+    assert job["state"] == "STATE_SUCCEEDED"
+    assert output["registry"]["state"] == "STATE_PENDING"
+    assert reason_of_status(output["registry"]["error"]) == "REGISTRY_UNAVAILABLE"
+    assert pathlib.Path(output["path"]).is_file()
+    # the chain comes back on the same data dir (as a supervisor would restart it)
+    revived = subprocess.Popen(argv, env={**os.environ, **up.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            shown = cli("jobs", "show", job["name"], "--server", up.address, "--json", env=up.env)
+            entry = json.loads(shown.stdout)["outputs"][0]["registry"]
+            if entry["state"] == "STATE_REGISTERED" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert entry["state"] == "STATE_REGISTERED", entry
+        client = RegistryClient(RegistryClient.web3_for(up.chain_url), up.client.address)
+        assert client.verify(output["sha256"], entry["attester"]) is Status.VALID
+        assert client.attestation_count(output["sha256"]) == 1
+        # everything acknowledged before the kill -9 is still there
+        assert AddressBook.in_home(up.home).get(client.chain_id) is not None
+        assert client.deployed_code_matches()
+    finally:
+        # hand the chain back to `up` for the other tests' teardown
+        revived.send_signal(signal.SIGTERM)
+        revived.wait(30)
+
+
+def reason_of_status(status: dict) -> str:
+    return next(d["reason"] for d in status["details"])
+
+
+def test_job_proto_carries_the_registration(up: Up) -> None:
+    field = qpb.QuantizedArtifact.DESCRIPTOR.fields_by_name["registry"]
+    assert field.message_type.full_name == "quantledger.v1.RegistryRecord"
