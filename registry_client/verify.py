@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from quantledger.gguf_header import read_gguf_header
 from quantledger.hashing import sha256_file
-
 from registry_client.client import RegistryClient
 from registry_client.records import Record, normalize_digest
 

@@ -6,6 +6,7 @@ import json
 import pathlib
 
 import numpy as np
+
 from quantledger.quality.evaluate import default_eval_text
 
 

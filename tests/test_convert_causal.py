@@ -8,6 +8,7 @@ import pathlib
 import llama_cpp
 import pytest
 from hf_models import write_causal_folder
+
 from quantledger.convert.converter import convert_hf_to_gguf
 
 STRINGS = [

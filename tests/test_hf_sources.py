@@ -9,6 +9,7 @@ import time
 
 import pytest
 from hub_cache import add_repo
+
 from quantledger.errors import SourceNotFound
 from quantledger.hf.cache import ConversionCache, cache_key
 from quantledger.hf.hub import fetch_config, fetch_snapshot, parse_hub_id

@@ -14,6 +14,7 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
+
 from quantledger.errors import ImatrixInvalid
 from quantledger.imatrix import (
     Imatrix,

@@ -11,6 +11,7 @@ import psutil
 import pytest
 from conftest import Models, RunningServer, job_error_reason, start_server, wait_for_job
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from quantledger.v1 import quantize_service_pb2 as pb
 
 Job = pb.QuantizeJob

@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 from conftest import error_reason, start_server, wait_for_job
 from hf_models import save_file as save_file_with_bf16
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
 from quantledger import lora
 from quantledger.convert.converter import convert_hf_to_gguf
 from quantledger.errors import LoraInvalid
@@ -31,8 +34,6 @@ from quantledger.lora import (
     merging_transform,
 )
 from quantledger.v1 import quantize_service_pb2 as pb
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
 HIDDEN, KV, FFN = 32, 16, 48
 LLAMA_SHAPES = {

@@ -9,6 +9,7 @@ import llama_cpp
 import numpy as np
 import pytest
 from conftest import Models, wait_for_job
+
 from quantledger.errors import InvalidArgument, SourceNotFound
 from quantledger.quality.evaluate import default_embedding_set, default_eval_text, evaluate_causal
 from quantledger.v1 import quantize_service_pb2 as pb

@@ -11,6 +11,7 @@ import llama_cpp
 import numpy as np
 import pytest
 from conftest import Models, error_reason, wait_for_job
+
 from quantledger.v1 import quantize_service_pb2 as pb
 
 
