@@ -14,7 +14,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from eth_tester.exceptions import BlockNotFound, TransactionFailed, TransactionNotFound, ValidationError
+from eth_tester.exceptions import BlockNotFound, TransactionFailed, TransactionNotFound
+from eth_tester.exceptions import ValidationError as TesterValidationError
+from eth_utils.exceptions import ValidationError as EvmValidationError
 
 from registry_client.chain.node import EmbeddedChain
 
@@ -164,7 +166,7 @@ class RpcDispatcher:
             return self.chain.call(method, *args)
         except TransactionFailed as exc:
             raise _revert(exc) from exc
-        except ValidationError as exc:
+        except (TesterValidationError, EvmValidationError) as exc:
             raise RpcError(-32000, str(exc)) from exc
 
     def _maybe(self, fn: Callable[[], Any]) -> Any:
@@ -190,8 +192,10 @@ class RpcDispatcher:
             return self.chain.send_raw_transaction(raw)
         except TransactionFailed as exc:
             raise _revert(exc) from exc
-        except (ValidationError, ValueError) as exc:
+        except (TesterValidationError, EvmValidationError, ValueError) as exc:
             raise RpcError(-32000, f"transaction rejected: {exc}") from exc
+        except Exception as exc:  # undecodable bytes (rlp / DecodingError): the sender's fault, not ours
+            raise RpcError(-32602, f"not a signed transaction: {type(exc).__name__}") from exc
 
     def _fee_history(self, params: list[Any]) -> Any:
         count = _quantity(params[0], "blockCount") if params else 1
@@ -249,7 +253,7 @@ class RpcDispatcher:
             return _error(ident, exc.code, exc.message, exc.data)
         except (IndexError, TypeError, KeyError) as exc:
             return _error(ident, -32602, f"invalid params for {method}: {exc}")
-        except (ValidationError, ValueError) as exc:
+        except (TesterValidationError, EvmValidationError, ValueError) as exc:
             return _error(ident, -32602, f"invalid params for {method}: {exc}")
         except Exception as exc:  # never let one request take the node down
             log.exception("%s failed", method)
