@@ -1,56 +1,151 @@
 """docker-compose.yml runs the commands the tests prove: start each service's command as compose would.
 
-There is no Docker engine here, so the test maps the compose volumes onto temporary directories and
-runs the service's `command`, `environment` and `healthcheck` exactly as written.
+There is no Docker engine here, so the test maps the compose volumes onto temporary directories, the
+service host names onto 127.0.0.1 and the published ports onto free ones, and runs every service's
+`command`, `environment` and `healthcheck` exactly as written (the chain's npx command from tests/node,
+where `npm install` put @foundry-rs/anvil).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Iterator
 
 import grpc
+import pytest
 import yaml
 from conftest import REPO, Models, free_port, wait_for_job, wait_serving
 
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
+from quantledger.v1 import registry_service_pb2 as rpb
+from quantledger.v1 import registry_service_pb2_grpc as rpb_grpc
+from registry_client.client import RegistryClient
+from registry_client.errors import RegistryUnavailable
+
+pytestmark = [pytest.mark.chain, pytest.mark.node]
 
 
-def test_quantize_service_runs_as_composed(models: Models, tmp_path) -> None:
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    service = compose["services"]["quantize"]
-    mounts = {"/data": tmp_path / "data", "/models": models.root}
+class Compose:
+    """The compose file's services as local processes."""
 
-    def mapped(value: str) -> str:
-        for inside, outside in mounts.items():
-            value = value.replace(inside, str(outside))
+    def __init__(self, tmp_path, models: Models) -> None:  # type: ignore[no-untyped-def]
+        self.spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+        self.tmp = tmp_path
+        self.ports = {"8545": str(free_port()), "50051": str(free_port()), "50052": str(free_port())}
+        self.mounts = {"/data": tmp_path / "data", "/models": models.root, "/chain": tmp_path / "chain"}
+        for directory in ("data", "chain"):
+            (tmp_path / directory).mkdir()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def mapped(self, value: str) -> str:
+        value = value.replace("http://chain:", "http://127.0.0.1:")
+        for inside, outside in self.mounts.items():
+            parts = value.split(":")  # a path, or a colon-separated list of paths, or anything else
+            value = ":".join(str(outside) + p[len(inside) :] if p == inside or p.startswith(inside + "/") else p
+                             for p in parts)  # fmt: skip
+        for inside, outside in self.ports.items():
+            value = value.replace(inside, outside)
         return value
 
-    port = free_port()
-    command = [str(c) for c in service["command"]]
-    assert command[:3] == ["quantledger", "serve", "quantize"]
-    command[command.index("--port") + 1] = str(port)  # compose publishes 50051; the test takes a free one
-    env = dict(os.environ)
-    env.update({k: mapped(str(v)) for k, v in service["environment"].items()})
-    (tmp_path / "data").mkdir()
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_serving(f"127.0.0.1:{port}", process)
-        health = [mapped(str(c)).replace("50051", str(port)) for c in service["healthcheck"]["test"][1:]]
-        assert subprocess.run(health, env=env, capture_output=True, timeout=60).returncode == 0
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.QuantizeServiceStub(channel)
-            job = stub.CreateQuantizeJob(
-                pb.CreateQuantizeJobRequest(job=pb.QuantizeJob(source=str(models.f16), quant_types=["Q4_0"]))
-            )
-            final = wait_for_job(stub, job.name)
-        assert final.state == pb.QuantizeJob.STATE_SUCCEEDED
-        assert final.outputs[0].path.startswith(str(tmp_path / "data"))  # outputs land in the data volume
-    finally:
-        process.send_signal(getattr(signal, service.get("stop_signal", "SIGTERM")))
-        code = process.wait(timeout=30)
-        log.close()
-        assert code == 0, (tmp_path / "server.log").read_text()
+    def env(self, name: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({k: self.mapped(str(v)) for k, v in (self.spec[name].get("environment") or {}).items()})
+        return env
+
+    def start(self, name: str, cwd: str | None = None) -> subprocess.Popen[bytes]:
+        command = [self.mapped(str(c)) for c in self.spec[name]["command"]]
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(command, env=self.env(name), stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+        self.processes[name] = process
+        return process
+
+    def healthy(self, name: str) -> bool:
+        check = [self.mapped(str(c)) for c in self.spec[name]["healthcheck"]["test"][1:]]
+        return subprocess.run(check, env=self.env(name), capture_output=True, timeout=60).returncode == 0
+
+    def stop_all(self) -> dict[str, int]:
+        codes = {}
+        for name, process in reversed(self.processes.items()):
+            process.send_signal(getattr(signal, self.spec[name].get("stop_signal", "SIGTERM")))
+            try:
+                codes[name] = process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = -9
+        return codes
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def compose(tmp_path, models: Models) -> Iterator[Compose]:  # type: ignore[no-untyped-def]
+    running = Compose(tmp_path, models)
+    yield running
+    running.stop_all()
+
+
+def test_the_composed_services_quantize_and_register_on_anvil(compose: Compose, models: Models) -> None:
+    chain = compose.spec["chain"]
+    assert chain["command"][:3] == ["npx", "--yes", "@foundry-rs/anvil@1.7.1"] and "--state" in chain["command"]
+    compose.start("chain", cwd=str(REPO / "tests" / "node"))
+    url = f"http://127.0.0.1:{compose.ports['8545']}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            RegistryClient.web3_for(url, timeout=2)
+            break
+        except RegistryUnavailable:
+            assert time.monotonic() < deadline, compose.log("chain")
+            time.sleep(0.3)
+    assert compose.healthy("chain")
+
+    quantize = compose.spec["quantize"]
+    assert quantize["command"][:3] == ["quantledger", "serve", "quantize"]
+    compose.start("quantize")
+    wait_serving(f"127.0.0.1:{compose.ports['50051']}", compose.processes["quantize"])
+    assert compose.healthy("quantize")
+    assert compose.spec["registry"]["command"][:3] == ["quantledger", "serve", "registry"]
+    compose.start("registry")
+    wait_serving(f"127.0.0.1:{compose.ports['50052']}", compose.processes["registry"])
+    assert compose.healthy("registry"), compose.log("registry")
+
+    with grpc.insecure_channel(f"127.0.0.1:{compose.ports['50051']}") as channel:
+        stub = pb_grpc.QuantizeServiceStub(channel)
+        job = stub.CreateQuantizeJob(
+            pb.CreateQuantizeJobRequest(job=pb.QuantizeJob(source=str(models.f16), quant_types=["Q4_0"]))
+        )
+        final = wait_for_job(stub, job.name)
+    assert final.state == pb.QuantizeJob.STATE_SUCCEEDED
+    output = final.outputs[0]
+    assert output.path.startswith(str(compose.tmp / "data"))  # outputs land in the data volume
+    assert output.registry.state == pb.RegistryRecord.STATE_REGISTERED and output.registry.chain_id == 31337
+    with grpc.insecure_channel(f"127.0.0.1:{compose.ports['50052']}") as channel:
+        answer = rpb_grpc.RegistryServiceStub(channel).VerifyDigest(
+            rpb.VerifyDigestRequest(file_sha256=output.sha256, size_bytes=output.size_bytes)
+        )
+    assert answer.verdict == rpb.VerifyDigestResponse.VERDICT_VALID
+    assert [r.attester for r in answer.valid_records] == [output.registry.attester]
+
+    codes = compose.stop_all()
+    assert codes["quantize"] == 0 and codes["registry"] == 0, compose.log("quantize") + compose.log("registry")
+    # anvil dumped its state into the chain volume: a restarted chain still holds the record
+    with contextlib.suppress(KeyError):
+        del compose.processes["chain"], compose.processes["quantize"], compose.processes["registry"]
+    assert (compose.tmp / "chain" / "state.json").stat().st_size > 0
+    compose.start("chain", cwd=str(REPO / "tests" / "node"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            w3 = RegistryClient.web3_for(url, timeout=2)
+            break
+        except RegistryUnavailable:
+            assert time.monotonic() < deadline, compose.log("chain")
+            time.sleep(0.3)
+    reader = RegistryClient(w3, output.registry.contract)
+    assert reader.get(output.sha256, output.registry.attester).quant_type == "Q4_0"

@@ -24,11 +24,13 @@ from quantledger.grpc_api.registry_servicer import RegistryServicer
 from quantledger.jobs.engine import JobEngine
 from quantledger.jobs.store import SqliteJobStore
 from quantledger.quantize.catalogue import catalogue
+from quantledger.registry.registrar import Registrar
 from quantledger.registry.wiring import make_reader, make_registrar
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 from quantledger.v1 import registry_service_pb2 as registry_pb
 from quantledger.v1 import registry_service_pb2_grpc as registry_pb_grpc
+from registry_client.errors import RegistryError
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 5.0
@@ -58,6 +60,8 @@ class QuantledgerServer:
         if "quantize" in self._services:
             await asyncio.to_thread(catalogue)  # probe llama.cpp's types once, before the first request
             registrar = make_registrar(settings)
+            if registrar is not None:
+                await _attach_registry(registrar)
             self._engine = JobEngine(settings, SqliteJobStore(str(settings.database)), registrar)
             await self._engine.start()
             pb_grpc.add_QuantizeServiceServicer_to_server(QuantizeServicer(self._engine), self._server)
@@ -95,6 +99,15 @@ class QuantledgerServer:
     async def wait(self) -> None:
         """Return once stop() has completed."""
         await self._stopped.wait()
+
+
+async def _attach_registry(registrar: Registrar) -> None:
+    """Find (or deploy) the registry now, so other services can read it; a chain that is away is no failure."""
+    try:
+        client = await asyncio.to_thread(registrar.client)
+        log.info("registering outputs on %s at %s as %s", registrar.url, client.address, registrar.attester)
+    except RegistryError as exc:
+        log.warning("registry not reachable yet (%s); outputs stay PENDING until it is", exc.message)
 
 
 async def serve(
