@@ -1,7 +1,7 @@
 """``quantledger demo``: the whole pipeline on a model it makes itself, step by step.
 
-It uses its own data dir (``$QUANTLEDGER_HOME/demo``) and its own gRPC server on a free loopback
-port, so it never disturbs a running ``quantledger up``.
+It uses its own data dir (``$QUANTLEDGER_HOME/demo``), its own embedded chain and its own gRPC server
+on free loopback ports, so it never disturbs a running ``quantledger up``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import pathlib
+import signal
+import socket
 import sys
 import threading
 import time
@@ -17,10 +20,16 @@ from typing import Any
 import grpc
 
 from quantledger.cli.render import ProgressBar, human_bytes, print_job, to_json
+from quantledger.cli.services import start_embedded_chain
 from quantledger.config import Settings
 from quantledger.hashing import sha256_file
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
+from quantledger.v1 import registry_service_pb2 as registry_pb
+from quantledger.v1 import registry_service_pb2_grpc as registry_pb_grpc
+from registry_client.address_book import AddressBook
+from registry_client.client import RegistryClient
+from registry_client.keys import load_or_create_key
 
 DEMO_TYPES = ("Q4_K_M", "Q8_0")
 
@@ -64,6 +73,12 @@ class _BackgroundServer:
         self._thread.join(timeout=30)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def run_demo(*, json_output: bool) -> int:
     from quantledger.synthetic_model import write_llama_gguf
 
@@ -99,14 +114,35 @@ def run_demo(*, json_output: bool) -> int:
         {"path": str(model), "bytes": written, "seconds": round(time.monotonic() - started, 2)},
     )
 
+    settings = dataclasses.replace(settings, chain_port=_free_port())
+    account = load_or_create_key(settings.admin_key_path)
+    chain = start_embedded_chain(settings)
+    try:
+        registry = RegistryClient.ensure_deployed(settings.embedded_chain_url, account, AddressBook.in_home(home))
+        settings = dataclasses.replace(settings, chain_url=settings.embedded_chain_url)
+        step(
+            "2. started the embedded chain (eth-tester behind JSON-RPC) and deployed the registry",
+            {"chain": settings.chain_url, "chain id": registry.chain_id, "registry": registry.address,
+             "attester": account.address},
+        )  # fmt: skip
+        return _run_jobs(settings, model, step, report, json_output=json_output)
+    finally:
+        chain.send_signal(signal.SIGTERM)
+        chain.wait(timeout=30)
+
+
+def _run_jobs(settings: Settings, model: pathlib.Path, step: Any, report: dict[str, Any], *, json_output: bool) -> int:
     with _BackgroundServer(settings) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         stub = pb_grpc.QuantizeServiceStub(channel)
-        step("2. started the quantize service", {"address": f"127.0.0.1:{server.port}", "health": "SERVING"})
+        step(
+            "3. started the quantize and registry services",
+            {"address": f"127.0.0.1:{server.port}", "health": "SERVING"},
+        )
 
         types = stub.ListQuantTypes(pb.ListQuantTypesRequest())
         step(
-            "3. asked llama.cpp which types it offers",
+            "4. asked llama.cpp which types it offers",
             {
                 "count": len(types.quant_types),
                 "types": " ".join(t.name for t in types.quant_types),
@@ -118,12 +154,12 @@ def run_demo(*, json_output: bool) -> int:
         estimate = stub.EstimateQuantizeJob(pb.EstimateQuantizeJobRequest(job=request))
         predicted = {o.quant_type: f"{o.size_bytes:,} bytes, {o.bits_per_weight:.3f} BPW" for o in estimate.outputs}
         needed, free = human_bytes(estimate.disk_bytes_needed), human_bytes(estimate.disk_bytes_free)
-        step("4. estimated the job with llama.cpp's dry run", {**predicted, "disk": f"needs {needed} of {free} free"})
+        step("5. estimated the job with llama.cpp's dry run", {**predicted, "disk": f"needs {needed} of {free} free"})
 
         job = stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=request, request_id=f"demo-{time.time_ns()}"))
         bar = None if json_output else ProgressBar()
         if not json_output:
-            print(f"\n== 5. submitted {job.name}; watching it")
+            print(f"\n== 6. submitted {job.name}; watching it")
         final = job
         for snapshot in stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name)):
             final = snapshot
@@ -147,7 +183,19 @@ def run_demo(*, json_output: bool) -> int:
             predicted = next(o.size_bytes for o in estimate.outputs if o.quant_type == artifact.quant_type)
             ok = sha256_file(artifact.path) == artifact.sha256 and predicted == artifact.size_bytes
             checks[artifact.quant_type] = "sha256 and predicted size match" if ok else "MISMATCH"
-        step("6. re-hashed every output and compared sizes with the estimate", checks)
+        step("7. re-hashed every output and compared sizes with the estimate", checks)
+
+        registry_stub = registry_pb_grpc.RegistryServiceStub(channel)
+        verdicts = {}
+        for artifact in final.outputs:
+            answer = registry_stub.VerifyDigest(
+                registry_pb.VerifyDigestRequest(file_sha256=artifact.sha256, size_bytes=artifact.size_bytes)
+            )
+            verdict = registry_pb.VerifyDigestResponse.Verdict.Name(answer.verdict).removeprefix("VERDICT_")
+            where = f"tx {artifact.registry.tx_hash}" if artifact.registry.tx_hash else "recorded by an earlier run"
+            verdicts[artifact.quant_type] = f"{verdict} on chain ({where})"
+            checks[artifact.quant_type] = checks[artifact.quant_type] if verdict == "VALID" else "NOT ON CHAIN"
+        step("8. asked the registry who vouches for each output", verdicts)
 
         import llama_cpp
 
@@ -156,7 +204,7 @@ def run_demo(*, json_output: bool) -> int:
         tokens = llm.tokenize(b"hello world")
         completion: Any = llm.create_completion("hello world", max_tokens=8, temperature=0.0)
         step(
-            f"7. loaded {smallest.quant_type} in llama.cpp and generated",
+            f"9. loaded {smallest.quant_type} in llama.cpp and generated",
             {
                 "prompt tokens": len(tokens),
                 "generated": repr(completion["choices"][0]["text"]),
@@ -168,5 +216,6 @@ def run_demo(*, json_output: bool) -> int:
     if json_output:
         print(json.dumps(report))
     else:
-        print("\nDemo finished: next, `quantledger up` and `quantledger submit MODEL.gguf --quant Q4_K_M --wait`.")
+        print("\nDemo finished: next, `quantledger up`, `quantledger submit MODEL.gguf --quant Q4_K_M --wait`")
+        print("and `quantledger registry verify OUTPUT.gguf`.")
     return 1 if failed else 0

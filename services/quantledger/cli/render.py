@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
 from quantledger.v1 import quantize_service_pb2 as pb
 
@@ -42,13 +43,7 @@ def human_bytes(n: float) -> str:
 
 
 def error_reason(job: pb.QuantizeJob) -> str:
-    from google.rpc import error_details_pb2
-
-    for detail in job.error.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return "UNKNOWN"
+    return next(iter(_reasons(job.error)), "UNKNOWN")
 
 
 class ProgressBar:
@@ -107,6 +102,27 @@ def describe_quality(quality: pb.QualityReport) -> str:
     )
 
 
+def describe_registration(record: pb.RegistryRecord) -> str:
+    state = pb.RegistryRecord.State.Name(record.state).removeprefix("STATE_")
+    if record.state == pb.RegistryRecord.STATE_REGISTERED:
+        where = f"tx {record.tx_hash}" if record.tx_hash else "already on chain"
+        return f"{state} on chain {record.chain_id} at {record.contract} by {record.attester} ({where})"
+    if record.state == pb.RegistryRecord.STATE_UNREGISTERED:
+        return f"{state} (no chain configured); provenance {record.provenance_path}"
+    reason = next(iter(_reasons(record.error)), "")
+    return f"{state} after {record.attempts} attempt(s): {reason} {record.error.message}".rstrip()
+
+
+def _reasons(status: Any) -> list[str]:
+    """The ErrorInfo reasons in a google.rpc.Status."""
+    reasons = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+    return reasons
+
+
 def print_job(job: pb.QuantizeJob, stream: TextIO = sys.stdout) -> None:
     out = stream.write
     out(f"{job.name}  {state_name(job)}")
@@ -135,5 +151,7 @@ def print_job(job: pb.QuantizeJob, stream: TextIO = sys.stdout) -> None:
         )
         if artifact.HasField("quality"):
             out(f"               quality {describe_quality(artifact.quality)}\n")
+        if artifact.HasField("registry"):
+            out(f"               registry {describe_registration(artifact.registry)}\n")
     if job.HasField("error") and job.error.code:
         out(f"  error        {error_reason(job)}: {job.error.message}\n")

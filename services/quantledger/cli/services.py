@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -56,7 +57,8 @@ def start_embedded_chain(settings: Settings) -> subprocess.Popen[bytes]:
     log = open(settings.logs / "chain.log", "ab")  # noqa: SIM115 - the child keeps writing to it
     argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "chain", "--host", "127.0.0.1",
             "--chain-port", str(settings.chain_port)]  # fmt: skip
-    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_terminate_with_parent)
+    env = {**os.environ, "QUANTLEDGER_HOME": str(settings.home)}  # the chain, its journal and key live here
+    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_terminate_with_parent)
     deadline = time.monotonic() + CHAIN_START_SECONDS
     while True:
         try:
