@@ -178,11 +178,15 @@ def test_demo_runs_the_whole_pipeline(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["job"]["state"] == "STATE_SUCCEEDED"
-    checks = next(s for s in report["steps"] if s["step"].startswith("6."))
+    checks = next(s for s in report["steps"] if s["step"].startswith("7."))
     assert checks["Q4_K_M"] == checks["Q8_0"] == "sha256 and predicted size match"
+    on_chain = next(s for s in report["steps"] if s["step"].startswith("8."))
+    assert on_chain["Q4_K_M"].startswith("VALID on chain (tx 0x") and on_chain["Q8_0"].startswith("VALID")
+    for output in report["job"]["outputs"]:
+        assert output["registry"]["state"] == "STATE_REGISTERED"
     human = cli("demo", env={"QUANTLEDGER_HOME": str(tmp_path / "home2")}, timeout=600)
     assert human.returncode == 0, human.stderr
-    assert "== 7." in human.stdout
+    assert "== 9." in human.stdout and "registry REGISTERED" in human.stdout
 
 
 def test_up_accepts_its_flags_announces_json_and_stops_on_sigint(tmp_path) -> None:

@@ -168,3 +168,20 @@ def _in_process_client(chain: EmbeddedChain) -> RegistryClient:
     from registry_client.chain import RpcDispatcher
 
     return RegistryClient.deploy(Web3(InProcessProvider(RpcDispatcher(chain))), ADMIN)
+
+
+def test_admin_key_is_private_and_an_exposed_key_is_refused(tmp_path: pathlib.Path) -> None:
+    from registry_client.errors import KeyUnavailable
+    from registry_client.keys import load_or_create_key, read_key_file
+
+    path = tmp_path / "keys" / "admin.key"
+    account = load_or_create_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_key(path).address == account.address  # the same key on every start
+    path.chmod(0o644)
+    with pytest.raises(KeyUnavailable, match="chmod 600"):
+        read_key_file(path)
+    path.chmod(0o600)
+    path.write_text("not a key\n")
+    with pytest.raises(KeyUnavailable):
+        read_key_file(path)

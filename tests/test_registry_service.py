@@ -129,6 +129,7 @@ def test_outputs_are_registered_with_provenance(up: Up, models, tmp_path) -> Non
         assert record.provenance_sha256 == entry["provenance_sha256"]
         assert record.source_digest == source_digest
         assert record.tool_version.startswith("llama-cpp-python ")
+    assert (up.home / "keys" / "admin.key").stat().st_mode & 0o777 == 0o600  # the attester's key
 
 
 def test_cli_verify_show_list_and_revoke(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]

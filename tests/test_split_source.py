@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 
 import gguf
@@ -106,7 +107,10 @@ def test_keep_split_writes_one_file_per_shard(stub, split_model: list[pathlib.Pa
     (output,) = final.outputs
     names = [pathlib.Path(f.path).name for f in output.files]
     assert names == [f"splitmodel-Q4_K_M-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
-    assert sorted(p.name for p in out.iterdir()) == names  # nothing else, no partial files
+    # nothing else (no partial files) but the output's provenance JSON, whose subjects are all the shards
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, f"{names[0]}.provenance.json"])
+    statement = json.loads((out / f"{names[0]}.provenance.json").read_text())
+    assert [s["name"] for s in statement["subject"]] == names
     for file in output.files:
         data = pathlib.Path(file.path).read_bytes()
         assert file.size_bytes == len(data) and file.sha256 == hashlib.sha256(data).hexdigest()
