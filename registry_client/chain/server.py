@@ -7,6 +7,7 @@ import json
 import logging
 import pathlib
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,11 @@ MAX_BODY = 8 << 20
 def _handler(dispatcher: RpcDispatcher) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # headers and body leave in two writes: without this, Nagle + delayed ACK add ~40 ms per call
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def _reply(self, status: int, body: Any) -> None:
             data = json.dumps(body).encode()
