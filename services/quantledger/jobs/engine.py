@@ -433,19 +433,26 @@ class JobEngine:
         assert self.registrar is not None
         while True:
             await asyncio.sleep(self._settings.registry_retry_seconds)
-            for job_id in sorted(self._pending_registration):
-                job = self._store.get(job_id)
-                if job is None or not _registration_pending(job):
-                    self._pending_registration.discard(job_id)
-                    continue
-                job.outputs = await asyncio.to_thread(self.registrar.register, job, job.outputs)
-                self._store.save(job)
-                self._notify()
-                if not _registration_pending(job):
-                    self._pending_registration.discard(job_id)
-                    log.info("%s: pending registrations recorded", job.name)
-                else:
-                    break  # the chain is still away; try the rest next round
+            try:
+                await self._retry_round()
+            except Exception:  # keep retrying in later rounds whatever one round hit
+                log.exception("retrying pending registrations failed")
+
+    async def _retry_round(self) -> None:
+        assert self.registrar is not None
+        for job_id in sorted(self._pending_registration):
+            job = self._store.get(job_id)
+            if job is None or not _registration_pending(job):
+                self._pending_registration.discard(job_id)
+                continue
+            job.outputs = await asyncio.to_thread(self.registrar.register, job, job.outputs)
+            self._store.save(job)
+            self._notify()
+            if not _registration_pending(job):
+                self._pending_registration.discard(job_id)
+                log.info("%s: pending registrations recorded", job.name)
+            else:
+                break  # the chain is still away; try the rest next round
 
     async def _abandon(self, hashing: list[asyncio.Task[None]]) -> None:
         for task in hashing:

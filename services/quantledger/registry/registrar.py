@@ -125,6 +125,11 @@ class Registrar:
             except registry_errors.RegistryError as exc:
                 log.warning("%s: registration refused: %s", job.name, exc.message)
                 updated = {id(a): _with(a, state=FAILED, attempts=1, error=_job_error(exc)) for a in pending}
+            except Exception as exc:  # a bug or a surprise from web3: keep the outputs PENDING, say what happened
+                self._client = None
+                log.exception("%s: registration failed unexpectedly; will retry", job.name)
+                error = JobError("INTERNAL", "REGISTRY_ERROR", f"registration failed: {type(exc).__name__}: {exc}")
+                updated = {id(a): _with(a, attempts=1, error=error) for a in pending}
             return [updated.get(id(a), a) for a in artifacts]
 
     def _register(self, job: Job, pending: list[Artifact], info: SourceInfo) -> dict[int, Artifact]:
