@@ -265,11 +265,11 @@ def convert_hf_to_gguf(
             block, type_size = gguf.GGML_QUANT_SIZES[kind]
             n_bytes = entry.n_elements // block * type_size
             shape = list(entry.shape)
-            if block > 1:  # gguf-py takes a quantized tensor's shape in bytes per row
-                shape[-1] = shape[-1] // block * type_size
             dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(
                 kind, np.uint8
             )
+            if dtype is np.uint8:  # gguf-py takes a raw (BF16, quantized) tensor's shape in bytes per row
+                shape[-1] = shape[-1] // block * type_size
             writer.add_tensor_info(name, shape, np.dtype(dtype), n_bytes, raw_dtype=kind)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
