@@ -112,6 +112,12 @@ def inspect_hf_folder(folder: str | os.PathLike[str]) -> HfModelInfo:
     )
 
 
+def weights_summary(folder: str | os.PathLike[str]) -> tuple[int, int]:
+    """(parameters, weight bytes) of a folder's safetensors, from their headers, whatever the architecture."""
+    entries = [entry for path in _weight_files(pathlib.Path(folder)) for entry in SafetensorsFile(path).entries()]
+    return sum(e.n_elements for e in entries), sum(e.end - e.start for e in entries)
+
+
 def predict_gguf_bytes(info: HfModelInfo, out_type: str) -> int:
     """An upper bound of the converted file's size, for the disk check."""
     per_element = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 34 / 32}[out_type.upper()]

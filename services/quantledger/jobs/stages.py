@@ -14,7 +14,7 @@ import time
 from typing import Any, Protocol
 
 from quantledger.config import Settings
-from quantledger.errors import InsufficientDisk, QualityGateFailed
+from quantledger.errors import InsufficientDisk, LoraInvalid, QualityGateFailed
 from quantledger.hf.cache import CacheEntry, ConversionCache, cache_key
 from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, materialize, preflight
 from quantledger.jobs.model import Job, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
@@ -62,6 +62,12 @@ def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore
     )
 
 
+def builtin_converts(architecture: str) -> bool:
+    from quantledger.convert.architectures import ARCHITECTURES
+
+    return architecture in ARCHITECTURES
+
+
 def base_shapes(folder: pathlib.Path) -> dict[str, tuple[int, ...]]:
     """Weight name -> shape of a Hugging Face folder, from the safetensors headers only."""
     from quantledger.convert.converter import inspect_hf_folder
@@ -89,6 +95,12 @@ def describe_hf_job(
     ``check_disk`` and the conversion plus outputs cannot fit)."""
     types = requested_types(spec)
     check_options(spec, settings)
+    checked = preflight(hf)
+    if spec.options.lora_dir and not builtin_converts(checked.architecture):
+        raise LoraInvalid(
+            f"merging a LoRA needs the built-in converter; {checked.architecture} converts with llama.cpp's converter",
+            architecture=checked.architecture,
+        )
     if spec.options.lora_dir:
         from quantledger.lora import check_against_base, load_lora
 
@@ -96,7 +108,6 @@ def describe_hf_job(
         adapter = load_lora(lora_dir)
         if hf.folder is not None:  # a hub model's shapes are known only after download: checked while merging
             check_against_base(adapter, base_shapes(hf.folder))
-    checked = preflight(hf)
     parameters = checked.parameter_count or checked.weight_bytes // 2
     out_type = (spec.options.intermediate_type or "F16").upper()
     intermediate = parameters * {"F32": 4, "F16": 2, "BF16": 2, "Q8_0": 34 / 32}[out_type]
@@ -144,6 +155,7 @@ async def prepare_intermediate(
 ) -> tuple[GgufSource, str]:
     """Fetch, hash, and convert (or take from the cache) the GGUF intermediate of a HF source."""
     from quantledger.convert.converter import CONVERTER_VERSION
+    from quantledger.convert.fallback import converter_label, usable_for
 
     job.stage = Stage.FETCHING
     host.touch(job)
@@ -156,12 +168,17 @@ async def prepare_intermediate(
         lora_dir = resolve_allowed(options.lora_dir, host.settings.allowed_roots, what="lora_dir")
         lora_digest = (await asyncio.to_thread(load_lora, lora_dir)).sha256
     out_type = (options.intermediate_type or "F16").upper()
-    key = cache_key(materialized.manifest.root_digest, CONVERTER_VERSION, out_type, lora_digest)
+    assert job.source_info is not None
+    fallback = (
+        None if builtin_converts(job.source_info.hf_architecture) else usable_for(job.source_info.hf_architecture)
+    )
+    converter = CONVERTER_VERSION if fallback is None else converter_label(fallback)
+    key = cache_key(materialized.manifest.root_digest, converter, out_type, lora_digest)
     pins.enter_context(host.cache.pinned(key))
     entry = host.cache.lookup(key)
     cached = entry is not None
     if entry is None:
-        entry = await _convert(host, job, hf, materialized, key, out_type)
+        entry = await _convert(host, job, hf, materialized, key, out_type, fallback)
     source = await asyncio.to_thread(open_source, str(entry.path), (host.cache.root,))
     assert job.source_info is not None
     job.source_info = dataclasses.replace(
@@ -187,8 +204,9 @@ async def prepare_intermediate(
 
 
 async def _convert(
-    host: StageHost, job: Job, hf: HfSource, materialized: Materialized, key: str, out_type: str
-) -> CacheEntry:
+    host: StageHost, job: Job, hf: HfSource, materialized: Materialized, key: str, out_type: str,
+    fallback: str | None,
+) -> CacheEntry:  # fmt: skip
     job.stage = Stage.CONVERTING
     host.touch(job)
     config = await asyncio.to_thread(read_hf_config, materialized.folder)
@@ -202,6 +220,7 @@ async def _convert(
         "lora_dir": str(resolve_allowed(job.spec.options.lora_dir, host.settings.allowed_roots))
         if job.spec.options.lora_dir
         else "",
+        "fallback_python": fallback or "",  # llama.cpp's converter for an architecture the built-in one lacks
     }
 
     def on_event(event: dict[str, Any]) -> None:

@@ -147,6 +147,9 @@ def probe(ftypes: list[int], emit: _Emitter) -> None:
 
 def convert(request: dict[str, Any], emit: _Emitter) -> None:
     """Convert a Hugging Face folder to a GGUF intermediate (stage CONVERTING), merging a LoRA if given."""
+    if request.get("fallback_python"):
+        convert_with_llama_cpp(request, emit)
+        return
     from quantledger.convert.converter import convert_hf_to_gguf
 
     transform = None
@@ -170,6 +173,29 @@ def convert(request: dict[str, Any], emit: _Emitter) -> None:
         progress=progress,
     )
     emit({"event": "converted", "bytes_written": result.bytes_written, "tensor_count": result.tensor_count})
+
+
+def convert_with_llama_cpp(request: dict[str, Any], emit: _Emitter) -> None:
+    """Stage CONVERTING through llama.cpp's own converter (an architecture the built-in one lacks)."""
+    import pathlib
+    import subprocess
+
+    from quantledger.convert.fallback import convert_command, write_metadata_file
+    from quantledger.errors import ConversionFailed
+
+    output = pathlib.Path(request["output"])
+    metadata_file = output.with_name(output.name + ".metadata.json")
+    write_metadata_file(metadata_file, request.get("metadata") or {})
+    command = convert_command(request["fallback_python"], pathlib.Path(request["folder"]), output,
+                              request.get("out_type") or "F16", metadata_file)  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, preexec_fn=_die_with_parent)
+    finally:
+        metadata_file.unlink(missing_ok=True)
+    if done.returncode != 0 or not output.is_file():
+        tail = " | ".join(line for line in done.stderr.strip().splitlines()[-3:])
+        raise ConversionFailed(f"llama.cpp's converter failed (exit {done.returncode}): {tail}")
+    emit({"event": "converted", "bytes_written": output.stat().st_size, "tensor_count": 0})
 
 
 def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
