@@ -298,9 +298,7 @@ def convert_hf_to_gguf(
             if progress is not None:
                 progress(done, total)
         writer.close()
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
+        os.replace(temp, final)  # durable once the conversion cache stores it (fsync there, as for any cp)
     except (SourceInvalid, UnsupportedArchitecture):
         temp.unlink(missing_ok=True)
         raise

@@ -63,12 +63,19 @@ class ConversionCache:
         """Move a finished conversion into the cache, evicting old entries to stay under the cap."""
         gguf, meta = self._paths(key)
         size = produced.stat().st_size
+        with open(produced, "rb") as handle:  # the bytes reach the disk before the entry exists
+            os.fsync(handle.fileno())
         with self._lock:
             self._evict(max(0, self.max_bytes - size), keep=key)
             meta_tmp = meta.with_name(meta.name + ".partial")
             meta_tmp.write_text(json.dumps({**description, "key": key, "size_bytes": size}, indent=1))
             os.replace(produced, gguf)
             os.replace(meta_tmp, meta)
+            directory = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         return CacheEntry(key, gguf, size)
 
     @contextlib.contextmanager
