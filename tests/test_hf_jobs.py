@@ -131,3 +131,51 @@ def test_estimate_of_a_hf_source_uses_the_preflight(hf_server: RunningServer) ->
     assert estimate.source_info.kind == "hf_folder" and estimate.source_info.parameter_count > 22_000_000
     assert q4.size_bytes < q8.size_bytes < estimate.source_info.parameter_count * 2
     assert estimate.fits_on_disk
+
+
+@pytest.mark.slow
+def test_fetching_reports_progress_and_cancels_at_once(hf_server: RunningServer) -> None:
+    """FETCHING (download and hashing) runs in a worker process: progress by bytes, and cancel kills it."""
+    import time
+
+    import psutil
+    from hf_models import write_causal_folder
+
+    folder = write_causal_folder(hf_server.home.parent / "big-source", "LlamaForCausalLM")
+    # a valid 4 GB extra safetensors file, sparse (written in no time, ~4 s to hash)
+    header = json.dumps({"model.layers.0.self_attn.rotary_emb.inv_freq": {
+        "dtype": "F16", "shape": [2 << 30], "data_offsets": [0, 4 << 30]}}).encode()  # fmt: skip
+    with open(folder / "consolidated.safetensors", "wb") as handle:
+        handle.write(len(header).to_bytes(8, "little") + header)
+        handle.truncate(8 + len(header) + (4 << 30))
+    stub = hf_server.stub()
+    job = create(stub, str(folder), ["Q8_0"], skip_quality=True)
+    seen = None
+    for snapshot in stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name), timeout=120):
+        if snapshot.stage == Job.STAGE_FETCHING and snapshot.progress.bytes_done > 0:
+            seen = snapshot
+            break
+    assert seen is not None and seen.progress.bytes_total >= 4 << 30
+    assert 0 < seen.progress.fraction < 1
+    started = time.monotonic()
+    cancelled = stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=job.name))
+    final = wait_for_job(stub, cancelled.name)
+    assert final.state == Job.STATE_CANCELLED and time.monotonic() - started < 2
+
+    def live_workers() -> list[psutil.Process]:
+        found = []
+        for child in psutil.Process(hf_server.process.pid).children(recursive=True):
+            try:
+                if (
+                    "quantledger.quantize.worker" in " ".join(child.cmdline())
+                    and child.status() != psutil.STATUS_ZOMBIE
+                ):
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    deadline = time.monotonic() + 2
+    while live_workers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live_workers() == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from quantledger.hashing import sha256_file
@@ -40,10 +40,24 @@ def root_digest(files: Iterable[FileDigest]) -> str:
     return h.hexdigest()
 
 
-def build_manifest(folder: pathlib.Path, relative_paths: Iterable[str]) -> SourceManifest:
-    """Hash each named file of ``folder`` (streamed) and compute the root digest."""
+def build_manifest(
+    folder: pathlib.Path, relative_paths: Iterable[str], progress: Callable[[int, int], None] | None = None
+) -> SourceManifest:
+    """Hash each named file of ``folder`` (streamed) and compute the root digest; ``progress(done, total)``
+    follows the bytes hashed."""
+    names = sorted(set(relative_paths))
+    total = sum((folder / name).stat().st_size for name in names)
+    done = 0
+
+    def advance(size: int) -> None:
+        nonlocal done
+        done += size
+        if progress is not None:
+            progress(done, total)
+
     files = []
-    for relative in sorted(set(relative_paths)):
+    for relative in names:
         path = folder / relative
-        files.append(FileDigest(path=relative, size_bytes=path.stat().st_size, sha256=sha256_file(path)))
+        digest = sha256_file(path, advance if progress is not None else None)
+        files.append(FileDigest(path=relative, size_bytes=path.stat().st_size, sha256=digest))
     return SourceManifest(files=tuple(files), root_digest=root_digest(files))

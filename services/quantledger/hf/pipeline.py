@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from quantledger.errors import SourceInvalid, UnsupportedArchitecture
@@ -128,11 +128,12 @@ def needed_files(folder: pathlib.Path) -> list[str]:
     return sorted(found)
 
 
-def materialize(source: HfSource) -> Materialized:
-    """Fetch (hub) or take (folder) the files, hash them, and check weights against the hub's digests."""
+def materialize(source: HfSource, progress: Callable[[int, int], None] | None = None) -> Materialized:
+    """Fetch (hub) or take (folder) the files, hash them, and check weights against the hub's digests;
+    ``progress(done, total)`` follows the bytes hashed."""
     if source.hub is not None:
         snapshot = fetch_snapshot(source.hub)
-        manifest = build_manifest(snapshot.folder, needed_files(snapshot.folder))
+        manifest = build_manifest(snapshot.folder, needed_files(snapshot.folder), progress)
         for item in manifest.files:
             expected = snapshot.lfs_sha256.get(item.path)
             if expected is not None and expected != item.sha256:
@@ -142,7 +143,7 @@ def materialize(source: HfSource) -> Materialized:
                 )
         return Materialized(snapshot.folder, manifest, snapshot.commit)
     assert source.folder is not None
-    return Materialized(source.folder, build_manifest(source.folder, needed_files(source.folder)), "")
+    return Materialized(source.folder, build_manifest(source.folder, needed_files(source.folder), progress), "")
 
 
 def general_metadata(source: HfSource, materialized: Materialized, config: dict[str, object]) -> dict[str, str]:

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from quantledger.config import Settings
 from quantledger.errors import InsufficientDisk, LoraInvalid, QualityGateFailed
 from quantledger.hf.cache import CacheEntry, ConversionCache, cache_key
-from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, materialize, preflight
+from quantledger.hf.manifest import FileDigest, SourceManifest
+from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, preflight
 from quantledger.jobs.model import Job, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
 from quantledger.jobs.store import JobStore
 from quantledger.json_files import read_hf_config
@@ -159,7 +160,7 @@ async def prepare_intermediate(
 
     job.stage = Stage.FETCHING
     host.touch(job)
-    materialized = await asyncio.to_thread(materialize, hf)
+    materialized = await _materialize(host, job, hf)
     options = job.spec.options
     lora_digest = ""
     if options.lora_dir:
@@ -201,6 +202,28 @@ async def prepare_intermediate(
     )
     host.touch(job)
     return source, hf.display_name
+
+
+async def _materialize(host: StageHost, job: Job, hf: HfSource) -> Materialized:
+    """Download (hub) and hash the source in a worker process, so the job's cancel stops a download too."""
+    request = {
+        "mode": "fetch",
+        "folder": str(hf.folder or ""),
+        "repo_id": hf.hub.repo_id if hf.hub else "",
+        "revision": hf.hub.revision if hf.hub else "",
+    }
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "fetch_progress" and event["bytes_total"]:
+            job.progress.bytes_done = int(event["bytes_done"])
+            job.progress.bytes_total = int(event["bytes_total"])
+            job.progress.fraction = event["bytes_done"] / event["bytes_total"]
+            host.touch(job, save=False)
+
+    result = await host.worker_for(job, request).run(on_event)
+    done = result.of("materialized")[-1]
+    files = tuple(FileDigest(**f) for f in done["files"])
+    return Materialized(pathlib.Path(done["folder"]), SourceManifest(files, done["root_digest"]), done["commit"])
 
 
 async def _convert(

@@ -175,6 +175,35 @@ def convert(request: dict[str, Any], emit: _Emitter) -> None:
     emit({"event": "converted", "bytes_written": result.bytes_written, "tensor_count": result.tensor_count})
 
 
+def fetch(request: dict[str, Any], emit: _Emitter) -> None:
+    """Stage FETCHING: download (hub) and hash a Hugging Face source, reporting the bytes hashed."""
+    import dataclasses
+    import pathlib
+
+    from quantledger.hf.hub import HubRef
+    from quantledger.hf.pipeline import HfSource, materialize
+
+    if request.get("repo_id"):
+        source = HfSource(kind="hf_hub", hub=HubRef(request["repo_id"], request.get("revision") or "main"))
+    else:
+        source = HfSource(kind="hf_folder", folder=pathlib.Path(request["folder"]))
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done - last[0] >= max(total // 200, 1):
+            last[0] = done
+            emit({"event": "fetch_progress", "bytes_done": done, "bytes_total": total})
+
+    materialized = materialize(source, progress)
+    emit({
+        "event": "materialized",
+        "folder": str(materialized.folder),
+        "commit": materialized.commit,
+        "root_digest": materialized.manifest.root_digest,
+        "files": [dataclasses.asdict(f) for f in materialized.manifest.files],
+    })  # fmt: skip
+
+
 def convert_with_llama_cpp(request: dict[str, Any], emit: _Emitter) -> None:
     """Stage CONVERTING through llama.cpp's own converter (an architecture the built-in one lacks)."""
     import pathlib
@@ -242,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             probe([int(f) for f in request["probe_ftypes"]], emit)
             return 0
         mode = request.get("mode", "quantize")
-        if mode in ("convert", "evaluate"):
+        if mode in ("convert", "evaluate", "fetch"):
             try:
-                (convert if mode == "convert" else evaluate)(request, emit)
+                {"convert": convert, "evaluate": evaluate, "fetch": fetch}[mode](request, emit)
             except QuantledgerError as exc:  # typed: the parent re-raises it with its reason
                 emit({"event": "error", "reason": exc.reason, "message": exc.message})
                 return 4
