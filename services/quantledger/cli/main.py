@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="make a small model and run the whole pipeline on it")
     _add_common(demo)
 
-    up = commands.add_parser("up", help="run every service in one process (gRPC 127.0.0.1:50051)")
+    up = commands.add_parser("up", help="embedded chain + every service (gRPC 127.0.0.1:50051, JSON-RPC :8545)")
     _add_common(up)
     _add_serve_flags(up)
 
