@@ -12,11 +12,14 @@ import enum
 import os
 import pathlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from quantledger.gguf_header import read_gguf_header
 from quantledger.hashing import sha256_file
-from registry_client.client import RegistryClient
 from registry_client.records import Record, normalize_digest
+
+if TYPE_CHECKING:
+    from registry_client.client import RegistryClient
 
 
 class Verdict(enum.Enum):

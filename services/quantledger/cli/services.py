@@ -21,10 +21,9 @@ import time
 from collections.abc import Sequence
 
 from quantledger.config import Settings
-from registry_client.address_book import AddressBook
-from registry_client.client import RegistryClient
-from registry_client.errors import RegistryUnavailable
-from registry_client.keys import load_or_create_key
+
+# registry_client (web3, eth-account) is imported inside the functions that use a chain, so a server
+# without one does not carry it
 
 CHAIN_START_SECONDS = 120.0
 PR_SET_PDEATHSIG = 1
@@ -38,6 +37,7 @@ def _terminate_with_parent() -> None:
 def serve_chain(settings: Settings, *, as_json: bool) -> int:
     """The embedded chain in the foreground; its admin key (created on first use) is funded at genesis."""
     from registry_client.chain import serve_chain as run_chain
+    from registry_client.keys import load_or_create_key
 
     admin = load_or_create_key(settings.admin_key_path)
 
@@ -53,6 +53,9 @@ def serve_chain(settings: Settings, *, as_json: bool) -> int:
 
 def start_embedded_chain(settings: Settings) -> subprocess.Popen[bytes]:
     """Start ``serve chain`` as a child and wait until it answers JSON-RPC."""
+    from registry_client.client import RegistryClient
+    from registry_client.errors import RegistryUnavailable
+
     settings.logs.mkdir(parents=True, exist_ok=True)
     log = open(settings.logs / "chain.log", "ab")  # noqa: SIM115 - the child keeps writing to it
     argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "chain", "--host", "127.0.0.1",
@@ -81,6 +84,10 @@ def run_services(settings: Settings, services: Sequence[str], *, as_json: bool, 
     announce: dict[str, str] = {}
     try:
         if embedded_chain:
+            from registry_client.address_book import AddressBook
+            from registry_client.client import RegistryClient
+            from registry_client.keys import load_or_create_key
+
             account = load_or_create_key(settings.admin_key_path)
             chain = start_embedded_chain(settings)
             settings = dataclasses.replace(settings, chain_url=settings.embedded_chain_url)

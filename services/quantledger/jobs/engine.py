@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import pathlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -63,7 +64,7 @@ from quantledger.quantize.plan import (
 )
 from quantledger.quantize.runner import WorkerProcess
 from quantledger.registry.registrar import PENDING, Registrar
-from quantledger.registry.stage import attach_provenance, ensure_source_digest
+from quantledger.registry.stage import HashingStopped, apply_source_manifest, attach_provenance, source_manifest
 from quantledger.sources import GgufSource
 
 log = logging.getLogger(__name__)
@@ -359,6 +360,8 @@ class JobEngine:
 
     async def _run(self, job: Job) -> None:
         hashing: list[asyncio.Task[None]] = []
+        stop_hashing = threading.Event()
+        identity: asyncio.Task[Any] | None = None
         pins = contextlib.ExitStack()
         try:
             source: GgufSource | None = None
@@ -374,6 +377,8 @@ class JobEngine:
                 job.id,
             )
             plan.output_dir.mkdir(parents=True, exist_ok=True)
+            # the source's own digest (GGUF sources) is computed beside the quantization, at low priority
+            identity = asyncio.create_task(asyncio.to_thread(source_manifest, job, stop_hashing))
             for index, output in enumerate(plan.outputs):
                 result_events, seconds = await self._quantize_one(job, plan, index, output)
                 hashing.append(asyncio.create_task(self._complete_output(job, plan, output, result_events, seconds)))
@@ -383,6 +388,7 @@ class JobEngine:
             await asyncio.gather(*hashing)
             if not job.spec.options.skip_quality:
                 await evaluate_outputs(self, job, plan)
+            apply_source_manifest(job, await identity)
             await self._register_outputs(job)
             job.progress.fraction = 1.0
             job.progress.bytes_done = job.progress.bytes_total
@@ -407,6 +413,10 @@ class JobEngine:
             log.exception("%s failed unexpectedly", job.name)
             self._finish(job, JobState.FAILED, JobError("INTERNAL", "INTERNAL", f"internal error: {exc}"))
         finally:
+            stop_hashing.set()
+            if identity is not None and not identity.done():
+                with contextlib.suppress(HashingStopped, asyncio.CancelledError):
+                    await identity
             pins.close()
             self._remove_partials(job)
             self._live.pop(job.id, None)
@@ -419,7 +429,6 @@ class JobEngine:
         """Provenance JSON next to every output, then one registry transaction (PENDING if the chain is down)."""
         job.stage = Stage.REGISTERING
         self._touch(job)
-        await asyncio.to_thread(ensure_source_digest, job)
         registering = self.registrar is not None
         job.outputs = [await asyncio.to_thread(attach_provenance, job, a, registering=registering) for a in job.outputs]
         self._touch(job)

@@ -6,13 +6,15 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from quantledger.errors import InvalidArgument
-from registry_client.client import RegistryClient
 from registry_client.errors import ContractNotDeployed, RegistryUnavailable
 from registry_client.records import Record, normalize_digest
 from registry_client.verify import Verdict
+
+if TYPE_CHECKING:
+    from registry_client.client import RegistryClient
 
 T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50

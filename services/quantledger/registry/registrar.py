@@ -13,15 +13,18 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
-
-from eth_account.signers.local import LocalAccount
+from typing import TYPE_CHECKING
 
 from quantledger.jobs.model import Artifact, Job, JobError, SourceInfo
 from quantledger.registry.provenance import tool_version
 from registry_client import errors as registry_errors
 from registry_client.address_book import AddressBook
-from registry_client.client import RegistryClient
 from registry_client.records import Flag, Registration, Status
+
+if TYPE_CHECKING:  # web3 and eth-account load only when a chain is configured
+    from eth_account.signers.local import LocalAccount
+
+    from registry_client.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,8 @@ class Registrar:
 
     def client(self) -> RegistryClient:
         """The registry at the configured address, else the one recorded for this chain (deployed if missing)."""
+        from registry_client.client import RegistryClient
+
         if self._client is None:
             if self.address:
                 self._client = RegistryClient.connect(self.url, address=self.address, account=self.account)

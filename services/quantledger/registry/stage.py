@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import pathlib
 import re
+import threading
 
 from quantledger.hashing import sha256_file
-from quantledger.hf.manifest import build_manifest
+from quantledger.hf.manifest import SourceManifest, build_manifest
 from quantledger.jobs.model import Artifact, Job, RegistryEntry, SourceFile
 from quantledger.registry.provenance import build_statement, write_provenance
 from quantledger.registry.registrar import PENDING, UNREGISTERED
@@ -24,15 +27,33 @@ def gguf_source_files(path: pathlib.Path) -> list[str]:
     return [f"{match['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
-def ensure_source_digest(job: Job) -> None:
-    """GGUF sources get the same identity as HF ones: a manifest of their files and its root digest."""
+class HashingStopped(Exception):
+    """The job ended before its source was hashed."""
+
+
+def source_manifest(job: Job, stop: threading.Event | None = None) -> SourceManifest | None:
+    """A GGUF source's identity in the same form as a HF one: a manifest of its files (one, or every shard
+    of a split model) and its root digest. None when the job already has it (HF sources). Runs at low CPU
+    priority, beside the quantization, and stops early when ``stop`` is set."""
     info = job.source_info
     if info is None or info.root_digest:
-        return
+        return None
+    with contextlib.suppress(OSError, AttributeError):  # Linux: a thread id takes a nice value of its own
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+    def check(_done: int, _total: int) -> None:
+        if stop is not None and stop.is_set():
+            raise HashingStopped
+
     path = pathlib.Path(info.path)
-    manifest = build_manifest(path.parent, gguf_source_files(path))
+    return build_manifest(path.parent, gguf_source_files(path), check)
+
+
+def apply_source_manifest(job: Job, manifest: SourceManifest | None) -> None:
+    if manifest is None or job.source_info is None:
+        return
     job.source_info = dataclasses.replace(
-        info,
+        job.source_info,
         root_digest=manifest.root_digest,
         manifest=tuple(SourceFile(f.path, f.size_bytes, f.sha256) for f in manifest.files),
     )

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from eth_account.signers.local import LocalAccount
+from typing import TYPE_CHECKING
 
 from quantledger.config import Settings
 from quantledger.registry.reader import RegistryReader
 from quantledger.registry.registrar import Registrar
 from registry_client.address_book import AddressBook
-from registry_client.client import RegistryClient
 from registry_client.errors import KeyUnavailable
-from registry_client.keys import key_from_environment
+
+if TYPE_CHECKING:  # web3 and eth-account load only when a chain is used
+    from eth_account.signers.local import LocalAccount
+
+    from registry_client.client import RegistryClient
 
 
 def signing_account(settings: Settings) -> LocalAccount:
     """``QUANTLEDGER_CHAIN_KEY`` / ``QUANTLEDGER_CHAIN_KEY_FILE``, else the data dir's admin key."""
+    from registry_client.keys import key_from_environment
+
     account = key_from_environment(default_file=settings.admin_key_path)
     if account is None:
         raise KeyUnavailable(
@@ -41,6 +46,8 @@ def make_reader(settings: Settings) -> RegistryReader:
     url = settings.chain_url or settings.embedded_chain_url
 
     def connect() -> RegistryClient:
+        from registry_client.client import RegistryClient
+
         address = settings.registry_address or None
         return RegistryClient.connect(url, address=address, address_book=AddressBook.in_home(settings.home))
 
