@@ -60,7 +60,9 @@ class Compose:
     def start(self, name: str, cwd: str | None = None) -> subprocess.Popen[bytes]:
         command = [self.mapped(str(c)) for c in self.spec[name]["command"]]
         with open(self.tmp / f"{name}.log", "wb") as log:
-            process = subprocess.Popen(command, env=self.env(name), stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+            # its own process group: npx and anvil's npm wrapper exit before the anvil binary they started
+            process = subprocess.Popen(command, env=self.env(name), stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                       start_new_session=True)  # fmt: skip
         self.processes[name] = process
         return process
 
@@ -71,12 +73,20 @@ class Compose:
     def stop_all(self) -> dict[str, int]:
         codes = {}
         for name, process in reversed(self.processes.items()):
-            process.send_signal(getattr(signal, self.spec[name].get("stop_signal", "SIGTERM")))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, getattr(signal, self.spec[name].get("stop_signal", "SIGTERM")))
             try:
                 codes[name] = process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 codes[name] = -9
+            deadline = time.monotonic() + 30  # and wait for the whole group (anvil writes its state on exit)
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(process.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
         return codes
 
     def log(self, name: str) -> str:
