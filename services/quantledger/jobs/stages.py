@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from quantledger.config import Settings
@@ -204,6 +205,19 @@ async def prepare_intermediate(
     return source, hf.display_name
 
 
+def _byte_progress(host: StageHost, job: Job, kind: str) -> Callable[[dict[str, Any]], None]:
+    """A worker event handler that turns ``kind`` events (bytes_done, bytes_total) into the job's progress."""
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == kind and event["bytes_total"]:
+            job.progress.bytes_done = int(event["bytes_done"])
+            job.progress.bytes_total = int(event["bytes_total"])
+            job.progress.fraction = event["bytes_done"] / event["bytes_total"]
+            host.touch(job, save=False)
+
+    return on_event
+
+
 async def _materialize(host: StageHost, job: Job, hf: HfSource) -> Materialized:
     """Download (hub) and hash the source in a worker process, so the job's cancel stops a download too."""
     request = {
@@ -213,14 +227,7 @@ async def _materialize(host: StageHost, job: Job, hf: HfSource) -> Materialized:
         "revision": hf.hub.revision if hf.hub else "",
     }
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "fetch_progress" and event["bytes_total"]:
-            job.progress.bytes_done = int(event["bytes_done"])
-            job.progress.bytes_total = int(event["bytes_total"])
-            job.progress.fraction = event["bytes_done"] / event["bytes_total"]
-            host.touch(job, save=False)
-
-    result = await host.worker_for(job, request).run(on_event)
+    result = await host.worker_for(job, request).run(_byte_progress(host, job, "fetch_progress"))
     done = result.of("materialized")[-1]
     files = tuple(FileDigest(**f) for f in done["files"])
     return Materialized(pathlib.Path(done["folder"]), SourceManifest(files, done["root_digest"]), done["commit"])
@@ -246,16 +253,9 @@ async def _convert(
         "fallback_python": fallback or "",  # llama.cpp's converter for an architecture the built-in one lacks
     }
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "convert_progress" and event["bytes_total"]:
-            job.progress.bytes_done = int(event["bytes_done"])
-            job.progress.bytes_total = int(event["bytes_total"])
-            job.progress.fraction = event["bytes_done"] / event["bytes_total"]
-            host.touch(job, save=False)
-
     worker = host.worker_for(job, request)
     try:
-        await worker.run(on_event)
+        await worker.run(_byte_progress(host, job, "convert_progress"))
         return await asyncio.to_thread(
             host.cache.store,
             key,
