@@ -21,7 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: QuantledgerError | RegistryError) -> None:
-    error = JobError(code=exc.code, reason=exc.reason, message=exc.message, metadata=exc.metadata)
+    error = JobError.of(exc)
     await context.abort_with_status(rpc_status.to_status(status_of(error)))
 
 

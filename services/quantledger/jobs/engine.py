@@ -77,10 +77,6 @@ PROGRESS_SAVE_SECONDS = 2.0
 MIN_BYTES_FOR_THROUGHPUT = 16 << 20
 
 
-def _error_of(exc: QuantledgerError) -> JobError:
-    return JobError(code=exc.code, reason=exc.reason, message=exc.message, metadata=dict(exc.metadata))
-
-
 def encode_page_token(seq: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"before": seq}).encode()).decode()
 
@@ -140,7 +136,7 @@ class JobEngine:
             self._finish(
                 job,
                 JobState.FAILED,
-                _error_of(
+                JobError.of(
                     Interrupted(
                         "the server stopped while this job was running; outputs finished before "
                         "that are kept, resubmit for the rest"
@@ -402,12 +398,12 @@ class JobEngine:
                 self._finish(
                     job,
                     JobState.FAILED,
-                    _error_of(Interrupted("the server shut down while this job ran; resubmit it")),
+                    JobError.of(Interrupted("the server shut down while this job ran; resubmit it")),
                 )
         except QuantledgerError as exc:
             await self._abandon(hashing)
             log.warning("%s failed: %s", job.name, exc.message)
-            self._finish(job, JobState.FAILED, _error_of(exc))
+            self._finish(job, JobState.FAILED, JobError.of(exc))
         except Exception as exc:
             await self._abandon(hashing)
             log.exception("%s failed unexpectedly", job.name)

@@ -7,7 +7,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 
 class JobState(enum.StrEnum):
@@ -200,12 +200,25 @@ class Artifact:
 
 @dataclass(frozen=True)
 class JobError:
-    """Why a job failed: the wire form of a QuantledgerError."""
+    """Why a job (or a registration) failed: the wire form of a QuantledgerError or RegistryError."""
 
     code: str
     reason: str
     message: str
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, exc: TypedError) -> JobError:
+        return cls(code=exc.code, reason=exc.reason, message=exc.message, metadata=dict(exc.metadata))
+
+
+class TypedError(Protocol):
+    """What QuantledgerError and registry_client's RegistryError share: a code, a reason, a message."""
+
+    code: ClassVar[str]
+    reason: ClassVar[str]
+    message: str
+    metadata: dict[str, str]
 
 
 @dataclass

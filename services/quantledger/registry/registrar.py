@@ -41,10 +41,6 @@ _TRANSIENT = (
 )
 
 
-def _job_error(exc: registry_errors.RegistryError) -> JobError:
-    return JobError(code=exc.code, reason=exc.reason, message=exc.message, metadata=dict(exc.metadata))
-
-
 def flags_for(job: Job) -> int:
     options = job.spec.options
     flags = Flag(0)
@@ -126,10 +122,10 @@ class Registrar:
             except _TRANSIENT as exc:
                 self._client = None
                 log.warning("%s: registration pending: %s", job.name, exc.message)
-                updated = {id(a): _with(a, attempts=1, error=_job_error(exc)) for a in pending}
+                updated = {id(a): _with(a, attempts=1, error=JobError.of(exc)) for a in pending}
             except registry_errors.RegistryError as exc:
                 log.warning("%s: registration refused: %s", job.name, exc.message)
-                updated = {id(a): _with(a, state=FAILED, attempts=1, error=_job_error(exc)) for a in pending}
+                updated = {id(a): _with(a, state=FAILED, attempts=1, error=JobError.of(exc)) for a in pending}
             except Exception as exc:  # a bug or a surprise from web3: keep the outputs PENDING, say what happened
                 self._client = None
                 log.exception("%s: registration failed unexpectedly; will retry", job.name)
