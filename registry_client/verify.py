@@ -57,6 +57,17 @@ class FileVerification:
         }
 
 
+def verdict_for(records: list[Record], valid: list[Record]) -> Verdict:
+    """The answer for a digest: its ``records``, of which ``valid`` are unrevoked and agree with the file."""
+    if valid:
+        return Verdict.VALID
+    if not records:
+        return Verdict.UNKNOWN
+    if all(r.revoked_at for r in records):
+        return Verdict.REVOKED
+    return Verdict.MISMATCH
+
+
 def _record_problems(record: Record, size: int, file_type: int | None) -> list[str]:
     problems = []
     if record.quantized_size != size:
@@ -98,12 +109,5 @@ def verify_file(
             revoked.append(record)
         elif not trouble:
             valid.append(record)
-    if valid:
-        verdict = Verdict.VALID
-    elif not records:
-        verdict = Verdict.UNKNOWN
-    elif revoked and len(revoked) == len(records):
-        verdict = Verdict.REVOKED
-    else:
-        verdict = Verdict.MISMATCH
+    verdict = verdict_for(records, valid)
     return FileVerification(str(file_path), digest, size, file_type, verdict, valid, revoked, problems)

@@ -314,3 +314,39 @@ def test_committed_artifact_matches_a_fresh_compile() -> None:
     assert fresh == committed, f"{ARTIFACT_PATH} is stale: run python -m registry_client.compile"
     assert not fresh.warnings, fresh.warnings
     assert json.loads(ARTIFACT_PATH.read_text())["abi"] == fresh.abi
+
+
+def test_verify_file_checks_size_file_type_and_revocation(chain: Chain, tmp_path: pathlib.Path) -> None:
+    from quantledger.errors import SourceInvalid
+    from quantledger.gguf_header import read_gguf_header
+    from quantledger.synthetic_model import write_llama_gguf
+    from registry_client.verify import Verdict, verify_file
+
+    path = tmp_path / "tiny.gguf"
+    write_llama_gguf(path, n_embd=64, n_ff=128, n_layer=1, n_head=2, n_head_kv=1, n_vocab=288)
+    data = path.read_bytes()
+    sha, size, file_type = hashlib.sha256(data).hexdigest(), len(data), read_gguf_header(path).file_type
+    assert verify_file(chain.reader(), path).verdict is Verdict.UNKNOWN
+
+    def record(account: int, **change: int) -> Registration:
+        fields = {"file_type": file_type, "original_size": size * 2, "quantized_size": size, **change}
+        return Registration(sha, digest("src"), digest("prov"), "F16", "t", **fields)  # type: ignore[arg-type]
+
+    other = chain.client(1)
+    chain.admin.grant_attester(other.attester)
+    other.register(record(1, file_type=7))  # claims another file type than the header says
+    wrong = verify_file(chain.reader(), path)
+    assert wrong.verdict is Verdict.MISMATCH and "file type 7" in wrong.problems[0]
+    chain.admin.register(record(0))
+    right = verify_file(chain.reader(), path)
+    assert right.verdict is Verdict.VALID and [r.attester for r in right.valid] == [chain.admin.attester]
+    assert verify_file(chain.reader(), path, attester=other.attester).verdict is Verdict.MISMATCH
+    longer = tmp_path / "padded.gguf"
+    longer.write_bytes(data + b"\0" * 32)
+    early = verify_file(chain.reader(), longer, expected_sha256=sha)
+    assert early.verdict is Verdict.MISMATCH and "bytes" in early.problems[0]  # refused on size, before hashing
+    chain.admin.revoke(sha, "withdrawn")
+    other.revoke(sha, "withdrawn")
+    assert verify_file(chain.reader(), path).verdict is Verdict.REVOKED
+    with pytest.raises(SourceInvalid):
+        verify_file(chain.reader(), ARTIFACT_PATH)  # not a GGUF: refused before hashing

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 from quantledger.errors import InvalidArgument
 from registry_client.errors import ContractNotDeployed, RegistryUnavailable
 from registry_client.records import Record, normalize_digest
-from registry_client.verify import Verdict
+from registry_client.verify import Verdict, verdict_for
 
 if TYPE_CHECKING:
     from registry_client.client import RegistryClient
@@ -107,15 +107,7 @@ class RegistryReader:
             records = [r for r in records if r.attester.lower() == attester.lower()]
         revoked = [r for r in records if r.revoked_at]
         valid = [r for r in records if not r.revoked_at and (not size_bytes or r.quantized_size == size_bytes)]
-        if valid:
-            verdict = Verdict.VALID
-        elif not records:
-            verdict = Verdict.UNKNOWN
-        elif len(revoked) == len(records):
-            verdict = Verdict.REVOKED
-        else:
-            verdict = Verdict.MISMATCH
-        return DigestVerification(verdict, valid, revoked)
+        return DigestVerification(verdict_for(records, valid), valid, revoked)
 
     def _list_records(self, parent: str, page_size: int, page_token: str) -> tuple[list[Record], str]:
         if page_size < 0:
