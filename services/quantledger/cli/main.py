@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from quantledger import __version__
+from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommend
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
 from quantledger.config import DEFAULT_PORT, Settings
@@ -111,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run one service")
     _add_common(serve)
-    serve.add_argument("service", choices=["quantize", "registry", "chain"], help="service to run")
+    serve.add_argument(
+        "service",
+        nargs="+",
+        choices=["quantize", "recommend", "registry", "chain"],
+        help="services to run in one server (chain runs alone)",
+    )
     _add_serve_flags(serve)
 
     submit = commands.add_parser("submit", help="create a quantization job")
@@ -142,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     types = commands.add_parser("quant-types", help="list the quantization types llama.cpp offers")
     _add_common(types)
 
+    add_recommend_parser(commands, _add_common)
     add_registry_parser(commands, _add_common)
     quantize = commands.add_parser("quantize", help="quantize locally with the same engine, no server")
     _add_common(quantize)
@@ -344,9 +351,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.command == "up":
-        everything = ["quantize", "registry"]
+        everything = ["quantize", "recommend", "registry"]
         return run_services(settings, everything, as_json=args.json, embedded_chain=not settings.chain_url)
-    return run_services(settings, [args.service], as_json=args.json, embedded_chain=False)
+    if "chain" in args.service and len(args.service) > 1:
+        raise CommandFailed("INVALID_ARGUMENT", "serve chain runs alone: start the chain and the services separately")
+    return run_services(settings, list(dict.fromkeys(args.service)), as_json=args.json, embedded_chain=False)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -371,6 +380,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "estimate": cmd_estimate,
     "quant-types": cmd_quant_types,
     "quantize": cmd_quantize,
+    "recommend": cmd_recommend,
     "registry": cmd_registry,
 }
 

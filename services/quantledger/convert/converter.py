@@ -75,7 +75,7 @@ def architecture_for(config: Mapping[str, Any], label: str) -> Architecture:
     return ARCHITECTURES[name]
 
 
-def _weight_files(folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
+def weight_files(folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = read_json_object(index).get("weight_map")
@@ -97,7 +97,7 @@ def inspect_hf_folder(folder: str | os.PathLike[str]) -> HfModelInfo:
     root = pathlib.Path(folder)
     config = read_hf_config(root)
     architecture = architecture_for(config, root.name)
-    files = _weight_files(root)
+    files = weight_files(root)
     entries = [entry for path in files for entry in SafetensorsFile(path).entries()]
     return HfModelInfo(
         folder=root,
@@ -114,7 +114,7 @@ def inspect_hf_folder(folder: str | os.PathLike[str]) -> HfModelInfo:
 
 def weights_summary(folder: str | os.PathLike[str]) -> tuple[int, int]:
     """(parameters, weight bytes) of a folder's safetensors, from their headers, whatever the architecture."""
-    entries = [entry for path in _weight_files(pathlib.Path(folder)) for entry in SafetensorsFile(path).entries()]
+    entries = [entry for path in weight_files(pathlib.Path(folder)) for entry in SafetensorsFile(path).entries()]
     return sum(e.n_elements for e in entries), sum(e.end - e.start for e in entries)
 
 

@@ -115,6 +115,10 @@ class JobEngine:
 
     # ---------------------------------------------------------------- lifecycle
 
+    @property
+    def store(self) -> JobStore:
+        return self._store
+
     async def start(self) -> None:
         """Recover from an unclean stop and start taking queued jobs."""
         self._settings.ensure_dirs()

@@ -1,0 +1,135 @@
+"""Predicted memory against what llama.cpp allocates when llama-cpp-python loads the test models.
+
+Each case loads a model in a subprocess (tests/llama_alloc.py) at one context size, ubatch, flash
+attention setting and KV type, reads llama.cpp's own figures (model buffer, KV cache, compute buffer)
+and requires the recommender's prediction of each to be within 10 %.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+from test_recommend_sizes import llama_cpp_runs
+
+from quantledger.gguf_header import read_gguf_header
+from quantledger.quantize.catalogue import catalogue
+from quantledger.recommend.hardware import GIB, RAM_RESERVE, Machine
+from quantledger.recommend.memory import ContextSettings, compute_buffer_bytes, kv_bytes_per_layer, weight_layout
+from quantledger.recommend.mixes import plan_types, weight_bytes
+from quantledger.recommend.search import Request, build_profile, search
+from quantledger.recommend.shape import from_gguf
+from quantledger.synthetic_model import write_llama_gguf
+
+HERE = pathlib.Path(__file__).resolve().parent
+TOLERANCE = 0.10
+MODELS = {
+    "gqa2": dict(n_embd=512, n_ff=1536, n_layer=4, n_head=8, n_head_kv=4, n_vocab=512, context_length=16384),
+    "gqa8": dict(n_embd=1024, n_ff=2816, n_layer=2, n_head=16, n_head_kv=2, n_vocab=4096, context_length=16384),
+    "wide-vocab": dict(n_embd=256, n_ff=4096, n_layer=2, n_head=4, n_head_kv=4, n_vocab=32000, context_length=16384),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    quant_type: str
+    n_ctx: int
+    n_ubatch: int = 512
+    flash: bool = False
+    kv: str = "f16"
+
+
+CASES = [
+    Case("gqa2", "F16", 300),
+    Case("gqa2", "F16", 1000),
+    Case("gqa2", "F16", 4096),
+    Case("gqa2", "F16", 4096, flash=True),
+    Case("gqa2", "F16", 8192, n_ubatch=128),
+    Case("gqa2", "F16", 8192, flash=True, kv="q8_0"),
+    Case("gqa2", "F16", 2048, flash=True, kv="q4_0"),
+    Case("gqa2", "Q4_K_M", 2048),
+    Case("gqa8", "Q8_0", 700, flash=True),
+    Case("gqa8", "Q4_K_M", 8192),
+    Case("wide-vocab", "F16", 4096),
+    Case("wide-vocab", "Q6_K", 8192, flash=True),
+]
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], pathlib.Path]:
+    root = tmp_path_factory.mktemp("memory-models")
+    files = {}
+    ftypes = {t.name: t.file_type for t in catalogue()}
+    for name, dims in MODELS.items():
+        source = root / f"{name}.gguf"
+        write_llama_gguf(source, **dims)
+        files[name, "F16"] = source
+        wanted = sorted({c.quant_type for c in CASES if c.model == name and c.quant_type != "F16"})
+        out = root / name
+        out.mkdir()
+        llama_cpp_runs(source, out, [(t, ftypes[t]) for t in wanted], dry_run=False)
+        files.update({(name, t): out / f"{t}.gguf" for t in wanted})
+    return files
+
+
+def allocated(path: pathlib.Path, case: Case) -> dict[str, float]:
+    argv = [sys.executable, str(HERE / "llama_alloc.py"), str(path), str(case.n_ctx), str(case.n_ubatch),
+            "1" if case.flash else "0", case.kv]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.model}-{c.quant_type}-{c.n_ctx}-ub{c.n_ubatch}-"
+                         f"{'fa' if c.flash else 'nofa'}-{c.kv}")  # fmt: skip
+def test_predicted_memory_is_what_llama_cpp_allocates(model_files: dict[tuple[str, str], pathlib.Path],
+                                                      case: Case) -> None:  # fmt: skip
+    shape = from_gguf(read_gguf_header(model_files[case.model, "F16"]))  # predicted from the source
+    real = allocated(model_files[case.model, case.quant_type], case)
+    ctx = ContextSettings(case.n_ctx, case.n_ubatch, case.kv, case.flash)
+    predicted = {
+        "weights": weight_layout(shape, weight_bytes(shape, plan_types(shape, case.quant_type))).total,
+        "kv": sum(kv_bytes_per_layer(shape, ctx)),
+        "compute": compute_buffer_bytes(shape, ctx),
+    }
+    assert real["cells"] == ctx.cells
+    for part, value in predicted.items():
+        assert abs(value / real[part] - 1) <= TOLERANCE, f"{part}: predicted {value}, llama.cpp {real[part]:.0f}"
+
+
+def test_a_recommendation_adds_up_what_llama_cpp_allocates(model_files: dict[tuple[str, str], pathlib.Path]) -> None:
+    """The RAM an option reports is llama.cpp's weights + KV + compute (within 10 %) plus the runtime reserve."""
+    case = Case("gqa8", "Q4_K_M", 8192, flash=True)
+    shape = from_gguf(read_gguf_header(model_files[case.model, "F16"]))
+    profile = build_profile(shape, [("Q4_K_M", 15)], has_imatrix=False)
+    request = Request(Machine(16 * GIB, 8), n_ctx=case.n_ctx, kv_types=("f16",), flash_attention=True)
+    (option,) = search(profile, request)
+    real = allocated(model_files[case.model, case.quant_type], case)
+    llama_total = real["weights"] + real["kv"] + real["compute"]
+    ram = option.devices[0].bytes_used - RAM_RESERVE - shape.n_vocab * 4
+    assert option.devices[0].device == "cpu" and option.gpu_layers == 0
+    assert abs(ram / llama_total - 1) <= TOLERANCE, (ram, llama_total)
+
+
+def test_offloading_puts_the_output_layer_first_then_the_last_blocks(model_files: dict[tuple[str, str], pathlib.Path],
+                                                                     ) -> None:  # fmt: skip
+    """A GPU with room for the output layer and two blocks gets exactly those (llama.cpp's -ngl order)."""
+    from quantledger.recommend.hardware import GPU_MARGIN, GPU_RESERVE, Device
+
+    shape = from_gguf(read_gguf_header(model_files["gqa2", "F16"]))
+    ctx = ContextSettings(4096, 512, "f16", True)
+    layout = weight_layout(shape, weight_bytes(shape, plan_types(shape, "Q8_0")))
+    kv = kv_bytes_per_layer(shape, ctx)
+    compute = compute_buffer_bytes(shape, ctx)
+    on_gpu = layout.output_bytes + sum(layout.block_bytes[-2:]) + sum(kv[-2:])
+    gpu = Device("cuda", on_gpu + compute + GPU_RESERVE + GPU_MARGIN + 1000)
+    profile = build_profile(shape, [("Q8_0", 7)], has_imatrix=False)
+    (option,) = search(profile, Request(Machine(16 * GIB, 8, (gpu,)), n_ctx=4096, kv_types=("f16",)))
+    assert option.gpu_layers == 3 and option.total_layers == shape.n_layer + 1
+    cpu, cuda = option.devices
+    assert cuda.bytes_used == on_gpu + compute + GPU_RESERVE and cuda.layers == 2
+    assert cpu.layers == shape.n_layer - 2
