@@ -22,6 +22,8 @@ from conftest import REPO, Models, free_port, wait_for_job, wait_serving
 
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
+from quantledger.v1 import recommend_service_pb2 as mpb
+from quantledger.v1 import recommend_service_pb2_grpc as mpb_grpc
 from quantledger.v1 import registry_service_pb2 as rpb
 from quantledger.v1 import registry_service_pb2_grpc as rpb_grpc
 from registry_client.client import RegistryClient
@@ -36,7 +38,8 @@ class Compose:
     def __init__(self, tmp_path, models: Models) -> None:  # type: ignore[no-untyped-def]
         self.spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
         self.tmp = tmp_path
-        self.ports = {"8545": str(free_port()), "50051": str(free_port()), "50052": str(free_port())}
+        self.ports = {"8545": str(free_port()), "50051": str(free_port()), "50052": str(free_port()),
+                      "50053": str(free_port())}  # fmt: skip
         self.mounts = {"/data": tmp_path / "data", "/models": models.root, "/chain": tmp_path / "chain"}
         for directory in ("data", "chain"):
             (tmp_path / directory).mkdir()
@@ -124,6 +127,10 @@ def test_the_composed_services_quantize_and_register_on_anvil(compose: Compose, 
     compose.start("registry")
     wait_serving(f"127.0.0.1:{compose.ports['50052']}", compose.processes["registry"])
     assert compose.healthy("registry"), compose.log("registry")
+    assert compose.spec["recommend"]["command"][:3] == ["quantledger", "serve", "recommend"]
+    compose.start("recommend")
+    wait_serving(f"127.0.0.1:{compose.ports['50053']}", compose.processes["recommend"])
+    assert compose.healthy("recommend"), compose.log("recommend")
 
     with grpc.insecure_channel(f"127.0.0.1:{compose.ports['50051']}") as channel:
         stub = pb_grpc.QuantizeServiceStub(channel)
@@ -141,12 +148,19 @@ def test_the_composed_services_quantize_and_register_on_anvil(compose: Compose, 
         )
     assert answer.verdict == rpb.VerifyDigestResponse.VERDICT_VALID
     assert [r.attester for r in answer.valid_records] == [output.registry.attester]
+    with grpc.insecure_channel(f"127.0.0.1:{compose.ports['50053']}") as channel:  # the same file, as a model
+        advice = mpb_grpc.RecommendServiceStub(channel).Recommend(mpb.RecommendRequest(
+            model=mpb.ModelSpec(registry_file=output.sha256), hardware=mpb.Hardware(tier="laptop"), max_options=50))  # fmt: skip
+    q4_0 = next(o for o in advice.options if o.quant_type == "Q4_0")
+    assert advice.exact_sizes and q4_0.quality.source == "measured"
 
     codes = compose.stop_all()
     assert codes["quantize"] == 0 and codes["registry"] == 0, compose.log("quantize") + compose.log("registry")
+    assert codes["recommend"] == 0, compose.log("recommend")
     # anvil dumped its state into the chain volume: a restarted chain still holds the record
     with contextlib.suppress(KeyError):
         del compose.processes["chain"], compose.processes["quantize"], compose.processes["registry"]
+        del compose.processes["recommend"]
     assert (compose.tmp / "chain" / "state.json").stat().st_size > 0
     compose.start("chain", cwd=str(REPO / "tests" / "node"))
     deadline = time.monotonic() + 60

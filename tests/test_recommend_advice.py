@@ -116,7 +116,7 @@ def test_a_long_context_that_does_not_fit_is_shortened_and_said_so(recommender: 
 def test_measured_quality_replaces_the_published_figure() -> None:
     model = ModelRef(parameter_count=8_030_000_000, family="llama")
     measured: dict[tuple[str, int], dict[str, float]] = {}
-    recommender = Recommender([], [(t.name, t.file_type) for t in catalogue()], measured_quality=lambda: measured,
+    recommender = Recommender([], [(t.name, t.file_type) for t in catalogue()], measured_quality=lambda: dict(measured),
                               quality_refresh_seconds=0)  # fmt: skip
     query = RecommendQuery(model=model, hardware=HardwareSpec(ram_bytes=64 * GIB), max_options=50)
     first = recommender.recommend(query)

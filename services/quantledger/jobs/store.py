@@ -27,6 +27,7 @@ class JobStore(Protocol):
     def find_by_request_id(self, request_id: str) -> tuple[Job, str] | None: ...
     def page(self, limit: int, before_seq: int | None) -> tuple[list[Job], int | None]: ...
     def with_state(self, state: JobState) -> list[Job]: ...
+    def state_marker(self, state: JobState) -> tuple[int, int]: ...
     def record_throughput(self, quant_type: str, source_bytes: int, seconds: float) -> None: ...
     def throughputs(self, quant_type: str, limit: int = 20) -> list[float]: ...
 
@@ -109,6 +110,13 @@ class SqliteJobStore:
         with self._lock:
             rows = self._db.execute("SELECT doc FROM jobs WHERE state = ? ORDER BY seq", (state.value,)).fetchall()
         return [Job.from_dict(json.loads(doc)) for (doc,) in rows]
+
+    def state_marker(self, state: JobState) -> tuple[int, int]:
+        """(count, newest seq) of the jobs in ``state``: changes when a job enters or leaves it."""
+        with self._lock:
+            count, newest = self._db.execute("SELECT COUNT(*), MAX(seq) FROM jobs WHERE state = ?",
+                                             (state.value,)).fetchone()  # fmt: skip
+        return int(count), int(newest or 0)
 
     def record_throughput(self, quant_type: str, source_bytes: int, seconds: float) -> None:
         with self._lock:

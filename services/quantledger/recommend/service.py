@@ -91,6 +91,7 @@ class _QualityIndex:
     by_model: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     version: int = 0
     loaded_at: float = 0.0
+    marker: object = None
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,17 @@ class Recommender:
         *,
         find_artifact: Callable[[str], str | None] = lambda _digest: None,
         measured_quality: Callable[[], dict[tuple[str, int], dict[str, float]]] = dict,
+        quality_marker: Callable[[], object] | None = None,
         profile_cache_size: int = 32,
         answer_cache_size: int = 4096,
         quality_refresh_seconds: float = 5.0,
     ) -> None:
+        """``measured_quality`` is read again when ``quality_marker`` (cheap, asked on every request) changes
+        its answer, or without a marker every ``quality_refresh_seconds``."""
         self._resolver = ModelResolver(roots, find_artifact)
         self._types = tuple((name, ft) for name, ft in quant_types if is_known_mix(name) and name != "F32")
         self._measured = measured_quality
+        self._marker = quality_marker
         self._lock = threading.Lock()
         self._profiles: collections.OrderedDict[tuple[str, bool], ModelProfile] = collections.OrderedDict()
         self._answers: collections.OrderedDict[tuple[object, ...], Recommendation] = collections.OrderedDict()
@@ -151,15 +156,20 @@ class Recommender:
 
     def _quality_index(self) -> _QualityIndex:
         now = time.monotonic()
+        marker = self._marker() if self._marker is not None else None
         with self._lock:
-            if now - self._quality.loaded_at < self._quality_refresh:
-                return self._quality
+            current = self._quality
+            fresh = (
+                marker == current.marker
+                if self._marker is not None
+                else now - current.loaded_at < self._quality_refresh
+            )
+            if fresh and current.loaded_at:
+                return current
         measured = self._measured()
         with self._lock:
-            if measured != self._quality.by_model:
-                self._quality = _QualityIndex(measured, self._quality.version + 1, now)
-            else:
-                self._quality.loaded_at = now
+            version = self._quality.version + (measured != self._quality.by_model)
+            self._quality = _QualityIndex(measured, version, now, marker)
             return self._quality
 
     def recommend(self, query: RecommendQuery) -> Recommendation:

@@ -42,4 +42,5 @@ def make_recommender(settings: Settings, store: JobStore) -> Recommender:
         [(t.name, t.file_type) for t in catalogue()],
         find_artifact=lambda digest: find_artifact(store, digest),
         measured_quality=lambda: measured_quality(store),
+        quality_marker=lambda: store.state_marker(JobState.SUCCEEDED),
     )
