@@ -31,6 +31,17 @@ MODELS = {
     "gqa2": dict(n_embd=512, n_ff=1536, n_layer=4, n_head=8, n_head_kv=4, n_vocab=512, context_length=16384),
     "gqa8": dict(n_embd=1024, n_ff=2816, n_layer=2, n_head=16, n_head_kv=2, n_vocab=4096, context_length=16384),
     "wide-vocab": dict(n_embd=256, n_ff=4096, n_layer=2, n_head=4, n_head_kv=4, n_vocab=32000, context_length=16384),
+    "gemma2-swa": dict(
+        n_embd=512,
+        n_ff=1536,
+        n_layer=4,
+        n_head=8,
+        n_head_kv=4,
+        n_vocab=512,
+        context_length=16384,
+        architecture="gemma2",
+        sliding_window=1024,
+    ),
 }
 
 
@@ -42,6 +53,7 @@ class Case:
     n_ubatch: int = 512
     flash: bool = False
     kv: str = "f16"
+    swa_full: bool = False
 
 
 CASES = [
@@ -57,6 +69,11 @@ CASES = [
     Case("gqa8", "Q4_K_M", 8192),
     Case("wide-vocab", "F16", 4096),
     Case("wide-vocab", "Q6_K", 8192, flash=True),
+    Case("gemma2-swa", "F16", 8192),
+    Case("gemma2-swa", "F16", 8192, flash=True),
+    Case("gemma2-swa", "F16", 8192, swa_full=True),
+    Case("gemma2-swa", "Q4_K_M", 4096, n_ubatch=128, flash=True, kv="q8_0"),
+    Case("gemma2-swa", "F16", 700),
 ]
 
 
@@ -79,18 +96,18 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str
 
 def allocated(path: pathlib.Path, case: Case) -> dict[str, float]:
     argv = [sys.executable, str(HERE / "llama_alloc.py"), str(path), str(case.n_ctx), str(case.n_ubatch),
-            "1" if case.flash else "0", case.kv]  # fmt: skip
+            "1" if case.flash else "0", case.kv, "1" if case.swa_full else "0"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.model}-{c.quant_type}-{c.n_ctx}-ub{c.n_ubatch}-"
-                         f"{'fa' if c.flash else 'nofa'}-{c.kv}")  # fmt: skip
+                         f"{'fa' if c.flash else 'nofa'}-{c.kv}{'-swa-full' if c.swa_full else ''}")  # fmt: skip
 def test_predicted_memory_is_what_llama_cpp_allocates(model_files: dict[tuple[str, str], pathlib.Path],
                                                       case: Case) -> None:  # fmt: skip
     shape = from_gguf(read_gguf_header(model_files[case.model, "F16"]))  # predicted from the source
     real = allocated(model_files[case.model, case.quant_type], case)
-    ctx = ContextSettings(case.n_ctx, case.n_ubatch, case.kv, case.flash)
+    ctx = ContextSettings(case.n_ctx, case.n_ubatch, case.kv, case.flash, case.swa_full)
     predicted = {
         "weights": weight_layout(shape, weight_bytes(shape, plan_types(shape, case.quant_type))).total,
         "kv": sum(kv_bytes_per_layer(shape, ctx)),

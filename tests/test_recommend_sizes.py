@@ -3,7 +3,7 @@
 Per-tensor types of every mix are compared tensor by tensor with llama.cpp's dry run (what
 EstimateQuantizeJob runs) on model shapes that exercise the rules: the layer-position bumps over 32
 and 80 layers (llama.cpp's 70B rule), grouped-query attention (n_gqa 4 and 8), rows that are not a
-multiple of 256 (fallbacks) and an importance matrix. File sizes are compared with real files.
+multiple of 256 (fallbacks), a tied output layer (Gemma 2) and an importance matrix. File sizes are compared with real files.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ SHAPES = {
     "llama70b-rule-80-layers": dict(n_embd=128, n_ff=256, n_layer=80, n_head=4, n_head_kv=2, n_vocab=300),
     "rows-of-384-fall-back": dict(n_embd=384, n_ff=1152, n_layer=6, n_head=6, n_head_kv=6, n_vocab=300),
     "gqa8-wide-vocab": dict(n_embd=1024, n_ff=2816, n_layer=2, n_head=16, n_head_kv=2, n_vocab=4096),
+    "gemma2-tied-output": dict(
+        n_embd=256, n_ff=768, n_layer=8, n_head=4, n_head_kv=2, n_vocab=300, architecture="gemma2", sliding_window=512
+    ),
 }
 
 

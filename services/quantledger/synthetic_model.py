@@ -170,16 +170,20 @@ def _vocabulary(n_vocab: int) -> tuple[list[str], _Vector, _Vector]:
 
 
 def _tensor_shapes(
-    n_embd: int, n_ff: int, n_layer: int, n_head: int, n_head_kv: int, n_vocab: int
+    n_embd: int, n_ff: int, n_layer: int, n_head: int, n_head_kv: int, n_vocab: int, architecture: str = "llama"
 ) -> list[tuple[str, tuple[int, ...]]]:
-    """Tensor names and shapes in ggml order (ne0, the row length, first)."""
+    """Tensor names and shapes in ggml order (ne0, the row length, first). Gemma 2 ties the output layer
+    to the token embeddings and adds a norm after attention and after the feed-forward block."""
     n_embd_kv = n_embd // n_head * n_head_kv
     shapes: list[tuple[str, tuple[int, ...]]] = [
         ("token_embd.weight", (n_embd, n_vocab)),
         ("output_norm.weight", (n_embd,)),
-        ("output.weight", (n_embd, n_vocab)),
     ]
+    if architecture == "llama":
+        shapes.append(("output.weight", (n_embd, n_vocab)))
     for i in range(n_layer):
+        if architecture == "gemma2":
+            shapes += [(f"blk.{i}.post_attention_norm.weight", (n_embd,)), (f"blk.{i}.post_ffw_norm.weight", (n_embd,))]
         shapes += [
             (f"blk.{i}.attn_norm.weight", (n_embd,)),
             (f"blk.{i}.attn_q.weight", (n_embd, n_embd)),
@@ -237,12 +241,18 @@ def write_llama_gguf(
     dtype: str = "F16",
     seed: int = 0,
     name: str = "synthetic-llama",
+    architecture: str = "llama",
+    sliding_window: int = 0,
 ) -> int:
     """Write a llama model with random weights to ``path``; returns the bytes written.
 
     Norm weights are F32 (ones), every 2-D weight is stored in ``dtype`` ("F32", "F16", "BF16" or
-    "Q8_0"). The same arguments and seed always give the same file.
+    "Q8_0"). The same arguments and seed always give the same file. ``architecture="gemma2"`` writes
+    a Gemma 2 instead (tied output layer, post-norms, every other layer attending to ``sliding_window``
+    tokens only).
     """
+    if architecture not in ("llama", "gemma2"):
+        raise ValueError(f"architecture must be llama or gemma2, not {architecture!r}")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
     if min(n_embd, n_ff, n_layer, n_head, n_head_kv, context_length) <= 0:
@@ -258,21 +268,26 @@ def write_llama_gguf(
 
     tokens, scores, token_types = _vocabulary(n_vocab)
     meta = _Metadata()
-    meta.text("general.architecture", "llama")
+    arch = architecture
+    meta.text("general.architecture", arch)
     meta.text("general.name", name)
     meta.u32("general.file_type", file_type)
     if dtype == "Q8_0":
         meta.u32("general.quantization_version", 2)
-    meta.u32("llama.vocab_size", n_vocab)
-    meta.u32("llama.context_length", context_length)
-    meta.u32("llama.embedding_length", n_embd)
-    meta.u32("llama.block_count", n_layer)
-    meta.u32("llama.feed_forward_length", n_ff)
-    meta.u32("llama.attention.head_count", n_head)
-    meta.u32("llama.attention.head_count_kv", n_head_kv)
-    meta.u32("llama.rope.dimension_count", n_embd // n_head)
-    meta.f32("llama.rope.freq_base", 10000.0)
-    meta.f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    meta.u32(f"{arch}.vocab_size", n_vocab)
+    meta.u32(f"{arch}.context_length", context_length)
+    meta.u32(f"{arch}.embedding_length", n_embd)
+    meta.u32(f"{arch}.block_count", n_layer)
+    meta.u32(f"{arch}.feed_forward_length", n_ff)
+    meta.u32(f"{arch}.attention.head_count", n_head)
+    meta.u32(f"{arch}.attention.head_count_kv", n_head_kv)
+    meta.u32(f"{arch}.rope.dimension_count", n_embd // n_head)
+    meta.f32(f"{arch}.rope.freq_base", 10000.0)
+    meta.f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
+    if arch == "gemma2":
+        meta.u32("gemma2.attention.key_length", n_embd // n_head)
+        meta.u32("gemma2.attention.value_length", n_embd // n_head)
+        meta.u32("gemma2.attention.sliding_window", sliding_window or 4096)
     meta.text("tokenizer.ggml.model", "llama")
     meta.strings("tokenizer.ggml.tokens", tokens)
     meta.numbers("tokenizer.ggml.scores", _FLOAT32, scores)
@@ -285,7 +300,7 @@ def write_llama_gguf(
 
     tensors = [
         (tensor_name, shape, gguf.GGMLQuantizationType.F32 if len(shape) == 1 else weight_type)
-        for tensor_name, shape in _tensor_shapes(n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab)
+        for tensor_name, shape in _tensor_shapes(n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab, arch)
     ]
     infos: list[bytes] = []
     offset = 0

@@ -54,6 +54,7 @@ def add_recommend_parser(commands: Any, add_common: Any) -> None:
     parser.add_argument("--max-size", default="", help="largest acceptable file, such as 5G")
     parser.add_argument("--max-kld", type=float, default=0.0, help="largest acceptable mean KL divergence")
     parser.add_argument("--imatrix", action="store_true", help="an importance matrix will be used")
+    parser.add_argument("--swa-full", action="store_true", help="full-size cache in sliding-window layers too")
     parser.add_argument("--options", type=int, default=0, help="options to show (default 5)")
     parser.add_argument("--local", action="store_true", help="answer in this process, without a server")
 
@@ -115,6 +116,7 @@ def build_request(args: argparse.Namespace) -> pb.RecommendRequest:
         max_kl_divergence=args.max_kld,
         imatrix=args.imatrix,
         max_options=args.options,
+        full_swa_cache=args.swa_full,
     )
 
 

@@ -73,6 +73,7 @@ def query_from_proto(request: pb.RecommendRequest) -> RecommendQuery:
         imatrix=request.imatrix,
         max_options=request.max_options,
         disable_flash_attention=request.disable_flash_attention,
+        full_swa_cache=request.full_swa_cache,
     )
 
 

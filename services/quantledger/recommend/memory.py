@@ -2,11 +2,12 @@
 
 The KV cache follows llama.cpp's allocation exactly: the context is padded to 256 cells, each layer
 with KV holds cells x n_head_kv x (key_length x bytes(K type) + value_length x bytes(V type)), and a
-sliding-window layer holds only min(cells, window + ubatch) cells (padded the same way).
+sliding-window layer holds only min(cells, window + ubatch) cells (padded the same way) unless the
+full cache is asked for (``swa_full``: llama-cpp-python's default, llama-server's --swa-full).
 
 The compute buffer is a model of ggml's graph allocator, fitted to what llama.cpp 0.3.36 reports
-(``sched_reserve: … compute buffer size``) for llama-shaped models at 256 to 8192 cells, ubatch 128
-and 512, with and without flash attention (docs/RECOMMEND.md has the table). The buffer is the
+(``sched_reserve: … compute buffer size``) for llama and Gemma 2 models at 256 to 8192 cells, ubatch
+128 and 512, with and without flash attention (docs/RECOMMEND.md has the table). The buffer is the
 largest of three moments of the graph, because the allocator reuses memory between them:
 
 - attention: the KQ mask (f32, f16 with flash attention), Q/K/V and the residual stream, and
@@ -23,7 +24,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from quantledger.errors import InvalidArgument
 from quantledger.recommend.shape import ModelShape
 
 CELL_PADDING = 256
@@ -44,16 +44,7 @@ class ContextSettings:
     n_ubatch: int = 512
     kv_type: str = "f16"  # for both K and V
     flash_attention: bool = False
-
-    def check(self) -> None:
-        if self.n_ctx <= 0:
-            raise InvalidArgument(f"the context length must be positive, not {self.n_ctx}")
-        if self.n_ubatch <= 0:
-            raise InvalidArgument(f"the batch size must be positive, not {self.n_ubatch}")
-        if self.kv_type not in KV_TYPE_BYTES:
-            raise InvalidArgument(f"unknown KV cache type {self.kv_type!r}; known: {', '.join(KV_TYPE_BYTES)}")
-        if self.kv_type not in ("f16", "bf16", "f32") and not self.flash_attention:
-            raise InvalidArgument(f"a {self.kv_type} V cache needs flash attention (llama.cpp refuses it without)")
+    swa_full: bool = False  # sliding-window layers keep the whole context too (llama-cpp-python's default)
 
     @property
     def cells(self) -> int:
@@ -65,13 +56,19 @@ class ContextSettings:
         return min(self.n_ubatch, self.n_ctx)
 
 
+def _swa_cells(shape: ModelShape, ctx: ContextSettings) -> int:
+    if not shape.sliding_window or ctx.swa_full:
+        return ctx.cells
+    return min(ctx.cells, pad(shape.sliding_window + ctx.ubatch, CELL_PADDING))
+
+
 def kv_bytes_per_layer(shape: ModelShape, ctx: ContextSettings) -> list[int]:
     """The KV cache of every layer, in bytes (0 for a layer without KV, or for an encoder)."""
     if not shape.has_kv_cache:
         return [0] * shape.n_layer
     per_element = KV_TYPE_BYTES[ctx.kv_type]
     cells = ctx.cells
-    swa_cells = min(cells, pad(shape.sliding_window + ctx.ubatch, CELL_PADDING)) if shape.sliding_window else cells
+    swa_cells = _swa_cells(shape, ctx)
     out = []
     for layer in range(shape.n_layer):
         heads = shape.n_head_kv[layer]
@@ -89,8 +86,8 @@ def compute_buffer_bytes(shape: ModelShape, ctx: ContextSettings) -> int:
     kv_width = max(shape.n_head_kv) * shape.key_length
     n_kv = ctx.cells if shape.has_kv_cache else pad(ub, CELL_PADDING)
     mask = ub * n_kv * (2 if ctx.flash_attention else 4)
-    if shape.sliding_window and shape.has_kv_cache and any(shape.swa_layers):
-        mask += ub * min(n_kv, pad(shape.sliding_window + ub, CELL_PADDING)) * (2 if ctx.flash_attention else 4)
+    if shape.sliding_window and shape.has_kv_cache and any(shape.swa_layers):  # a second mask for those layers
+        mask += ub * _swa_cells(shape, ctx) * (2 if ctx.flash_attention else 4)
     attention = ub * (4 * embd + q_width + 2 * kv_width) * 4
     if not ctx.flash_attention:
         attention += ub * n_kv * heads * 4
@@ -109,6 +106,14 @@ class WeightLayout:
     input_bytes: int  # token embeddings and everything outside the blocks but the output layer
     output_bytes: int  # output.weight and output_norm
     block_bytes: tuple[int, ...]  # per block
+    # A model whose output layer is its token embeddings: llama.cpp copies them to the output layer's
+    # device (TENSOR_DUPLICATED) while the embeddings themselves stay in RAM.
+    tied_output_bytes: int = 0
+
+    @property
+    def output_layer_bytes(self) -> int:
+        """What the output layer takes on its device, and what a token reads of it."""
+        return self.output_bytes + self.tied_output_bytes
 
     @property
     def total(self) -> int:
@@ -127,4 +132,6 @@ def weight_layout(shape: ModelShape, tensor_bytes: dict[str, int]) -> WeightLayo
             output_bytes += size
         else:
             input_bytes += size
-    return WeightLayout(input_bytes, output_bytes, tuple(blocks))
+    names = {t.name for t in shape.tensors}
+    tied = tensor_bytes.get("token_embd.weight", 0) if "output.weight" not in names else 0
+    return WeightLayout(input_bytes, output_bytes, tuple(blocks), tied)

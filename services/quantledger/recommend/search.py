@@ -119,7 +119,7 @@ def build_profile(shape: ModelShape, quant_types: Sequence[tuple[str, int]], has
                 layout=layout,
                 block_suffix=_suffix_sums(layout.block_bytes),
                 read_suffix=_suffix_sums([int(r) for r in read]),
-                read_output=layout.output_bytes,
+                read_output=layout.output_layer_bytes,
             )
         )
     return ModelProfile(shape, tuple(profiles))
@@ -132,6 +132,7 @@ class Request:
     n_ubatch: int = 512
     kv_types: tuple[str, ...] = ("f16", "q8_0")
     flash_attention: bool = True
+    swa_full: bool = False
     preference: Preference = Preference.BALANCED
     max_size_bytes: int = 0
     max_kl_divergence: float = 0.0
@@ -183,7 +184,7 @@ def _configure(profile: TypeProfile, shape: ModelShape, req: Request, cache: Cac
     blocks, kvs = profile.block_suffix, cache.kv_suffix
 
     def gpu_need(g: int) -> int:  # bytes on the GPUs for g offloaded layers: the output layer, then blocks
-        return layout.output_bytes + blocks[g - 1] + kvs[g - 1] if g else 0
+        return layout.output_layer_bytes + blocks[g - 1] + kvs[g - 1] if g else 0
 
     gpu_capacity = sum(g.memory_bytes - GPU_RESERVE - GPU_MARGIN - compute for g in gpus)
     low, high = 0, n_layer + 1 if gpus and gpu_capacity > 0 else 0
@@ -192,7 +193,7 @@ def _configure(profile: TypeProfile, shape: ModelShape, req: Request, cache: Cac
         low, high = (middle, high) if gpu_need(middle) <= gpu_capacity else (low, middle - 1)
     gpu_layers = low
     on_gpu = max(0, gpu_layers - 1)  # blocks on the GPUs
-    cpu_weights = layout.total - gpu_need(gpu_layers) + kvs[on_gpu] if gpu_layers else layout.total
+    cpu_weights = layout.total - layout.output_bytes - blocks[on_gpu] if gpu_layers else layout.total
     cpu_kv = cache.kv_total - kvs[on_gpu]
     host_compute = compute // 8 if gpu_layers else compute
     cpu_bytes = cpu_weights + cpu_kv + host_compute + shape.n_vocab * 4 + RAM_RESERVE
@@ -289,7 +290,7 @@ def search(profile: ModelProfile, req: Request) -> list[Option]:
     kv_types = req.kv_types if shape.has_kv_cache else ("f16",)
     tables = {
         (n_ctx, kv_type): cache_table(shape, ContextSettings(n_ctx, req.n_ubatch, kv_type, req.flash_attention
-                                                              or kv_type not in ("f16", "bf16", "f32")))
+                                                              or kv_type not in ("f16", "bf16", "f32"), req.swa_full))
         for n_ctx in contexts for kv_type in kv_types
     }  # fmt: skip
     best: list[Option] = []

@@ -72,6 +72,7 @@ class RecommendQuery:
     imatrix: bool = False
     max_options: int = 0
     disable_flash_attention: bool = False
+    full_swa_cache: bool = False
 
 
 @dataclass
@@ -219,6 +220,7 @@ class Recommender:
             n_ubatch=query.batch_size or 512,
             kv_types=(kv,) if kv else ("f16", "q8_0"),
             flash_attention=not query.disable_flash_attention,
+            swa_full=query.full_swa_cache,
             preference=query.preference,
             max_size_bytes=query.max_size_bytes,
             max_kl_divergence=query.max_kl_divergence,

@@ -109,7 +109,7 @@ class Hardware(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., cores: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., unified_memory: _Optional[bool] = ..., cpu_bandwidth_bytes_per_second: _Optional[float] = ..., cpu_only: _Optional[bool] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "hardware", "context_length", "batch_size", "kv_cache_type", "preference", "max_size_bytes", "max_kl_divergence", "imatrix", "max_options", "disable_flash_attention")
+    __slots__ = ("model", "hardware", "context_length", "batch_size", "kv_cache_type", "preference", "max_size_bytes", "max_kl_divergence", "imatrix", "max_options", "disable_flash_attention", "full_swa_cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class RecommendRequest(_message.Message):
     IMATRIX_FIELD_NUMBER: _ClassVar[int]
     MAX_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     DISABLE_FLASH_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    FULL_SWA_CACHE_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     hardware: Hardware
     context_length: int
@@ -132,7 +133,8 @@ class RecommendRequest(_message.Message):
     imatrix: bool
     max_options: int
     disable_flash_attention: bool
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., context_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., kv_cache_type: _Optional[str] = ..., preference: _Optional[_Union[Preference, str]] = ..., max_size_bytes: _Optional[int] = ..., max_kl_divergence: _Optional[float] = ..., imatrix: _Optional[bool] = ..., max_options: _Optional[int] = ..., disable_flash_attention: _Optional[bool] = ...) -> None: ...
+    full_swa_cache: bool
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., context_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., kv_cache_type: _Optional[str] = ..., preference: _Optional[_Union[Preference, str]] = ..., max_size_bytes: _Optional[int] = ..., max_kl_divergence: _Optional[float] = ..., imatrix: _Optional[bool] = ..., max_options: _Optional[int] = ..., disable_flash_attention: _Optional[bool] = ..., full_swa_cache: _Optional[bool] = ...) -> None: ...
 
 class DeviceUsage(_message.Message):
     __slots__ = ("device", "bytes_used", "bytes_available", "layers")
