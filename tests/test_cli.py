@@ -204,7 +204,7 @@ def test_up_accepts_its_flags_announces_json_and_stops_on_sigint(tmp_path) -> No
         assert process.stdout is not None
         announcement = json.loads(process.stdout.readline())
         assert announcement["address"] == f"127.0.0.1:{port}" and "quantize" in announcement["serving"]
-        assert announcement["serving"] == ["quantize", "registry"]
+        assert announcement["serving"] == ["quantize", "recommend", "registry"]
         assert announcement["chain_url"] == f"http://127.0.0.1:{chain_port}"
         wait_serving(announcement["address"], process)
         # the embedded chain answers JSON-RPC and holds the registry that up deployed
