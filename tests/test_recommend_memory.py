@@ -21,7 +21,8 @@ from quantledger.quantize.catalogue import catalogue
 from quantledger.recommend.hardware import GIB, RAM_RESERVE, Machine
 from quantledger.recommend.memory import ContextSettings, compute_buffer_bytes, kv_bytes_per_layer, weight_layout
 from quantledger.recommend.mixes import plan_types, weight_bytes
-from quantledger.recommend.search import Request, build_profile, search
+from quantledger.recommend.profile import build_profile
+from quantledger.recommend.search import Request, search
 from quantledger.recommend.shape import from_gguf
 from quantledger.synthetic_model import write_llama_gguf
 
@@ -124,7 +125,7 @@ def test_a_recommendation_adds_up_what_llama_cpp_allocates(model_files: dict[tup
     shape = from_gguf(read_gguf_header(model_files[case.model, "F16"]))
     profile = build_profile(shape, [("Q4_K_M", 15)], has_imatrix=False)
     request = Request(Machine(16 * GIB, 8), n_ctx=case.n_ctx, kv_types=("f16",), flash_attention=True)
-    (option,) = search(profile, request)
+    (option,) = search(profile, request).options()
     real = allocated(model_files[case.model, case.quant_type], case)
     llama_total = real["weights"] + real["kv"] + real["compute"]
     ram = option.devices[0].bytes_used - RAM_RESERVE - shape.n_vocab * 4
@@ -145,7 +146,7 @@ def test_offloading_puts_the_output_layer_first_then_the_last_blocks(model_files
     on_gpu = layout.output_bytes + sum(layout.block_bytes[-2:]) + sum(kv[-2:])
     gpu = Device("cuda", on_gpu + compute + GPU_RESERVE + GPU_MARGIN + 1000)
     profile = build_profile(shape, [("Q8_0", 7)], has_imatrix=False)
-    (option,) = search(profile, Request(Machine(16 * GIB, 8, (gpu,)), n_ctx=4096, kv_types=("f16",)))
+    (option,) = search(profile, Request(Machine(16 * GIB, 8, (gpu,)), n_ctx=4096, kv_types=("f16",))).options()
     assert option.gpu_layers == 3 and option.total_layers == shape.n_layer + 1
     cpu, cuda = option.devices
     assert cuda.bytes_used == on_gpu + compute + GPU_RESERVE and cuda.layers == 2

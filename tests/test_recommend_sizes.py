@@ -23,7 +23,7 @@ from quantledger.imatrix import write_imatrix_dat
 from quantledger.quantize.catalogue import catalogue
 from quantledger.recommend.mixes import allows_quantization, is_known_mix, plan_types
 from quantledger.recommend.models import from_hf_folder
-from quantledger.recommend.search import build_profile
+from quantledger.recommend.profile import build_profile
 from quantledger.recommend.shape import from_gguf
 from quantledger.synthetic_model import write_llama_gguf
 

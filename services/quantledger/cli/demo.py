@@ -131,12 +131,46 @@ def run_demo(*, json_output: bool) -> int:
         chain.wait(timeout=30)
 
 
+def _recommend_step(channel: grpc.Channel, model: pathlib.Path, final: pb.QuantizeJob, step: Any) -> dict[str, str]:
+    """Ask the RecommendService about the demo model on this machine; check it against the real outputs."""
+    import os
+
+    from quantledger.v1 import recommend_service_pb2 as rpb
+    from quantledger.v1 import recommend_service_pb2_grpc as rpb_grpc
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    request = rpb.RecommendRequest(
+        model=rpb.ModelSpec(gguf_path=str(model)),
+        hardware=rpb.Hardware(ram_bytes=ram, cores=os.cpu_count() or 1),
+        context_length=4096,
+        max_options=40,
+    )
+    answer = rpb_grpc.RecommendServiceStub(channel).Recommend(request)
+    options = {o.quant_type: o for o in answer.options}
+    best = answer.options[0]
+    detail = {
+        "machine": answer.hardware_summary,
+        "recommended": f"{best.quant_type}: {human_bytes(best.size_bytes)}, {best.tokens_per_second:.0f} tokens/s, "
+        f"KL divergence {best.quality.mean_kl_divergence:.4f} ({best.quality.source})",
+    }
+    checks = {}
+    for artifact in final.outputs:
+        option = options[artifact.quant_type]
+        same = option.size_bytes == artifact.size_bytes and option.quality.source == "measured"
+        detail[artifact.quant_type] = (
+            f"predicted {option.size_bytes:,} bytes (real {artifact.size_bytes:,}), quality {option.quality.source}"
+        )
+        checks[f"{artifact.quant_type} recommendation"] = "sha256 and predicted size match" if same else "MISMATCH"
+    step("10. asked the RecommendService which type fits this machine (sizes from llama.cpp's own rules)", detail)
+    return checks
+
+
 def _run_jobs(settings: Settings, model: pathlib.Path, step: Any, report: dict[str, Any], *, json_output: bool) -> int:
     with _BackgroundServer(settings) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         stub = pb_grpc.QuantizeServiceStub(channel)
         step(
-            "3. started the quantize and registry services",
+            "3. started the quantize, recommend and registry services",
             {"address": f"127.0.0.1:{server.port}", "health": "SERVING"},
         )
 
@@ -212,6 +246,7 @@ def _run_jobs(settings: Settings, model: pathlib.Path, step: Any, report: dict[s
             },
         )
         del llm
+        checks.update(_recommend_step(channel, model, final, step))
         failed = any(v != "sha256 and predicted size match" for v in checks.values())
     if json_output:
         print(json.dumps(report))

@@ -123,6 +123,8 @@ class RecommendServicer(pb_grpc.RecommendServiceServicer):
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         prepared = self._recommender.prepare(query_from_proto(request))
         answer = prepared.answer
-        if answer is None:  # reads model headers: off the event loop
+        if answer is None and self._recommender.model_is_loaded(prepared):  # about a millisecond of arithmetic
+            answer = self._recommender.complete(prepared)
+        elif answer is None:  # reads model headers or config files: off the event loop
             answer = await asyncio.to_thread(self._recommender.complete, prepared)
         return recommendation_to_proto(answer)

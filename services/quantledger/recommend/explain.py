@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from quantledger.recommend.hardware import GIB
-from quantledger.recommend.search import ModelProfile, Option, Preference, Request
+from quantledger.recommend.profile import ModelProfile
+from quantledger.recommend.search import Option, Preference, Ranking, Request
 
 _SOURCES = {
     "published": "llama.cpp's published KL divergence for Llama-3-8B, scaled to {params}",
@@ -59,9 +60,8 @@ def _compare(option: Option, better: Option) -> str:
     return f"next better: {name} is {100 * larger:.0f}% larger and {speed}"
 
 
-def explain(shown: list[Option], ranked: list[Option], profile: ModelProfile, req: Request) -> None:
-    """Fill ``reasons`` of the options ``shown`` (in place), comparing with all of ``ranked``."""
-    by_quality = sorted(ranked, key=lambda o: o.quality.mean_kl_divergence)
+def explain(shown: list[Option], ranking: Ranking, profile: ModelProfile, req: Request) -> None:
+    """Fill ``reasons`` of the options ``shown`` (in place), comparing with every type of ``ranking``."""
     for option in shown:
         reasons = []
         if option.fits:
@@ -77,9 +77,9 @@ def explain(shown: list[Option], ranked: list[Option], profile: ModelProfile, re
         if option.needs_imatrix:
             reasons.append("needs an importance matrix when quantizing")
         if option.fits:
-            better = [o for o in by_quality if o.quality.mean_kl_divergence < option.quality.mean_kl_divergence]
-            if better:
-                reasons.append(_compare(option, better[-1]))
+            better = ranking.next_better(option)
+            if better is not None:
+                reasons.append(_compare(option, better))
             elif req.preference is not Preference.QUALITY:
                 reasons.append("no type of better quality exists")
         option.reasons = reasons

@@ -1,38 +1,31 @@
 """The joint search: quantization type x KV cache type x context x GPU layers under RAM and VRAM.
 
-Per model, ``ModelProfile`` holds what does not depend on the request: llama.cpp's per-tensor types
-for every mix, the exact weight bytes per block and the file size. Per request, each type and KV type
-gets the largest number of GPU layers its devices hold (a bisection over suffix sums: offloading goes
-output layer first, then blocks from the last), and the configuration is checked against RAM. If
-nothing fits at the context asked for, smaller contexts (halving down to 2,048) are tried too.
+For one context setting every type is evaluated at once (numpy over the rows of ``TypeArrays``): the
+largest number of GPU layers the devices hold (offloading goes output layer first, then blocks from
+the last, so the bytes on the GPUs for g layers are the output layer plus the suffix sums of the last
+g - 1 blocks and their KV), then what stays in RAM, the decode speed and the quality. Each type keeps
+its best KV cache type for the preference; a type that does not fit for lack of memory is tried at
+shorter contexts (halving, down to 2,048 tokens).
 
-Decode speed is memory-bound: tokens/s ~ 1 / (t0 + Σ over devices of bytes read per token /
-(η x bandwidth)), with the weights of each device and half the KV cache read per token.
+Decode speed is memory-bound: tokens/s ~ 1 / (t0 + sum over devices of bytes read per token /
+(efficiency x bandwidth)), where a token reads the weights it uses and half the KV cache.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
-import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from quantledger.errors import InvalidArgument
-from quantledger.gguf_header import DEFAULT_ALIGNMENT, predict_quantized_file_size
 from quantledger.recommend import quality
 from quantledger.recommend.hardware import GIB, GPU_MARGIN, GPU_RESERVE, RAM_RESERVE, Machine
-from quantledger.recommend.memory import (
-    ContextSettings,
-    WeightLayout,
-    compute_buffer_bytes,
-    kv_bytes_per_layer,
-    weight_layout,
-)
-from quantledger.recommend.mixes import TensorPlan, plan_types, weight_bytes
-from quantledger.recommend.shape import ModelShape, _tensor_info_bytes
+from quantledger.recommend.memory import ContextSettings
+from quantledger.recommend.profile import CacheTable, Floats, Ints, ModelProfile, TypeProfile
 
-GGML_QNT_VERSION = 2
 # Below this predicted KL divergence an option counts as usable for SPEED and SIZE (Q3_K_M is 0.10 on 8B).
 ACCEPTABLE_KLD = 0.12
 MIN_CONTEXT = 2048
@@ -48,84 +41,6 @@ class Preference(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class TypeProfile:
-    quant_type: str
-    file_type: int
-    plan: TensorPlan
-    size_bytes: int
-    bits_per_weight: float
-    layout: WeightLayout
-    block_suffix: tuple[int, ...]  # block_suffix[k] = weight bytes of the last k blocks
-    read_suffix: tuple[int, ...]  # the same for the bytes a token reads (active experts only)
-    read_output: int
-
-
-@dataclass(frozen=True)
-class ModelProfile:
-    shape: ModelShape
-    types: tuple[TypeProfile, ...]
-
-
-def _file_size(shape: ModelShape, plan: TensorPlan, file_type: int, tensor_bytes: dict[str, int]) -> int:
-    if shape.header is not None:
-        values = {"general.quantization_version": GGML_QNT_VERSION, "general.file_type": file_type}
-        return predict_quantized_file_size(shape.header, plan.types, values)
-    meta = 24 + shape.metadata_bytes + sum(_tensor_info_bytes(t.name, t.shape) for t in shape.tensors)
-    padded = sum(-(-b // DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT for b in tensor_bytes.values())
-    return -(-meta // DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT + padded
-
-
-def _suffix_sums(values: Sequence[int]) -> tuple[int, ...]:
-    return (0, *itertools.accumulate(reversed(values)))
-
-
-@dataclass(frozen=True)
-class CacheTable:
-    """The KV cache and compute buffer of one context setting, shared by every type."""
-
-    ctx: ContextSettings
-    kv_suffix: tuple[int, ...]
-    compute: int
-
-    @property
-    def kv_total(self) -> int:
-        return self.kv_suffix[-1]
-
-
-def cache_table(shape: ModelShape, ctx: ContextSettings) -> CacheTable:
-    return CacheTable(ctx, _suffix_sums(kv_bytes_per_layer(shape, ctx)), compute_buffer_bytes(shape, ctx))
-
-
-def build_profile(shape: ModelShape, quant_types: Sequence[tuple[str, int]], has_imatrix: bool) -> ModelProfile:
-    """Profiles of every (name, llama_ftype) in ``quant_types`` for ``shape``."""
-    active = shape.n_expert_used / shape.n_expert if shape.n_expert > 1 and shape.n_expert_used else 1.0
-    profiles = []
-    for name, file_type in quant_types:
-        plan = plan_types(shape, name, has_imatrix=has_imatrix)
-        sizes = weight_bytes(shape, plan)
-        layout = weight_layout(shape, sizes)
-        read = [0.0] * shape.n_layer
-        for tensor in shape.tensors:
-            if 0 <= tensor.layer < shape.n_layer:
-                read[tensor.layer] += sizes[tensor.name] * (active if "_exps" in tensor.name else 1.0)
-        elements = sum(t.n_elements for t in shape.tensors)
-        profiles.append(
-            TypeProfile(
-                quant_type=name,
-                file_type=file_type,
-                plan=plan,
-                size_bytes=_file_size(shape, plan, file_type, sizes),
-                bits_per_weight=8 * sum(sizes.values()) / elements if elements else 0.0,
-                layout=layout,
-                block_suffix=_suffix_sums(layout.block_bytes),
-                read_suffix=_suffix_sums([int(r) for r in read]),
-                read_output=layout.output_layer_bytes,
-            )
-        )
-    return ModelProfile(shape, tuple(profiles))
-
-
-@dataclass(frozen=True)
 class Request:
     machine: Machine
     n_ctx: int
@@ -137,7 +52,6 @@ class Request:
     max_size_bytes: int = 0
     max_kl_divergence: float = 0.0
     has_imatrix: bool = False
-    max_options: int = 5
     measured_kld: dict[str, float] = field(default_factory=dict)
 
 
@@ -169,146 +83,253 @@ class Option:
     problems: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     score: float = 0.0
-    overshoot: float = 0.0  # how far over its limits a configuration that does not fit is
+    overshoot: float = 0.0  # how far over its memory limit a configuration that does not fit is
 
 
-def _efficiency(quant_type: str) -> float:
-    if quant_type.startswith(("IQ1", "IQ2", "Q2_K", "TQ", "Q1_0", "Q2_0")):
-        return 0.55
-    return 0.7
+@dataclass(frozen=True)
+class _Budget:
+    """What one request's machine offers."""
+
+    usable_ram: int
+    cpu_bandwidth: float
+    gpu_bandwidth: float
+    gpu_memory: tuple[int, ...]
+    gpu_names: tuple[str, ...]
+    unified: bool
+    gpu_capacity: int  # what the GPUs hold for weights and KV before their compute buffers
+    gpu_total: int
+
+    @classmethod
+    def of(cls, machine: Machine) -> _Budget:
+        gpus = machine.gpus
+        return cls(
+            usable_ram=machine.usable_ram() + RAM_RESERVE,
+            cpu_bandwidth=machine.effective_cpu_bandwidth(),
+            gpu_bandwidth=min((g.effective_bandwidth() for g in gpus), default=1.0),
+            gpu_memory=tuple(g.memory_bytes for g in gpus),
+            gpu_names=tuple(f"{g.kind}:{i}" for i, g in enumerate(gpus)),
+            unified=machine.unified_memory and bool(gpus),
+            gpu_capacity=sum(g.memory_bytes - GPU_RESERVE - GPU_MARGIN for g in gpus),
+            gpu_total=sum(g.memory_bytes for g in gpus) or 1,
+        )
 
 
-def _configure(profile: TypeProfile, shape: ModelShape, req: Request, cache: CacheTable) -> Option:
-    machine, ctx, compute = req.machine, cache.ctx, cache.compute
-    layout, n_layer, gpus = profile.layout, shape.n_layer, machine.gpus
-    blocks, kvs = profile.block_suffix, cache.kv_suffix
+@dataclass(frozen=True)
+class _Fits:
+    """Every type at every context setting: arrays of (settings, types)."""
 
-    def gpu_need(g: int) -> int:  # bytes on the GPUs for g offloaded layers: the output layer, then blocks
-        return layout.output_layer_bytes + blocks[g - 1] + kvs[g - 1] if g else 0
-
-    gpu_capacity = sum(g.memory_bytes - GPU_RESERVE - GPU_MARGIN - compute for g in gpus)
-    low, high = 0, n_layer + 1 if gpus and gpu_capacity > 0 else 0
-    while low < high:  # the most layers whose bytes fit
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if gpu_need(middle) <= gpu_capacity else (low, middle - 1)
-    gpu_layers = low
-    on_gpu = max(0, gpu_layers - 1)  # blocks on the GPUs
-    cpu_weights = layout.total - layout.output_bytes - blocks[on_gpu] if gpu_layers else layout.total
-    cpu_kv = cache.kv_total - kvs[on_gpu]
-    host_compute = compute // 8 if gpu_layers else compute
-    cpu_bytes = cpu_weights + cpu_kv + host_compute + shape.n_vocab * 4 + RAM_RESERVE
-    gpu_overhead = (compute + GPU_RESERVE) * len(gpus)
-    gpu_bytes = gpu_need(gpu_layers) + gpu_overhead if gpu_layers else 0
-    usable_ram = machine.usable_ram() + RAM_RESERVE
-    problems = []
-    overshoot = 0.0
-    if machine.unified_memory and gpus:
-        total = cpu_bytes + gpu_bytes
-        if total > usable_ram:
-            problems.append(f"needs {total / GIB:.1f} GiB of unified memory, {usable_ram / GIB:.1f} GiB usable")
-            overshoot = total / usable_ram - 1
-    elif cpu_bytes > usable_ram:
-        where = "RAM" if not gpus else "RAM besides the GPU"
-        problems.append(f"needs {cpu_bytes / GIB:.1f} GiB of {where}, {usable_ram / GIB:.1f} GiB usable")
-        overshoot = cpu_bytes / usable_ram - 1
-    devices = [DeviceUse("cpu", cpu_bytes, usable_ram, n_layer - on_gpu)]
-    total_memory = sum(g.memory_bytes for g in gpus) or 1
-    for index, gpu in enumerate(gpus):
-        share = gpu.memory_bytes / total_memory
-        used = int((gpu_bytes - gpu_overhead) * share) + compute + GPU_RESERVE if gpu_layers else 0
-        devices.append(DeviceUse(f"{gpu.kind}:{index}", used, gpu.memory_bytes, round(on_gpu * share)))
-    # decode speed: every weight a token uses and half the cache are read once per token
-    reads = profile.read_suffix
-    gpu_read = (profile.read_output + reads[on_gpu] + kvs[on_gpu] // 2) if gpu_layers else 0
-    cpu_read = reads[-1] - reads[on_gpu] + cpu_kv // 2 + (0 if gpu_layers else profile.read_output)
-    eta = _efficiency(profile.quant_type)
-    seconds = 0.0005 + cpu_read / (eta * machine.effective_cpu_bandwidth())
-    if gpu_layers:
-        seconds += 0.00002 * n_layer + gpu_read / (eta * min(g.effective_bandwidth() for g in gpus))
-    measured = req.measured_kld.get(profile.quant_type)
-    predicted = (
-        quality.measured(measured)
-        if measured is not None
-        else quality.predict(profile.quant_type, profile.bits_per_weight, shape.n_parameters, req.has_imatrix)
-    )
-    cache_cost = _KV_QUALITY_COST.get(ctx.kv_type, 0.0)
-    if cache_cost:
-        kld = predicted.mean_kl_divergence + cache_cost
-        predicted = quality.QualityPrediction(kld, math.expm1(kld), predicted.source)
-    if req.max_size_bytes and profile.size_bytes > req.max_size_bytes:
-        problems.append(f"the file ({profile.size_bytes / GIB:.2f} GiB) is over the maximum size")
-    if req.max_kl_divergence and predicted.mean_kl_divergence > req.max_kl_divergence:
-        problems.append(f"KL divergence {predicted.mean_kl_divergence:.3g} is over the maximum")
-    if profile.plan.needs_imatrix and not req.has_imatrix:
-        problems.append("llama.cpp needs an importance matrix for this type (pass imatrix)")
-    return Option(
-        quant_type=profile.quant_type,
-        size_bytes=profile.size_bytes,
-        bits_per_weight=profile.bits_per_weight,
-        n_ctx=ctx.n_ctx,
-        kv_type=ctx.kv_type,
-        flash_attention=ctx.flash_attention,
-        gpu_layers=gpu_layers,
-        total_layers=n_layer + 1,
-        devices=devices,
-        kv_bytes=cache.kv_total,
-        compute_bytes=compute,
-        tokens_per_second=1.0 / seconds,
-        quality=predicted,
-        fits=not problems,
-        needs_imatrix=profile.plan.needs_imatrix,
-        problems=problems,
-        overshoot=overshoot,
-    )
+    caches: list[CacheTable]
+    gpu_layers: Ints
+    cpu_bytes: Ints
+    gpu_weights_kv: Ints  # weights and KV on the GPUs (without compute buffers and reserves)
+    memory_total: Ints  # what the memory limit applies to: RAM, or RAM and GPU when unified
+    overshoot: Floats  # > 0: over the memory limit by this fraction
+    tokens_per_second: Floats
+    kld: Floats
+    fits: np.ndarray  # memory and the request's constraints
+    score: Floats
 
 
-def _score(option: Option, preference: Preference, machine: Machine) -> float:
-    """Higher is better; only compares options that fit."""
-    kld = max(option.quality.mean_kl_divergence, 1e-6)
-    speed = option.tokens_per_second
+def _score(kld: Floats, speed: Floats, size: Ints, fill: Floats, preference: Preference) -> Floats:
+    """Higher is better; only compares configurations that fit."""
+    kld = np.maximum(kld, 1e-6)
+    acceptable = kld <= ACCEPTABLE_KLD
     if preference is Preference.QUALITY:
         return -kld + speed * 1e-9
     if preference is Preference.SPEED:
-        return speed if kld <= ACCEPTABLE_KLD else speed * 1e-3
+        return np.where(acceptable, speed, speed * 1e-3)
     if preference is Preference.SIZE:
-        return -option.size_bytes if kld <= ACCEPTABLE_KLD else -option.size_bytes * 1e3
+        return np.where(acceptable, -size, -size * 1e3).astype(np.float64)
     # BALANCED: perplexity points against speed, speed counting less once it is interactive,
     # and a device filled past 85 % counting against (no room for the context to grow)
-    fill = max(d.bytes_used / d.bytes_available for d in option.devices if d.bytes_available > 0)
-    score = -100 * kld + 12 * math.log(min(speed, 30.0)) + 3 * math.log(max(speed, 30.0) / 30.0)
-    return score - 40 * max(0.0, fill - 0.85)
+    score: Floats = -100 * kld + 12 * np.log(np.minimum(speed, 30.0)) + 3 * np.log(np.maximum(speed, 30.0) / 30.0)
+    crowded: Floats = 40 * np.maximum(0.0, fill - 0.85)
+    return score - crowded
 
 
-def search(profile: ModelProfile, req: Request) -> list[Option]:
-    """Every type's best configuration, ranked for the preference; those that fit come first."""
+def _evaluate(profile: ModelProfile, req: Request, budget: _Budget, caches: list[CacheTable], base_kld: Floats
+              ) -> _Fits:  # fmt: skip
+    """Every type (columns) at every context setting (rows), in one pass."""
+    shape, a = profile.shape, profile.arrays
+    n_layer, n_gpus, n_types = shape.n_layer, len(budget.gpu_memory), len(profile.types)
+    kvs = np.stack([c.kv_suffix for c in caches])  # (settings, n_layer + 1)
+    compute = np.array([c.compute for c in caches], dtype=np.int64)[:, None]
+    kv_total = kvs[:, -1:]
+    gpu_capacity = budget.gpu_capacity - compute * n_gpus  # (settings, 1)
+    if n_gpus:  # need[m, t, g - 1] for g = 1 .. n_layer + 1 grows with g
+        need = a.output_layer[None, :, None] + a.block_suffix[None, :, :] + kvs[:, None, :]
+        gpu_layers = (need <= gpu_capacity[:, :, None]).sum(axis=2)
+    else:
+        gpu_layers = np.zeros((len(caches), n_types), dtype=np.int64)
+    offloaded = gpu_layers > 0
+    on_gpu = np.maximum(gpu_layers - 1, 0)  # blocks on the GPUs
+    types = np.arange(n_types)[None, :]
+    blocks_on_gpu = a.block_suffix[types, on_gpu]
+    kv_on_gpu = np.take_along_axis(kvs, on_gpu, axis=1)
+    cpu_kv = kv_total - kv_on_gpu
+    cpu_weights = np.where(offloaded, a.total - a.output - blocks_on_gpu, a.total)
+    cpu_bytes = cpu_weights + cpu_kv + np.where(offloaded, compute // 8, compute) + shape.n_vocab * 4 + RAM_RESERVE
+    gpu_weights_kv = np.where(offloaded, a.output_layer + blocks_on_gpu + kv_on_gpu, 0)
+    gpu_used = np.where(offloaded, gpu_weights_kv + (compute + GPU_RESERVE) * n_gpus, 0)
+    memory_total = cpu_bytes + gpu_used if budget.unified else cpu_bytes
+    overshoot = np.maximum(0.0, memory_total / budget.usable_ram - 1)
+    # decode speed: every weight a token uses and half the cache are read once per token
+    read_on_gpu = a.read_suffix[types, on_gpu]
+    cpu_read = a.read_suffix[:, -1] - read_on_gpu + cpu_kv / 2 + np.where(offloaded, 0.0, a.read_output)
+    seconds = 0.0005 + cpu_read / (a.efficiency * budget.cpu_bandwidth)
+    gpu_read = a.read_output + read_on_gpu + kv_on_gpu / 2
+    seconds = seconds + np.where(offloaded, 0.00002 * n_layer + gpu_read / (a.efficiency * budget.gpu_bandwidth), 0)
+    speed = 1.0 / seconds
+    kv_cost = np.array([_KV_QUALITY_COST.get(c.ctx.kv_type, 0.0) for c in caches])[:, None]
+    kld = base_kld[None, :] + kv_cost
+    fits = overshoot == 0
+    if req.max_size_bytes:
+        fits &= a.size <= req.max_size_bytes
+    if req.max_kl_divergence:
+        fits &= kld <= req.max_kl_divergence
+    if not req.has_imatrix:
+        fits &= ~a.needs_imatrix
+    fill = np.maximum(cpu_bytes / budget.usable_ram, gpu_used / budget.gpu_total)
+    score = _score(kld, speed, a.size, fill, req.preference)
+    return _Fits(caches, gpu_layers, cpu_bytes, gpu_weights_kv, memory_total, overshoot, speed, kld, fits, score)
+
+
+@dataclass
+class Ranking:
+    """Every type's best configuration, best first (those that fit before those that do not).
+    Options are made when asked for: a request shows a few."""
+
+    profile: ModelProfile
+    request: Request
+    budget: _Budget
+    order: list[int]  # type indices, best first
+    fits: _Fits
+    choice: Ints  # per type, the row (context setting) of ``fits`` it runs with
+    predictions: list[quality.QualityPrediction]  # per type
+    _made: dict[int, Option] = field(default_factory=dict)
+    _by_quality: list[tuple[float, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def option(self, rank: int) -> Option:
+        return self._option_of(self.order[rank])
+
+    def options(self, limit: int | None = None) -> list[Option]:
+        return [self.option(r) for r in range(len(self.order) if limit is None else min(limit, len(self.order)))]
+
+    def next_better(self, option: Option) -> Option | None:
+        """The type of the least better predicted quality, if any."""
+        if not self._by_quality:
+            self._by_quality = sorted((float(self.fits.kld[m, t]), t) for t, m in enumerate(self.choice))
+        index = bisect.bisect_left(self._by_quality, (option.quality.mean_kl_divergence, -1))
+        return self._option_of(self._by_quality[index - 1][1]) if index else None
+
+    def _option_of(self, t: int) -> Option:
+        if t not in self._made:
+            self._made[t] = self._make(t)
+        return self._made[t]
+
+    def _make(self, t: int) -> Option:
+        fits, predicted, m = self.fits, self.predictions[t], int(self.choice[t])
+        profile, req, budget, cache = self.profile.types[t], self.request, self.budget, fits.caches[m]
+        ctx, compute, n_layer = cache.ctx, cache.compute, self.profile.shape.n_layer
+        gpu_layers, kld, overshoot = int(fits.gpu_layers[m, t]), float(fits.kld[m, t]), float(fits.overshoot[m, t])
+        on_gpu = max(0, gpu_layers - 1)
+        return Option(
+            quant_type=profile.quant_type,
+            size_bytes=profile.size_bytes,
+            bits_per_weight=profile.bits_per_weight,
+            n_ctx=ctx.n_ctx,
+            kv_type=ctx.kv_type,
+            flash_attention=ctx.flash_attention,
+            gpu_layers=gpu_layers,
+            total_layers=n_layer + 1,
+            devices=self._devices(m, t, on_gpu),
+            kv_bytes=cache.kv_total,
+            compute_bytes=compute,
+            tokens_per_second=float(fits.tokens_per_second[m, t]),
+            quality=quality.QualityPrediction(kld, math.expm1(kld), predicted.source),
+            fits=bool(fits.fits[m, t]),
+            needs_imatrix=profile.plan.needs_imatrix,
+            problems=self._problems(profile, req, budget, int(fits.memory_total[m, t]), overshoot, kld),
+            score=float(fits.score[m, t]),
+            overshoot=overshoot,
+        )
+
+    def _devices(self, m: int, t: int, on_gpu: int) -> list[DeviceUse]:
+        fits, budget, n_layer = self.fits, self.budget, self.profile.shape.n_layer
+        devices = [DeviceUse("cpu", int(fits.cpu_bytes[m, t]), budget.usable_ram, n_layer - on_gpu)]
+        for name, memory in zip(budget.gpu_names, budget.gpu_memory, strict=True):
+            share = memory / budget.gpu_total
+            compute = fits.caches[m].compute
+            used = int(fits.gpu_weights_kv[m, t] * share) + compute + GPU_RESERVE if fits.gpu_layers[m, t] else 0
+            devices.append(DeviceUse(name, used, memory, round(on_gpu * share)))
+        return devices
+
+    @staticmethod
+    def _problems(profile: TypeProfile, req: Request, budget: _Budget, memory_total: int, overshoot: float,
+                  kld: float) -> list[str]:  # fmt: skip
+        problems = []
+        if overshoot:
+            where = "unified memory" if budget.unified else "RAM besides the GPU" if budget.gpu_memory else "RAM"
+            problems.append(f"needs {memory_total / GIB:.1f} GiB of {where}, {budget.usable_ram / GIB:.1f} GiB usable")
+        if req.max_size_bytes and profile.size_bytes > req.max_size_bytes:
+            problems.append(f"the file ({profile.size_bytes / GIB:.2f} GiB) is over the maximum size")
+        if req.max_kl_divergence and kld > req.max_kl_divergence:
+            problems.append(f"KL divergence {kld:.3g} is over the maximum")
+        if profile.plan.needs_imatrix and not req.has_imatrix:
+            problems.append("llama.cpp needs an importance matrix for this type (pass imatrix)")
+        return problems
+
+
+def search(profile: ModelProfile, req: Request) -> Ranking:
+    """Every type's best configuration, ranked for the preference."""
     shape = profile.shape
     if req.n_ctx <= 0:
         raise InvalidArgument(f"the context length must be positive, not {req.n_ctx}")
+    kv_types = req.kv_types if shape.has_kv_cache else ("f16",)
+    budget = _Budget.of(req.machine)
+    predictions = [
+        quality.measured(req.measured_kld[t.quant_type]) if t.quant_type in req.measured_kld
+        else profile.predicted(t, req.has_imatrix)
+        for t in profile.types
+    ]  # fmt: skip
+    base_kld = np.array([p.mean_kl_divergence for p in predictions], dtype=np.float64)
+    n_types = len(profile.types)
     contexts = [req.n_ctx]
     while contexts[-1] // 2 >= MIN_CONTEXT:
         contexts.append(contexts[-1] // 2)
-    kv_types = req.kv_types if shape.has_kv_cache else ("f16",)
-    tables = {
-        (n_ctx, kv_type): cache_table(shape, ContextSettings(n_ctx, req.n_ubatch, kv_type, req.flash_attention
-                                                              or kv_type not in ("f16", "bf16", "f32"), req.swa_full))
-        for n_ctx in contexts for kv_type in kv_types
-    }  # fmt: skip
-    best: list[Option] = []
-    for type_profile in profile.types:
-        chosen: Option | None = None
-        for n_ctx in contexts:
-            candidates = [_configure(type_profile, shape, req, tables[n_ctx, kv]) for kv in kv_types]
-            fitting = [c for c in candidates if c.fits]
-            pick = max(
-                fitting or candidates, key=lambda o: (o.fits, _score(o, req.preference, req.machine), -o.overshoot)
-            )
-            if chosen is None or (pick.fits and not chosen.fits):
-                chosen = pick
-            if chosen.fits:
-                break
-        assert chosen is not None
-        best.append(chosen)
-    for option in best:
-        option.score = _score(option, req.preference, req.machine)
-    best.sort(key=lambda o: (not o.fits, -o.score if o.fits else o.overshoot))
-    return best
+    settings = [(n_ctx, kv) for n_ctx in contexts for kv in kv_types]  # row m: context m // len(kv_types)
+    caches = [
+        profile.table(ContextSettings(n_ctx, req.n_ubatch, kv, req.flash_attention or kv not in ("f16", "bf16", "f32"),
+                                      req.swa_full))
+        for n_ctx, kv in settings
+    ]  # fmt: skip
+    fits = _evaluate(profile, req, budget, caches, base_kld)
+    k = len(kv_types)
+    types = np.arange(n_types)
+    # per context, each type's best KV type: one that fits, then the higher score (or the smaller overshoot)
+    best_rows = []
+    for c in range(len(contexts)):
+        best = np.full(n_types, c * k, dtype=np.int64)
+        for m in range(c * k + 1, c * k + k):
+            fm, fb = fits.fits[m], fits.fits[best, types]
+            sm, sb, om, ob = fits.score[m], fits.score[best, types], fits.overshoot[m], fits.overshoot[best, types]
+            closer = (om < ob) | ((om == ob) & (sm > sb))
+            best = np.where((fm & ~fb) | ((fm == fb) & np.where(fm, sm > sb, closer)), m, best)
+        best_rows.append(best)
+    picked = np.stack(best_rows)  # (contexts, types)
+    picked_fits = fits.fits[picked, types]
+    memory_bound = (fits.overshoot.reshape(len(contexts), k, n_types) > 0).any(axis=1)
+    # a type takes the first context where it fits; it stops looking where memory is not what stops it
+    stops = picked_fits | ~memory_bound
+    first_stop = np.where(stops.any(axis=0), stops.argmax(axis=0), 0)
+    use = np.where(picked_fits[first_stop, types], first_stop, 0)
+    choice = picked[use, types]
+
+    def rank(t: int) -> tuple[bool, float]:
+        m = choice[t]
+        return (not fits.fits[m, t], -float(fits.score[m, t]) if fits.fits[m, t] else float(fits.overshoot[m, t]))
+
+    return Ranking(profile, req, budget, sorted(range(n_types), key=rank), fits, choice, predictions)

@@ -21,7 +21,8 @@ from quantledger.recommend.hardware import GIB, Device, Machine, tier_machine, w
 from quantledger.recommend.memory import KV_TYPE_BYTES
 from quantledger.recommend.mixes import is_known_mix
 from quantledger.recommend.models import ModelRef, ModelResolver
-from quantledger.recommend.search import ModelProfile, Option, Preference, Request, build_profile, search
+from quantledger.recommend.profile import ModelProfile, build_profile
+from quantledger.recommend.search import Option, Preference, Request, search
 
 DEFAULT_MAX_CONTEXT = 32768
 MAX_CONTEXT = 1 << 24
@@ -201,6 +202,11 @@ class Recommender:
                 self._answers.move_to_end(key)
         return Prepared(query, machine, kv, index, key, answer)
 
+    def model_is_loaded(self, prepared: Prepared) -> bool:
+        """Whether completing ``prepared`` is arithmetic only (its model's profile is cached)."""
+        with self._lock:
+            return (prepared.key[0], prepared.query.imatrix) in self._profiles
+
     def complete(self, prepared: Prepared) -> Recommendation:
         """Compute a prepared query's answer and cache it."""
         answer = self._compute(prepared.query, prepared.machine, prepared.kv, prepared.index)
@@ -227,20 +233,20 @@ class Recommender:
             has_imatrix=query.imatrix,
             measured_kld=index.by_model.get((shape.architecture, shape.n_parameters), {}),
         )
-        ranked = search(profile, request)
-        limit = query.max_options or 5
-        explain(ranked[:limit], ranked, profile, request)
+        ranking = search(profile, request)
+        shown = ranking.options(query.max_options or 5)
+        explain(shown, ranking, profile, request)
         params = shape.n_parameters
         origin = {"gguf": "GGUF header", "hf-folder": "safetensors headers", "hf-config": "config.json",
                   "hyperparameters": "hyper-parameters", "description": "description"}[shape.origin]  # fmt: skip
         return Recommendation(
-            options=ranked[:limit],
+            options=shown,
             model_summary=f"{shape.name}: {shape.architecture}, {shape.n_layer} layers, {params / 1e9:.2f}B "
             f"parameters, trained for {shape.context_length} tokens (from its {origin})",
             hardware_summary=machine.describe(),
             parameter_count=params,
             exact_sizes=shape.exact,
-            any_fits=any(o.fits for o in ranked),
+            any_fits=bool(shown) and shown[0].fits,
         )
 
 

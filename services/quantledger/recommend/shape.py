@@ -211,7 +211,7 @@ def from_gguf(header: GgufHeader) -> ModelShape:
         n_expert=number("expert_count", 0),
         n_expert_used=number("expert_used_count", 0),
         is_70b_type=_is_70b(arch, n_layer, n_head[0], n_head_kv[0]),
-        metadata_bytes=header.data_offset - sum(_tensor_info_bytes(t.name, t.shape) for t in header.tensors),
+        metadata_bytes=header.data_offset - sum(tensor_info_bytes(t.name, t.shape) for t in header.tensors),
         header=header,
         origin="gguf",
     )
@@ -224,7 +224,7 @@ def _is_70b(arch: str, n_layer: int, n_head: int, n_head_kv: int) -> bool:
     return arch in ("qwen2", "deci", "olmo") or (arch == "llama" and n_head != n_head_kv)
 
 
-def _tensor_info_bytes(name: str, shape: Sequence[int]) -> int:
+def tensor_info_bytes(name: str, shape: Sequence[int]) -> int:
     """Bytes of one tensor's entry in the GGUF header (name, dims, type, offset)."""
     dims = len(shape)
     while dims > 1 and shape[dims - 1] == 1:
