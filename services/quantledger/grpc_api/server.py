@@ -20,7 +20,6 @@ from grpc_reflection.v1alpha import reflection
 
 from quantledger.config import Settings
 from quantledger.grpc_api.quantize_servicer import QuantizeServicer
-from quantledger.grpc_api.recommend_servicer import RecommendServicer
 from quantledger.grpc_api.registry_servicer import RegistryServicer
 from quantledger.jobs.engine import JobEngine
 from quantledger.jobs.store import SqliteJobStore
@@ -29,8 +28,6 @@ from quantledger.registry.registrar import Registrar
 from quantledger.registry.wiring import make_reader, make_registrar
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
-from quantledger.v1 import recommend_service_pb2 as recommend_pb
-from quantledger.v1 import recommend_service_pb2_grpc as recommend_pb_grpc
 from quantledger.v1 import registry_service_pb2 as registry_pb
 from quantledger.v1 import registry_service_pb2_grpc as registry_pb_grpc
 from registry_client.errors import RegistryError
@@ -69,8 +66,11 @@ class QuantledgerServer:
             await self._engine.start()
             pb_grpc.add_QuantizeServiceServicer_to_server(QuantizeServicer(self._engine), self._server)
             names.append(pb.DESCRIPTOR.services_by_name["QuantizeService"].full_name)
-        if "recommend" in self._services:
+        if "recommend" in self._services:  # imported here: a quantize-only server does without it
+            from quantledger.grpc_api.recommend_servicer import RecommendServicer
             from quantledger.recommend.wiring import make_recommender
+            from quantledger.v1 import recommend_service_pb2 as recommend_pb
+            from quantledger.v1 import recommend_service_pb2_grpc as recommend_pb_grpc
 
             store = self._engine.store if self._engine is not None else SqliteJobStore(str(settings.database))
             recommender = await asyncio.to_thread(make_recommender, settings, store)
