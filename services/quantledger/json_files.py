@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 from quantledger.errors import QuantledgerError, SourceInvalid
@@ -37,3 +38,9 @@ def read_hf_config(folder: pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         raise SourceInvalid(f"{folder} has no config.json: not a Hugging Face model folder")
     return read_json_object(path, max_bytes=MAX_CONFIG_BYTES)
+
+
+def hf_architecture(config: Mapping[str, Any]) -> str:
+    """``architectures[0]`` of a Hugging Face config.json, or "" when it names none."""
+    names = config.get("architectures") or []
+    return str(names[0]) if isinstance(names, list) and names else ""

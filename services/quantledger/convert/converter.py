@@ -22,7 +22,7 @@ from quantledger.convert.architectures import ARCHITECTURES, Architecture
 from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry, bf16_to_f32
 from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
 from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture
-from quantledger.json_files import read_hf_config, read_json_object
+from quantledger.json_files import hf_architecture, read_hf_config, read_json_object
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)
 CONVERTER_VERSION = "quantledger-convert-1"
@@ -64,8 +64,7 @@ class ConversionResult:
 def architecture_for(config: Mapping[str, Any], label: str) -> Architecture:
     """The converter's knowledge of ``config.architectures[0]``; UnsupportedArchitecture names the
     supported ones. ``label`` (folder or repo id) names the model in the message."""
-    names = config.get("architectures") or []
-    name = str(names[0]) if isinstance(names, list) and names else ""
+    name = hf_architecture(config)
     if name not in ARCHITECTURES:
         raise UnsupportedArchitecture(
             f"{label} is a {name or 'model without config.architectures'}; supported: "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantledger.errors import InvalidArgument, SourceInvalid, SourceNotFound
-from quantledger.json_files import read_hf_config
+from quantledger.json_files import hf_architecture, read_hf_config
 from quantledger.recommend.shape import (
     F16,
     F32,
@@ -145,8 +145,7 @@ def from_hf_folder(folder: pathlib.Path) -> ModelShape:
     from quantledger.convert.safetensors_reader import SafetensorsFile
 
     config = read_hf_config(folder)
-    names = config.get("architectures") or []
-    hf_name = str(names[0]) if isinstance(names, list) and names else ""
+    hf_name = hf_architecture(config)
     derived = from_hyperparameters(hyperparameters_from_config(config, folder.name), origin="hf-config")
     architecture = ARCHITECTURES.get(hf_name)
     if architecture is None or architecture.kind != "causal":

@@ -22,6 +22,7 @@ from typing import Any
 
 from quantledger.errors import InvalidArgument, UnsupportedArchitecture
 from quantledger.gguf_header import GgufHeader
+from quantledger.json_files import hf_architecture
 
 # ggml type ids of the stored (unquantized) tensors the recommender assumes when no file is at hand
 F32, F16 = 0, 1
@@ -344,8 +345,7 @@ _HF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2Fo
 
 def hyperparameters_from_config(config: Mapping[str, Any], label: str) -> Hyperparameters:
     """A decoder's numbers from its Hugging Face config.json."""
-    names = config.get("architectures") or []
-    hf_name = str(names[0]) if isinstance(names, list) and names else ""
+    hf_name = hf_architecture(config)
     if hf_name not in _HF_ARCH:
         raise UnsupportedArchitecture(
             f"{label} is a {hf_name or 'model without config.architectures'}; from config.json alone the "
