@@ -113,9 +113,15 @@ def test_bad_transactions_are_rejected_and_not_journaled(running: ChainProcess, 
           "chainId": w3.eth.chain_id}  # fmt: skip
     wrong_nonce = ADMIN.sign_transaction({**tx, "nonce": 5}).raw_transaction.to_0x_hex()
     unfunded = Account.from_key(b"\x08" * 32).sign_transaction({**tx, "nonce": 0}).raw_transaction.to_0x_hex()
-    for raw in (wrong_nonce, unfunded, "0xdeadbeef"):
+    # valid in every other way, but signed for another chain (a replay from it) or for none
+    other_chain = ADMIN.sign_transaction({**tx, "nonce": 0, "chainId": 1}).raw_transaction.to_0x_hex()
+    legacy = {"to": ADMIN.address, "value": 1, "gas": 21000, "gasPrice": 10**10, "nonce": 0}
+    unprotected = ADMIN.sign_transaction(legacy).raw_transaction.to_0x_hex()
+    for raw in (wrong_nonce, unfunded, "0xdeadbeef", other_chain, unprotected):
         answer = running.rpc({"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]})
         assert answer["error"]["code"] in (-32000, -32602), answer
+        if raw in (other_chain, unprotected):
+            assert "chain id" in answer["error"]["message"] or "replay" in answer["error"]["message"]
     assert (chain_dir / "journal.jsonl").read_text() == before
     assert w3.eth.block_number == 0
 

@@ -102,6 +102,7 @@ class EmbeddedChain:
     def send_raw_transaction(self, raw: str) -> str:
         """Validate, mine (one block), journal durably, then return the hash."""
         with self.lock:
+            self._check_chain_id(raw)
             parent = self.tester.get_block_by_number("latest")
             timestamp = max(int(time.time()), int(parent["timestamp"]) + 1)
             tx_hash = self._apply(self.tester, JournalEntry(raw, timestamp))
@@ -109,6 +110,20 @@ class EmbeddedChain:
             if len(self.journal.entries) - self._snapshot_entries >= SNAPSHOT_EVERY:
                 self.snapshot()
             return tx_hash
+
+    def _check_chain_id(self, raw: str) -> None:
+        """Refuse a transaction signed for another chain, or for none (replay protection, as geth does).
+        py-evm itself executes either; the journal's entries passed this check when they were sent."""
+        chain = self.tester.backend.chain
+        try:
+            transaction = chain.get_vm().get_transaction_builder().decode(bytes.fromhex(raw.removeprefix("0x")))
+        except Exception:
+            return  # undecodable: eth-tester refuses it with its own error
+        chain_id = getattr(transaction, "chain_id", None)
+        if chain_id is None:
+            raise ValueError("only replay-protected (EIP-155) transactions are accepted")
+        if chain_id != chain.chain_id:
+            raise ValueError(f"invalid chain id {chain_id}: this chain is {chain.chain_id}")
 
     def snapshot(self) -> None:
         with self.lock:
