@@ -31,7 +31,7 @@ def _placement(option: Option) -> str:
 
 
 def _memory(option: Option) -> str:
-    parts = [f"{_gib(d.bytes_used)} of {_gib(d.bytes_available)} on {d.device if d.device != 'cpu' else 'RAM'}"
+    parts = [f"{_gib(d.bytes_used)} of {_gib(d.bytes_available)} {'in RAM' if d.device == 'cpu' else 'on ' + d.device}"
              for d in option.devices if d.bytes_used or d.device == "cpu"]  # fmt: skip
     return "uses " + ", ".join(parts)
 
