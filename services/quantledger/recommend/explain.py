@@ -38,7 +38,9 @@ def _memory(option: Option) -> str:
 
 def _quality(option: Option, profile: ModelProfile) -> str:
     q = option.quality
-    source = _SOURCES[q.source].format(params=f"{profile.shape.n_parameters / 1e9:.1f}B parameters",
+    params = profile.shape.n_parameters
+    size = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
+    source = _SOURCES[q.source].format(params=f"{size} parameters",
                                        bpw=option.bits_per_weight)  # fmt: skip
     change = f"+{100 * q.perplexity_change:.1f}%"
     return f"predicted perplexity {change} (mean KL divergence {q.mean_kl_divergence:.4f}, {source})"
