@@ -12,7 +12,7 @@ import os
 import pathlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from quantledger.errors import InvalidArgument, SourceInvalid, SourceNotFound
@@ -166,7 +166,5 @@ def from_hf_folder(folder: pathlib.Path) -> ModelShape:
 
 
 def _with_tensors(derived: ModelShape, tensors: list[TensorShape], config: dict[str, Any]) -> ModelShape:
-    from dataclasses import replace
-
     vocab = int(config.get("vocab_size") or derived.n_vocab)
     return replace(derived, tensors=tuple(tensors), origin="hf-folder", metadata_bytes=estimated_metadata_bytes(vocab))

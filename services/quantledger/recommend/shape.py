@@ -410,7 +410,3 @@ def from_description(parameters: int, family: str) -> ModelShape:
 
 def _outside_layers(config: Mapping[str, int]) -> int:
     return config["n_embd"] * config["n_vocab"] * (1 if config.get("tied") else 2)
-
-
-def families() -> list[str]:
-    return sorted(_FAMILIES)
