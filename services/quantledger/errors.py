@@ -6,6 +6,7 @@ the gRPC layer maps ``code`` to ``grpc.StatusCode``.
 
     QuantledgerError                      INTERNAL
     ├── SourceNotFound                    NOT_FOUND            SOURCE_NOT_FOUND
+    │   └── RecordNotFound                NOT_FOUND            RECORD_NOT_FOUND (Recommend: no such file here)
     ├── SourceInvalid                     INVALID_ARGUMENT     SOURCE_INVALID
     ├── PathNotAllowed                    PERMISSION_DENIED    PATH_NOT_ALLOWED
     ├── UnsupportedArchitecture           INVALID_ARGUMENT     UNSUPPORTED_ARCHITECTURE
@@ -49,6 +50,12 @@ class QuantledgerError(Exception):
 class SourceNotFound(QuantledgerError):
     code = "NOT_FOUND"
     reason = "SOURCE_NOT_FOUND"
+
+
+class RecordNotFound(SourceNotFound):
+    """A file digest no finished job of this deployment made (or whose file is gone)."""
+
+    reason = "RECORD_NOT_FOUND"
 
 
 class SourceInvalid(QuantledgerError):

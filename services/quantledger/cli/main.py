@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(up)
     _add_serve_flags(up)
 
-    serve = commands.add_parser("serve", help="run one service")
+    serve = commands.add_parser("serve", help="run one or more services in one server")
     _add_common(serve)
     serve.add_argument(
         "service",

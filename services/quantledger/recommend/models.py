@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from quantledger.errors import InvalidArgument, SourceInvalid, SourceNotFound
+from quantledger.errors import InvalidArgument, RecordNotFound, SourceInvalid, SourceNotFound
 from quantledger.json_files import hf_architecture, read_hf_config
 from quantledger.recommend.shape import (
     F16,
@@ -32,12 +32,6 @@ from quantledger.recommend.shape import (
 from quantledger.sources import open_source, resolve_allowed
 
 _SHA256 = re.compile(r"^(?:files/)?(?P<sha>[0-9a-f]{64})$")
-
-
-class RecordNotFound(SourceNotFound):
-    """No finished job of this deployment made a file with that digest."""
-
-    reason = "RECORD_NOT_FOUND"
 
 
 @dataclass(frozen=True)
