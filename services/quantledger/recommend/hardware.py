@@ -47,7 +47,6 @@ class Machine:
     gpus: tuple[Device, ...] = ()
     unified_memory: bool = False
     cpu_bandwidth: float = 0.0  # bytes per second; 0 = typical for the core count
-    tier: str = ""
 
     def check(self) -> None:
         if self.ram_bytes <= 0:
@@ -65,8 +64,8 @@ class Machine:
                 raise InvalidArgument(f"the bandwidth of a {gpu.kind} device must not be negative")
 
     def usable_ram(self) -> int:
-        """RAM the model may take: the operating system and other programs keep the rest."""
-        return self.ram_bytes - max(GIB, self.ram_bytes * 15 // 100) - RAM_RESERVE
+        """RAM the process may take: the operating system and other programs keep the rest."""
+        return self.ram_bytes - max(GIB, self.ram_bytes * 15 // 100)
 
     def effective_cpu_bandwidth(self) -> float:
         if self.cpu_bandwidth > 0:
@@ -77,34 +76,31 @@ class Machine:
 
     def describe(self) -> str:
         parts = [f"{self.ram_bytes / GIB:.0f} GiB RAM", f"{self.cores} cores"]
-        parts += [f"{g.kind} {g.memory_bytes / GIB:.0f} GiB" for g in self.gpus]
+        parts += [f"{g.kind} {g.memory_bytes / GIB:.0f} GiB" + (f" ({g.name})" if g.name else "") for g in self.gpus]
         if self.unified_memory:
             parts.append("unified memory")
         return ", ".join(parts)
 
 
 TIERS: dict[str, Machine] = {
-    "laptop": Machine(ram_bytes=16 * GIB, cores=8, cpu_bandwidth=60e9, tier="laptop"),
+    "laptop": Machine(ram_bytes=16 * GIB, cores=8, cpu_bandwidth=60e9),
     "workstation": Machine(
         ram_bytes=64 * GIB,
         cores=16,
-        gpus=(Device("cuda", 24 * GIB, 936e9, "24 GiB GPU"),),
+        gpus=(Device("cuda", 24 * GIB, 936e9),),
         cpu_bandwidth=80e9,
-        tier="workstation",
     ),
     "server": Machine(
         ram_bytes=256 * GIB,
         cores=64,
-        gpus=(Device("cuda", 80 * GIB, 2000e9, "80 GiB GPU"),),
+        gpus=(Device("cuda", 80 * GIB, 2000e9),),
         cpu_bandwidth=200e9,
-        tier="server",
     ),
     "enterprise": Machine(
         ram_bytes=1024 * GIB,
         cores=128,
-        gpus=tuple(Device("cuda", 80 * GIB, 3350e9, f"GPU {i}") for i in range(8)),
+        gpus=(Device("cuda", 80 * GIB, 3350e9),) * 8,
         cpu_bandwidth=300e9,
-        tier="enterprise",
     ),
 }
 

@@ -30,8 +30,11 @@ CELL_PADDING = 256
 # bytes per element of the KV cache types llama.cpp offers (block bytes / block size)
 KV_TYPE_BYTES = {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
                  "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}  # fmt: skip
-MIB = 1 << 20
-GIB = 1 << 30
+
+
+def is_quantized_kv(kv_type: str) -> bool:
+    """A quantized cache (q8_0, q4_0, ...): llama.cpp needs flash attention for its V half."""
+    return kv_type not in ("f16", "bf16", "f32")
 
 
 def pad(n: int, multiple: int) -> int:
@@ -93,7 +96,7 @@ def compute_buffer_bytes(shape: ModelShape, ctx: ContextSettings) -> int:
         attention += ub * n_kv * heads * 4
     n_ff = max(shape.n_ff) * max(1, shape.n_expert_used)
     # with a quantized cache one stream-wide tensor fewer is live there (measured, flash attention)
-    feed_forward = ub * (3 * n_ff + (3 if ctx.kv_type.startswith(("q", "iq")) else 4) * embd) * 4
+    feed_forward = ub * (3 * n_ff + (3 if is_quantized_kv(ctx.kv_type) else 4) * embd) * 4
     logits = shape.n_vocab if shape.has_kv_cache else 0  # an encoder returns embeddings, not logits
     output = ub * (logits + (2 if ctx.flash_attention else 3) * embd) * 4
     return max(mask + attention, mask + feed_forward, output)

@@ -101,10 +101,10 @@ class _State:
     i_ffn_gate: int = 0
     i_ffn_up: int = 0
 
-    def layer(self, counter: int, name: str) -> tuple[int, int]:
+    def layer(self, counter: int, tensor: TensorShape) -> tuple[int, int]:
         n_layer = self.shape.n_layer
         if self.shape.n_expert > 1:  # experts may be spread over the file: the block number decides
-            return TensorShape(name, (), 0).layer, n_layer
+            return tensor.layer, n_layer
         return counter, n_layer
 
 
@@ -194,14 +194,14 @@ def _mix(st: _State, new: str, tensor: TensorShape, category: str) -> str:
             return "IQ2_S"
         return new
     if category == "ffn_down":
-        i_layer, n_layer = st.layer(st.i_ffn_down, tensor.name)
+        i_layer, n_layer = st.layer(st.i_ffn_down, tensor)
         st.i_ffn_down += 1
         return _ffn_down(st, new, i_layer, n_layer)
     if category == "attn_output":
         return _attn_output(ft, new, arch, n_expert)
     if category in ("ffn_gate", "ffn_up"):
         counter = st.i_ffn_gate if category == "ffn_gate" else st.i_ffn_up
-        i_layer, n_layer = st.layer(counter, tensor.name)
+        i_layer, n_layer = st.layer(counter, tensor)
         if category == "ffn_gate":
             st.i_ffn_gate += 1
         else:

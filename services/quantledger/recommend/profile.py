@@ -19,6 +19,7 @@ from quantledger.recommend.memory import (
     WeightLayout,
     compute_buffer_bytes,
     kv_bytes_per_layer,
+    pad,
     weight_layout,
 )
 from quantledger.recommend.mixes import TensorPlan, plan_types, weight_bytes
@@ -46,9 +47,6 @@ class TypeProfile:
     layout: WeightLayout
     block_suffix: tuple[int, ...]  # block_suffix[k] = weight bytes of the last k blocks
     read_suffix: tuple[int, ...]  # the same for the bytes a token reads (active experts only)
-    read_output: int
-    total_bytes: int  # all weights
-    efficiency: float  # the share of memory bandwidth its kernels reach when decoding
 
 
 @dataclass(frozen=True)
@@ -57,10 +55,9 @@ class TypeArrays:
 
     block_suffix: Ints  # (types, n_layer + 1)
     read_suffix: Floats  # (types, n_layer + 1)
-    output_layer: Ints  # bytes of the output layer on its device
+    output_layer: Ints  # bytes of the output layer on its device, and what a token reads of it
     output: Ints  # bytes that leave RAM with the output layer (not a tied copy)
     total: Ints
-    read_output: Floats
     efficiency: Floats
     size: Ints
     needs_imatrix: npt.NDArray[np.bool_]
@@ -72,9 +69,8 @@ class TypeArrays:
             read_suffix=np.array([t.read_suffix for t in types], dtype=np.float64).reshape(len(types), -1),
             output_layer=np.array([t.layout.output_layer_bytes for t in types], dtype=np.int64),
             output=np.array([t.layout.output_bytes for t in types], dtype=np.int64),
-            total=np.array([t.total_bytes for t in types], dtype=np.int64),
-            read_output=np.array([t.read_output for t in types], dtype=np.float64),
-            efficiency=np.array([t.efficiency for t in types], dtype=np.float64),
+            total=np.array([t.layout.total for t in types], dtype=np.int64),
+            efficiency=np.array([efficiency(t.quant_type) for t in types], dtype=np.float64),
             size=np.array([t.size_bytes for t in types], dtype=np.int64),
             needs_imatrix=np.array([t.plan.needs_imatrix for t in types], dtype=np.bool_),
         )
@@ -113,8 +109,7 @@ def _file_size(shape: ModelShape, plan: TensorPlan, file_type: int, tensor_bytes
         values = {"general.quantization_version": GGML_QNT_VERSION, "general.file_type": file_type}
         return predict_quantized_file_size(shape.header, plan.types, values)
     meta = 24 + shape.metadata_bytes + sum(tensor_info_bytes(t.name, t.shape) for t in shape.tensors)
-    padded = sum(-(-b // DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT for b in tensor_bytes.values())
-    return -(-meta // DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT + padded
+    return pad(meta, DEFAULT_ALIGNMENT) + sum(pad(b, DEFAULT_ALIGNMENT) for b in tensor_bytes.values())
 
 
 def suffix_sums(values: Sequence[int]) -> tuple[int, ...]:
@@ -142,6 +137,7 @@ def cache_table(shape: ModelShape, ctx: ContextSettings) -> CacheTable:
 def build_profile(shape: ModelShape, quant_types: Sequence[tuple[str, int]], has_imatrix: bool) -> ModelProfile:
     """Profiles of every (name, llama_ftype) in ``quant_types`` for ``shape``."""
     active = shape.n_expert_used / shape.n_expert if shape.n_expert > 1 and shape.n_expert_used else 1.0
+    elements = shape.n_parameters
     profiles = []
     for name, file_type in quant_types:
         plan = plan_types(shape, name, has_imatrix=has_imatrix)
@@ -151,7 +147,6 @@ def build_profile(shape: ModelShape, quant_types: Sequence[tuple[str, int]], has
         for tensor in shape.tensors:
             if 0 <= tensor.layer < shape.n_layer:
                 read[tensor.layer] += sizes[tensor.name] * (active if "_exps" in tensor.name else 1.0)
-        elements = sum(t.n_elements for t in shape.tensors)
         profiles.append(
             TypeProfile(
                 quant_type=name,
@@ -162,9 +157,6 @@ def build_profile(shape: ModelShape, quant_types: Sequence[tuple[str, int]], has
                 layout=layout,
                 block_suffix=suffix_sums(layout.block_bytes),
                 read_suffix=suffix_sums([int(r) for r in read]),
-                read_output=layout.output_layer_bytes,
-                total_bytes=layout.total,
-                efficiency=efficiency(name),
             )
         )
     return ModelProfile(shape, tuple(profiles), TypeArrays.of(profiles))

@@ -23,7 +23,7 @@ import numpy as np
 from quantledger.errors import InvalidArgument
 from quantledger.recommend import quality
 from quantledger.recommend.hardware import GIB, GPU_MARGIN, GPU_RESERVE, RAM_RESERVE, Machine
-from quantledger.recommend.memory import ContextSettings
+from quantledger.recommend.memory import ContextSettings, is_quantized_kv
 from quantledger.recommend.profile import CacheTable, Floats, Ints, ModelProfile, TypeProfile
 
 # Below this predicted KL divergence an option counts as usable for SPEED and SIZE (Q3_K_M is 0.10 on 8B).
@@ -82,8 +82,6 @@ class Option:
     needs_imatrix: bool
     problems: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
-    score: float = 0.0
-    overshoot: float = 0.0  # how far over its memory limit a configuration that does not fit is
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ class _Budget:
     def of(cls, machine: Machine) -> _Budget:
         gpus = machine.gpus
         return cls(
-            usable_ram=machine.usable_ram() + RAM_RESERVE,
+            usable_ram=machine.usable_ram(),
             cpu_bandwidth=machine.effective_cpu_bandwidth(),
             gpu_bandwidth=min((g.effective_bandwidth() for g in gpus), default=1.0),
             gpu_memory=tuple(g.memory_bytes for g in gpus),
@@ -175,9 +173,9 @@ def _evaluate(profile: ModelProfile, req: Request, budget: _Budget, caches: list
     overshoot = np.maximum(0.0, memory_total / budget.usable_ram - 1)
     # decode speed: every weight a token uses and half the cache are read once per token
     read_on_gpu = a.read_suffix[types, on_gpu]
-    cpu_read = a.read_suffix[:, -1] - read_on_gpu + cpu_kv / 2 + np.where(offloaded, 0.0, a.read_output)
+    cpu_read = a.read_suffix[:, -1] - read_on_gpu + cpu_kv / 2 + np.where(offloaded, 0, a.output_layer)
     seconds = 0.0005 + cpu_read / (a.efficiency * budget.cpu_bandwidth)
-    gpu_read = a.read_output + read_on_gpu + kv_on_gpu / 2
+    gpu_read = a.output_layer + read_on_gpu + kv_on_gpu / 2
     seconds = seconds + np.where(offloaded, 0.00002 * n_layer + gpu_read / (a.efficiency * budget.gpu_bandwidth), 0)
     speed = 1.0 / seconds
     kv_cost = np.array([_KV_QUALITY_COST.get(c.ctx.kv_type, 0.0) for c in caches])[:, None]
@@ -208,9 +206,6 @@ class Ranking:
     predictions: list[quality.QualityPrediction]  # per type
     _made: dict[int, Option] = field(default_factory=dict)
     _by_quality: list[tuple[float, int]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.order)
 
     def option(self, rank: int) -> Option:
         return self._option_of(self.order[rank])
@@ -253,8 +248,6 @@ class Ranking:
             fits=bool(fits.fits[m, t]),
             needs_imatrix=profile.plan.needs_imatrix,
             problems=self._problems(profile, req, budget, int(fits.memory_total[m, t]), overshoot, kld),
-            score=float(fits.score[m, t]),
-            overshoot=overshoot,
         )
 
     def _devices(self, m: int, t: int, on_gpu: int) -> list[DeviceUse]:
@@ -300,12 +293,13 @@ def search(profile: ModelProfile, req: Request) -> Ranking:
     contexts = [req.n_ctx]
     while contexts[-1] // 2 >= MIN_CONTEXT:
         contexts.append(contexts[-1] // 2)
-    settings = [(n_ctx, kv) for n_ctx in contexts for kv in kv_types]  # row m: context m // len(kv_types)
-    caches = [
-        profile.table(ContextSettings(n_ctx, req.n_ubatch, kv, req.flash_attention or kv not in ("f16", "bf16", "f32"),
-                                      req.swa_full))
-        for n_ctx, kv in settings
-    ]  # fmt: skip
+    caches = [  # row m: context m // len(kv_types), KV type m % len(kv_types)
+        profile.table(
+            ContextSettings(n_ctx, req.n_ubatch, kv, req.flash_attention or is_quantized_kv(kv), req.swa_full)
+        )
+        for n_ctx in contexts
+        for kv in kv_types
+    ]
     fits = _evaluate(profile, req, budget, caches, base_kld)
     k = len(kv_types)
     types = np.arange(n_types)

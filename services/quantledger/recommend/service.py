@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from quantledger.errors import InvalidArgument
 from quantledger.recommend.explain import explain
 from quantledger.recommend.hardware import GIB, Device, Machine, tier_machine, with_overrides
-from quantledger.recommend.memory import KV_TYPE_BYTES
+from quantledger.recommend.memory import KV_TYPE_BYTES, is_quantized_kv
 from quantledger.recommend.mixes import is_known_mix
 from quantledger.recommend.models import ModelRef, ModelResolver
 from quantledger.recommend.profile import ModelProfile, build_profile
@@ -192,7 +192,7 @@ class Recommender:
         kv = query.kv_cache_type.strip().lower()
         if kv and kv not in KV_TYPE_BYTES:
             raise InvalidArgument(f"unknown KV cache type {query.kv_cache_type!r}; known: {', '.join(KV_TYPE_BYTES)}")
-        if kv and kv not in ("f16", "bf16", "f32") and query.disable_flash_attention:
+        if kv and is_quantized_kv(kv) and query.disable_flash_attention:
             raise InvalidArgument(f"a {kv} KV cache needs flash attention: llama.cpp refuses it without")
         index = self._quality_index()
         key = (self._resolver.key(query.model), query, machine, index.version)

@@ -91,7 +91,7 @@ class TensorShape:
     def n_elements(self) -> int:
         return math.prod(self.shape)
 
-    @property
+    @functools.cached_property
     def layer(self) -> int:
         """The block the tensor belongs to, -1 for tensors outside the blocks (as llama.cpp parses it)."""
         match = re.match(r"^blk\.(\d+)\.", self.name)
