@@ -30,10 +30,12 @@ from web3.exceptions import (
 )
 from web3.types import TxParams
 
-from registry_client import errors
+from registry_client import errors, restore_recursion_limit
 from registry_client.address_book import AddressBook, Deployment
 from registry_client.artifact import ContractArtifact, registry_artifact
 from registry_client.records import Record, Registration, Status, encode_label, normalize_digest
+
+restore_recursion_limit()  # web3 / eth-account raised it (see registry_client/__init__.py)
 
 T = TypeVar("T")
 

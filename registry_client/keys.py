@@ -9,7 +9,10 @@ import stat
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from registry_client import restore_recursion_limit
 from registry_client.errors import KeyUnavailable
+
+restore_recursion_limit()  # eth-account / web3 raised it (see registry_client/__init__.py)
 
 KEY_ENV = "QUANTLEDGER_CHAIN_KEY"
 KEY_FILE_ENV = "QUANTLEDGER_CHAIN_KEY_FILE"

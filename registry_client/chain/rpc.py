@@ -3,27 +3,43 @@
 Inputs arrive in JSON-RPC form (hex quantities, camelCase) and go to eth-tester in its form (ints,
 snake_case); results come back the other way. A revert in eth_call / eth_estimateGas is error code 3,
 "execution reverted", with the revert data, so clients decode the contract's custom errors.
+
+Hostile calls are bounded like geth's: ``eth_call`` / ``eth_estimateGas`` get at most ``gas_cap`` gas
+(a larger or missing ``gas`` is clamped, as geth's ``--rpc.gascap``) and ``call_timeout`` seconds
+(geth's ``--rpc.evmtimeout``; past it the answer is ``-32000 execution aborted (timeout = …)``), and
+they run without the chain lock, so transactions and other clients are answered meanwhile. A batch
+holds at most ``MAX_BATCH`` requests. A transaction the node could not journal (a full disk) is
+``NOT_PERSISTED``: it was not executed, and the same transaction can be sent again later.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
+from eth.exceptions import OutOfGas, VMError
 from eth_tester.exceptions import BlockNotFound, TransactionFailed, TransactionNotFound
 from eth_tester.exceptions import ValidationError as TesterValidationError
 from eth_utils.exceptions import ValidationError as EvmValidationError
 
-from registry_client.chain.node import EmbeddedChain
+from registry_client.chain.node import CallTimeout, EmbeddedChain, TransactionNotPersisted
 
 log = logging.getLogger(__name__)
 
 PRIORITY_FEE = 10**9
 MAX_LOG_RANGE = 1_000
+MAX_BATCH = 100
+#: gas given to eth_call / eth_estimateGas at most (geth's default --rpc.gascap is 50M; the block gas limit here is 30M)
+DEFAULT_GAS_CAP = 30_000_000
+#: wall-time bound of one eth_call / eth_estimateGas (geth's default --rpc.evmtimeout)
+DEFAULT_CALL_TIMEOUT = 5.0
+#: the error code of a transaction the node could not persist (disk full): not accepted, send it again
+NOT_PERSISTED = -32050
 CLIENT_VERSION = "quantledger-embedded-chain/1.0 (eth-tester)"
 _NUMERIC = {"gas", "gasPrice", "value", "maxFeePerGas", "maxPriorityFeePerGas", "nonce"}
 _RENAME_OUT = {"coinbase": "miner"}
@@ -109,15 +125,22 @@ def _revert(exc: TransactionFailed) -> RpcError:
         # eth-tester's call() reports the revert data as the repr of a bytes value
         with contextlib.suppress(ValueError, SyntaxError):
             first = ast.literal_eval(first)
-    data = "0x" + first.hex() if isinstance(first, bytes) else None
-    return RpcError(3, "execution reverted", data)
+    if not isinstance(first, bytes):  # not a REVERT: out of gas, an invalid opcode, ... (geth: -32000 and why)
+        return RpcError(-32000, str(first) or "execution failed")
+    return RpcError(3, "execution reverted", "0x" + first.hex())
 
 
 class RpcDispatcher:
     """Answers JSON-RPC request objects (single or batch) from one EmbeddedChain."""
 
-    def __init__(self, chain: EmbeddedChain) -> None:
+    def __init__(
+        self, chain: EmbeddedChain, *, gas_cap: int = DEFAULT_GAS_CAP, call_timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> None:
+        if gas_cap < 21_000 or call_timeout <= 0:
+            raise ValueError("gas_cap must be at least 21000 and call_timeout positive")
         self.chain = chain
+        self.gas_cap = gas_cap
+        self.call_timeout = call_timeout
         call = chain.call
         self.methods: dict[str, Callable[[list[Any]], Any]] = {
             "web3_clientVersion": lambda p: CLIENT_VERSION,
@@ -135,8 +158,8 @@ class RpcDispatcher:
             "eth_getTransactionCount": lambda p: hex(call("get_nonce", p[0], _block(_arg(p, 1)))),
             "eth_getCode": lambda p: call("get_code", p[0], _block(_arg(p, 1))),
             "eth_getStorageAt": lambda p: call("get_storage_at", p[0], _quantity(p[1], "slot"), _block(_arg(p, 2))),
-            "eth_call": lambda p: self._reverting("call", self._tx(p[0]), _block(_arg(p, 1))),
-            "eth_estimateGas": lambda p: hex(self._reverting("estimate_gas", self._tx(p[0]), _block(_arg(p, 1)))),
+            "eth_call": lambda p: self._reverting("call", p[0], _block(_arg(p, 1))),
+            "eth_estimateGas": lambda p: hex(self._reverting("estimate_gas", p[0], _block(_arg(p, 1)))),
             "eth_sendRawTransaction": self._send_raw,
             "eth_getTransactionByHash": lambda p: self._maybe(
                 lambda: to_rpc(call("get_transaction_by_hash", p[0]), transaction=True)
@@ -161,11 +184,26 @@ class RpcDispatcher:
     def _base_fee(self) -> int:
         return int(self.chain.call("get_block_by_number", "latest").get("base_fee_per_gas") or 0)
 
-    def _reverting(self, method: str, *args: Any) -> Any:
+    def _reverting(self, method: str, params: Any, block: str | int) -> Any:
+        """eth_call / eth_estimateGas: gas clamped to the cap (a missing gas gets the cap); a call that
+        names no fee pays none (zero fees, zero base fee: like geth, no balance is needed for the gas)."""
+        transaction = self._tx(params)
+        transaction["gas"] = min(transaction.get("gas", self.gas_cap), self.gas_cap)
+        free = not any(key in transaction for key in ("gas_price", "max_fee_per_gas", "max_priority_fee_per_gas"))
+        if free:
+            transaction.update(max_fee_per_gas=0, max_priority_fee_per_gas=0)
         try:
-            return self.chain.call(method, *args)
+            return self.chain.bounded(
+                method, transaction, block, timeout=self.call_timeout, gas_cap=self.gas_cap, no_base_fee=free
+            )
+        except CallTimeout as exc:
+            raise RpcError(-32000, f"execution aborted (timeout = {self.call_timeout:g}s)") from exc
         except TransactionFailed as exc:
             raise _revert(exc) from exc
+        except OutOfGas as exc:  # an estimate that fails even with all the gas it may have
+            raise RpcError(-32000, f"gas required exceeds allowance ({self.gas_cap})") from exc
+        except VMError as exc:
+            raise RpcError(-32000, f"execution failed: {exc}") from exc
         except (TesterValidationError, EvmValidationError) as exc:
             raise RpcError(-32000, str(exc)) from exc
 
@@ -190,6 +228,13 @@ class RpcDispatcher:
             raise RpcError(-32602, "eth_sendRawTransaction takes one 0x-prefixed signed transaction")
         try:
             return self.chain.send_raw_transaction(raw)
+        except TransactionNotPersisted as exc:
+            reason = "disk full" if exc.error.errno == errno.ENOSPC else exc.error.strerror
+            raise RpcError(
+                NOT_PERSISTED,
+                f"transaction not persisted: the node could not journal it ({reason}); "
+                "it was not accepted: send it again once the node has disk space",
+            ) from exc
         except TransactionFailed as exc:
             raise _revert(exc) from exc
         except (TesterValidationError, EvmValidationError, ValueError) as exc:
@@ -216,11 +261,12 @@ class RpcDispatcher:
         end = number(query.get("toBlock"), latest)
         if end - start > MAX_LOG_RANGE:
             raise RpcError(-32005, f"block range too large: at most {MAX_LOG_RANGE} blocks per eth_getLogs")
-        filter_id = self.chain.call("create_log_filter", start, end, query.get("address"), query.get("topics"))
-        try:
-            entries = self.chain.call("get_only_filter_changes", filter_id)
-        finally:
-            self.chain.call("delete_filter", filter_id)
+        with self.chain.lock:  # the filter lives in this tester: keep a rebuild from coming in between
+            filter_id = self.chain.call("create_log_filter", start, end, query.get("address"), query.get("topics"))
+            try:
+                entries = self.chain.call("get_only_filter_changes", filter_id)
+            finally:
+                self.chain.call("delete_filter", filter_id)
         result = to_rpc(list(entries))
         for entry in result:
             entry.pop("type", None)
@@ -234,6 +280,8 @@ class RpcDispatcher:
         if isinstance(request, list):
             if not request:
                 return _error(None, -32600, "empty batch")
+            if len(request) > MAX_BATCH:
+                return _error(None, -32600, f"batch too large: at most {MAX_BATCH} requests")
             responses = [r for r in (self._one(item) for item in request) if r is not None]
             return responses or None
         return self._one(request)

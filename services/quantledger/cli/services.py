@@ -4,6 +4,11 @@
 the registry deployed on it once (recorded in the data dir's address book), then one gRPC server
 hosting every service. With ``--chain-url`` (or ``QUANTLEDGER_CHAIN_URL``) ``up`` uses that chain
 instead and starts none.
+
+``up`` supervises its chain (``quantledger.chain_supervisor``): a chain that dies is restarted with
+backoff, and meanwhile gRPC health of ``quantledger.v1.RegistryService`` is NOT_SERVING. The overall
+health (service ``""``) and QuantizeService stay SERVING: quantizing needs no chain, and outputs made
+meanwhile stay PENDING until the engine's retry registers them on the restarted chain.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -53,34 +59,51 @@ def serve_chain(settings: Settings, *, as_json: bool) -> int:
 
 def start_embedded_chain(settings: Settings) -> subprocess.Popen[bytes]:
     """Start ``serve chain`` as a child and wait until it answers JSON-RPC."""
+    from quantledger.chain_supervisor import ChainStartFailed
+
+    try:
+        return launch_embedded_chain(settings)
+    except ChainStartFailed as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def launch_embedded_chain(settings: Settings, cancel: threading.Event | None = None) -> subprocess.Popen[bytes]:
+    """Start ``serve chain`` as a child and wait until it answers JSON-RPC; ``ChainStartFailed`` if it exits,
+    does not answer within CHAIN_START_SECONDS, or ``cancel`` is set meanwhile (the child is then killed)."""
+    from quantledger.chain_supervisor import ChainStartFailed
     from registry_client.client import RegistryClient
     from registry_client.errors import RegistryUnavailable
 
     settings.logs.mkdir(parents=True, exist_ok=True)
-    log = open(settings.logs / "chain.log", "ab")  # noqa: SIM115 - the child keeps writing to it
     argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "chain", "--host", "127.0.0.1",
             "--chain-port", str(settings.chain_port)]  # fmt: skip
     env = {**os.environ, "QUANTLEDGER_HOME": str(settings.home)}  # the chain, its journal and key live here
-    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_terminate_with_parent)
+    with open(settings.logs / "chain.log", "ab") as log:  # the child keeps its own descriptor of it
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_terminate_with_parent)
     deadline = time.monotonic() + CHAIN_START_SECONDS
     while True:
         try:
             RegistryClient.web3_for(settings.embedded_chain_url, timeout=2.0)
-            return child
+            if child.poll() is None:
+                return child
         except RegistryUnavailable:
-            if child.poll() is not None or time.monotonic() > deadline:
-                child.kill()
-                raise SystemExit(f"the embedded chain did not start; see {settings.logs / 'chain.log'}") from None
-            time.sleep(0.2)
+            pass
+        # exited (a busy port among the reasons: then whatever answered above was not our chain), or too slow
+        if child.poll() is not None or time.monotonic() > deadline or (cancel is not None and cancel.is_set()):
+            child.kill()
+            child.wait()
+            raise ChainStartFailed(f"the embedded chain did not start; see {settings.logs / 'chain.log'}")
+        time.sleep(0.2)
 
 
 def run_services(settings: Settings, services: Sequence[str], *, as_json: bool, embedded_chain: bool) -> int:
-    from quantledger.grpc_api.server import serve
+    from quantledger.chain_supervisor import ChainSupervisor
+    from quantledger.grpc_api.server import REGISTRY_SERVICE_NAME, QuantledgerServer, serve
 
     if list(services) == ["chain"]:
         return serve_chain(settings, as_json=as_json)
     settings.ensure_dirs()
-    chain: subprocess.Popen[bytes] | None = None
+    supervisor: ChainSupervisor | None = None
     announce: dict[str, str] = {}
     try:
         if embedded_chain:
@@ -89,18 +112,31 @@ def run_services(settings: Settings, services: Sequence[str], *, as_json: bool, 
             from registry_client.keys import load_or_create_key
 
             account = load_or_create_key(settings.admin_key_path)
-            chain = start_embedded_chain(settings)
+            launch_settings = settings
+            supervisor = ChainSupervisor(
+                lambda cancel: launch_embedded_chain(launch_settings, cancel), start_embedded_chain(settings)
+            )
+            supervisor.start()
             settings = dataclasses.replace(settings, chain_url=settings.embedded_chain_url)
             registry = RegistryClient.ensure_deployed(settings.chain_url, account, AddressBook.in_home(settings.home))
             announce = {"chain_url": settings.chain_url, "registry": registry.address, "attester": account.address}
         elif settings.chain_url:
             announce = {"chain_url": settings.chain_url}
-        asyncio.run(serve(settings, services, as_json=as_json, announce=announce))
+
+        def follow_chain(server: QuantledgerServer) -> None:
+            """RegistryService health follows the supervised chain (called on the server's event loop)."""
+            if supervisor is None or "registry" not in services:
+                return
+            loop = asyncio.get_running_loop()
+
+            def changed(running: bool) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed: up is on its way out
+                    asyncio.run_coroutine_threadsafe(server.set_service_health(REGISTRY_SERVICE_NAME, running), loop)
+
+            supervisor.listen(changed)
+
+        asyncio.run(serve(settings, services, as_json=as_json, announce=announce, on_started=follow_chain))
     finally:
-        if chain is not None:
-            chain.send_signal(signal.SIGTERM)
-            try:
-                chain.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                chain.kill()
+        if supervisor is not None:
+            supervisor.stop()
     return 0

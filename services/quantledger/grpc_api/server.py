@@ -3,6 +3,11 @@
 SIGTERM or SIGINT shut it down gracefully: health turns NOT_SERVING, running jobs are stopped
 (worker killed, partial files removed, job marked INTERRUPTED), then the server stops with a grace
 period for calls in flight.
+
+Health: every hosted service and the overall ``""`` turn SERVING once started. A dependency that goes
+away can turn one service NOT_SERVING (``set_service_health``): ``up`` does so for
+``quantledger.v1.RegistryService`` while its embedded chain is down and being restarted; ``""`` stays
+SERVING then, since quantizing (QuantizeService) needs no chain.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import contextlib
 import json
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +40,7 @@ from registry_client.errors import RegistryError
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 5.0
 SERVICES = ("quantize", "recommend", "registry")
+REGISTRY_SERVICE_NAME = registry_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
 
 class QuantledgerServer:
@@ -79,7 +85,7 @@ class QuantledgerServer:
         if "registry" in self._services:
             servicer = RegistryServicer(make_reader(settings))
             registry_pb_grpc.add_RegistryServiceServicer_to_server(servicer, self._server)
-            names.append(registry_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name)
+            names.append(REGISTRY_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(names, self._server)
         address = f"{settings.host}:{settings.port}"
@@ -90,6 +96,15 @@ class QuantledgerServer:
         for name in [*names, ""]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    async def set_service_health(self, name: str, serving: bool) -> None:
+        """Health of one hosted service (say, RegistryService while its chain is down); ignored once stopping,
+        when every service is NOT_SERVING for good."""
+        if self._stopping:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set(name, status)
+        log.info("health of %s: %s", name, "SERVING" if serving else "NOT_SERVING")
 
     async def stop(self) -> None:
         """Graceful shutdown (idempotent; a second call waits for the first to finish)."""
@@ -126,10 +141,14 @@ async def serve(
     *,
     as_json: bool = False,
     announce: dict[str, str] | None = None,
+    on_started: Callable[[QuantledgerServer], None] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully; announce the address on stdout."""
+    """Run until SIGTERM/SIGINT, then shut down gracefully; announce the address on stdout.
+    ``on_started`` is called (on the event loop) once the server serves, before the announcement."""
     server = QuantledgerServer(settings, services)
     port = await server.start()
+    if on_started is not None:
+        on_started(server)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.stop()))
