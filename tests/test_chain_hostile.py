@@ -3,13 +3,11 @@ infinite-loop eth_call, a full disk, and writes from an account that is neither 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import pathlib
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+from hostile import fill, small_file_system
 from test_embedded_chain import ADMIN, ChainProcess, registration
 
 from registry_client import errors
@@ -191,27 +190,8 @@ def test_an_endless_call_is_aborted_and_never_blocks_other_clients(chain: ChainP
 @pytest.fixture
 def small_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
     """A real 2 MiB filesystem (tmpfs) to fill up; skipped where mounting is not allowed."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with small_file_system(tmp_path / "disk", "2m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(directory: pathlib.Path) -> pathlib.Path:
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as handle:
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(b"\0" * 4096)
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(b"\0")
-    return filler
 
 
 def send(chain: ChainProcess, raw: str) -> Any:

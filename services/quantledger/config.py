@@ -35,6 +35,11 @@ class Settings:
     conversion_cache_bytes: int = 20 << 30
     registry_address: str = ""
     registry_retry_seconds: float = 10.0
+    # time bounds: one worker step (fetch, convert, quantize one type, evaluate one output), a whole job,
+    # and checking a request's files at create (the client's deadline, when shorter, wins)
+    stage_timeout_seconds: float = 6 * 3600.0
+    job_timeout_seconds: float = 48 * 3600.0
+    validation_timeout_seconds: float = 60.0
 
     @property
     def database(self) -> pathlib.Path:
@@ -86,6 +91,9 @@ class Settings:
             "conversion_cache_bytes": max(0, _env_int("QUANTLEDGER_CONVERSION_CACHE_BYTES", 20 << 30)),
             "registry_address": os.environ.get("QUANTLEDGER_REGISTRY_ADDRESS", "").strip(),
             "registry_retry_seconds": max(1, _env_int("QUANTLEDGER_REGISTRY_RETRY_SECONDS", 10)),
+            "stage_timeout_seconds": max(1, _env_int("QUANTLEDGER_STAGE_TIMEOUT_SECONDS", 6 * 3600)),
+            "job_timeout_seconds": max(1, _env_int("QUANTLEDGER_JOB_TIMEOUT_SECONDS", 48 * 3600)),
+            "validation_timeout_seconds": max(1, _env_int("QUANTLEDGER_VALIDATION_TIMEOUT_SECONDS", 60)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

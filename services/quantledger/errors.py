@@ -25,7 +25,12 @@ the gRPC layer maps ``code`` to ``grpc.StatusCode``.
     ├── QualityGateFailed                 FAILED_PRECONDITION  QUALITY_GATE_FAILED
     ├── ConversionFailed                  INTERNAL             CONVERSION_FAILED
     ├── QuantizeFailed                    INTERNAL             QUANTIZE_FAILED
-    └── WorkerCrashed                     INTERNAL             WORKER_CRASHED
+    ├── WorkerCrashed                     INTERNAL             WORKER_CRASHED
+    ├── DeadlineExceeded                  DEADLINE_EXCEEDED    DEADLINE_EXCEEDED
+    │   ├── StageTimeout                  DEADLINE_EXCEEDED    STAGE_TIMEOUT
+    │   ├── JobTimeout                    DEADLINE_EXCEEDED    JOB_TIMEOUT
+    │   └── ValidationTimeout             DEADLINE_EXCEEDED    VALIDATION_TIMEOUT
+    └── PortInUse                         UNAVAILABLE          PORT_IN_USE
 """
 
 from __future__ import annotations
@@ -33,18 +38,44 @@ from __future__ import annotations
 from typing import ClassVar
 
 DOMAIN = "quantledger.v1"
+# bounds on what an error carries, so no client string can make an error exceed a message limit
+MAX_MESSAGE_CHARS = 2000
+MAX_METADATA_CHARS = 500
+MAX_METADATA_ENTRIES = 16
+QUOTE_LIMIT = 200
+
+
+def quote_client(text: object, limit: int = QUOTE_LIMIT, *, quoted: bool = True) -> str:
+    """A client-supplied string for an error message: ``repr``-quoted (control characters escaped) and
+    cut to ``limit`` characters with a note of the full length."""
+    value = str(text)
+    shown = value[:limit]
+    rendered = repr(shown) if quoted else repr(shown)[1:-1]
+    if len(value) > limit:
+        rendered += f"… ({len(value)} characters)"
+    return rendered
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 30] + f"… ({len(text)} characters)"
 
 
 class QuantledgerError(Exception):
-    """Root of every error this package raises on purpose."""
+    """Root of every error this package raises on purpose.
+
+    The message and metadata values are cut to MAX_MESSAGE_CHARS / MAX_METADATA_CHARS, whatever the
+    caller put in them.
+    """
 
     code: ClassVar[str] = "INTERNAL"
     reason: ClassVar[str] = "INTERNAL"
 
     def __init__(self, message: str, **metadata: str) -> None:
+        message = _bounded(str(message), MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.metadata: dict[str, str] = {k: str(v) for k, v in metadata.items()}
+        items = list(metadata.items())[:MAX_METADATA_ENTRIES]
+        self.metadata: dict[str, str] = {k[:64]: _bounded(str(v), MAX_METADATA_CHARS) for k, v in items}
 
 
 class SourceNotFound(QuantledgerError):
@@ -151,3 +182,35 @@ class QuantizeFailed(QuantledgerError):
 class WorkerCrashed(QuantledgerError):
     code = "INTERNAL"
     reason = "WORKER_CRASHED"
+
+
+class DeadlineExceeded(QuantledgerError):
+    """Work that ran past its time bound; the subclasses say which bound."""
+
+    code = "DEADLINE_EXCEEDED"
+    reason = "DEADLINE_EXCEEDED"
+
+
+class StageTimeout(DeadlineExceeded):
+    """One stage (a worker process: fetch, convert, quantize, evaluate) ran past QUANTLEDGER_STAGE_TIMEOUT_SECONDS."""
+
+    reason = "STAGE_TIMEOUT"
+
+
+class JobTimeout(DeadlineExceeded):
+    """A whole job ran past QUANTLEDGER_JOB_TIMEOUT_SECONDS."""
+
+    reason = "JOB_TIMEOUT"
+
+
+class ValidationTimeout(DeadlineExceeded):
+    """Checking a request's files did not finish within the client's deadline (or the server's bound)."""
+
+    reason = "VALIDATION_TIMEOUT"
+
+
+class PortInUse(QuantledgerError):
+    """A server cannot listen on its address: the port is taken (never shared) or the address is not local."""
+
+    code = "UNAVAILABLE"
+    reason = "PORT_IN_USE"

@@ -39,14 +39,21 @@ from quantledger.errors import InvalidArgument, SourceInvalid, SourceNotFound
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
-MAX_COUNT = 1_000_000  # tensor infos and key/value pairs
+# Bounds on what a header may hold (docs/SECURITY.md, "Bounds on model files"): each is far above what
+# real models use, and far below what would let one file hold a job slot for minutes. Real models carry
+# 20-60 keys; Llama 3's 128k-token and Gemma 3's 262k-token vocabularies (plus ~280k merges) are the
+# largest arrays; DeepSeek-V3 (61 layers, 256 experts merged per layer) has about 1,100 tensors.
+MAX_KV_COUNT = 4_096  # key/value pairs
+MAX_TENSOR_COUNT = 65_536  # tensor infos
+MAX_COUNT = MAX_TENSOR_COUNT  # the larger of the two counts (kept for callers of the old name)
 MAX_DIMS = 4
 MAX_ELEMENTS = 2**50  # per tensor
 MAX_TENSOR_NAME_BYTES = 63  # llama.cpp's GGML_MAX_NAME (64) minus the terminating NUL
-MAX_KEY_BYTES = 1 << 16
-MAX_STRING_BYTES = 1 << 26  # one metadata string; chat templates are tens of KiB
-MAX_ARRAY_ELEMENTS = 1 << 24  # one metadata array; the largest vocabularies hold ~260k tokens
-MAX_TOTAL_ELEMENTS = 1 << 26  # all metadata array elements of one header together
+MAX_KEY_BYTES = 1_024  # one key; real keys are under 64 bytes
+MAX_STRING_BYTES = 16 << 20  # one metadata string; chat templates are tens of KiB
+MAX_ARRAY_ELEMENTS = 1_048_576  # one metadata array: a vocabulary (or merge list) of 1M entries at most
+MAX_TOTAL_ELEMENTS = 8 * MAX_ARRAY_ELEMENTS  # all metadata array elements of one header together
+MAX_METADATA_BYTES = 128 << 20  # the key/value section; a 262k-token vocabulary takes about 20 MiB
 MAX_ARRAY_DEPTH = 4
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 
@@ -191,6 +198,8 @@ class _Cursor:
         self._buf = b""
         self._pos = 0  # position in _buf
         self._base = 0  # file offset of _buf[0]
+        self.limit = file_size  # reads beyond this offset fail with ``limit_message``
+        self.limit_message = ""
 
     @property
     def offset(self) -> int:
@@ -206,6 +215,8 @@ class _Cursor:
             return
         if n > self.remaining:
             raise self._fail(f"truncated: {what} at byte {self.offset} needs {n} bytes, only {self.remaining} remain")
+        if self.offset + n > self.limit:
+            raise self._fail(f"{what} at byte {self.offset}: {self.limit_message}")
         rest = self._buf[self._pos :]
         want = min(max(n - len(rest), _CHUNK), self._size - self._base - len(self._buf))
         try:
@@ -268,7 +279,9 @@ class _Cursor:
                         "bytes left in the file"
                     )
                 if length > MAX_STRING_BYTES:
-                    raise self._fail(f"{what}[{index}]: string length {length} exceeds the limit")
+                    raise self._fail(
+                        f"{what}[{index}]: string length {length} exceeds the limit of {MAX_STRING_BYTES} bytes"
+                    )
                 self.ensure(8 + length, f"{what}[{index}]")
                 end = self._pos + 8 + length
             raw = self._buf[self._pos + 8 : end]
@@ -316,8 +329,15 @@ class _Parser:
             raise self.fail(f"key {key!r} is an array of unknown value type {etype}")
         if count * min_size > self.cur.remaining:
             raise self.fail(f"key {key!r}: array of {count} elements cannot fit in the {self.cur.remaining} bytes left")
-        if count > MAX_ARRAY_ELEMENTS or count > self.elements_left:
-            raise self.fail(f"key {key!r}: array of {count} elements is over the limit")
+        if count > MAX_ARRAY_ELEMENTS:
+            raise self.fail(
+                f"key {key!r}: array of {count} elements is over the limit of {MAX_ARRAY_ELEMENTS} (MAX_ARRAY_ELEMENTS)"
+            )
+        if count > self.elements_left:
+            raise self.fail(
+                f"key {key!r}: the metadata arrays hold more than {MAX_TOTAL_ELEMENTS} elements together "
+                "(MAX_TOTAL_ELEMENTS)"
+            )
         self.elements_left -= count
         written = 4 + 8
         if scalar is not None:
@@ -392,15 +412,17 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
         raise fail(f"unsupported GGUF version {version}{hint}; versions 2 and 3 are supported")
     n_tensors = cur.u64("tensor count")
     n_kv = cur.u64("key/value count")
-    if n_tensors > MAX_COUNT:
-        raise fail(f"tensor count {n_tensors} exceeds the limit of {MAX_COUNT}")
-    if n_kv > MAX_COUNT:
-        raise fail(f"key/value count {n_kv} exceeds the limit of {MAX_COUNT}")
     needed = n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES
     if needed > cur.remaining:
-        raise fail(f"{n_tensors} tensors and {n_kv} key/value pairs cannot fit in the {cur.remaining} bytes left")
+        raise fail(f"tensor count {n_tensors} and key/value count {n_kv} cannot fit in the {cur.remaining} bytes left")
+    if n_tensors > MAX_TENSOR_COUNT:
+        raise fail(f"tensor count {n_tensors} exceeds the limit of {MAX_TENSOR_COUNT} (MAX_TENSOR_COUNT)")
+    if n_kv > MAX_KV_COUNT:
+        raise fail(f"key/value count {n_kv} exceeds the limit of {MAX_KV_COUNT} (MAX_KV_COUNT)")
 
     parser = _Parser(cur, fail)
+    cur.limit = MAX_METADATA_BYTES
+    cur.limit_message = f"the metadata takes more than {MAX_METADATA_BYTES} bytes (MAX_METADATA_BYTES)"
     metadata: dict[str, object] = {}
     layout: list[tuple[bytes, int]] = []
     for index in range(n_kv):
@@ -419,6 +441,9 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
         value, size = parser.value(vtype, key, 0)
         metadata[key] = value
         layout.append((raw_key[: _cut_at_nul(raw_key)], 4 + size))
+        if cur.offset > MAX_METADATA_BYTES:
+            raise fail(f"key {key!r}: {cur.limit_message}")
+    cur.limit = file_size
 
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in metadata:
@@ -439,6 +464,8 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
             raise fail(f"name of tensor {index} is not valid UTF-8") from None
         if not name:
             raise fail(f"tensor {index} has an empty name")
+        if not name.isprintable():
+            raise fail(f"name of tensor {index} ({name!r}) holds a control character")
         if name in names:
             raise fail(f"duplicate tensor name {name!r}")
         names.add(name)

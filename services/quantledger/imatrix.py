@@ -38,9 +38,9 @@ import ctypes
 import hashlib
 import mmap
 import os
-import stat
+import pathlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from quantledger.errors import ImatrixInvalid
+from quantledger.errors import ImatrixInvalid, quote_client
 
 __all__ = [
     "Imatrix",
@@ -201,32 +201,38 @@ def _finite_or_raise(values: FloatArray, name: str) -> None:
         )
 
 
-def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
+def load_imatrix(path: str | os.PathLike[str], roots: Sequence[pathlib.Path] | None = None) -> Imatrix:
     """Read an imatrix file in GGUF or legacy ``.dat`` format.
+
+    With ``roots``, ``path`` is a client's and must lie under them; without, it is a path the service
+    resolved and checked before (client_files.open_resolved).
 
     The format is chosen by the ``GGUF`` magic. Raises :class:`ImatrixInvalid` for unreadable, empty,
     truncated, malformed or hostile files, for GGUF files that are not importance matrices (missing
     ``imatrix.*`` metadata or another ``general.type``), and for non-finite values.
     """
-    shown = os.fspath(path)
+    from quantledger.client_files import open_client_file, open_resolved
+
+    shown = quote_client(os.fspath(path))
     try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang the open
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as fh:
+        # client_files: inside the roots, a regular file (a FIFO or device is refused before any open)
+        if roots is None:
+            fh = open_resolved(path, what="imatrix", error=ImatrixInvalid, missing=ImatrixInvalid)
+        else:
+            fh = open_client_file(path, roots, what="imatrix", error=ImatrixInvalid, missing=ImatrixInvalid)
+        with fh:
             info = os.fstat(fh.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ImatrixInvalid(f"cannot read imatrix file {shown!r}: not a regular file")
             if info.st_size == 0:
-                raise ImatrixInvalid(f"imatrix file {shown!r} is empty")
+                raise ImatrixInvalid(f"imatrix file {shown} is empty")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 digest = hashlib.sha256(mm).hexdigest()
                 if mm[:4] == GGUF_MAGIC:
                     return _load_gguf(mm, digest)
                 return _load_dat(mm, digest)
     except OSError as exc:
-        raise ImatrixInvalid(f"cannot read imatrix file {shown!r}: {exc.strerror or exc}") from exc
+        raise ImatrixInvalid(f"cannot read imatrix file {shown}: {exc.strerror or 'read error'}") from exc
     except (ValueError, OverflowError, MemoryError, struct.error) as exc:  # defensive: no raw parser errors
-        raise ImatrixInvalid(f"imatrix file {shown!r} is malformed: {exc}") from exc
+        raise ImatrixInvalid(f"imatrix file {shown} is malformed: {quote_client(exc)}") from exc
 
 
 # ---- legacy .dat -----------------------------------------------------------------------------------
@@ -535,15 +541,9 @@ def _prepare_entries(entries: Mapping[str, npt.ArrayLike]) -> list[tuple[str, by
 
 
 def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    target = os.fspath(path)
-    tmp = f"{target}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from quantledger.atomic_files import write_atomic
+
+    write_atomic(path, data)
 
 
 def _gguf_str(value: bytes) -> bytes:

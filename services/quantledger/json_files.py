@@ -1,32 +1,43 @@
 """Reading the small JSON files of model folders (config.json, tokenizer files, indexes, adapter configs).
 
-One reader, so every such file is size-capped and a file that is not a JSON object is a typed error
-naming it, never a ValueError or KeyError escaping as INTERNAL.
+One reader, so every such file is size-capped, opened through ``client_files`` (inside its folder, a
+regular file, never a FIFO or a link out of it), and a file that is not a JSON object is a typed error
+naming it (never quoting its bytes), never a ValueError or KeyError escaping as INTERNAL.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+from quantledger.client_files import folder_file, folder_has
 from quantledger.errors import QuantledgerError, SourceInvalid
+from registry_client.bounded_json import JsonRefused, parse_bounded_json
 
 MAX_JSON_BYTES = 64 << 20  # tokenizer.json of a 150k-token vocabulary is about 10 MB
 MAX_CONFIG_BYTES = 4 << 20
 
 
 def read_json_object(
-    path: pathlib.Path, *, error: type[QuantledgerError] = SourceInvalid, max_bytes: int = MAX_JSON_BYTES
+    path: pathlib.Path,
+    *,
+    error: type[QuantledgerError] = SourceInvalid,
+    max_bytes: int = MAX_JSON_BYTES,
+    subfolders: bool = False,
 ) -> dict[str, Any]:
-    """The JSON object in ``path``; ``error`` (SourceInvalid by default) when it is too large or not one."""
-    if path.stat().st_size > max_bytes:
+    """The JSON object in ``path`` (a file of the folder ``path.parent``; with ``subfolders`` a
+    ``sub/name`` of ``path.parent.parent``); ``error`` (SourceInvalid by default) when it is too large,
+    not one, or not a regular file inside its folder."""
+    folder, name = (path.parent.parent, f"{path.parent.name}/{path.name}") if subfolders else (path.parent, path.name)
+    with folder_file(folder, name, subfolders=subfolders, error=error) as handle:
+        raw = handle.read(max_bytes + 1)
+    if len(raw) > max_bytes:
         raise error(f"{path.name} is larger than {max_bytes} bytes")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise error(f"{path.name} is not valid JSON: {exc}") from exc
+        data = parse_bounded_json(raw, max_bytes=max_bytes)
+    except JsonRefused as exc:  # size, depth or syntax: the message names no content
+        raise error(f"{path.name}: {exc}") from exc
     if not isinstance(data, dict):
         raise error(f"{path.name} does not hold a JSON object")
     return data
@@ -34,10 +45,9 @@ def read_json_object(
 
 def read_hf_config(folder: pathlib.Path) -> dict[str, Any]:
     """config.json of a Hugging Face model folder."""
-    path = folder / "config.json"
-    if not path.is_file():
+    if not folder_has(folder, "config.json"):
         raise SourceInvalid(f"{folder} has no config.json: not a Hugging Face model folder")
-    return read_json_object(path, max_bytes=MAX_CONFIG_BYTES)
+    return read_json_object(folder / "config.json", max_bytes=MAX_CONFIG_BYTES)
 
 
 def hf_architecture(config: Mapping[str, Any]) -> str:

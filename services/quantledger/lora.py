@@ -28,13 +28,16 @@ of a base weight when that weight arrives, so at most one base tensor (plus its 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -44,8 +47,9 @@ import numpy as np
 import numpy.typing as npt
 from safetensors import SafetensorError, safe_open
 
-from quantledger.errors import LoraInvalid
-from quantledger.hashing import sha256_file
+from quantledger.client_files import folder_file, folder_has, reopen_path
+from quantledger.client_patterns import ClientPattern, compile_client_pattern, compile_client_patterns
+from quantledger.errors import LoraInvalid, quote_client
 from quantledger.json_files import read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -116,9 +120,19 @@ def _module_of(base_name: str) -> str:
     return base_name.removesuffix(".weight")
 
 
+# PEFT's rule: a pattern matches the whole module name or a dotted suffix of it
+_PATTERN_WRAP = r"(?:.*\.)?(?:{})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_pattern(pattern: str) -> ClientPattern:
+    """A rank/alpha pattern compiled with RE2 (client_patterns.py): linear time whatever the adapter says."""
+    return compile_client_pattern(pattern, f"{ADAPTER_CONFIG}: pattern", error=LoraInvalid, wrap=_PATTERN_WRAP)
+
+
 def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
     for pattern, value in patterns.items():
-        if re.fullmatch(rf"(?:.*\.)?(?:{pattern})", module):
+        if _compiled_pattern(pattern).fullmatch(module):
             return value
     return default
 
@@ -134,10 +148,10 @@ def load_lora(directory: str | os.PathLike[str]) -> LoraAdapter:
     if not root.is_dir():
         raise LoraInvalid(f"{root} is not a directory: a LoRA adapter is a PEFT adapter folder", path=str(root))
     config_path, weights_path = root / ADAPTER_CONFIG, root / ADAPTER_WEIGHTS
-    if not config_path.is_file():
+    if not folder_has(root, ADAPTER_CONFIG):
         raise LoraInvalid(f"{root} has no {ADAPTER_CONFIG}: not a PEFT adapter folder", path=str(root))
-    if not weights_path.is_file():
-        pickled = [name for name in PICKLED_WEIGHTS if (root / name).exists()]
+    if not folder_has(root, ADAPTER_WEIGHTS):
+        pickled = [name for name in PICKLED_WEIGHTS if folder_has(root, name)]
         if pickled:
             raise LoraInvalid(
                 f"{pickled[0]}: pickle files are not loaded; convert to safetensors "
@@ -165,7 +179,7 @@ def load_lora(directory: str | os.PathLike[str]) -> LoraAdapter:
         alpha_pattern=_frozen(alpha_pattern),
     )
     pairs, delta_shapes = _pair_up(header, config, adapter)
-    digests = f"{ADAPTER_CONFIG}\0{sha256_file(config_path)}\n{ADAPTER_WEIGHTS}\0{sha256_file(weights_path)}\n"
+    digests = f"{ADAPTER_CONFIG}\0{_sha256(config_path)}\n{ADAPTER_WEIGHTS}\0{_sha256(weights_path)}\n"
     return replace(
         adapter,
         sha256=hashlib.sha256(digests.encode()).hexdigest(),
@@ -216,16 +230,8 @@ def _patterns(config: Mapping[str, Any], key: str, convert: Any) -> dict[str, An
     raw = config.get(key) or {}
     if not isinstance(raw, dict):
         raise LoraInvalid(f"{ADAPTER_CONFIG}: {key} must be an object of pattern -> value")
-    result: dict[str, Any] = {}
-    for pattern, value in raw.items():
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise LoraInvalid(
-                f"{ADAPTER_CONFIG}: {key} pattern {pattern!r} is not a regular expression: {exc}"
-            ) from exc
-        result[pattern] = convert(value)
-    return result
+    compile_client_patterns(list(raw), f"{ADAPTER_CONFIG}: {key}", error=LoraInvalid, wrap=_PATTERN_WRAP)
+    return {pattern: convert(value) for pattern, value in raw.items()}
 
 
 def _optional_str(value: object) -> str | None:
@@ -242,9 +248,23 @@ def _target_modules(value: object) -> tuple[str, ...]:
     raise LoraInvalid(f"{ADAPTER_CONFIG}: target_modules must be a string or a list of strings, not {value!r}")
 
 
-def _open(path: Path) -> Any:
-    opener: Any = safe_open
-    return opener(str(path), framework="numpy")
+def _adapter_file(path: Path) -> io.BufferedReader:
+    """An adapter file, opened through client_files: a regular file inside the adapter folder."""
+    return folder_file(path.parent, path.name, error=LoraInvalid)
+
+
+def _sha256(path: Path) -> str:
+    with _adapter_file(path) as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[Any]:
+    """safetensors' reader on the adapter file already opened through client_files (never by name)."""
+    with _adapter_file(path) as handle:
+        opener: Any = safe_open
+        with opener(reopen_path(handle), framework="numpy") as reader:
+            yield reader
 
 
 def _read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -258,7 +278,7 @@ def _read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
                 header[str(key)] = (str(view.get_dtype()), tuple(int(d) for d in view.get_shape()))
             return header
     except (SafetensorError, OSError, ValueError) as exc:
-        raise LoraInvalid(f"{ADAPTER_WEIGHTS} is not a readable safetensors file: {exc}") from exc
+        raise LoraInvalid(f"{ADAPTER_WEIGHTS} is not a readable safetensors file") from exc
 
 
 def _unsupported_key(key: str, config: Mapping[str, Any]) -> LoraInvalid:
@@ -390,19 +410,20 @@ def _read_float32(path: Path, key: str) -> FloatArray:
                 return bf16_bits_to_float32(_raw_bf16(path, key))
             data = np.asarray(handle.get_tensor(key))
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise LoraInvalid(f"{ADAPTER_WEIGHTS}: reading {key} failed: {exc}", tensor=key) from exc
+        raise LoraInvalid(f"{ADAPTER_WEIGHTS}: reading {quote_client(key, 100)} failed", tensor=key) from exc
     if dtype not in _NUMPY_DTYPES:
         raise LoraInvalid(f"{key} is {dtype}; LoRA weights must be F16, BF16, F32 or F64", tensor=key)
     return data.astype(np.float32)
 
 
 def _raw_bf16(path: Path, key: str) -> npt.NDArray[np.uint16]:
-    with open(path, "rb") as handle:
+    with _adapter_file(path) as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         entry = json.loads(handle.read(length))[key]
-    start, end = entry["data_offsets"]
-    count = (end - start) // 2
-    bits = np.fromfile(path, dtype="<u2", count=count, offset=8 + length + start)
+        start, end = entry["data_offsets"]
+        count = (end - start) // 2
+        handle.seek(8 + length + start)
+        bits = np.fromfile(handle, dtype="<u2", count=count)
     if bits.size != count:
         raise LoraInvalid(f"{ADAPTER_WEIGHTS}: {key} is truncated", tensor=key)
     return bits.reshape(entry["shape"]).astype(np.uint16)

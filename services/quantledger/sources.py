@@ -3,6 +3,8 @@
 Local paths must lie under the allowed roots after every symlink and ``..`` is resolved, so a link
 inside a root that points outside it is refused like the outside path itself. The check comes
 before any existence test, so the service never tells whether a file exists outside its roots.
+Every file is opened through ``client_files`` (no FIFO, device or swapped-in link is ever opened) and
+its header read from that open file; a split model's shards must lie in the first shard's directory.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import pathlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
-from quantledger.errors import PathNotAllowed, SourceInvalid, SourceNotFound
-from quantledger.gguf_header import GgufHeader, is_gguf_file, read_gguf_header
+from quantledger.client_files import allowed_path, folder_file, folder_has, folder_names, open_client_file, reopen_path
+from quantledger.errors import SourceInvalid, SourceNotFound, quote_client
+from quantledger.gguf_header import GgufHeader, read_gguf_header
 from quantledger.jobs.model import SourceInfo
 
 _FIRST_SPLIT = re.compile(r"-00001-of-\d{5}\.gguf$")
@@ -24,22 +28,8 @@ MAX_SHARDS = 9999
 
 
 def resolve_allowed(raw: str, roots: Sequence[pathlib.Path], what: str = "source") -> pathlib.Path:
-    """The real path of ``raw``; PathNotAllowed unless it lies under one of ``roots``."""
-    if not raw or not raw.strip():
-        raise SourceInvalid(f"no {what} path given")
-    if "\x00" in raw:
-        raise SourceInvalid(f"{what} path contains a NUL byte")
-    real = pathlib.Path(os.path.realpath(pathlib.Path(raw).expanduser()))
-    for root in roots:
-        real_root = pathlib.Path(os.path.realpath(root))
-        if real == real_root or real_root in real.parents:
-            return real
-    allowed = os.pathsep.join(str(r) for r in roots)
-    raise PathNotAllowed(
-        f"{what} {raw!r} resolves to {real}, outside the allowed roots ({allowed}); "
-        "set QUANTLEDGER_ALLOWED_ROOTS to allow it",
-        path=str(real),
-    )
+    """The real path of ``raw``; PathNotAllowed unless it lies under one of ``roots`` (client_files)."""
+    return allowed_path(raw, roots, what)
 
 
 @dataclass(frozen=True)
@@ -82,25 +72,34 @@ def open_source(raw: str, roots: Sequence[pathlib.Path]) -> GgufSource:
     """Resolve ``raw`` (a GGUF file or a directory with one) and validate its header."""
     path = resolve_allowed(raw, roots)
     if not path.exists():
-        raise SourceNotFound(f"source {raw!r} does not exist", path=str(path))
+        raise SourceNotFound(f"source {quote_client(raw)} does not exist", path=str(path))
     if path.is_dir():
-        path = _model_in_directory(path)
-    if not path.is_file():
-        raise SourceInvalid(f"source {raw!r} is not a regular file", path=str(path))
-    if not os.access(path, os.R_OK):
-        raise SourceInvalid(f"source {raw!r} is not readable by the service", path=str(path))
-    if not is_gguf_file(path):
-        raise SourceInvalid(f"{path.name} is not a GGUF file (no GGUF magic)", path=str(path))
-    header = read_gguf_header(path)
+        path = _model_in_directory(path, roots)
+    with open_client_file(path, roots, what="source") as handle:
+        header = _read_header(handle, path)
     shards: tuple[pathlib.Path, ...] = (path,)
     shard_headers: tuple[GgufHeader, ...] = (header,)
     if _split_count(header) > 1:
-        header, shards, shard_headers = _merge_shards(path, header, roots)
+        header, shards, shard_headers = _merge_shards(path, header)
     if not header.architecture:
         raise SourceInvalid(f"{path.name} has no general.architecture: not a model GGUF", path=str(path))
     if not header.tensors:
         raise SourceInvalid(f"{path.name} holds no tensors", path=str(path))
     return GgufSource(path=path, header=header, shards=shards, shard_headers=shard_headers)
+
+
+def _read_header(handle: BinaryIO, path: pathlib.Path) -> GgufHeader:
+    """The validated header of the open GGUF file ``handle`` (whose real path is ``path``)."""
+    if handle.read(4) != b"GGUF":
+        raise SourceInvalid(f"{path.name} is not a GGUF file (no GGUF magic)", path=str(path))
+    opened = reopen_path(handle)
+    try:
+        header = read_gguf_header(opened)
+    except SourceInvalid as exc:  # the parser names the file it read: /proc/self/fd/N
+        shown = os.path.basename(opened)
+        message = exc.message.replace(opened, path.name).replace(f"{shown}:", f"{path.name}:", 1)
+        raise SourceInvalid(message, path=str(path)) from exc
+    return dataclasses.replace(header, path=str(path))
 
 
 def _split_count(header: GgufHeader) -> int:
@@ -109,7 +108,7 @@ def _split_count(header: GgufHeader) -> int:
 
 
 def _merge_shards(
-    first: pathlib.Path, header: GgufHeader, roots: Sequence[pathlib.Path]
+    first: pathlib.Path, header: GgufHeader
 ) -> tuple[GgufHeader, tuple[pathlib.Path, ...], tuple[GgufHeader, ...]]:
     """Validate every shard of a split model and merge their tensors into one header."""
     count = _split_count(header)
@@ -125,13 +124,14 @@ def _merge_shards(
     headers = [header]
     for number in range(2, count + 1):
         shard = first.with_name(f"{named['prefix']}-{number:05d}-of-{count:05d}.gguf")
-        real = resolve_allowed(str(shard), roots)
-        if not real.is_file():
+        # llama.cpp finds the shards by name next to the first one: they must really be there
+        if not folder_has(first.parent, shard.name):
             raise SourceInvalid(f"split model {first.name}: shard {shard.name} is missing", path=str(shard))
-        shard_header = read_gguf_header(real)
+        with folder_file(first.parent, shard.name, missing=SourceInvalid) as handle:
+            shard_header = _read_header(handle, shard)
         if shard_header.metadata.get("split.no") != number - 1:
             raise SourceInvalid(f"{shard.name} does not say it is shard {number} of {count}", path=str(shard))
-        shards.append(real)
+        shards.append(shard)
         headers.append(shard_header)
     tensors = tuple(t for h in headers for t in h.tensors)
     names = [t.name for t in tensors]
@@ -147,14 +147,15 @@ def _merge_shards(
     return merged, tuple(shards), tuple(headers)
 
 
-def _model_in_directory(directory: pathlib.Path) -> pathlib.Path:
-    ggufs = sorted(p for p in directory.glob("*.gguf") if p.is_file())
-    firsts = [p for p in ggufs if _FIRST_SPLIT.search(p.name)]
-    whole = [p for p in ggufs if "-of-" not in p.name]
+def _model_in_directory(directory: pathlib.Path, roots: Sequence[pathlib.Path]) -> pathlib.Path:
+    ggufs = [name for name in folder_names(directory, ".gguf") if (directory / name).is_file()]
+    firsts = [name for name in ggufs if _FIRST_SPLIT.search(name)]
+    whole = [name for name in ggufs if "-of-" not in name]
     candidates = whole + firsts
     if len(candidates) == 1:
-        return candidates[0]
+        # a link in the directory is followed only where it stays inside the allowed roots
+        return resolve_allowed(str(directory / candidates[0]), roots)
     if len(candidates) > 1:
-        names = ", ".join(p.name for p in candidates)
+        names = ", ".join(quote_client(name, 80) for name in candidates[:20])
         raise SourceInvalid(f"directory {directory} holds several models ({names}); name the file")
     raise SourceInvalid(f"directory {directory} holds no model (no .gguf file)", path=str(directory))

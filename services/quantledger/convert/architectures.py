@@ -8,12 +8,14 @@ Qwen2/Qwen3 use llama.cpp's NEOX rope and are not permuted.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from quantledger.model_checks import MAX_CONTEXT, TensorSpec, bert_shape, config_float, config_int, decoder_shape
 
 Array = npt.NDArray[np.generic]
 
@@ -72,6 +74,8 @@ class Architecture:
     rename: Callable[[str], str | None]  # HF tensor name -> GGUF name, None to drop
     transform: Callable[[str, Array, dict[str, Any]], Array]
     hparams: Callable[[dict[str, Any]], dict[str, Any]]
+    # config.json and the folder's tensor names -> the tensors the converter expects (model_checks.py)
+    tensors: Callable[[dict[str, Any], Collection[str]], dict[str, TensorSpec]]
 
 
 def _llama_rename(name: str) -> str | None:
@@ -98,11 +102,10 @@ def _bert_rename(name: str) -> str | None:
 
 
 def _llama_transform(name: str, weight: Array, config: dict[str, Any]) -> Array:
-    heads = int(config["num_attention_heads"])
     if name.endswith("self_attn.q_proj.weight"):
-        return permute_rotary(weight, heads)
+        return permute_rotary(weight, decoder_shape(config).heads)
     if name.endswith("self_attn.k_proj.weight"):
-        return permute_rotary(weight, int(config.get("num_key_value_heads") or heads))
+        return permute_rotary(weight, decoder_shape(config).kv_heads)
     return weight
 
 
@@ -111,44 +114,108 @@ def _keep(_name: str, weight: Array, _config: dict[str, Any]) -> Array:
 
 
 def _decoder_hparams(config: dict[str, Any]) -> dict[str, Any]:
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
+    shape = decoder_shape(config)
     values: dict[str, Any] = {
-        "context_length": int(config.get("max_position_embeddings", 2048)),
-        "embedding_length": int(config["hidden_size"]),
-        "block_count": int(config["num_hidden_layers"]),
-        "feed_forward_length": int(config["intermediate_size"]),
-        "attention.head_count": heads,
-        "attention.head_count_kv": int(config.get("num_key_value_heads") or heads),
-        "attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
-        "rope.dimension_count": head_dim,
-        "rope.freq_base": float(config.get("rope_theta", 10000.0)),
-        "attention.key_length": head_dim,
-        "attention.value_length": head_dim,
+        "context_length": config_int(config, "max_position_embeddings", default=2048, maximum=MAX_CONTEXT),
+        "embedding_length": shape.hidden,
+        "block_count": shape.layers,
+        "feed_forward_length": shape.ffn,
+        "attention.head_count": shape.heads,
+        "attention.head_count_kv": shape.kv_heads,
+        "attention.layer_norm_rms_epsilon": config_float(config, "rms_norm_eps", default=1e-6, maximum=1.0),
+        "rope.dimension_count": shape.head_dim,
+        "rope.freq_base": config_float(config, "rope_theta", default=10000.0),
+        "attention.key_length": shape.head_dim,
+        "attention.value_length": shape.head_dim,
     }
     return values
 
 
 def _bert_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    shape = bert_shape(config)
     return {
-        "context_length": int(config.get("max_position_embeddings", 512)),
-        "embedding_length": int(config["hidden_size"]),
-        "block_count": int(config["num_hidden_layers"]),
-        "feed_forward_length": int(config["intermediate_size"]),
-        "attention.head_count": int(config["num_attention_heads"]),
-        "attention.layer_norm_epsilon": float(config.get("layer_norm_eps", 1e-12)),
+        "context_length": shape.positions,
+        "embedding_length": shape.hidden,
+        "block_count": shape.layers,
+        "feed_forward_length": shape.ffn,
+        "attention.head_count": shape.heads,
+        "attention.layer_norm_epsilon": config_float(config, "layer_norm_eps", default=1e-12, maximum=1.0),
         "attention.causal": False,
     }
 
 
+def _decoder_tensors(biases: str) -> Callable[[dict[str, Any], Collection[str]], dict[str, TensorSpec]]:
+    """The tensors of a Llama-family decoder, in Hugging Face order ([out, in]). ``biases``: "required"
+    (Qwen2: llama.cpp loads q/k/v biases), "optional" (Llama, Mistral) or "qk_norm" (Qwen3: no biases,
+    per-head q/k norms required)."""
+
+    def tensors(config: dict[str, Any], _names: Collection[str]) -> dict[str, TensorSpec]:
+        s = decoder_shape(config)
+        q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        specs = {
+            "model.embed_tokens.weight": TensorSpec((s.vocab, s.hidden)),
+            "model.norm.weight": TensorSpec((s.hidden,)),
+            "lm_head.weight": TensorSpec((s.vocab, s.hidden), required=False),
+        }
+        block = {
+            "input_layernorm.weight": TensorSpec((s.hidden,)),
+            "post_attention_layernorm.weight": TensorSpec((s.hidden,)),
+            "self_attn.q_proj.weight": TensorSpec((q, s.hidden)),
+            "self_attn.k_proj.weight": TensorSpec((kv, s.hidden)),
+            "self_attn.v_proj.weight": TensorSpec((kv, s.hidden)),
+            "self_attn.o_proj.weight": TensorSpec((s.hidden, q)),
+            "mlp.gate_proj.weight": TensorSpec((s.ffn, s.hidden)),
+            "mlp.up_proj.weight": TensorSpec((s.ffn, s.hidden)),
+            "mlp.down_proj.weight": TensorSpec((s.hidden, s.ffn)),
+        }
+        if biases in ("required", "optional"):
+            for proj, rows in (("q", q), ("k", kv), ("v", kv)):
+                block[f"self_attn.{proj}_proj.bias"] = TensorSpec((rows,), required=biases == "required")
+        if biases == "qk_norm":
+            block["self_attn.q_norm.weight"] = TensorSpec((s.head_dim,))
+            block["self_attn.k_norm.weight"] = TensorSpec((s.head_dim,))
+        for layer in range(s.layers):
+            specs.update({f"model.layers.{layer}.{name}": spec for name, spec in block.items()})
+        return specs
+
+    return tensors
+
+
+def _bert_tensors(config: dict[str, Any], names: Collection[str]) -> dict[str, TensorSpec]:
+    s = bert_shape(config)
+    prefix = "bert." if any(name.startswith("bert.") for name in names) else ""
+    h, f = s.hidden, s.ffn
+    specs = {
+        "embeddings.word_embeddings.weight": TensorSpec((s.vocab, h)),
+        "embeddings.position_embeddings.weight": TensorSpec((s.positions, h)),
+        "embeddings.token_type_embeddings.weight": TensorSpec((s.token_types, h)),
+        "embeddings.LayerNorm.weight": TensorSpec((h,)),
+        "embeddings.LayerNorm.bias": TensorSpec((h,)),
+    }
+    block = {"attention.self.query": (h, h), "attention.self.key": (h, h), "attention.self.value": (h, h),
+             "attention.output.dense": (h, h), "attention.output.LayerNorm": (h,), "intermediate.dense": (f, h),
+             "output.dense": (h, f), "output.LayerNorm": (h,)}  # fmt: skip
+    for layer in range(s.layers):
+        for module, shape in block.items():
+            specs[f"encoder.layer.{layer}.{module}.weight"] = TensorSpec(shape)
+            specs[f"encoder.layer.{layer}.{module}.bias"] = TensorSpec((shape[0],))
+    return {prefix + name: spec for name, spec in specs.items()}
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "LlamaForCausalLM": Architecture(
-        "LlamaForCausalLM", "llama", "causal", _llama_rename, _llama_transform, _decoder_hparams
+        "LlamaForCausalLM", "llama", "causal", _llama_rename, _llama_transform, _decoder_hparams,
+        _decoder_tensors("optional"),
     ),
     "MistralForCausalLM": Architecture(
-        "MistralForCausalLM", "llama", "causal", _llama_rename, _llama_transform, _decoder_hparams
+        "MistralForCausalLM", "llama", "causal", _llama_rename, _llama_transform, _decoder_hparams,
+        _decoder_tensors("optional"),
     ),
-    "Qwen2ForCausalLM": Architecture("Qwen2ForCausalLM", "qwen2", "causal", _llama_rename, _keep, _decoder_hparams),
-    "Qwen3ForCausalLM": Architecture("Qwen3ForCausalLM", "qwen3", "causal", _llama_rename, _keep, _decoder_hparams),
-    "BertModel": Architecture("BertModel", "bert", "embedding", _bert_rename, _keep, _bert_hparams),
-}
+    "Qwen2ForCausalLM": Architecture(
+        "Qwen2ForCausalLM", "qwen2", "causal", _llama_rename, _keep, _decoder_hparams, _decoder_tensors("required")
+    ),
+    "Qwen3ForCausalLM": Architecture(
+        "Qwen3ForCausalLM", "qwen3", "causal", _llama_rename, _keep, _decoder_hparams, _decoder_tensors("qk_norm")
+    ),
+    "BertModel": Architecture("BertModel", "bert", "embedding", _bert_rename, _keep, _bert_hparams, _bert_tensors),
+}  # fmt: skip

@@ -18,10 +18,12 @@ from typing import Any
 import gguf
 import numpy as np
 
+from quantledger.atomic_files import AtomicFile
+from quantledger.client_files import check_member_name, folder_has, folder_names
 from quantledger.convert.architectures import ARCHITECTURES, Architecture
 from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry, bf16_to_f32
 from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
-from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture
+from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture, quote_client
 from quantledger.json_files import hf_architecture, read_hf_config, read_json_object
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)
@@ -67,7 +69,8 @@ def architecture_for(config: Mapping[str, Any], label: str) -> Architecture:
     name = hf_architecture(config)
     if name not in ARCHITECTURES:
         raise UnsupportedArchitecture(
-            f"{label} is a {name or 'model without config.architectures'}; supported: "
+            f"{quote_client(label, quoted=False)} is a "
+            f"{quote_client(name, 100, quoted=False) or 'model without config.architectures'}; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}",
             architecture=name,
         )
@@ -75,17 +78,24 @@ def architecture_for(config: Mapping[str, Any], label: str) -> Architecture:
 
 
 def weight_files(folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
+    """The folder's safetensors files: those its weight index names (plain file names inside the folder
+    only), or every ``*.safetensors``. Each is opened through client_files when read."""
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
+    if folder_has(folder, index.name):
         weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise SourceInvalid(f"{index.name} has no weight_map object")
-        files = sorted({folder / str(name) for name in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
+        names = set()
+        for value in weight_map.values():
+            if not isinstance(value, str):
+                raise SourceInvalid(f"{index.name}: a weight_map value is not a file name")
+            names.add(check_member_name(value, what=f"{index.name}: weight_map entry"))
+        missing = [name for name in sorted(names) if not folder_has(folder, name)]
         if missing:
-            raise SourceInvalid(f"{folder.name}: the index names missing shards {', '.join(missing)}")
-        return tuple(files)
-    files = sorted(folder.glob("*.safetensors"))
+            shown = ", ".join(quote_client(name, 100) for name in missing[:10])
+            raise SourceInvalid(f"{folder.name}: the index names missing shards {shown}")
+        return tuple(folder / name for name in sorted(names))
+    files = [folder / name for name in folder_names(folder, ".safetensors")]
     if not files:
         raise SourceInvalid(f"{folder.name} has config.json but no *.safetensors weights (.bin pickles are not read)")
     return tuple(files)
@@ -152,7 +162,7 @@ def _copy_tensor(writer: gguf.GGUFWriter, source: SafetensorsFile, entry: Tensor
         raise ConversionFailed(f"{entry.name}: {size} bytes in the file, {info.nbytes} planned")
     writer.write_padding(fout, fout.tell())
     fout.flush()
-    with open(source.path, "rb") as src:
+    with source.open() as src:
         offset, remaining = entry.start, size
         while remaining:
             copied = os.copy_file_range(src.fileno(), fout.fileno(), remaining, offset)
@@ -223,9 +233,9 @@ def _write_metadata(writer: gguf.GGUFWriter, arch: Architecture, info: HfModelIn
 
 def _pooling(folder: pathlib.Path) -> int | None:
     path = folder / "1_Pooling" / "config.json"
-    if not path.is_file():
+    if not folder_has(folder, "1_Pooling/config.json", subfolders=True):
         return None
-    config = read_json_object(path)
+    config = read_json_object(path, subfolders=True)
     for mode, value in (("mean", POOLING["mean"]), ("cls", POOLING["cls"]), ("lasttoken", POOLING["lasttoken"])):
         if config.get(f"pooling_mode_{mode}_tokens"):
             return value
@@ -256,15 +266,20 @@ def convert_hf_to_gguf(
             try:
                 name = arch.rename(entry.name)
             except KeyError as exc:
-                raise UnsupportedArchitecture(f"{info.architecture}: unexpected tensor {entry.name}") from exc
+                raise UnsupportedArchitecture(
+                    f"{info.architecture}: unexpected tensor {quote_client(entry.name, 100)}"
+                ) from exc
             if name is not None:
                 plan.append((source, entry, name, _target(name, entry.shape, out_type)))
     final = pathlib.Path(out_path)
-    temp = final.with_name(f".{final.name}.{os.getpid()}.converting")
     total = sum(e.end - e.start for _, e, _, _ in plan)
     done = 0
     try:
-        writer = gguf.GGUFWriter(temp, arch.gguf_name)
+        temp = AtomicFile(final, fsync=False)  # durable once the conversion cache stores it (fsync there)
+    except OSError as exc:
+        raise ConversionFailed(f"cannot write the conversion of {info.folder.name}: {exc.strerror}") from exc
+    try:
+        writer = gguf.GGUFWriter(temp.reopen_path, arch.gguf_name)
         _write_metadata(writer, arch, info, vocab, out_type, metadata or {})
         for _, entry, name, kind in plan:
             block, type_size = gguf.GGML_QUANT_SIZES[kind]
@@ -297,12 +312,12 @@ def convert_hf_to_gguf(
             if progress is not None:
                 progress(done, total)
         writer.close()
-        os.replace(temp, final)  # durable once the conversion cache stores it (fsync there, as for any cp)
+        temp.commit()
     except (SourceInvalid, UnsupportedArchitecture):
-        temp.unlink(missing_ok=True)
+        temp.abort()
         raise
-    except Exception as exc:
-        temp.unlink(missing_ok=True)
+    except BaseException as exc:
+        temp.abort()
         if isinstance(exc, OSError | ValueError):
             raise ConversionFailed(f"converting {info.folder.name} failed: {exc}") from exc
         raise

@@ -9,8 +9,13 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantledger.errors import SourceInvalid
+from quantledger.client_files import folder_file, folder_has
+from quantledger.errors import SourceInvalid, quote_client
 from quantledger.json_files import read_json_object as _json
+from quantledger.model_checks import MAX_TOKEN_TYPES, MAX_VOCAB_SIZE, config_int
+
+MAX_TOKENIZER_MODEL_BYTES = 64 << 20
+MAX_VOCAB_TXT_BYTES = 16 << 20
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # llama.cpp's pre-tokenizer names by model family (tokenizer.ggml.pre); the regexes behind them live in llama.cpp
@@ -44,7 +49,7 @@ def _token_text(value: object) -> str | None:
 def _apply_config(vocab: Vocab, folder: pathlib.Path, lookup: dict[str, int]) -> None:
     """Special tokens, add_bos/add_eos and the chat template from tokenizer_config.json."""
     path = folder / "tokenizer_config.json"
-    config = _json(path) if path.is_file() else {}
+    config = _json(path) if folder_has(folder, path.name) else {}
     for key in _SPECIAL_KEYS:
         text = _token_text(config.get(f"{key}_token"))
         if text is not None and text in lookup:
@@ -61,10 +66,14 @@ def sentencepiece_vocab(folder: pathlib.Path) -> Vocab:
     from sentencepiece import SentencePieceProcessor
 
     processor = SentencePieceProcessor()
+    with folder_file(folder, "tokenizer.model") as handle:
+        proto = handle.read(MAX_TOKENIZER_MODEL_BYTES + 1)
+    if len(proto) > MAX_TOKENIZER_MODEL_BYTES:
+        raise SourceInvalid(f"tokenizer.model is larger than {MAX_TOKENIZER_MODEL_BYTES} bytes")
     try:
-        processor.LoadFromFile(str(folder / "tokenizer.model"))
-    except (OSError, RuntimeError) as exc:
-        raise SourceInvalid(f"tokenizer.model cannot be read: {exc}") from exc
+        processor.LoadFromSerializedProto(proto)
+    except (OSError, RuntimeError, TypeError) as exc:
+        raise SourceInvalid("tokenizer.model cannot be read: it is not a SentencePiece model") from exc
     tokens, scores, types = [], [], []
     for token_id in range(processor.vocab_size()):
         tokens.append(processor.IdToPiece(token_id))
@@ -87,26 +96,80 @@ def sentencepiece_vocab(folder: pathlib.Path) -> Vocab:
     return vocab
 
 
+def _object(value: object, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SourceInvalid(f"{what} must be an object, not {type(value).__name__}")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SourceInvalid(f"{what} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _token_id(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_VOCAB_SIZE:
+        raise SourceInvalid(f"{what} must be a token id in 0..{MAX_VOCAB_SIZE - 1}, not {value!r}"[:200])
+    return value
+
+
+def _vocab_map(value: object, what: str) -> dict[str, int]:
+    """A token -> id object (tokenizer.json model.vocab), typed and within MAX_VOCAB_SIZE."""
+    mapping = _object(value, what)
+    if len(mapping) > MAX_VOCAB_SIZE:
+        raise SourceInvalid(f"{what} holds {len(mapping)} tokens, more than {MAX_VOCAB_SIZE}")
+    return {str(text): _token_id(token_id, f"{what}[{text!r}]") for text, token_id in mapping.items()}
+
+
+def _added_tokens(data: dict[str, Any]) -> list[tuple[str, int, bool]]:
+    """tokenizer.json added_tokens as (content, id, special)."""
+    found = []
+    entries = _list(data.get("added_tokens"), "tokenizer.json added_tokens")
+    if len(entries) > MAX_VOCAB_SIZE:
+        raise SourceInvalid(f"tokenizer.json added_tokens holds more than {MAX_VOCAB_SIZE} entries")
+    for index, added in enumerate(entries):
+        where = f"tokenizer.json added_tokens[{index}]"
+        entry = _object(added, where)
+        content = entry.get("content")
+        if not isinstance(content, str):
+            raise SourceInvalid(f"{where}.content must be a string")
+        found.append((content, _token_id(entry.get("id"), f"{where}.id"), bool(entry.get("special"))))
+    return found
+
+
 def bpe_vocab(folder: pathlib.Path, model_type: str) -> Vocab:
     data = _json(folder / "tokenizer.json")
-    model = data.get("model") or {}
+    model = _object(data.get("model"), "tokenizer.json model")
     if model.get("type") != "BPE":
-        raise SourceInvalid(f"tokenizer.json holds a {model.get('type')!r} model, not BPE")
-    lookup: dict[str, int] = dict(model.get("vocab") or {})
+        raise SourceInvalid(f"tokenizer.json holds a {quote_client(model.get('type'), 40)} model, not BPE")
+    base = _vocab_map(model.get("vocab"), "tokenizer.json model.vocab")
+    lookup: dict[str, int] = dict(base)
     special = set()
-    for added in data.get("added_tokens") or []:
-        lookup[added["content"]] = int(added["id"])
-        if added.get("special"):
-            special.add(added["content"])
+    for content, token_id, is_special in _added_tokens(data):
+        lookup[content] = token_id
+        if is_special:
+            special.add(content)
     size = max(lookup.values()) + 1 if lookup else 0
     tokens = [f"[PAD{i}]" for i in range(size)]
     types = [UNUSED] * size
     for text, token_id in lookup.items():
         tokens[token_id] = text
-        types[token_id] = (
-            CONTROL if text in special else (USER_DEFINED if text not in (model.get("vocab") or {}) else NORMAL)
-        )
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+        types[token_id] = CONTROL if text in special else (USER_DEFINED if text not in base else NORMAL)
+    merges = []
+    for index, merge in enumerate(_list(model.get("merges"), "tokenizer.json model.merges")):
+        if isinstance(merge, str):
+            merges.append(merge)
+        elif isinstance(merge, list) and len(merge) == 2 and all(isinstance(m, str) for m in merge):
+            merges.append(" ".join(merge))
+        else:
+            raise SourceInvalid(f"tokenizer.json model.merges[{index}] must be a string or a pair of strings")
+    if len(merges) > MAX_VOCAB_SIZE:
+        raise SourceInvalid(f"tokenizer.json model.merges holds more than {MAX_VOCAB_SIZE} merges")
     vocab = Vocab("gpt2", tokens, types, merges=merges, pre=_PRE_BY_MODEL_TYPE.get(model_type, "default"))
     _apply_config(vocab, folder, lookup)
     return vocab
@@ -115,14 +178,26 @@ def bpe_vocab(folder: pathlib.Path, model_type: str) -> Vocab:
 def wordpiece_vocab(folder: pathlib.Path, config: dict[str, Any]) -> Vocab:
     """BERT vocabulary in llama.cpp's "phantom space" form: word starts get "▁", "##" continuations lose it."""
     path = folder / "tokenizer.json"
-    if path.is_file():
+    if folder_has(folder, path.name):
         data = _json(path)
-        lookup: dict[str, int] = dict((data.get("model") or {}).get("vocab") or {})
-        special = {a["content"] for a in data.get("added_tokens") or [] if a.get("special")}
+        model = _object(data.get("model"), "tokenizer.json model")
+        lookup = _vocab_map(model.get("vocab"), "tokenizer.json model.vocab")
+        special = {content for content, _, is_special in _added_tokens(data) if is_special}
     else:
-        lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        with folder_file(folder, "vocab.txt") as handle:
+            raw = handle.read(MAX_VOCAB_TXT_BYTES + 1)
+        if len(raw) > MAX_VOCAB_TXT_BYTES:
+            raise SourceInvalid(f"vocab.txt is larger than {MAX_VOCAB_TXT_BYTES} bytes")
+        try:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise SourceInvalid("vocab.txt is not UTF-8 text") from exc
+        if len(lines) > MAX_VOCAB_SIZE:
+            raise SourceInvalid(f"vocab.txt holds {len(lines)} tokens, more than {MAX_VOCAB_SIZE}")
         lookup = {line: i for i, line in enumerate(lines)}
         special = {t for t in lookup if t.startswith("[") and t.endswith("]")}
+    if not lookup:
+        raise SourceInvalid("the WordPiece vocabulary is empty")
     tokens = [""] * (max(lookup.values()) + 1)
     types = [UNUSED] * len(tokens)
     for text, token_id in lookup.items():
@@ -140,23 +215,32 @@ def wordpiece_vocab(folder: pathlib.Path, config: dict[str, Any]) -> Vocab:
     if "cls" in vocab.special:
         vocab.special["bos"] = vocab.special["cls"]
     _apply_config(vocab, folder, lookup)
-    vocab.token_type_count = int(config.get("type_vocab_size", 2))
+    vocab.token_type_count = config_int(config, "type_vocab_size", default=2, maximum=MAX_TOKEN_TYPES)
     return vocab
 
 
 def tokenizer_kind(folder: pathlib.Path, architecture_kind: str, hf_architecture: str) -> str:
     if hf_architecture.startswith("Bert"):
         return "wordpiece"
-    if (folder / "tokenizer.model").is_file():
+    if folder_has(folder, "tokenizer.model"):
         return "spm"
-    if (folder / "tokenizer.json").is_file():
+    if folder_has(folder, "tokenizer.json"):
         return "bpe"
     raise SourceInvalid(f"{folder} has no tokenizer (tokenizer.model or tokenizer.json)")
 
 
 def load_vocab(folder: pathlib.Path, kind: str, config: dict[str, Any]) -> Vocab:
+    """The folder's vocabulary; SourceInvalid when it is malformed or larger than the model's embedding
+    (config.json vocab_size): llama.cpp needs one embedding row per token."""
     if kind == "spm":
-        return sentencepiece_vocab(folder)
-    if kind == "bpe":
-        return bpe_vocab(folder, str(config.get("model_type", "")))
-    return wordpiece_vocab(folder, config)
+        vocab = sentencepiece_vocab(folder)
+    elif kind == "bpe":
+        vocab = bpe_vocab(folder, str(config.get("model_type", "")))
+    else:
+        vocab = wordpiece_vocab(folder, config)
+    rows = config_int(config, "vocab_size", maximum=MAX_VOCAB_SIZE)
+    if len(vocab.tokens) > rows:
+        raise SourceInvalid(
+            f"the tokenizer has {len(vocab.tokens)} tokens but config.json vocab_size (the embedding rows) is {rows}"
+        )
+    return vocab

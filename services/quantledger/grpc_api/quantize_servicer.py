@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from quantledger.errors import InvalidArgument, JobNotFound
+from quantledger.errors import JobNotFound
 from quantledger.grpc_api.converters import (
     estimate_to_proto,
     job_to_proto,
@@ -14,8 +14,8 @@ from quantledger.grpc_api.converters import (
     spec_from_proto,
 )
 from quantledger.grpc_api.errors import maps_domain_errors
-from quantledger.jobs.engine import JobEngine, decode_page_token, encode_page_token
-from quantledger.quantize.catalogue import catalogue, llama_cpp_version
+from quantledger.jobs.engine import JobEngine
+from quantledger.quantize.catalogue import llama_cpp_version
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 
@@ -36,7 +36,9 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     async def CreateQuantizeJob(
         self, request: pb.CreateQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
-        job = await self._engine.create(spec_from_proto(request.job), request.request_id or request.job.request_id)
+        job = await self._engine.create(
+            spec_from_proto(request.job), request.request_id or request.job.request_id, context.time_remaining()
+        )
         return job_to_proto(job)
 
     @maps_domain_errors
@@ -69,19 +71,15 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     async def EstimateQuantizeJob(
         self, request: pb.EstimateQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.EstimateQuantizeJobResponse:
-        return estimate_to_proto(await self._engine.estimate(spec_from_proto(request.job)))
+        return estimate_to_proto(await self._engine.estimate(spec_from_proto(request.job), context.time_remaining()))
 
     @maps_domain_errors
     async def ListQuantTypes(
         self, request: pb.ListQuantTypesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListQuantTypesResponse:
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
-        types = catalogue()
-        start = decode_page_token(request.page_token) or 0
-        end = len(types) if request.page_size == 0 else min(len(types), start + request.page_size)
+        types, token = self._engine.list_quant_types(request.page_size, request.page_token)
         return pb.ListQuantTypesResponse(
-            quant_types=[quant_type_to_proto(t) for t in types[start:end]],
-            next_page_token=encode_page_token(end) if end < len(types) else "",
+            quant_types=[quant_type_to_proto(t) for t in types],
+            next_page_token=token,
             llama_cpp_version=llama_cpp_version(),
         )

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from quantledger.config import Settings
+from quantledger.errors import PortInUse
 from quantledger.grpc_api.quantize_servicer import QuantizeServicer
 from quantledger.grpc_api.registry_servicer import RegistryServicer
 from quantledger.jobs.engine import JobEngine
@@ -52,7 +53,9 @@ class QuantledgerServer:
             raise ValueError(f"unknown services {unknown}; available: {', '.join(SERVICES)}")
         self.settings = settings
         self._services = tuple(services)
-        self._server = grpc.aio.server()
+        # grpc sets SO_REUSEPORT by default: a second server on a busy port would start and the kernel
+        # would split connections between the two; without it a busy port is an error
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self._health = health.aio.HealthServicer()
         self._engine: JobEngine | None = None
         self._stopping = False
@@ -89,9 +92,14 @@ class QuantledgerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(names, self._server)
         address = f"{settings.host}:{settings.port}"
-        self.port = self._server.add_insecure_port(address)
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises when it cannot bind
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise PortInUse(
+                f"cannot listen on {address}: the port is in use (never shared) or the address is not this machine's"
+            )
         await self._server.start()
         for name in [*names, ""]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

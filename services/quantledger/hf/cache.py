@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from quantledger.atomic_files import write_atomic
+
 
 @dataclass(frozen=True)
 class CacheEntry:
@@ -67,15 +69,9 @@ class ConversionCache:
             os.fsync(handle.fileno())
         with self._lock:
             self._evict(max(0, self.max_bytes - size), keep=key)
-            meta_tmp = meta.with_name(meta.name + ".partial")
-            meta_tmp.write_text(json.dumps({**description, "key": key, "size_bytes": size}, indent=1))
             os.replace(produced, gguf)
-            os.replace(meta_tmp, meta)
-            directory = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            # fsyncs the directory too, so the renamed GGUF is durable before its description exists
+            write_atomic(meta, json.dumps({**description, "key": key, "size_bytes": size}, indent=1).encode())
         return CacheEntry(key, gguf, size)
 
     @contextlib.contextmanager

@@ -9,11 +9,13 @@ digests.)
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from quantledger.hashing import sha256_file
+from quantledger.client_files import folder_file
+from quantledger.hashing import CHUNK
 
 
 @dataclass(frozen=True)
@@ -43,21 +45,27 @@ def root_digest(files: Iterable[FileDigest]) -> str:
 def build_manifest(
     folder: pathlib.Path, relative_paths: Iterable[str], progress: Callable[[int, int], None] | None = None
 ) -> SourceManifest:
-    """Hash each named file of ``folder`` (streamed) and compute the root digest; ``progress(done, total)``
-    follows the bytes hashed."""
+    """Hash each named file of ``folder`` (streamed, each opened through client_files: inside the folder,
+    a regular file) and compute the root digest; ``progress(done, total)`` follows the bytes hashed."""
     names = sorted(set(relative_paths))
-    total = sum((folder / name).stat().st_size for name in names)
+    sizes = {}
+    for name in names:
+        with folder_file(folder, name, subfolders=True) as handle:
+            sizes[name] = os.fstat(handle.fileno()).st_size
+    total = sum(sizes.values())
     done = 0
-
-    def advance(size: int) -> None:
-        nonlocal done
-        done += size
-        if progress is not None:
-            progress(done, total)
-
     files = []
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
     for relative in names:
-        path = folder / relative
-        digest = sha256_file(path, advance if progress is not None else None)
-        files.append(FileDigest(path=relative, size_bytes=path.stat().st_size, sha256=digest))
+        digest = hashlib.sha256()
+        size = 0
+        with folder_file(folder, relative, subfolders=True) as handle:
+            while chunk := handle.readinto(buffer):
+                digest.update(view[:chunk])
+                size += chunk
+                done += chunk
+                if progress is not None:
+                    progress(done, total)
+        files.append(FileDigest(path=relative, size_bytes=size, sha256=digest.hexdigest()))
     return SourceManifest(files=tuple(files), root_digest=root_digest(files))

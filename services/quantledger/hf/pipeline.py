@@ -9,14 +9,18 @@ the engine then looks up or converts into.
 from __future__ import annotations
 
 import fnmatch
+import os
 import pathlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from quantledger.client_files import containing_root, folder_has, folder_names, real_path
 from quantledger.errors import SourceInvalid, UnsupportedArchitecture
 from quantledger.hf.hub import ALLOW_PATTERNS, HubRef, fetch_config, fetch_snapshot, parse_hub_id
 from quantledger.hf.manifest import SourceManifest, build_manifest
 from quantledger.json_files import read_hf_config, read_json_object
+from quantledger.model_checks import MAX_HEADS, MAX_LAYERS, HfTensor, check_hf_tensors, config_int, optional_config_int
 from quantledger.sources import resolve_allowed
 
 
@@ -54,15 +58,18 @@ class Materialized:
 def classify(raw: str, roots: Sequence[pathlib.Path]) -> HfSource | None:
     """A Hugging Face source, or None when ``raw`` should be read as a GGUF path."""
     hub = parse_hub_id(raw)
-    local = pathlib.Path(raw).expanduser()
-    if hub is not None and not raw.startswith(("hf://",)) and local.exists():
-        hub = None  # an existing relative path wins over a look-alike repo id
+    if hub is not None and not raw.startswith(("hf://",)):
+        # an existing relative path wins over a look-alike repo id; only one inside the allowed roots is
+        # looked at, so the answer never tells whether a path outside them exists
+        local = real_path(raw)
+        if containing_root(local, roots) is not None and local.exists():
+            hub = None
     if hub is not None:
         return HfSource(kind="hf_hub", hub=hub)
     if not raw.strip():
         return None
     path = resolve_allowed(raw, roots)
-    if path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+    if path.is_dir() and folder_has(path, "config.json") and not folder_names(path, ".gguf"):
         return HfSource(kind="hf_folder", folder=path)
     return None
 
@@ -78,8 +85,10 @@ def preflight(source: HfSource) -> Preflight:
         except UnsupportedArchitecture as exc:
             config = read_hf_config(source.folder)
             architecture = _fallback_or_raise(exc)
+            check_hf_config(config, architecture)
             parameters, weight_bytes = weights_summary(source.folder)
             return Preflight(architecture, parameters, weight_bytes, str(config.get("model_type", "")))
+        check_hf_model(source.folder, info.config, info.architecture)
         return Preflight(
             info.architecture, info.parameter_count, info.weight_bytes, str(info.config.get("model_type", ""))
         )
@@ -87,12 +96,61 @@ def preflight(source: HfSource) -> Preflight:
     folder = fetch_config(source.hub)
     config = read_hf_config(folder)
     architecture = converter_for(config, source.hub.repo_id)
+    check_hf_config(config, architecture)  # the weights are checked once downloaded (materialize)
     weight_bytes = 0
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
+    if folder_has(folder, index.name):
         metadata = read_json_object(index).get("metadata") or {}
-        weight_bytes = int(metadata.get("total_size") or 0)
+        total = metadata.get("total_size") if isinstance(metadata, dict) else None
+        weight_bytes = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
     return Preflight(architecture, 0, weight_bytes, str(config.get("model_type", "")))
+
+
+def check_hf_config(config: dict[str, Any], architecture: str) -> None:
+    """config.json's hyper-parameters typed, in range and runnable by llama.cpp (model_checks.py).
+    An architecture only llama.cpp's converter knows gets the one check that needs no table: its head
+    counts must divide."""
+    from quantledger.convert.architectures import ARCHITECTURES
+
+    arch = ARCHITECTURES.get(architecture)
+    if arch is not None:
+        arch.hparams(config)
+        return
+    heads = optional_config_int(config, "num_attention_heads", maximum=MAX_HEADS)
+    kv_heads = optional_config_int(config, "num_key_value_heads", maximum=MAX_HEADS)
+    if heads is not None and kv_heads is not None and heads % kv_heads:
+        raise SourceInvalid(
+            f"config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}; "
+            "llama.cpp cannot run such a model"
+        )
+
+
+def check_hf_model(folder: pathlib.Path, config: dict[str, Any], architecture: str) -> None:
+    """The folder against what its architecture requires, before any conversion: the hyper-parameters
+    (:func:`check_hf_config`), then, for the built-in converter's architectures, every safetensors
+    header against the tensors its table expects (names, shapes, float dtypes). SourceInvalid names the
+    first problem."""
+    from quantledger.convert.architectures import ARCHITECTURES
+    from quantledger.convert.converter import weight_files
+    from quantledger.convert.safetensors_reader import SafetensorsFile
+
+    check_hf_config(config, architecture)
+    arch = ARCHITECTURES.get(architecture)
+    if arch is None:
+        return
+    tensors: dict[str, HfTensor] = {}
+    for path in weight_files(folder):
+        for entry in SafetensorsFile(path).entries():
+            if entry.name in tensors:
+                raise SourceInvalid(f"{folder.name}: tensor {entry.name} appears in more than one weight file")
+            tensors[entry.name] = HfTensor(entry.name, entry.dtype, entry.shape)
+    layers = config_int(config, "num_hidden_layers", maximum=MAX_LAYERS)
+    check_hf_tensors(architecture, arch.tensors(config, tensors), tensors, arch.rename, layers)
+
+
+def converter_for_folder(folder: pathlib.Path) -> str:
+    """:func:`converter_for` of a downloaded snapshot."""
+    return converter_for(read_hf_config(folder), folder.name)
 
 
 def converter_for(config: dict[str, object], label: str) -> str:
@@ -119,12 +177,16 @@ def _fallback_or_raise(exc: UnsupportedArchitecture) -> str:
 
 
 def needed_files(folder: pathlib.Path) -> list[str]:
-    """The files of ``folder`` a conversion reads (what the manifest covers)."""
+    """The files of ``folder`` a conversion reads (what the manifest covers): entries matching
+    ALLOW_PATTERNS, found without following links to directories (a linked file is listed, and
+    refused when opened if it leads out of the folder)."""
     found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder).as_posix()
-        if path.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in ALLOW_PATTERNS):
-            found.append(relative)
+    for directory, subdirectories, names in os.walk(folder, followlinks=False):
+        subdirectories.sort()
+        for name in names:
+            relative = (pathlib.Path(directory) / name).relative_to(folder).as_posix()
+            if any(fnmatch.fnmatch(relative, pattern) for pattern in ALLOW_PATTERNS):
+                found.append(relative)
     return sorted(found)
 
 
@@ -141,6 +203,7 @@ def materialize(source: HfSource, progress: Callable[[int, int], None] | None = 
                     f"{source.hub.repo_id}: {item.path} has SHA-256 {item.sha256} but the hub records {expected}; "
                     "the cached download is corrupt: delete it from the Hugging Face cache and retry"
                 )
+        check_hf_model(snapshot.folder, read_hf_config(snapshot.folder), converter_for_folder(snapshot.folder))
         return Materialized(snapshot.folder, manifest, snapshot.commit)
     assert source.folder is not None
     return Materialized(source.folder, build_manifest(source.folder, needed_files(source.folder), progress), "")

@@ -10,20 +10,19 @@ running job and marks it INTERRUPTED; a restart after a kill -9 marks jobs left 
 from __future__ import annotations
 
 import asyncio
-import base64
+import concurrent.futures
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import os
 import pathlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from quantledger.config import Settings
 from quantledger.errors import (
@@ -32,9 +31,11 @@ from quantledger.errors import (
     InvalidArgument,
     JobAlreadyFinished,
     JobNotFound,
+    JobTimeout,
     QuantizeFailed,
     QuantledgerError,
     RequestIdConflict,
+    ValidationTimeout,
 )
 from quantledger.gguf_header import read_gguf_header
 from quantledger.hashing import sha256_file
@@ -54,6 +55,8 @@ from quantledger.jobs.model import (
 )
 from quantledger.jobs.stages import describe_hf_job, estimate_hf, evaluate_outputs, prepare_intermediate
 from quantledger.jobs.store import DuplicateRequestId, JobStore
+from quantledger.paging import PageSize, PageTokens
+from quantledger.quantize.catalogue import QuantType, catalogue
 from quantledger.quantize.estimate import Estimate, estimate, throughput_for
 from quantledger.quantize.llama_log import fallback_count
 from quantledger.quantize.plan import (
@@ -68,29 +71,15 @@ from quantledger.registry.stage import HashingStopped, apply_source_manifest, at
 from quantledger.sources import GgufSource
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
+JOB_PAGES = PageSize(default=50, largest=1000)
 MAX_REQUEST_ID_LENGTH = 128
 PROGRESS_SAVE_SECONDS = 2.0
+STORE_FLUSH_SECONDS = 2.0
+VALIDATION_THREADS = 4
 # Runs shorter than this say more about process start-up than about throughput.
 MIN_BYTES_FOR_THROUGHPUT = 16 << 20
-
-
-def encode_page_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"before": seq}).encode()).decode()
-
-
-def decode_page_token(token: str) -> int | None:
-    if not token:
-        return None
-    try:
-        before = json.loads(base64.urlsafe_b64decode(token.encode()))["before"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument("page_token is not a token this service issued") from exc
-    if not isinstance(before, int):
-        raise InvalidArgument("page_token is not a token this service issued")
-    return before
 
 
 class JobEngine:
@@ -103,6 +92,7 @@ class JobEngine:
         self.registrar = registrar
         self._pending_registration: set[str] = set()
         self._retrier: asyncio.Task[None] | None = None
+        self.page_tokens = PageTokens.in_home(settings.home)
         self.cache = ConversionCache(settings.home / "conversion-cache", settings.conversion_cache_bytes)
         self._live: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -111,6 +101,10 @@ class JobEngine:
         self._changed: asyncio.Event | None = None  # set (and replaced) on every job change
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        # checking a request's files (paths, headers, model folders) runs here, never on the shared
+        # default executor: a client whose files are slow to read cannot starve other RPCs
+        self._validation = concurrent.futures.ThreadPoolExecutor(VALIDATION_THREADS, thread_name_prefix="validate")
         self._stopping = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -125,10 +119,15 @@ class JobEngine:
         self._changed = asyncio.Event()
         self._wakeup = asyncio.Event()
         self.recover_interrupted()
+        self.cache.remove_partials()  # conversions a dead server left half-written (no job runs yet)
         self._scheduler = asyncio.create_task(self._schedule(), name="quantledger-scheduler")
+        self._flusher = asyncio.create_task(self._flush_store(), name="quantledger-store-flush")
         if self.registrar is not None:
             self._pending_registration.update(
-                job.id for job in self._store.with_state(JobState.SUCCEEDED) if _registration_pending(job)
+                job.id
+                for state in (JobState.SUCCEEDED, JobState.CANCELLED, JobState.FAILED)
+                for job in self._store.with_state(state)
+                if _registration_pending(job)
             )
             self._retrier = asyncio.create_task(self._retry_registrations(), name="quantledger-registrar")
 
@@ -153,7 +152,7 @@ class JobEngine:
     async def shutdown(self) -> None:
         """Stop every running job cleanly (worker killed, partial files removed, job INTERRUPTED)."""
         self._stopping = True
-        for background in (self._scheduler, self._retrier):
+        for background in (self._scheduler, self._retrier, self._flusher):
             if background is not None:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -167,26 +166,49 @@ class JobEngine:
             task.cancel()
         if tasks:
             await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
+        self._validation.shutdown(wait=False, cancel_futures=True)
+        self._store.flush()
 
     # ---------------------------------------------------------------- API
 
-    async def create(self, spec: JobSpec, request_id: str = "") -> Job:
-        """Validate ``spec`` completely, then queue a job (or return the one ``request_id`` made)."""
+    async def _validated(self, deadline: float | None, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the validation pool, within the client's deadline (seconds left; None = none
+        given) and the server's own bound, whichever is shorter."""
+        limit = self._settings.validation_timeout_seconds
+        if deadline is not None:
+            limit = min(limit, max(0.0, deadline))
+        future = asyncio.get_running_loop().run_in_executor(self._validation, fn, *args)
+        try:
+            return await asyncio.wait_for(future, timeout=limit)
+        except TimeoutError:
+            raise ValidationTimeout(
+                f"checking the request's files took longer than {limit:.1f} s; the files may be on a slow or "
+                "blocking file system, or the server is busy checking other requests",
+                limit_seconds=f"{limit:.1f}",
+            ) from None
+
+    async def create(self, spec: JobSpec, request_id: str = "", deadline: float | None = None) -> Job:
+        """Validate ``spec`` completely, then queue a job (or return the one ``request_id`` made).
+
+        ``deadline`` is the time the client gives the call, in seconds from now (None: no deadline)."""
         if len(request_id) > MAX_REQUEST_ID_LENGTH:
             raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
+        spec.check_bounds()
         fingerprint = spec.fingerprint()
         if request_id:
             existing = self._existing_for(request_id, fingerprint)
             if existing is not None:
                 return existing
         job_id = uuid.uuid4().hex
-        hf = await asyncio.to_thread(classify, spec.source, self._settings.allowed_roots)
+        hf = await self._validated(deadline, classify, spec.source, self._settings.allowed_roots)
         if hf is not None:
-            job = await asyncio.to_thread(describe_hf_job, self._settings, spec, request_id, job_id, hf)
+            job = await self._validated(deadline, describe_hf_job, self._settings, spec, request_id, job_id, hf)
             return await self._queue(job, fingerprint)
         if spec.options.lora_dir:
             raise InvalidArgument("lora_dir needs a Hugging Face source (a model folder or repo id), not a GGUF")
-        plan = await asyncio.to_thread(make_plan, spec, self._settings, self._settings.artifacts / job_id, job_id)
+        plan = await self._validated(
+            deadline, make_plan, spec, self._settings, self._settings.artifacts / job_id, job_id
+        )
         predicted = await self._estimate(plan)
         if not predicted.fits_on_disk:
             raise InsufficientDisk(
@@ -244,12 +266,20 @@ class JobEngine:
         return job
 
     def list_jobs(self, page_size: int, page_token: str) -> tuple[list[Job], str]:
-        if page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        jobs, next_seq = self._store.page(limit, decode_page_token(page_token))
+        """Jobs newest first, one page, and the token of the next page ("" after the last)."""
+        limit = JOB_PAGES.of(page_size)
+        jobs, next_seq = self._store.page(limit, self.page_tokens.decode("jobs", page_token))
         jobs = [copy.deepcopy(self._live[j.id]) if j.id in self._live else j for j in jobs]
-        return jobs, (encode_page_token(next_seq) if next_seq is not None else "")
+        return jobs, (self.page_tokens.encode("jobs", next_seq) if next_seq is not None else "")
+
+    def list_quant_types(self, page_size: int, page_token: str) -> tuple[list[QuantType], str]:
+        """The installed llama.cpp's types, one page (0 = all of them), and the next page's token."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", field="page_size")
+        types = catalogue()
+        start = self.page_tokens.decode("quant-types", page_token) or 0
+        end = len(types) if page_size == 0 else min(len(types), start + page_size)
+        return list(types[start:end]), (self.page_tokens.encode("quant-types", end) if end < len(types) else "")
 
     async def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -283,11 +313,12 @@ class JobEngine:
                 job = latest
                 yield job
 
-    async def estimate(self, spec: JobSpec) -> Estimate:
-        hf = await asyncio.to_thread(classify, spec.source, self._settings.allowed_roots)
+    async def estimate(self, spec: JobSpec, deadline: float | None = None) -> Estimate:
+        spec.check_bounds()
+        hf = await self._validated(deadline, classify, spec.source, self._settings.allowed_roots)
         if hf is not None:
-            return await asyncio.to_thread(estimate_hf, self._settings, spec, hf, self._store)
-        plan = await asyncio.to_thread(make_plan, spec, self._settings, self._settings.artifacts / "<job id>")
+            return await self._validated(deadline, estimate_hf, self._settings, spec, hf, self._store)
+        plan = await self._validated(deadline, make_plan, spec, self._settings, self._settings.artifacts / "<job id>")
         return await self._estimate(plan)
 
     # ---------------------------------------------------------------- internals
@@ -314,8 +345,9 @@ class JobEngine:
             self._changed = asyncio.Event()
 
     def worker_for(self, job: Job, request: dict[str, Any]) -> WorkerProcess:
-        """A worker for ``job`` that cancel and shutdown can kill."""
-        worker = WorkerProcess(request, str(self._settings.logs / f"{job.id}.log"))
+        """A worker for ``job`` that cancel and shutdown can kill, stopped after the stage time bound."""
+        log_path = str(self._settings.logs / f"{job.id}.log")
+        worker = WorkerProcess(request, log_path, timeout=self._settings.stage_timeout_seconds)
         self._workers[job.id] = worker
         return worker
 
@@ -361,35 +393,12 @@ class JobEngine:
     async def _run(self, job: Job) -> None:
         hashing: list[asyncio.Task[None]] = []
         stop_hashing = threading.Event()
-        identity: asyncio.Task[Any] | None = None
+        identity: list[asyncio.Task[Any]] = []  # the source's digest, computed beside the quantization
         pins = contextlib.ExitStack()
+        deadline = asyncio.timeout(self._settings.job_timeout_seconds)
         try:
-            source: GgufSource | None = None
-            stem: str | None = None
-            hf = await asyncio.to_thread(classify, job.spec.source, self._settings.allowed_roots)
-            if hf is not None:
-                source, stem = await prepare_intermediate(self, job, hf, pins)
-            plan = await asyncio.to_thread(
-                partial(make_plan, source=source, stem=stem),
-                job.spec,
-                self._settings,
-                pathlib.Path(job.output_dir),
-                job.id,
-            )
-            plan.output_dir.mkdir(parents=True, exist_ok=True)
-            # the source's own digest (GGUF sources) is computed beside the quantization, at low priority
-            identity = asyncio.create_task(asyncio.to_thread(source_manifest, job, stop_hashing))
-            for index, output in enumerate(plan.outputs):
-                result_events, seconds = await self._quantize_one(job, plan, index, output)
-                hashing.append(asyncio.create_task(self._complete_output(job, plan, output, result_events, seconds)))
-            if any(not t.done() for t in hashing):
-                job.stage = Stage.HASHING
-                self._touch(job)
-            await asyncio.gather(*hashing)
-            if not job.spec.options.skip_quality:
-                await evaluate_outputs(self, job, plan)
-            apply_source_manifest(job, await identity)
-            await self._register_outputs(job)
+            async with deadline:
+                await self._run_stages(job, hashing, stop_hashing, identity, pins)
             job.progress.fraction = 1.0
             job.progress.bytes_done = job.progress.bytes_total
             self._finish(job, JobState.SUCCEEDED, None)
@@ -410,32 +419,89 @@ class JobEngine:
             self._finish(job, JobState.FAILED, JobError.of(exc))
         except Exception as exc:
             await self._abandon(hashing)
-            log.exception("%s failed unexpectedly", job.name)
-            self._finish(job, JobState.FAILED, JobError("INTERNAL", "INTERNAL", f"internal error: {exc}"))
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                limit = self._settings.job_timeout_seconds
+                timeout = JobTimeout(
+                    f"the job ran longer than {limit:.0f} s and was stopped (QUANTLEDGER_JOB_TIMEOUT_SECONDS); "
+                    "outputs finished before that are kept",
+                    limit_seconds=f"{limit:.0f}",
+                )
+                log.warning("%s failed: %s", job.name, timeout.message)
+                self._finish(job, JobState.FAILED, JobError.of(timeout))
+            else:
+                log.exception("%s failed unexpectedly", job.name)
+                self._finish(job, JobState.FAILED, JobError("INTERNAL", "INTERNAL", f"internal error: {exc}"))
         finally:
             stop_hashing.set()
-            if identity is not None and not identity.done():
-                with contextlib.suppress(HashingStopped, asyncio.CancelledError):
-                    await identity
+            for task in identity:
+                if not task.done():
+                    with contextlib.suppress(HashingStopped, asyncio.CancelledError):
+                        await task
             pins.close()
             self._remove_partials(job)
+            if job.state.finished and _registration_pending(job):
+                self._pending_registration.add(job.id)
             self._live.pop(job.id, None)
             self._tasks.pop(job.id, None)
             self._workers.pop(job.id, None)
             self._stop_reason.pop(job.id, None)
             self._notify()
 
+    async def _run_stages(
+        self,
+        job: Job,
+        hashing: list[asyncio.Task[None]],
+        stop_hashing: threading.Event,
+        identity: list[asyncio.Task[Any]],
+        pins: contextlib.ExitStack,
+    ) -> None:
+        """Every stage of ``job``, from its source to registered outputs."""
+        source: GgufSource | None = None
+        stem: str | None = None
+        hf = await asyncio.to_thread(classify, job.spec.source, self._settings.allowed_roots)
+        if hf is not None:
+            source, stem = await prepare_intermediate(self, job, hf, pins)
+        plan = await asyncio.to_thread(
+            partial(make_plan, source=source, stem=stem),
+            job.spec,
+            self._settings,
+            pathlib.Path(job.output_dir),
+            job.id,
+        )
+        plan.output_dir.mkdir(parents=True, exist_ok=True)
+        identity.append(asyncio.create_task(asyncio.to_thread(source_manifest, job, stop_hashing)))
+        for index, output in enumerate(plan.outputs):
+            result_events, seconds = await self._quantize_one(job, plan, index, output)
+            hashing.append(asyncio.create_task(self._complete_output(job, plan, output, result_events, seconds)))
+        if any(not t.done() for t in hashing):
+            job.stage = Stage.HASHING
+            self._touch(job)
+        await asyncio.gather(*hashing)
+        if not job.spec.options.skip_quality:
+            await evaluate_outputs(self, job, plan)
+        apply_source_manifest(job, await identity[0])
+        # registration, once begun, completes and is recorded even when the job is cancelled meanwhile
+        registering = asyncio.ensure_future(self._register_outputs(job))
+        try:
+            await asyncio.shield(registering)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await registering
+            raise
+
     async def _register_outputs(self, job: Job) -> None:
         """Provenance JSON next to every output, then one registry transaction (PENDING if the chain is down)."""
         job.stage = Stage.REGISTERING
         self._touch(job)
         registering = self.registrar is not None
-        job.outputs = [await asyncio.to_thread(attach_provenance, job, a, registering=registering) for a in job.outputs]
+        roots = self._settings.allowed_roots
+        job.outputs = [
+            await asyncio.to_thread(partial(attach_provenance, registering=registering, roots=roots), job, a)
+            for a in job.outputs
+        ]
         self._touch(job)
         if self.registrar is not None:
             job.outputs = await asyncio.to_thread(self.registrar.register, job, job.outputs)
-            if _registration_pending(job):
-                self._pending_registration.add(job.id)
 
     async def _retry_registrations(self) -> None:
         """Every few seconds, try again to register outputs of finished jobs that are still PENDING."""
@@ -446,6 +512,15 @@ class JobEngine:
                 await self._retry_round()
             except Exception:  # keep retrying in later rounds whatever one round hit
                 log.exception("retrying pending registrations failed")
+
+    async def _flush_store(self) -> None:
+        """Write job states the database refused (a full disk) as soon as it accepts writes again."""
+        while True:
+            await asyncio.sleep(STORE_FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self._store.flush)
+            except Exception:  # keep trying in later rounds
+                log.exception("writing unsaved job states failed")
 
     async def _retry_round(self) -> None:
         assert self.registrar is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import glob
 import pathlib
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from quantledger.quantize.estimate import (
     free_bytes,
     throughput_for,
 )
-from quantledger.quantize.plan import QuantizePlan, check_options, requested_types
+from quantledger.quantize.plan import QuantizePlan, check_options, requested_types, resolve_output_dir
 from quantledger.quantize.runner import WorkerProcess
 from quantledger.sources import GgufSource, open_source, resolve_allowed
 
@@ -114,11 +115,8 @@ def describe_hf_job(
     out_type = (spec.options.intermediate_type or "F16").upper()
     intermediate = parameters * {"F32": 4, "F16": 2, "BF16": 2, "Q8_0": 34 / 32}[out_type]
     outputs = sum(parameters * (t.typical_bits_per_weight or 8.5) / 8 for t in types)
-    output_dir = (
-        resolve_allowed(spec.options.output_dir, settings.allowed_roots, what="output_dir")
-        if spec.options.output_dir
-        else settings.artifacts / job_id
-    )
+    options = spec.options
+    output_dir = resolve_output_dir(options.output_dir, settings) if options.output_dir else settings.artifacts / job_id
     needed = int(intermediate + outputs * 1.05)
     free = free_bytes(output_dir, settings.disk_reserve_bytes)
     if check_disk and needed > free:
@@ -262,8 +260,10 @@ async def _convert(
             temp,
             {"source": job.spec.source, "root_digest": materialized.manifest.root_digest, "out_type": out_type},
         )
-    finally:
-        temp.unlink(missing_ok=True)
+    finally:  # the temp file and what the converter wrote beside it (.{temp}.{pid}.converting): a cancel
+        # kills the worker before it can clean up after itself
+        for leftover in (temp, *temp.parent.glob(f".{glob.escape(temp.name)}.*")):
+            leftover.unlink(missing_ok=True)
 
 
 async def evaluate_outputs(host: StageHost, job: Job, plan: QuantizePlan) -> None:

@@ -3,17 +3,26 @@
 ``JobStore`` is the one small interface the engine uses for persistence and queueing; ``SqliteJobStore``
 is the embedded implementation (a file in the data dir, or ``:memory:`` for the serverless CLI). A
 distributed backend for multi-machine worker pools implements the same protocol.
+
+A write that fails (a full disk, an I/O error) loses nothing: the job's latest document is kept in
+memory, every read sees it, and ``flush`` (called on every later write and periodically by the
+engine) writes it as soon as the database accepts writes again. Only ``insert`` fails outright, as
+INSUFFICIENT_DISK, so a job that could not be recorded is never created.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
 from typing import Protocol
 
+from quantledger.errors import InsufficientDisk
 from quantledger.jobs.model import Job, JobState
+
+log = logging.getLogger(__name__)
 
 
 class DuplicateRequestId(Exception):
@@ -30,6 +39,7 @@ class JobStore(Protocol):
     def state_marker(self, state: JobState) -> tuple[int, int]: ...
     def record_throughput(self, quant_type: str, source_bytes: int, seconds: float) -> None: ...
     def throughputs(self, quant_type: str, limit: int = 20) -> list[float]: ...
+    def flush(self) -> int: ...
 
 
 _SCHEMA = """
@@ -62,8 +72,11 @@ class SqliteJobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # job id -> (state, document) of saves the database refused; written by the next flush
+        self._unsaved: dict[str, tuple[str, str]] = {}
 
     def close(self) -> None:
+        self.flush()
         with self._lock:
             self._db.close()
 
@@ -76,40 +89,69 @@ class SqliteJobStore:
                 )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateRequestId(job.request_id) from exc
+            except sqlite3.OperationalError as exc:
+                raise InsufficientDisk(f"the job database cannot be written ({exc}); no job was created") from exc
 
     def save(self, job: Job) -> None:
+        """Record ``job``; when the database refuses the write, keep it for ``flush`` (never raises for that)."""
         with self._lock:
-            self._db.execute(
-                "UPDATE jobs SET state = ?, doc = ? WHERE id = ?",
-                (job.state.value, json.dumps(job.to_dict()), job.id),
-            )
+            self._unsaved[job.id] = (job.state.value, json.dumps(job.to_dict()))
+            self._flush_locked()
+
+    def flush(self) -> int:
+        """Write the saves the database refused before; the number still unwritten."""
+        with self._lock:
+            return self._flush_locked()
+
+    def _flush_locked(self) -> int:
+        for job_id, (state, doc) in list(self._unsaved.items()):
+            try:
+                self._db.execute("UPDATE jobs SET state = ?, doc = ? WHERE id = ?", (state, doc, job_id))
+            except sqlite3.OperationalError as exc:
+                log.warning("job %s not saved yet (%s); kept in memory, retried", job_id, exc)
+                break
+            if self._unsaved.get(job_id) == (state, doc):
+                del self._unsaved[job_id]
+        return len(self._unsaved)
+
+    def _latest(self, job_id: str, doc: str) -> Job:
+        unsaved = self._unsaved.get(job_id)
+        return Job.from_dict(json.loads(unsaved[1] if unsaved else doc))
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return Job.from_dict(json.loads(row[0])) if row else None
+            return self._latest(job_id, row[0]) if row else None
 
     def find_by_request_id(self, request_id: str) -> tuple[Job, str] | None:
         with self._lock:
-            row = self._db.execute("SELECT doc, fingerprint FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
-        return (Job.from_dict(json.loads(row[0])), row[1]) if row else None
+            row = self._db.execute(
+                "SELECT id, doc, fingerprint FROM jobs WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            return (self._latest(row[0], row[1]), row[2]) if row else None
 
     def page(self, limit: int, before_seq: int | None) -> tuple[list[Job], int | None]:
         """Up to ``limit`` jobs, newest first, older than ``before_seq``; and the seq to continue from."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, doc FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                "SELECT seq, id, doc FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                 (before_seq if before_seq is not None else 2**62, limit + 1),
             ).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        jobs = [Job.from_dict(json.loads(doc)) for _, doc in rows]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            jobs = [self._latest(job_id, doc) for _, job_id, doc in rows]
         return jobs, (rows[-1][0] if more and rows else None)
 
     def with_state(self, state: JobState) -> list[Job]:
+        """Jobs in ``state``, oldest first (saves not yet written count with their new state)."""
         with self._lock:
-            rows = self._db.execute("SELECT doc FROM jobs WHERE state = ? ORDER BY seq", (state.value,)).fetchall()
-        return [Job.from_dict(json.loads(doc)) for (doc,) in rows]
+            unsaved = set(self._unsaved)
+            rows = self._db.execute(
+                "SELECT id, doc FROM jobs WHERE state = ? OR id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+                (state.value, json.dumps(sorted(unsaved))),
+            ).fetchall()
+            jobs = [self._latest(job_id, doc) for job_id, doc in rows]
+        return [job for job in jobs if job.state == state]
 
     def state_marker(self, state: JobState) -> tuple[int, int]:
         """(count, newest seq) of the jobs in ``state``: changes when a job enters or leaves it."""
@@ -119,11 +161,15 @@ class SqliteJobStore:
         return int(count), int(newest or 0)
 
     def record_throughput(self, quant_type: str, source_bytes: int, seconds: float) -> None:
+        """Remember a measured rate; a database that refuses the write only loses this sample."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO throughput (quant_type, source_bytes, seconds, recorded) VALUES (?, ?, ?, ?)",
-                (quant_type, source_bytes, seconds, time.time()),
-            )
+            try:
+                self._db.execute(
+                    "INSERT INTO throughput (quant_type, source_bytes, seconds, recorded) VALUES (?, ?, ?, ?)",
+                    (quant_type, source_bytes, seconds, time.time()),
+                )
+            except sqlite3.OperationalError as exc:
+                log.warning("throughput sample not recorded: %s", exc)
 
     def throughputs(self, quant_type: str, limit: int = 20) -> list[float]:
         """Source bytes per second of the latest runs of this type."""

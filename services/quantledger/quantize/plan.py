@@ -7,27 +7,36 @@ CreateQuantizeJob and EstimateQuantizeJob, so a job that exists has passed all o
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import pathlib
-import re
+import stat
 from dataclasses import dataclass
 from typing import Any
 
+from quantledger.client_files import open_client_file, real_path
+from quantledger.client_patterns import ClientPattern, compile_client_patterns, literal_overrides
 from quantledger.config import Settings
 from quantledger.errors import (
     ImatrixRequired,
     InvalidArgument,
     OutputExists,
+    PathNotAllowed,
     RequantizeRefused,
     SourceInvalid,
-    SourceNotFound,
+    quote_client,
 )
 from quantledger.ggml_types import ggml_types_by_name
-from quantledger.jobs.model import JobSpec
+from quantledger.jobs.model import JobSpec, Options
+from quantledger.model_checks import check_gguf_source
 from quantledger.quantize.catalogue import QuantType, lookup
 from quantledger.sources import GgufSource, open_source, resolve_allowed
 
 MAX_TYPES_PER_JOB = 64
+MAX_THREADS = 256
+# integer options: (lowest, highest, what the bounds mean)
+_INT_RANGES: dict[str, tuple[int, int, str]] = {"threads": (0, MAX_THREADS, "0 means all cores")}
 
 
 PARTIAL_SUFFIX = ".partial"
@@ -91,6 +100,7 @@ class QuantizePlan:
             ftype=output.quant_type.file_type,
             output=str(output.partial_prefix if not dry_run else output.path),
             dry_run=dry_run,
+            partial_count=output.split_count,
         )
         return request
 
@@ -99,7 +109,7 @@ def _ggml_type_id(name: str, what: str) -> int:
     found = ggml_types_by_name().get(name.strip().upper())
     if found is None:
         valid = ", ".join(sorted(ggml_types_by_name()))
-        raise InvalidArgument(f"{what}: unknown ggml type {name!r}; valid: {valid}")
+        raise InvalidArgument(f"{what}: unknown ggml type {quote_client(name, 40)}; valid: {valid}")
     return found.id
 
 
@@ -120,35 +130,74 @@ def requested_types(spec: JobSpec) -> list[QuantType]:
     return types
 
 
+def _check_numbers(options: Options) -> None:
+    """Every numeric option within its range: ints in ``_INT_RANGES``, every float finite and >= 0
+    (a NaN compares false with everything, so an unchecked NaN bound silently turns its check off)."""
+    for item in dataclasses.fields(options):
+        value = getattr(options, item.name)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+            raise InvalidArgument(f"{item.name} must be a finite number >= 0, not {value}", field=item.name)
+        if isinstance(value, int):
+            low, high, meaning = _INT_RANGES[item.name]
+            if not low <= value <= high:
+                raise InvalidArgument(
+                    f"{item.name} must lie in {low}..{high} ({meaning}), not {value}", field=item.name
+                )
+
+
+def override_patterns(options: Options) -> list[tuple[ClientPattern, int]]:
+    """The tensor type overrides, each pattern compiled with RE2 (client_patterns.py) and its type resolved."""
+    patterns = compile_client_patterns(
+        [pattern for pattern, _ in options.tensor_type_overrides], "tensor_type_overrides"
+    )
+    return [
+        (compiled, _ggml_type_id(type_name, f"override {compiled.text!r}"))
+        for compiled, (_, type_name) in zip(patterns, options.tensor_type_overrides, strict=True)
+    ]
+
+
 def check_options(spec: JobSpec, settings: Settings) -> None:
     """Everything about the options that does not need the source model."""
     options = spec.options
-    if options.threads < 0:
-        raise InvalidArgument("threads must be 0 (all cores) or positive")
-    if options.max_kl_divergence < 0:
-        raise InvalidArgument("max_kl_divergence must not be negative (0: no quality gate)")
+    _check_numbers(options)
     if options.max_kl_divergence and options.skip_quality:
         raise InvalidArgument("max_kl_divergence needs the quality measurement that skip_quality turns off")
     if options.intermediate_type and options.intermediate_type.upper() not in INTERMEDIATE_TYPES:
         raise InvalidArgument(f"intermediate_type must be one of {', '.join(INTERMEDIATE_TYPES)}")
-    for pattern, type_name in options.tensor_type_overrides:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise InvalidArgument(f"tensor type override pattern {pattern!r} is not a regex: {exc}") from exc
-        _ggml_type_id(type_name, f"override {pattern!r}")
+    override_patterns(options)
     for name in ("output_tensor_type", "token_embedding_type"):
         if getattr(options, name):
             _ggml_type_id(getattr(options, name), name)
     for name, what in (("imatrix_path", "imatrix"), ("eval_text_path", "eval_text_path")):
-        if getattr(options, name):
-            path = resolve_allowed(getattr(options, name), settings.allowed_roots, what=what)
-            if not path.is_file():
-                raise SourceNotFound(f"{what} file {getattr(options, name)!r} does not exist")
+        if getattr(options, name):  # inside the roots and a regular file (client_files)
+            open_client_file(getattr(options, name), settings.allowed_roots, what=what).close()
     if options.output_dir:
-        output_dir = resolve_allowed(options.output_dir, settings.allowed_roots, what="output_dir")
+        output_dir = resolve_output_dir(options.output_dir, settings)
         if output_dir.exists() and not output_dir.is_dir():
-            raise InvalidArgument(f"output_dir {options.output_dir!r} is not a directory")
+            raise InvalidArgument(f"output_dir {quote_client(options.output_dir)} is not a directory")
+        if not output_dir.exists() and not output_dir.parent.is_dir():
+            raise InvalidArgument(
+                f"output_dir {quote_client(options.output_dir)}: its parent directory does not exist; create it first",
+                field="output_dir",
+            )
+
+
+def resolve_output_dir(raw: str, settings: Settings) -> pathlib.Path:
+    """A client's output_dir, as a real path: under the allowed roots and never the service's own data
+    directory or anything in it (artifacts of every job, keys, the conversion cache, logs, the chain, the
+    job database): the default artifacts/<job id> is chosen by the service, not named by a client."""
+    output_dir = resolve_allowed(raw, settings.allowed_roots, what="output_dir")
+    home = real_path(str(settings.home))
+    if output_dir == home or home in output_dir.parents:
+        raise PathNotAllowed(
+            f"output_dir {quote_client(raw)} lies in the service's data directory, which holds other jobs' "
+            "outputs and the service's own files; name a directory of your own, or leave output_dir empty "
+            "for the service's default",
+            path=raw,
+        )
+    return output_dir
 
 
 def make_plan(
@@ -170,6 +219,7 @@ def make_plan(
     options = spec.options
     if source is None:
         source = open_source(spec.source, settings.allowed_roots)
+    check_gguf_source(source.header)
     if source.header.is_quantized() and not options.allow_requantize:
         raise RequantizeRefused(
             f"{source.path.name} is already quantized (file type {source.header.file_type}); "
@@ -183,7 +233,7 @@ def make_plan(
         imatrix_path = resolve_allowed(options.imatrix_path, settings.allowed_roots, what="imatrix")
         from quantledger.imatrix import check_covers, load_imatrix
 
-        imatrix = load_imatrix(imatrix_path)
+        imatrix = load_imatrix(imatrix_path, settings.allowed_roots)
         check_covers(imatrix, {t.name: t.shape[0] for t in source.header.tensors})
         # what llama-quantize records about the imatrix in the output (strings: llama.cpp keeps 127 bytes)
         metadata_overrides = [
@@ -202,11 +252,11 @@ def make_plan(
             quant_types=",".join(needing),
         )
 
-    overrides = [[pattern, _ggml_type_id(name, pattern)] for pattern, name in options.tensor_type_overrides]
-    if options.output_dir:
-        output_dir = resolve_allowed(options.output_dir, settings.allowed_roots, what="output_dir")
-    else:
-        output_dir = default_output_dir
+    # llama.cpp matches overrides with std::regex (backtracking): it gets literal tensor names, resolved here
+    overrides = [
+        list(o) for o in literal_overrides(override_patterns(options), (t.name for t in source.header.tensors))
+    ]
+    output_dir = resolve_output_dir(options.output_dir, settings) if options.output_dir else default_output_dir
     split_count = len(source.shards) if options.keep_split else 1
     base_name = stem or source.stem
     outputs = tuple(PlannedOutput(t, output_dir, f"{base_name}-{t.name}", tag, split_count) for t in types)
@@ -214,10 +264,12 @@ def make_plan(
         for path in output.paths:
             if path in source.shards:
                 raise InvalidArgument(f"output {path} would overwrite the source")
-            if path.exists() and not options.overwrite:
+            if os.path.lexists(path) and not options.overwrite:
                 raise OutputExists(
                     f"{path} already exists: remove it, choose another output_dir or set overwrite", path=str(path)
                 )
+            if os.path.lexists(path) and stat.S_ISDIR(os.lstat(path).st_mode):
+                raise OutputExists(f"{path} is a directory: remove it or choose another output_dir", path=str(path))
     if not os.access(output_dir if output_dir.exists() else output_dir.parent, os.W_OK):
         raise SourceInvalid(f"output_dir {output_dir} is not writable by the service")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantledger.errors import ImatrixRequired, QuantizeFailed, QuantledgerError, WorkerCrashed
+from quantledger.errors import ImatrixRequired, QuantizeFailed, QuantledgerError, StageTimeout, WorkerCrashed
 from quantledger.quantize.llama_log import IMATRIX_ERROR
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -32,14 +32,16 @@ class WorkerResult:
 class WorkerProcess:
     """One ``llama_model_quantize`` call in its own process group."""
 
-    def __init__(self, request: dict[str, Any], log_path: str) -> None:
+    def __init__(self, request: dict[str, Any], log_path: str, timeout: float | None = None) -> None:
         self._request = request
         self._log_path = log_path
+        self._timeout = timeout
         self._process: asyncio.subprocess.Process | None = None
         self.killed = False
 
     async def run(self, on_event: EventHandler) -> WorkerResult:
-        """Run to completion; raise QuantizeFailed / WorkerCrashed unless llama.cpp returned 0."""
+        """Run to completion; raise QuantizeFailed / WorkerCrashed unless llama.cpp returned 0, and
+        StageTimeout (the worker killed) when it runs longer than ``timeout`` seconds."""
         read_fd, write_fd = os.pipe()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_root(), env.get("PYTHONPATH", "")] if p)
@@ -62,12 +64,21 @@ class WorkerProcess:
                 os.close(write_fd)
         result = WorkerResult()
         try:
-            assert self._process.stdin is not None
-            self._process.stdin.write(json.dumps(self._request).encode())
-            await self._process.stdin.drain()
-            self._process.stdin.close()
-            await self._read_events(read_fd, result, on_event)
-            result.returncode = await self._process.wait()
+            async with asyncio.timeout(self._timeout):
+                assert self._process.stdin is not None
+                self._process.stdin.write(json.dumps(self._request).encode())
+                await self._process.stdin.drain()
+                self._process.stdin.close()
+                await self._read_events(read_fd, result, on_event)
+                result.returncode = await self._process.wait()
+        except TimeoutError:
+            self.kill()
+            mode = self._request.get("mode", "quantize")
+            raise StageTimeout(
+                f"the {mode} step ran longer than {self._timeout:.0f} s and was stopped "
+                "(QUANTLEDGER_STAGE_TIMEOUT_SECONDS)",
+                limit_seconds=f"{self._timeout:.0f}",
+            ) from None
         except BaseException:
             self.kill()
             raise
@@ -130,8 +141,11 @@ def error_for_reason(reason: str, message: str) -> QuantledgerError:
 
 
 def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[str, Any]]:
-    """Run a worker to completion from synchronous code and return its events."""
+    """Run a worker to completion from synchronous code and return its events; a worker still
+    running after ``timeout`` seconds is killed (WorkerCrashed)."""
+    import selectors
     import subprocess
+    import time
 
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
@@ -148,14 +162,36 @@ def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[
         )
     finally:
         os.close(write_fd)
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(request).encode())
-    process.stdin.close()
-    with os.fdopen(read_fd, "rb") as events:
-        raw = events.read()
-    if process.wait(timeout=timeout) != 0:
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    try:
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(request).encode())
+        process.stdin.close()
+        with selectors.DefaultSelector() as selector:  # read until EOF or the deadline, never past it
+            selector.register(read_fd, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerCrashed(f"worker did not finish within {timeout:.0f} s; killed")
+                if not selector.select(left):
+                    continue
+                chunk = os.read(read_fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise WorkerCrashed(f"worker did not finish within {timeout:.0f} s; killed") from None
+    finally:
+        os.close(read_fd)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if process.returncode != 0:
         raise WorkerCrashed(f"worker exited with status {process.returncode}")
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+    return [json.loads(line) for line in b"".join(chunks).splitlines() if line.strip()]
 
 
 def _package_root() -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import os
 import signal
@@ -110,11 +111,26 @@ def run(request: dict[str, Any], emit: _Emitter) -> int:
         keepalive.append(imatrix)
 
     emit({"event": "started", "pid": os.getpid()})
-    rc = int(
-        llama_cpp.llama_model_quantize(
-            os.fsencode(request["source"]), os.fsencode(request["output"]), ctypes.byref(params)
+    if request.get("dry_run"):
+        rc = int(
+            llama_cpp.llama_model_quantize(
+                os.fsencode(request["source"]), os.fsencode(request["output"]), ctypes.byref(params)
+            )
         )
-    )
+    else:
+        # llama.cpp writes by name: it gets the partial files this worker created (quantize/partial_files.py)
+        from quantledger.quantize.partial_files import claimed_partials
+
+        try:
+            with claimed_partials(request["output"], int(request.get("partial_count") or 1)) as target:
+                rc = int(
+                    llama_cpp.llama_model_quantize(
+                        os.fsencode(request["source"]), os.fsencode(target), ctypes.byref(params)
+                    )
+                )
+        except QuantledgerError as exc:
+            emit({"event": "error", "reason": exc.reason, "message": exc.message})
+            return 1
     emit({"event": "finished", "rc": rc, "errors": parser.errors[-5:]})
     del keepalive
     return rc
@@ -277,14 +293,45 @@ def main(argv: list[str] | None = None) -> int:
             except QuantledgerError as exc:  # typed: the parent re-raises it with its reason
                 emit({"event": "error", "reason": exc.reason, "message": exc.message})
                 return 4
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise
+                emit(disk_full_event(request.get("output") or request.get("folder") or ".", str(exc)))
+                return 4
             return 0
         rc = 0
         for index, one in enumerate(request.get("runs") or [request]):
             emit({"event": "run", "index": index})
             rc = run(one, emit)
             if rc != 0:
+                if not one.get("dry_run") and disk_is_full(one["output"]):
+                    # llama.cpp says only "basic_ios::clear: iostream error" when its write fails
+                    emit(disk_full_event(one["output"], "llama.cpp could not write the output"))
+                    return 4
                 break
     return 0 if rc == 0 else 3
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Less free space than this on the output's file system after a failed write means the disk filled up.
+DISK_FULL_BYTES = 16 << 20
+
+
+def disk_is_full(path: str) -> bool:
+    try:
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < DISK_FULL_BYTES
+
+
+def disk_full_event(path: str, detail: str) -> dict[str, Any]:
+    directory = os.path.dirname(os.path.abspath(path))
+    return {
+        "event": "error",
+        "reason": "INSUFFICIENT_DISK",
+        "message": f"the disk holding {directory} is full ({detail}); free space and resubmit",
+    }
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import pathlib
 import time
 from typing import Any
 
+from quantledger.atomic_files import write_atomic
 from quantledger.jobs.model import Artifact, Job, SourceInfo
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -122,7 +122,5 @@ def write_provenance(output_path: str, statement: dict[str, Any]) -> tuple[str, 
     """Write ``<output>.provenance.json`` atomically; returns (path, SHA-256 of its bytes)."""
     data = canonical_bytes(statement)
     target = pathlib.Path(output_path + SUFFIX)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, target)
+    write_atomic(target, data)
     return str(target), hashlib.sha256(data).hexdigest()

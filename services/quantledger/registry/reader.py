@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from quantledger.errors import InvalidArgument
+from quantledger.paging import PageSize, PageTokens
 from registry_client.errors import ContractNotDeployed, RegistryUnavailable
 from registry_client.records import Record, normalize_digest
 from registry_client.verify import Verdict, verdict_for
@@ -17,8 +16,7 @@ if TYPE_CHECKING:
     from registry_client.client import RegistryClient
 
 T = TypeVar("T")
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 100
+RECORD_PAGES = PageSize(default=50, largest=100)
 
 
 @dataclass(frozen=True)
@@ -39,20 +37,6 @@ def _digest(value: str, what: str) -> str:
         raise InvalidArgument(f"{what} must be a SHA-256 in hex (64 characters)", field=what) from exc
 
 
-def _encode_token(offset: int, parent: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([parent, offset]).encode()).decode()
-
-
-def _decode_token(token: str, parent: str) -> int:
-    try:
-        saved_parent, offset = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except Exception as exc:
-        raise InvalidArgument("page_token is not one this service issued", field="page_token") from exc
-    if saved_parent != parent or not isinstance(offset, int) or offset < 0:
-        raise InvalidArgument("page_token belongs to another listing", field="page_token")
-    return offset
-
-
 class RegistryReader:
     """Records by name, by digest and by source, over one RegistryClient (no key needed).
 
@@ -60,8 +44,9 @@ class RegistryReader:
     service starts (and keeps serving health) while its chain is away.
     """
 
-    def __init__(self, connect: Callable[[], RegistryClient]) -> None:
+    def __init__(self, connect: Callable[[], RegistryClient], page_tokens: PageTokens) -> None:
         self._connect = connect
+        self._page_tokens = page_tokens
         self._client: RegistryClient | None = None
 
     @property
@@ -110,10 +95,9 @@ class RegistryReader:
         return DigestVerification(verdict_for(records, valid), valid, revoked)
 
     def _list_records(self, parent: str, page_size: int, page_token: str) -> tuple[list[Record], str]:
-        if page_size < 0:
-            raise InvalidArgument("page_size must not be negative", field="page_size")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        offset = _decode_token(page_token, parent) if page_token else 0
+        size = RECORD_PAGES.of(page_size)
+        listing = f"records/{parent}"
+        offset = self._page_tokens.decode(listing, page_token) or 0
         kind, _, value = parent.partition("/")
         if kind == "files":
             digest = _digest(value, "parent")
@@ -128,4 +112,4 @@ class RegistryReader:
         else:
             raise InvalidArgument(f"parent {parent!r} must be files/{{sha256}} or sources/{{digest}}", field="parent")
         offset += len(attesters) if kind == "files" else len(files)
-        return records, (_encode_token(offset, parent) if offset < total else "")
+        return records, (self._page_tokens.encode(listing, offset) if offset < total else "")

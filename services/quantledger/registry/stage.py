@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import pathlib
 import re
 import threading
+from collections.abc import Sequence
 
-from quantledger.hashing import sha256_file
+from quantledger.client_files import allowed_path as resolve_allowed
+from quantledger.client_files import open_client_file
+from quantledger.config import Settings
 from quantledger.hf.manifest import SourceManifest, build_manifest
 from quantledger.jobs.model import Artifact, Job, RegistryEntry, SourceFile
 from quantledger.registry.provenance import build_statement, write_provenance
@@ -59,19 +63,28 @@ def apply_source_manifest(job: Job, manifest: SourceManifest | None) -> None:
     )
 
 
-def attach_provenance(job: Job, artifact: Artifact, *, registering: bool) -> Artifact:
-    """Write the output's provenance JSON and give the output its registry entry (PENDING or UNREGISTERED)."""
+def attach_provenance(
+    job: Job, artifact: Artifact, *, registering: bool, roots: Sequence[pathlib.Path] | None = None
+) -> Artifact:
+    """Write the output's provenance JSON and give the output its registry entry (PENDING or UNREGISTERED).
+
+    The job's imatrix and LoRA adapter are the client's paths: they are read again through client_files,
+    under ``roots`` (the allowed roots; from the environment when not given)."""
     if artifact.registry is not None:
         return artifact
     info = job.source_info
     assert info is not None
     options = job.spec.options
-    imatrix = sha256_file(options.imatrix_path) if options.imatrix_path else ""
+    allowed = tuple(roots) if roots is not None else Settings.from_env().allowed_roots
+    imatrix = ""
+    if options.imatrix_path:
+        with open_client_file(options.imatrix_path, allowed, what="imatrix") as handle:
+            imatrix = hashlib.file_digest(handle, "sha256").hexdigest()
     lora = ""
     if options.lora_dir:
         from quantledger.lora import load_lora
 
-        lora = load_lora(pathlib.Path(options.lora_dir)).sha256
+        lora = load_lora(resolve_allowed(options.lora_dir, allowed, what="lora_dir")).sha256
     statement = build_statement(job, artifact, info, imatrix_sha256=imatrix, lora_sha256=lora)
     path, digest = write_provenance(artifact.path, statement)
     entry = RegistryEntry(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from quantledger.config import Settings
+from quantledger.paging import PageTokens
 from quantledger.registry.reader import RegistryReader
 from quantledger.registry.registrar import Registrar
 from registry_client.address_book import AddressBook
@@ -51,4 +52,4 @@ def make_reader(settings: Settings) -> RegistryReader:
         address = settings.registry_address or None
         return RegistryClient.connect(url, address=address, address_book=AddressBook.in_home(settings.home))
 
-    return RegistryReader(connect)
+    return RegistryReader(connect, PageTokens.in_home(settings.home))
