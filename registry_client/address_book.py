@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from dataclasses import asdict, dataclass
+
+from registry_client.atomic_files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,4 @@ class AddressBook:
         del entry["chain_id"]
         data[str(deployment.chain_id)] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(temporary, self.path)
+        write_atomic(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

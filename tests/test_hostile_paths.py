@@ -271,8 +271,8 @@ def test_partial_files_are_claimed_before_llama_cpp_writes(tmp_path: pathlib.Pat
 
 
 def test_atomic_write_and_folder_files_refuse_links(tmp_path: pathlib.Path) -> None:
-    from quantledger.atomic_files import write_atomic
     from quantledger.client_files import folder_file
+    from registry_client.atomic_files import write_atomic
 
     victim = tmp_path / "victim"
     victim.write_bytes(SECRET)

@@ -16,6 +16,8 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any
 
+from registry_client.atomic_files import write_atomic
+
 FORMAT = 1
 
 
@@ -65,7 +67,7 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"format": FORMAT, "genesisTimestamp": new_header.genesis_timestamp,
                                "funded": list(new_header.funded)}) + "\n"  # fmt: skip
-            _write_synced(path, line.encode())
+            write_atomic(path, line.encode())
             return cls(path, new_header, [])
         data = path.read_bytes()
         lines = data.split(b"\n")
@@ -113,17 +115,3 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _write_synced(path: pathlib.Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

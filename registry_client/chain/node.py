@@ -25,7 +25,6 @@ we set), ``chain.mine_block(coinbase=, mix_hash=)``, ``chain.chaindb.db.wrapped_
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import pathlib
 import threading
@@ -249,8 +248,6 @@ class EmbeddedChain:
             self.snapshot()
         except OSError as exc:
             log.warning("could not write the chain snapshot (%s); the journal alone still holds every block", exc)
-            with contextlib.suppress(OSError):
-                self.snapshot_path.with_name(f".{self.snapshot_path.name}.tmp").unlink()
 
     def _check_chain_id(self, raw: str) -> None:
         """Refuse a transaction signed for another chain, or for none (replay protection, as geth does).

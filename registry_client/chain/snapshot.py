@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 import struct
+
+from registry_client.atomic_files import AtomicFile
 
 MAGIC = b"QLSNAP1\n"
 _LENGTH = struct.Struct(">I")
@@ -20,8 +21,8 @@ _LENGTH = struct.Struct(">I")
 
 def write_snapshot(path: pathlib.Path, entries: int, store: dict[bytes, bytes]) -> None:
     digest = hashlib.sha256()
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
+    with AtomicFile(path) as atomic:
+        handle = atomic.file
 
         def put(data: bytes) -> None:
             digest.update(data)
@@ -32,9 +33,6 @@ def write_snapshot(path: pathlib.Path, entries: int, store: dict[bytes, bytes]) 
         for key, value in store.items():
             put(_LENGTH.pack(len(key)) + key + _LENGTH.pack(len(value)) + value)
         handle.write(digest.digest())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def read_snapshot(path: pathlib.Path) -> tuple[int, dict[bytes, bytes]] | None:

@@ -30,8 +30,8 @@ import stat
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from quantledger.atomic_files import open_directory
 from quantledger.errors import PathNotAllowed, QuantledgerError, SourceInvalid, SourceNotFound, quote_client
+from registry_client.atomic_files import open_directory
 
 _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
 

@@ -541,7 +541,7 @@ def _prepare_entries(entries: Mapping[str, npt.ArrayLike]) -> list[tuple[str, by
 
 
 def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    from quantledger.atomic_files import write_atomic
+    from registry_client.atomic_files import write_atomic
 
     write_atomic(path, data)
 

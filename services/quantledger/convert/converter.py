@@ -18,13 +18,13 @@ from typing import Any
 import gguf
 import numpy as np
 
-from quantledger.atomic_files import AtomicFile
 from quantledger.client_files import check_member_name, folder_has, folder_names
 from quantledger.convert.architectures import ARCHITECTURES, Architecture
 from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry, bf16_to_f32
 from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
 from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture, quote_client
 from quantledger.json_files import hf_architecture, read_hf_config, read_json_object
+from registry_client.atomic_files import AtomicFile
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)
 CONVERTER_VERSION = "quantledger-convert-1"

@@ -89,6 +89,6 @@ def convert_command(python: str, folder: pathlib.Path, out: pathlib.Path, out_ty
 
 def write_metadata_file(path: pathlib.Path, metadata: dict[str, str]) -> None:
     """general.* keys in the JSON form llama.cpp's ``--metadata`` override reads."""
-    from quantledger.atomic_files import write_atomic
+    from registry_client.atomic_files import write_atomic
 
     write_atomic(path, json.dumps(metadata).encode("utf-8"), fsync=False)

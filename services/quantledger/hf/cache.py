@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from quantledger.atomic_files import write_atomic
+from registry_client.atomic_files import write_atomic
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import pathlib
 import stat
 from collections.abc import Iterator
 
-from quantledger.atomic_files import create_exclusive, open_directory
 from quantledger.errors import QuantizeFailed, quote_client
+from registry_client.atomic_files import create_exclusive, open_directory
 
 
 def partial_names(name: str, count: int) -> list[str]:

@@ -15,8 +15,8 @@ import pathlib
 import time
 from typing import Any
 
-from quantledger.atomic_files import write_atomic
 from quantledger.jobs.model import Artifact, Job, SourceInfo
+from registry_client.atomic_files import write_atomic
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

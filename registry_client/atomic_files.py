@@ -7,6 +7,9 @@ any symlink (a directory swapped for a link after its path was resolved is refus
 flushes and fsyncs the file, renames it over the target (a link at the target is replaced, never
 followed) and fsyncs the directory; a failure before that removes the temporary file.
 ``write_atomic(path, data)`` does all of it for bytes in memory.
+
+It lives in ``registry_client``, the lower of the two packages, so the chain's snapshots and address
+book use the same helper as the services' provenance files, conversions and imatrix files.
 """
 
 from __future__ import annotations
