@@ -169,8 +169,15 @@ def test_existing_output_is_not_overwritten(stub, models: Models) -> None:
     code, reason, _ = refused(create, stub, models.f16, ["Q4_0"], output_dir=str(out))
     assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "OUTPUT_EXISTS")
     assert pathlib.Path(first.outputs[0].path).read_bytes() == before
-    second = wait_for_job(stub, create(stub, models.f16, ["Q4_0"], output_dir=str(out), overwrite=True).name)
+    # overwrite replaces files that are there, but never another job's recorded output (issue 10)
+    code, reason, details = refused(create, stub, models.f16, ["Q4_0"], output_dir=str(out), overwrite=True)
+    assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "OUTPUT_EXISTS") and "earlier job" in details
+    assert pathlib.Path(first.outputs[0].path).read_bytes() == before
+    stray = out / pathlib.Path(first.outputs[0].path).name.replace("Q4_0", "Q5_0")
+    stray.write_bytes(b"not an output of any job")
+    second = wait_for_job(stub, create(stub, models.f16, ["Q5_0"], output_dir=str(out), overwrite=True).name)
     assert second.state == Job.STATE_SUCCEEDED
+    assert second.outputs[0].path == str(stray) and stray.read_bytes()[:4] == b"GGUF"
 
 
 def test_server_keeps_serving_after_bad_input(stub, models: Models, bad) -> None:

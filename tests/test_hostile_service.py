@@ -103,7 +103,7 @@ def test_absurd_requests_are_refused_by_size_before_any_file_work(server: Runnin
     if field == "long_path":
         source = str(models.root) + "/a" * 1_500_000  # 3 MB of path components
     elif field == "many_types":
-        types = ["Q4_K_M"] * 100_000
+        types = [f"Q{i}_K" for i in range(100_000)]  # distinct: not refused as duplicates
     elif field == "long_type":
         types = ["Q" * 1_000_000]
     elif field == "long_output_dir":
@@ -298,3 +298,27 @@ def test_a_second_server_on_a_busy_port_refuses_to_start(server: RunningServer, 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode != 0
     assert f"127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
+
+
+def test_an_output_disk_that_fills_during_quantization_is_insufficient_disk(
+    tmp_path: pathlib.Path, models: Models
+) -> None:
+    """llama.cpp says only "basic_ios::clear: iostream error" when its write fails; the job says INSUFFICIENT_DISK."""
+    with small_file_system(tmp_path / "out", "200m") as out:
+        server = start_server(
+            tmp_path / "home", [models.root, tmp_path], extra_env={"QUANTLEDGER_DISK_RESERVE_BYTES": "0"}
+        )
+        try:
+            stub = server.stub()
+            job = create(stub, models.large, ["Q8_0"], skip_quality=True, output_dir=str(out))
+            for snapshot in stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name), timeout=120):
+                if snapshot.stage == Job.STAGE_QUANTIZING:
+                    break
+            fill(out)
+            final = wait_for_job(stub, job.name)
+            assert final.state == Job.STATE_FAILED
+            assert job_error_reason(final) == "INSUFFICIENT_DISK", final.error.message
+            assert "full" in final.error.message
+            assert not [p.name for p in out.iterdir() if "partial" in p.name], "a partial output was left"
+        finally:
+            server.stop()

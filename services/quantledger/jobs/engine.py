@@ -64,6 +64,7 @@ from quantledger.quantize.plan import (
     PlannedOutput,
     QuantizePlan,
     make_plan,
+    refuse_another_jobs_output,
 )
 from quantledger.quantize.runner import WorkerProcess
 from quantledger.registry.registrar import PENDING, Registrar
@@ -613,6 +614,8 @@ class JobEngine:
             header = await asyncio.to_thread(read_gguf_header, written)
             files.append(OutputFile(path="", size_bytes=header.file_size, sha256=digest))
             headers.append(header)
+        for final in output.paths:  # another job may have finished into the same place meanwhile
+            refuse_another_jobs_output(final)
         for written, final in zip(output.partial_paths, output.paths, strict=True):
             os.replace(written, final)
         files = [dataclasses.replace(f, path=str(final)) for f, final in zip(files, output.paths, strict=True)]

@@ -31,6 +31,7 @@ from quantledger.ggml_types import ggml_types_by_name
 from quantledger.jobs.model import JobSpec, Options
 from quantledger.model_checks import check_gguf_source
 from quantledger.quantize.catalogue import QuantType, lookup
+from quantledger.registry.provenance import SUFFIX as PROVENANCE_SUFFIX
 from quantledger.sources import GgufSource, open_source, resolve_allowed
 
 MAX_TYPES_PER_JOB = 64
@@ -264,6 +265,7 @@ def make_plan(
         for path in output.paths:
             if path in source.shards:
                 raise InvalidArgument(f"output {path} would overwrite the source")
+            refuse_another_jobs_output(path)
             if os.path.lexists(path) and not options.overwrite:
                 raise OutputExists(
                     f"{path} already exists: remove it, choose another output_dir or set overwrite", path=str(path)
@@ -291,3 +293,15 @@ def make_plan(
         "metadata": metadata_overrides,
     }
     return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request)
+
+
+def refuse_another_jobs_output(path: pathlib.Path) -> None:
+    """OUTPUT_EXISTS when ``path`` is an output of an earlier job (its provenance JSON lies beside it):
+    ``overwrite`` replaces other files, never another job's recorded output (its record would then
+    name bytes that are gone)."""
+    if os.path.lexists(path) and os.path.lexists(f"{path}{PROVENANCE_SUFFIX}"):
+        raise OutputExists(
+            f"{path} is the output of an earlier job ({path.name}{PROVENANCE_SUFFIX} beside it) and is never "
+            "overwritten: choose another output_dir",
+            path=str(path),
+        )
