@@ -163,7 +163,7 @@ def cases(
         Case("3 MB path", create(str(files["good"].parent) + "/a" * 1_500_000), invalid),
         Case("100k quant types", create(str(files["good"]), ("Q8_0",) * 100_000), invalid),
         Case("1 MB quant type", create(str(files["good"]), ("Q" * 1_000_000,)), invalid),
-        Case("catastrophic override regex", create(str(files["good"]), tensor_type_overrides=[pb.TensorTypeOverride(pattern="(.|.|.)*ffn_down", type="Q8_0")], output_dir=out, overwrite=True, skip_quality=True), invalid | frozenset({"OK"})),
+        Case("catastrophic override regex", create(str(files["good"]), tensor_type_overrides=[pb.TensorTypeOverride(pattern="(.|.|.)*ffn_down", type="Q8_0")], output_dir=out, skip_quality=True), invalid | frozenset({"OK", "ALREADY_EXISTS/OUTPUT_EXISTS"})),  # accepted once, then its output exists
         Case("NaN quality gate", create(str(files["good"]), max_kl_divergence=float("nan"), output_dir=out), invalid),
         Case("2^31-1 threads", create(str(files["good"]), threads=2**31 - 1, output_dir=out), invalid),
         Case("output into the data dir", create(str(files["good"]), output_dir=str(files["home"] / "keys")), not_allowed),
@@ -230,8 +230,9 @@ def main() -> int:
             stub, health = pb_grpc.QuantizeServiceStub(channel), health_pb2_grpc.HealthStub(channel)
             valid = []
             for i in range(3):  # valid jobs beside the hostile ones
+                (root / f"valid-{i}").mkdir()
                 job = pb.QuantizeJob(source=str(files["good"]), quant_types=["Q8_0"],
-                                     options=pb.QuantizeOptions(skip_quality=True, output_dir=str(root / "bench-out"), overwrite=True))  # fmt: skip
+                                     options=pb.QuantizeOptions(skip_quality=True, output_dir=str(root / f"valid-{i}")))  # fmt: skip
                 valid.append(stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job, request_id=f"valid-{i}")).name)
             answers: Counter[str] = Counter()
             wrong: list[str] = []
@@ -262,11 +263,17 @@ def main() -> int:
                 listed = {
                     j.name: j.state for j in stub.ListQuantizeJobs(pb.ListQuantizeJobsRequest(page_size=1000)).jobs
                 }
-                if all(listed.get(name) in (pb.QuantizeJob.STATE_SUCCEEDED,) for name in valid):
+                if all(listed.get(name) == pb.QuantizeJob.STATE_SUCCEEDED for name in valid) and all(
+                    state not in (pb.QuantizeJob.STATE_QUEUED, pb.QuantizeJob.STATE_RUNNING)
+                    for state in listed.values()
+                ):
                     break
                 time.sleep(0.5)
             lost = [n for n in valid if n not in listed]
             stranded = [n for n in valid if n in listed and listed[n] != pb.QuantizeJob.STATE_SUCCEEDED]
+            hostile_jobs = [j for j in listed if j not in valid]  # jobs a hostile case was allowed to make
+            ended = (pb.QuantizeJob.STATE_SUCCEEDED, pb.QuantizeJob.STATE_FAILED, pb.QuantizeJob.STATE_CANCELLED)
+            stranded += [j for j in hostile_jobs if listed[j] not in ended]
             restarts = int(up.poll() is not None)
             chain_now = (
                 {c.pid for c in server.children() if "chain" in " ".join(c.cmdline())} if restarts == 0 else set()
@@ -287,7 +294,9 @@ def main() -> int:
                 f"health unanswered: {answers['health unanswered']}; slowest health check {slowest_health * 1000:.0f} ms"
             )
             print(f"server restarts: {restarts}; chain restarts: {chain_restarts}")
-            print(f"lost jobs: {len(lost)}; stranded jobs: {len(stranded)} (of {len(valid)} valid jobs run beside)")
+            print(
+                f"lost jobs: {len(lost)}; stranded jobs: {len(stranded)} (of {len(valid)} valid jobs run beside; {len(hostile_jobs)} accepted hostile)"
+            )
             print(f"server RSS before/after: {rss_before / 1e6:.1f} / {rss_after / 1e6:.1f} MB")
             bad = (
                 len(wrong)
