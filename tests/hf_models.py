@@ -15,7 +15,12 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str
     names = sorted(tensors)
     header: dict[str, object] = {"__metadata__": metadata or {}}
     offset = 0
-    kinds = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.uint16): "BF16"}
+    kinds = {
+        np.dtype(np.float16): "F16",
+        np.dtype(np.float32): "F32",
+        np.dtype(np.uint16): "BF16",
+        np.dtype(np.int32): "I32",
+    }
     for name in names:
         size = tensors[name].nbytes
         header[name] = {

@@ -17,11 +17,12 @@ import grpc
 import numpy as np
 import pytest
 from conftest import Models, job_error_reason, wait_for_job
-from hf_models import write_causal_folder
+from hf_models import save_file, write_causal_folder
 from hostile import health_probe
 from test_bad_input import create, refused
 
 from quantledger.gguf_header import MAX_ARRAY_ELEMENTS, MAX_KV_COUNT
+from quantledger.synthetic_model import _tensor_shapes
 from quantledger.v1 import quantize_service_pb2 as pb
 
 F16, F32 = 1, 0
@@ -51,7 +52,6 @@ def llama_gguf(
     extra_kv_count: int = 0,
 ) -> bytes:
     """A small llama GGUF (zero weights) whose tensors follow its metadata, less ``drop``, with ``reshape``."""
-    n_embd_kv = n_embd // n_head * n_head_kv
     kvs = [
         _string("general.architecture") + struct.pack("<I", 8) + _string("llama"),
         _kv_u32("general.file_type", 1),
@@ -70,23 +70,7 @@ def llama_gguf(
         _string("tokenizer.ggml.scores") + struct.pack("<IIQ", 9, 6, n_vocab) + bytes(4 * n_vocab),
         _string("tokenizer.ggml.token_type") + struct.pack("<IIQ", 9, 5, n_vocab) + struct.pack("<i", 1) * n_vocab,
     ]
-    shapes: list[tuple[str, tuple[int, ...]]] = [
-        ("token_embd.weight", (n_embd, n_vocab)),
-        ("output_norm.weight", (n_embd,)),
-        ("output.weight", (n_embd, n_vocab)),
-    ]
-    for i in range(n_layer):
-        shapes += [
-            (f"blk.{i}.attn_norm.weight", (n_embd,)),
-            (f"blk.{i}.attn_q.weight", (n_embd, n_embd)),
-            (f"blk.{i}.attn_k.weight", (n_embd, n_embd_kv)),
-            (f"blk.{i}.attn_v.weight", (n_embd, n_embd_kv)),
-            (f"blk.{i}.attn_output.weight", (n_embd, n_embd)),
-            (f"blk.{i}.ffn_norm.weight", (n_embd,)),
-            (f"blk.{i}.ffn_gate.weight", (n_embd, n_ff)),
-            (f"blk.{i}.ffn_up.weight", (n_embd, n_ff)),
-            (f"blk.{i}.ffn_down.weight", (n_ff, n_embd)),
-        ]
+    shapes = _tensor_shapes(n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab)
     shapes = [(name, (reshape or {}).get(name, shape)) for name, shape in shapes if name not in drop]
     infos, offset = b"", 0
     for name, shape in shapes:
@@ -159,27 +143,6 @@ def test_broken_gguf_is_source_invalid_naming_the_problem(stub, server, ggufs, c
 # ---------------------------------------------------------------------------------------------------
 # Hugging Face folders
 
-_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
-
-
-def _save(tensors: dict[str, np.ndarray], path: pathlib.Path) -> None:
-    header: dict[str, object] = {}
-    offset = 0
-    for name in sorted(tensors):
-        size = tensors[name].nbytes
-        header[name] = {
-            "dtype": _DTYPES[tensors[name].dtype],
-            "shape": list(tensors[name].shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as handle:
-        handle.write(len(raw).to_bytes(8, "little") + raw)
-        for name in sorted(tensors):
-            handle.write(np.ascontiguousarray(tensors[name]).tobytes())
-
 
 def _load(path: pathlib.Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
@@ -207,7 +170,7 @@ def _variant(hf_base: dict[str, pathlib.Path], kind: str, name: str) -> pathlib.
 def _edit_tensors(folder: pathlib.Path, edit) -> None:
     tensors = _load(folder / "model.safetensors")
     edit(tensors)
-    _save(tensors, folder / "model.safetensors")
+    save_file(tensors, str(folder / "model.safetensors"))
 
 
 def _edit_config(folder: pathlib.Path, **changes: object) -> None:
