@@ -78,9 +78,11 @@ def test_a_job_evaluates_on_the_users_own_text(tmp_path: pathlib.Path) -> None:
     home, out = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "QUANTLEDGER_HOME": str(home), "QUANTLEDGER_ALLOWED_ROOTS": str(tmp_path)}
 
-    def run(*extra: str) -> dict:
-        argv = [sys.executable, "-m", "quantledger.cli.main", "quantize", str(folder), "-q", "Q4_0", "--out", str(out),
-                "--overwrite", "--json", *extra]  # fmt: skip
+    def run(*extra: str) -> dict:  # each run writes its own directory: an earlier output is never overwritten
+        target = out / f"run-{len(list(out.glob('run-*'))) if out.exists() else 0}"
+        target.mkdir(parents=True)
+        argv = [sys.executable, "-m", "quantledger.cli.main", "quantize", str(folder), "-q", "Q4_0", "--out", str(target),
+                "--json", *extra]  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)["outputs"][0]["quality"]

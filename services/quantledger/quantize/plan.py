@@ -299,9 +299,16 @@ def refuse_another_jobs_output(path: pathlib.Path) -> None:
     """OUTPUT_EXISTS when ``path`` is an output of an earlier job (its provenance JSON lies beside it):
     ``overwrite`` replaces other files, never another job's recorded output (its record would then
     name bytes that are gone)."""
-    if os.path.lexists(path) and os.path.lexists(f"{path}{PROVENANCE_SUFFIX}"):
+    if _is_regular_file(path) and _is_regular_file(f"{path}{PROVENANCE_SUFFIX}"):  # planted links are no output
         raise OutputExists(
             f"{path} is the output of an earlier job ({path.name}{PROVENANCE_SUFFIX} beside it) and is never "
             "overwritten: choose another output_dir",
             path=str(path),
         )
+
+
+def _is_regular_file(path: str | os.PathLike[str]) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
