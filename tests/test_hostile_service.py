@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import pathlib
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -276,7 +278,6 @@ def test_cancel_during_conversion_leaves_nothing_in_the_conversion_cache(tmp_pat
 def test_the_chain_libraries_leave_the_recursion_limit_where_it_was() -> None:
     """py_ecc raises it to 100,000 at import, past the depth where the C stack overflows (a SIGSEGV
     instead of a RecursionError); every module of ours that imports web3 or eth-account puts it back."""
-    import sys
 
     script = (
         "import sys; before = sys.getrecursionlimit(); "
@@ -290,11 +291,10 @@ def test_the_chain_libraries_leave_the_recursion_limit_where_it_was() -> None:
 
 def test_a_second_server_on_a_busy_port_refuses_to_start(server: RunningServer, tmp_path: pathlib.Path) -> None:
     """gRPC's default SO_REUSEPORT let two servers share one port (jobs list alternated between them)."""
-    import sys
 
     port = server.address.rsplit(":", 1)[1]
     argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "quantize", "--port", port]
-    env = {**__import__("os").environ, "QUANTLEDGER_HOME": str(tmp_path / "other-home")}
+    env = {**os.environ, "QUANTLEDGER_HOME": str(tmp_path / "other-home")}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode != 0
     assert f"127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
