@@ -141,7 +141,17 @@ def test_type_and_option_errors(stub, models: Models) -> None:
 def test_job_name_and_paging_errors(stub, models: Models) -> None:
     code, reason, _ = refused(stub.GetQuantizeJob, pb.GetQuantizeJobRequest(name="jobs/nope"))
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
-    assert refused(stub.GetQuantizeJob, pb.GetQuantizeJobRequest(name="models/x"))[1] == "JOB_NOT_FOUND"
+    # a malformed name is INVALID_ARGUMENT, as in RegistryService; a well-formed name of nothing is NOT_FOUND
+    for malformed in ("models/x", "jobs/", "jobs/a/b", "nonsense"):
+        for call, request in (
+            (stub.GetQuantizeJob, pb.GetQuantizeJobRequest),
+            (stub.CancelQuantizeJob, pb.CancelQuantizeJobRequest),
+        ):
+            code, reason, _ = refused(call, request(name=malformed))
+            assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"), malformed
+    with pytest.raises(grpc.RpcError) as malformed_watch:
+        list(stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name="models/x")))
+    assert error_reason(malformed_watch.value) == "INVALID_ARGUMENT"
     code, reason, _ = refused(stub.ListQuantizeJobs, pb.ListQuantizeJobsRequest(page_size=-1))
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     assert refused(stub.ListQuantizeJobs, pb.ListQuantizeJobsRequest(page_token="garbage!"))[1] == "INVALID_ARGUMENT"

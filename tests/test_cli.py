@@ -179,7 +179,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path) -> None:
     report = json.loads(done.stdout)
     assert report["job"]["state"] == "STATE_SUCCEEDED"
     checks = next(s for s in report["steps"] if s["step"].startswith("7."))
-    assert checks["Q4_K_M"] == checks["Q8_0"] == "sha256 and predicted size match"
+    assert checks["Q4_K_M"] == checks["Q8_0"] == "sha256 and predicted size match"  # re-hashed: a real comparison
+    types = next(s for s in report["steps"] if s["step"].startswith("4."))
+    assert types["llama.cpp"].startswith("llama.cpp ") and types["binding"].startswith("llama-cpp-python ")
     on_chain = next(s for s in report["steps"] if s["step"].startswith("8."))
     assert on_chain["Q4_K_M"].startswith("VALID on chain (tx 0x") and on_chain["Q8_0"].startswith("VALID")
     for output in report["job"]["outputs"]:
@@ -216,3 +218,60 @@ def test_up_accepts_its_flags_announces_json_and_stops_on_sigint(tmp_path) -> No
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
+
+
+def test_server_flag_before_or_after_the_command(server: RunningServer) -> None:
+    before = cli("--server", server.address, "jobs", "list", "--json")
+    assert before.returncode == 0, before.stderr
+    assert "jobs" in json.loads(before.stdout) or json.loads(before.stdout) == {}
+    after = cli("jobs", "list", "--json", "--server", server.address)
+    assert after.returncode == 0, after.stderr
+    # the command's own flag wins over the one before it
+    nobody = cli("--server", server.address, "jobs", "list", "--server", "127.0.0.1:1", "--json")
+    assert json.loads(nobody.stdout)["error"]["reason"] == "SERVER_UNAVAILABLE"
+
+
+def test_error_messages_name_the_cli_flags(server: RunningServer, models: Models, tmp_path) -> None:
+    needs = cli("submit", str(models.f16), "-q", "IQ2_XXS", server=server)
+    assert needs.returncode == 1 and "IMATRIX_REQUIRED" in needs.stderr
+    assert "--imatrix" in needs.stderr and "imatrix_path" not in needs.stderr
+    out = models.root / "cli-flags"
+    out.mkdir(exist_ok=True)
+    (out / "tiny-Q4_0.gguf").write_bytes(b"a file of the user's, in the way")
+    again = cli("submit", str(models.f16), "-q", "Q4_0", "--out", str(out), server=server)
+    assert again.returncode == 1 and "OUTPUT_EXISTS" in again.stderr
+    assert "--overwrite" in again.stderr and "--out" in again.stderr and "output_dir" not in again.stderr
+    requantize = cli("estimate", str(models.q8_0), "-q", "Q4_0", "--json", server=server)
+    message = json.loads(requantize.stdout)["error"]["message"]
+    assert "--allow-requantize" in message and "allow_requantize" not in message
+    home = {"QUANTLEDGER_HOME": str(tmp_path / "home")}
+    no_ram = cli("recommend", "--params", "8B", "--local", env=home)
+    assert no_ram.returncode == 1 and "--ram" in no_ram.stderr and "ram_bytes" not in no_ram.stderr
+    negative = cli("recommend", "--params", "8B", "--ram", "8G", "--batch", "-1", "--local", env=home)
+    assert "--batch" in negative.stderr and "batch_size" not in negative.stderr
+
+
+def test_recommend_a_missing_bare_file_name_is_source_not_found(tmp_path) -> None:
+    env = {"QUANTLEDGER_HOME": str(tmp_path / "home")}
+    argv = [QUANTLEDGER or "quantledger"]
+    for name in ("missing.gguf", "./missing.gguf", "missing"):
+        done = subprocess.run([*argv, "recommend", name, "--ram", "8G", "--local", "--json"], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, **env}, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert json.loads(done.stdout)["error"]["reason"] == "SOURCE_NOT_FOUND", (name, done.stdout)
+
+
+def test_a_reader_that_goes_away_stops_the_cli_quietly(server: RunningServer, models: Models) -> None:
+    from quantledger.v1 import quantize_service_pb2 as pb
+
+    (models.root / "pipe").mkdir(exist_ok=True)
+    job = server.stub().CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=pb.QuantizeJob(
+        source=str(models.f16), quant_types=["Q4_0"], options=pb.QuantizeOptions(output_dir=str(models.root / "pipe")))))  # fmt: skip
+    argv = [QUANTLEDGER or "quantledger", "jobs", "show", job.name, "--server", server.address]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `| head -0` would: the reader is gone before the first line
+    with process.stderr:
+        stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr  # 128 + SIGPIPE, as a shell reports for `yes | head -1`
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

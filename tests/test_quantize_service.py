@@ -195,7 +195,10 @@ def test_list_quant_types_is_the_installed_catalogue(stub, models: Models) -> No
     by_name = {t.name: t for t in response.quant_types}
     assert by_name["IQ2_XXS"].requires_imatrix and not by_name["Q4_K_M"].requires_imatrix
     assert by_name["Q4_K_M"].file_type == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    assert response.llama_cpp_version
+    # the binding's release and llama.cpp's own version and commit, each named for what it is
+    assert response.llama_cpp_version.startswith("llama-cpp-python ")
+    assert response.llama_cpp_build.startswith("llama.cpp ") and "llama-cpp-python" not in response.llama_cpp_build
+    assert "commit " in response.llama_cpp_build
     page = stub.ListQuantTypes(pb.ListQuantTypesRequest(page_size=5))
     assert len(page.quant_types) == 5 and page.next_page_token
     rest = stub.ListQuantTypes(pb.ListQuantTypesRequest(page_token=page.next_page_token))

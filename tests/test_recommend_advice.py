@@ -121,14 +121,14 @@ def test_measured_quality_replaces_the_published_figure() -> None:
     query = RecommendQuery(model=model, hardware=HardwareSpec(ram_bytes=64 * GIB), max_options=50)
     first = recommender.recommend(query)
     before = {o.quant_type: o for o in first.options}
-    assert before["Q4_K_M"].quality.source == "published"
+    assert before["Q4_K_M"].quality.source == "scaled"  # the table's figure, scaled for this parameter count
     measured[("llama", first.parameter_count)] = {"Q4_K_M": 0.0123}
     after = {o.quant_type: o for o in recommender.recommend(query).options}  # the cached answer is not reused
     assert after["Q4_K_M"].quality.source == "measured"
     assert after["Q4_K_M"].quality.mean_kl_divergence == pytest.approx(
         0.0123 + 0.0005 * (after["Q4_K_M"].kv_type == "q8_0")
     )
-    assert after["Q8_0"].quality.source == "published"
+    assert after["Q8_0"].quality.source == "scaled"
 
 
 @pytest.mark.parametrize(
@@ -160,3 +160,27 @@ def test_bad_input_is_invalid_argument_with_a_clear_message(recommender: Recomme
 def test_bad_model_references_are_invalid_argument(recommender: Recommender, model: ModelRef) -> None:
     with pytest.raises(InvalidArgument):
         ask(recommender, model, HardwareSpec(ram_bytes=8 * GIB))
+
+
+def test_quality_source_says_what_each_value_is() -> None:
+    """A value is labelled published only when it is llama.cpp's table figure as is."""
+    from quantledger.recommend.quality import REFERENCE_PARAMETERS, predict
+
+    published_q4_k_m, published_q8_0 = 0.0313, 0.00136  # llama.cpp's table (Llama-3-8B, no imatrix)
+
+    as_published = predict("Q4_K_M", 4.89, int(REFERENCE_PARAMETERS), has_imatrix=False)
+    assert (as_published.source, as_published.mean_kl_divergence) == ("published", published_q4_k_m)
+    assert predict("Q4_K_M", 4.89, 70_000_000_000, has_imatrix=False).source == "scaled"
+    # only the imatrix figure is published: without one it is raised by a rule of thumb
+    assert predict("IQ4_XS", 4.46, int(REFERENCE_PARAMETERS), has_imatrix=False).source == "estimated"
+    assert predict("F16", 16.0, int(REFERENCE_PARAMETERS), has_imatrix=False).source == "estimated"
+    assert predict("Q5_1", 6.0, int(REFERENCE_PARAMETERS), has_imatrix=False).source == "interpolated"
+    # through the recommender: a described model is never exactly Llama-3-8B, and a q8_0 KV cache adds
+    # to the divergence, so nothing it says about it is "published"
+    model = ModelRef(parameter_count=int(REFERENCE_PARAMETERS), family="llama")
+    recommender = Recommender([], [(t.name, t.file_type) for t in catalogue()])
+    for kv in ("f16", "q8_0"):
+        query = RecommendQuery(model=model, hardware=HardwareSpec(ram_bytes=64 * GIB), kv_cache_type=kv, max_options=50)
+        options = {o.quant_type: o for o in recommender.recommend(query).options}
+        assert options["Q8_0"].quality.source == options["Q4_K_M"].quality.source == "scaled"
+        assert options["F16"].quality.source == "estimated"

@@ -254,3 +254,22 @@ def reason_of_status(status: dict) -> str:
 def test_job_proto_carries_the_registration(up: Up) -> None:
     field = qpb.QuantizedArtifact.DESCRIPTOR.fields_by_name["registry"]
     assert field.message_type.full_name == "quantledger.v1.RegistryRecord"
+
+
+def test_revoke_writes_to_the_chain_the_server_reads(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`up --chain-port N` (not 8545): `registry revoke --server` revokes there, by SHA-256 or by file."""
+    assert not up.chain_url.endswith(":8545")
+    info = up.registry_stub().GetRegistryInfo(pb.GetRegistryInfoRequest())
+    assert (info.chain_url, info.contract, info.chain_id) == (up.chain_url, up.client.address, up.client.chain_id)
+    job = submit(up, models.f16, "Q4_K_S", "Q5_K_S", out=tmp_path / "out")
+    by_sha, by_file = job["outputs"]
+    env = {k: v for k, v in up.env.items()}  # no QUANTLEDGER_CHAIN_URL: the server says where its chain is
+    revoked = cli("registry", "revoke", by_sha["sha256"], "--reason", "test", "--server", up.address, "--json", env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["chain_url"] == up.chain_url
+    from_file = cli("registry", "revoke", by_file["path"], "--reason", "test", "--server", up.address, env=env)
+    assert from_file.returncode == 0, from_file.stderr
+    for output in (by_sha, by_file):
+        assert up.client.verify(output["sha256"], output["registry"]["attester"]) is Status.REVOKED
+    missing = cli("registry", "revoke", str(tmp_path / "nope.gguf"), "--reason", "x", "--server", up.address, env=env)
+    assert missing.returncode == 1 and "SOURCE_NOT_FOUND" in missing.stderr

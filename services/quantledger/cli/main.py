@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from quantledger import __version__
+from quantledger.cli.arguments import in_flag_terms, local_path, names_hub_model
 from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommend
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
@@ -27,6 +28,8 @@ from quantledger.errors import QuantledgerError
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 from registry_client.errors import RegistryError
+
+SIGPIPE_EXIT = 128 + signal.SIGPIPE  # what a shell reports for a tool that a closed pipe stopped
 
 
 class CommandFailed(Exception):
@@ -42,11 +45,18 @@ class CommandFailed(Exception):
 # ------------------------------------------------------------------ arguments
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON (proto field names)")
+def _server_default() -> str:
+    return os.environ.get("QUANTLEDGER_SERVER", f"127.0.0.1:{DEFAULT_PORT}")
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--json`` and ``--server``, before the command (``top``) or after it; after wins."""
+    unset = None if top else argparse.SUPPRESS  # a command's own flag, when not given, keeps the top one
+    parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="print JSON (proto field names)")  # fmt: skip
     parser.add_argument(
         "--server",
-        default=os.environ.get("QUANTLEDGER_SERVER", f"127.0.0.1:{DEFAULT_PORT}"),
+        default=unset,
         help="HOST:PORT of the gRPC server (default $QUANTLEDGER_SERVER or 127.0.0.1:50051)",
     )
 
@@ -101,6 +111,7 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantledger", description="llama.cpp GGUF quantization as a service")
     parser.add_argument("--version", action="version", version=f"quantledger {__version__}")
+    _add_common(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="make a small model and run the whole pipeline on it")
@@ -157,11 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _source_argument(source: str) -> str:
-    """Make a local path absolute: the server resolves paths from its own directory."""
-    looks_local = source.startswith((".", "/", "~")) or source.endswith(".gguf") or source.count("/") != 1
-    if os.path.exists(source) or looks_local:
-        return os.path.abspath(os.path.expanduser(source))
-    return source
+    """A hub id as given; a local path made absolute (the server resolves paths from its own directory)."""
+    return source if names_hub_model(source) else local_path(source)
 
 
 def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
@@ -237,7 +245,8 @@ def _finish_job(job: pb.QuantizeJob, args: argparse.Namespace, *, printed: bool 
         return 0
     if job.state in (pb.QuantizeJob.STATE_FAILED, pb.QuantizeJob.STATE_CANCELLED):
         reason = error_reason(job) if job.error.code else state_name(job)
-        print(f"error: {reason}: {job.error.message or state_name(job)}", file=sys.stderr)
+        message = in_flag_terms(job.error.message, args.command) or state_name(job)
+        print(f"error: {reason}: {message}", file=sys.stderr)
         return 1
     return 0
 
@@ -332,7 +341,7 @@ def cmd_quant_types(args: argparse.Namespace) -> int:
         bpw = f"{t.typical_bits_per_weight:.2f}" if t.typical_bits_per_weight else "-"
         imatrix = "yes" if t.requires_imatrix else ""
         print(f"{t.name:<10} {t.file_type:>5}  {t.family:<8} {bpw:>5}  {imatrix:<7}  {t.description}")
-    print(f"({response.llama_cpp_version})")
+    print(f"({response.llama_cpp_build}, through {response.llama_cpp_version})")
     return 0
 
 
@@ -403,13 +412,8 @@ def _rpc_failure(exc: grpc.RpcError) -> CommandFailed:
     return CommandFailed(code, str(details), code)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("QUANTLEDGER_LOG_LEVEL", "WARNING"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
+    """The command's exit status; a failure printed with its reason, its message in flag terms."""
     as_json = getattr(args, "json", False)
     try:
         return HANDLERS[args.command](args)
@@ -421,11 +425,31 @@ def main(argv: list[str] | None = None) -> int:
         failure = CommandFailed(exc.reason, exc.message, exc.code)
     except CommandFailed as exc:
         failure = exc
-    error: dict[str, Any] = {"error": {"reason": failure.reason, "code": failure.code, "message": failure.message}}
+    message = in_flag_terms(failure.message, args.command)
     if as_json:
-        print_json(error)
-    print(f"error: {failure.reason}: {failure.message}", file=sys.stderr)
+        print_json({"error": {"reason": failure.reason, "code": failure.code, "message": message}})
+    print(f"error: {failure.reason}: {message}", file=sys.stderr)
     return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("QUANTLEDGER_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.server is None:
+        args.server = _server_default()
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BrokenPipeError:
+        # the reader went away (`quantledger jobs show J | head -1`): stop quietly, as Unix tools do;
+        # stdout goes to /dev/null so that the interpreter's own flush at exit has nowhere to fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
+    return status
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from quantledger.cli.arguments import names_hub_model
 from quantledger.cli.render import human_bytes, print_json
 from quantledger.errors import InvalidArgument
 from quantledger.recommend.service import parse_bytes
@@ -88,12 +89,12 @@ def _model(args: argparse.Namespace) -> pb.ModelSpec:
         raise InvalidArgument("name a model (a GGUF file, an HF folder or hub id, files/SHA-256) or give --params")
     if re.fullmatch(r"(files/)?[0-9a-fA-F]{64}", raw):
         return pb.ModelSpec(registry_file=raw)
+    if names_hub_model(raw):
+        return pb.ModelSpec(hf_repo=raw)
     path = pathlib.Path(raw).expanduser()
-    if path.exists() or raw.startswith(("/", ".", "~")):
-        absolute = str(path.resolve())
-        is_hf = path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.gguf"))
-        return pb.ModelSpec(hf_folder=absolute) if is_hf else pb.ModelSpec(gguf_path=absolute)
-    return pb.ModelSpec(hf_repo=raw)
+    absolute = str(path.resolve())
+    is_hf = path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.gguf"))
+    return pb.ModelSpec(hf_folder=absolute) if is_hf else pb.ModelSpec(gguf_path=absolute)
 
 
 def build_request(args: argparse.Namespace) -> pb.RecommendRequest:
@@ -122,7 +123,7 @@ def build_request(args: argparse.Namespace) -> pb.RecommendRequest:
 
 def _answer_locally(request: pb.RecommendRequest) -> pb.RecommendResponse:
     from quantledger.config import Settings
-    from quantledger.grpc_api.recommend_servicer import query_from_proto, recommendation_to_proto
+    from quantledger.grpc_api.recommend_converters import query_from_proto, recommendation_to_proto
     from quantledger.jobs.store import SqliteJobStore
     from quantledger.recommend.wiring import make_recommender
 

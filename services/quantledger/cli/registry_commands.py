@@ -3,12 +3,16 @@
 Reads go to the RegistryService of ``--server`` (so they work from any machine without an Ethereum
 library); ``verify FILE`` hashes the file here and asks the server about its digest and size, then checks
 the GGUF header's file type against each record. ``revoke`` signs a transaction, so it talks to the
-chain directly with the caller's key (``QUANTLEDGER_CHAIN_KEY`` / ``_FILE``, else the data dir's key).
+chain directly with the caller's key (``QUANTLEDGER_CHAIN_KEY`` / ``_FILE``, else the data dir's key):
+the chain of ``--chain-url`` (or ``QUANTLEDGER_CHAIN_URL``), else the chain and contract that the
+RegistryService of ``--server`` reads (GetRegistryInfo), so a revoke lands where the records are.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from typing import Any
 
@@ -16,12 +20,14 @@ import grpc
 
 from quantledger.cli.render import human_bytes, print_json, to_json
 from quantledger.config import Settings
+from quantledger.errors import SourceNotFound
 from quantledger.gguf_header import read_gguf_header
 from quantledger.hashing import sha256_file
 from quantledger.v1 import registry_service_pb2 as pb
 from quantledger.v1 import registry_service_pb2_grpc as pb_grpc
 
 VERDICT_EXIT = {"VERDICT_VALID": 0}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def add_registry_parser(commands: Any, add_common: Any) -> None:
@@ -44,9 +50,11 @@ def add_registry_parser(commands: Any, add_common: Any) -> None:
     verify.add_argument("--attester", default="", help="only this attester's record counts")
     revoke = actions.add_parser("revoke", help="revoke your own record of a file (signs a transaction)")
     add_common(revoke)
-    revoke.add_argument("sha256", help="SHA-256 of the file")
+    revoke.add_argument("target", metavar="FILE|SHA256", help="the file (hashed here) or its SHA-256")
     revoke.add_argument("--reason", required=True, help="why, in plain words (kept on chain)")
-    revoke.add_argument("--chain-url", default=None, help="JSON-RPC URL (default $QUANTLEDGER_CHAIN_URL or local)")
+    revoke.add_argument(
+        "--chain-url", default=None, help="JSON-RPC URL (default $QUANTLEDGER_CHAIN_URL, else the chain --server reads)"
+    )
 
 
 def _stub(args: argparse.Namespace) -> pb_grpc.RegistryServiceStub:
@@ -128,23 +136,37 @@ def _verify(args: argparse.Namespace) -> int:
     return VERDICT_EXIT.get(verdict, 1)
 
 
+def _revoke_target(target: str) -> str:
+    """The SHA-256 to revoke: an existing file's (hashed here), else the argument as a digest."""
+    if os.path.isfile(target):
+        return sha256_file(target)
+    digest = target.lower().removeprefix("0x")
+    if not _SHA256.fullmatch(digest):
+        raise SourceNotFound(f"{target!r} is neither a file nor a SHA-256 (64 hex characters)", path=target)
+    return digest
+
+
 def _revoke(args: argparse.Namespace) -> int:
     from quantledger.registry.wiring import signing_account
     from registry_client.address_book import AddressBook
     from registry_client.client import RegistryClient
 
+    digest = _revoke_target(args.target)
     settings = Settings.from_env(chain_url=args.chain_url)
-    url = settings.chain_url or settings.embedded_chain_url
+    url, address = settings.chain_url, settings.registry_address
+    if not url:  # the chain the server reads, not a default that may be another one
+        info = _stub(args).GetRegistryInfo(pb.GetRegistryInfoRequest(), timeout=60)
+        url, address = info.chain_url, address or info.contract
     client = RegistryClient.connect(
         url,
-        address=settings.registry_address or None,
+        address=address or None,
         account=signing_account(settings),
         address_book=AddressBook.in_home(settings.home),
     )
-    result = client.revoke(args.sha256, args.reason)
+    result = client.revoke(digest, args.reason)
     if args.json:
-        print_json({"revoked": args.sha256, "attester": client.attester, "transaction": result.transaction,
-                    "blockNumber": result.block_number})  # fmt: skip
+        print_json({"revoked": digest, "attester": client.attester, "transaction": result.transaction,
+                    "blockNumber": result.block_number, "chain_url": url, "contract": client.address})  # fmt: skip
     else:
-        print(f"revoked {args.sha256} for {client.attester} in {result.transaction} (block {result.block_number})")
+        print(f"revoked {digest} for {client.attester} in {result.transaction} (block {result.block_number}, {url})")
     return 0

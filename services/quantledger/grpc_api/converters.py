@@ -9,7 +9,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from quantledger.errors import DOMAIN
 from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, Options, Quality, RegistryEntry, SourceInfo
-from quantledger.quantize.catalogue import QuantType
+from quantledger.quantize.catalogue import LibraryVersions, QuantType
 from quantledger.quantize.estimate import Estimate
 from quantledger.v1 import quantize_service_pb2 as pb
 
@@ -94,6 +94,11 @@ def options_to_proto(options: Options) -> pb.QuantizeOptions:
 
 def spec_from_proto(job: pb.QuantizeJob) -> JobSpec:
     return JobSpec(source=job.source, quant_types=tuple(job.quant_types), options=options_from_proto(job.options))
+
+
+def create_request_from_proto(request: pb.CreateQuantizeJobRequest) -> tuple[JobSpec, str]:
+    """The job to create and its idempotency key (the request's, else the job message's)."""
+    return spec_from_proto(request.job), request.request_id or request.job.request_id
 
 
 def source_info_to_proto(info: SourceInfo | None) -> pb.SourceInfo | None:
@@ -227,4 +232,15 @@ def quant_type_to_proto(quant_type: QuantType) -> pb.QuantType:
         requires_imatrix=quant_type.requires_imatrix,
         typical_bits_per_weight=quant_type.typical_bits_per_weight,
         description=quant_type.description,
+    )
+
+
+def quant_types_to_proto(
+    quant_types: list[QuantType], next_page_token: str, versions: LibraryVersions
+) -> pb.ListQuantTypesResponse:
+    return pb.ListQuantTypesResponse(
+        quant_types=[quant_type_to_proto(t) for t in quant_types],
+        next_page_token=next_page_token,
+        llama_cpp_version=versions.python_package,
+        llama_cpp_build=versions.llama_cpp,
     )

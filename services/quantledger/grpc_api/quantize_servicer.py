@@ -6,29 +6,24 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from quantledger.errors import JobNotFound
 from quantledger.grpc_api.converters import (
+    create_request_from_proto,
     estimate_to_proto,
     job_to_proto,
-    quant_type_to_proto,
+    quant_types_to_proto,
     spec_from_proto,
 )
 from quantledger.grpc_api.errors import maps_domain_errors
 from quantledger.jobs.engine import JobEngine
-from quantledger.quantize.catalogue import llama_cpp_version
+from quantledger.quantize.catalogue import library_versions
+from quantledger.resource_names import JobName
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 
 
-def job_id(name: str) -> str:
-    """The id in a job name "jobs/{id}"."""
-    prefix, _, ident = name.partition("/")
-    if prefix != "jobs" or not ident or "/" in ident:
-        raise JobNotFound(f"{name!r} is not a job name (expected jobs/{{id}})", name=name)
-    return ident
-
-
 class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
+    """Each RPC: request to domain values, one engine call, the answer to proto; errors by the decorator."""
+
     def __init__(self, engine: JobEngine) -> None:
         self._engine = engine
 
@@ -36,16 +31,14 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     async def CreateQuantizeJob(
         self, request: pb.CreateQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
-        job = await self._engine.create(
-            spec_from_proto(request.job), request.request_id or request.job.request_id, context.time_remaining()
-        )
-        return job_to_proto(job)
+        spec, request_id = create_request_from_proto(request)
+        return job_to_proto(await self._engine.create(spec, request_id, context.time_remaining()))
 
     @maps_domain_errors
     async def GetQuantizeJob(
         self, request: pb.GetQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
-        return job_to_proto(self._engine.get(job_id(request.name)))
+        return job_to_proto(self._engine.get(JobName.parse(request.name).id))
 
     @maps_domain_errors
     async def ListQuantizeJobs(
@@ -58,13 +51,13 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     async def CancelQuantizeJob(
         self, request: pb.CancelQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
-        return job_to_proto(await self._engine.cancel(job_id(request.name)))
+        return job_to_proto(await self._engine.cancel(JobName.parse(request.name).id))
 
     @maps_domain_errors
     async def WatchQuantizeJob(
         self, request: pb.WatchQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.QuantizeJob]:
-        async for job in self._engine.watch(job_id(request.name)):
+        async for job in self._engine.watch(JobName.parse(request.name).id):
             yield job_to_proto(job)
 
     @maps_domain_errors
@@ -78,8 +71,4 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
         self, request: pb.ListQuantTypesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListQuantTypesResponse:
         types, token = self._engine.list_quant_types(request.page_size, request.page_token)
-        return pb.ListQuantTypesResponse(
-            quant_types=[quant_type_to_proto(t) for t in types],
-            next_page_token=token,
-            llama_cpp_version=llama_cpp_version(),
-        )
+        return quant_types_to_proto(types, token, library_versions())

@@ -7,8 +7,10 @@ from quantledger.recommend.profile import ModelProfile
 from quantledger.recommend.search import Option, Preference, Ranking, Request
 
 _SOURCES = {
-    "published": "llama.cpp's published KL divergence for Llama-3-8B, scaled to {params}",
+    "published": "llama.cpp's published KL divergence for Llama-3-8B",
+    "scaled": "llama.cpp's published KL divergence for Llama-3-8B, scaled to {params} and this KV cache",
     "interpolated": "interpolated from {bpw:.2f} bits per weight on llama.cpp's published curve, scaled to {params}",
+    "estimated": "a rule-of-thumb estimate (no published figure for this case), scaled to {params}",
     "measured": "measured by this deployment's quality report of the same model",
 }
 

@@ -46,6 +46,13 @@ class ModelRef:
     parameter_count: int = 0
     family: str = ""
 
+    @classmethod
+    def described(cls, parameter_count: int, family: str = "") -> ModelRef:
+        """A model known by its parameter count and family (default llama) only."""
+        if parameter_count <= 0:
+            raise InvalidArgument(f"parameter_count must be positive, not {parameter_count}", field="parameter_count")
+        return cls(parameter_count=parameter_count, family=family or "llama")
+
     def kind(self) -> str:
         set_fields = [name for name in ("gguf_path", "hf_folder", "hf_repo", "registry_file") if getattr(self, name)]
         if self.hyperparameters is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 REFERENCE_PARAMETERS = 8.03e9
 SIZE_EXPONENT = 0.75
 # (without imatrix, with imatrix); None = not published for that case
-PUBLISHED: dict[str, tuple[float | None, float | None]] = {
+PUBLISHED_KLD: dict[str, tuple[float | None, float | None]] = {
     "Q8_0": (0.00136, 0.00136), "Q6_K": (0.00545, 0.00545), "Q5_K_M": (0.0108, 0.0108),
     "Q5_K_S": (0.0166, 0.0166), "Q4_K_M": (0.0313, 0.0282), "Q4_K_S": (0.0431, 0.0320),
     "IQ4_XS": (None, 0.0363), "Q4_0": (0.0719, None), "Q3_K_L": (0.0872, 0.0731), "Q3_K_M": (0.102, 0.0844),
@@ -36,7 +36,7 @@ _NO_IMATRIX_FACTOR = 1.2
 
 
 def _curve() -> tuple[list[float], list[float]]:
-    points = sorted((_BPW[t], math.log(with_)) for t, (_, with_) in PUBLISHED.items() if with_ and t in _BPW)
+    points = sorted((_BPW[t], math.log(with_)) for t, (_, with_) in PUBLISHED_KLD.items() if with_ and t in _BPW)
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -58,34 +58,51 @@ def size_factor(parameters: int) -> float:
     return min(5.0, max(0.1, factor))
 
 
+# What a predicted value is (PredictedQuality.source in the API):
+PUBLISHED = "published"  # a figure of llama.cpp's table taken as is (Llama-3-8B, the same imatrix case)
+SCALED = "scaled"  # a published figure adjusted: for the model's size, or for a quantized KV cache
+INTERPOLATED = "interpolated"  # read off the published curve at the type's bits per weight (then scaled)
+ESTIMATED = "estimated"  # a rule of thumb: float types; an imatrix-only figure raised for no imatrix
+MEASURED = "measured"  # this deployment's quality reports of the same model
+
+
 @dataclass(frozen=True)
 class QualityPrediction:
     mean_kl_divergence: float
     perplexity_change: float  # fraction: 0.03 = +3 %
-    source: str  # "published" | "interpolated" | "measured"
+    source: str  # PUBLISHED | SCALED | INTERPOLATED | ESTIMATED | MEASURED
+
+    def adjusted(self, kld: float) -> QualityPrediction:
+        """This prediction with another divergence (a KV cache penalty): a published figure is then scaled."""
+        if kld == self.mean_kl_divergence:
+            return self
+        return QualityPrediction(kld, math.expm1(kld), SCALED if self.source == PUBLISHED else self.source)
 
 
 def predict(quant_type: str, bits_per_weight: float, parameters: int, has_imatrix: bool) -> QualityPrediction:
-    """KL divergence of ``quant_type`` for a model of ``parameters`` weights."""
+    """KL divergence of ``quant_type`` for a model of ``parameters`` weights, labelled by what it is."""
     if quant_type in _FLOAT:
         kld = _FLOAT[quant_type]
-        return QualityPrediction(kld, math.expm1(kld), "published")
-    without, with_ = PUBLISHED.get(quant_type, (None, None))
-    source = "published"
+        return QualityPrediction(kld, math.expm1(kld), ESTIMATED)
+    without, with_ = PUBLISHED_KLD.get(quant_type, (None, None))
+    source = PUBLISHED
     if has_imatrix and with_ is not None:
         kld = with_
     elif not has_imatrix and without is not None:
         kld = without
     elif with_ is not None:  # only the imatrix figure is published
         kld = with_ * (1.0 if has_imatrix else _NO_IMATRIX_FACTOR)
+        source = ESTIMATED
     else:
-        source = "interpolated"
+        source = INTERPOLATED
         kld = math.exp(_on_curve(bits_per_weight)) * (1.4 if quant_type in _LEGACY else 1.0)
         if not has_imatrix:
             kld *= _NO_IMATRIX_FACTOR
-    kld *= size_factor(parameters)
-    return QualityPrediction(kld, math.expm1(kld), source)
+    factor = size_factor(parameters)
+    if factor != 1.0 and source == PUBLISHED:
+        source = SCALED
+    return QualityPrediction(kld * factor, math.expm1(kld * factor), source)
 
 
 def measured(kld: float) -> QualityPrediction:
-    return QualityPrediction(kld, math.expm1(kld), "measured")
+    return QualityPrediction(kld, math.expm1(kld), MEASURED)

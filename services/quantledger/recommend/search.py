@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import enum
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,7 +243,7 @@ class Ranking:
             kv_bytes=cache.kv_total,
             compute_bytes=compute,
             tokens_per_second=float(fits.tokens_per_second[m, t]),
-            quality=quality.QualityPrediction(kld, math.expm1(kld), predicted.source),
+            quality=predicted.adjusted(kld),
             fits=bool(fits.fits[m, t]),
             needs_imatrix=profile.plan.needs_imatrix,
             problems=self._problems(profile, req, budget, int(fits.memory_total[m, t]), overshoot, kld),

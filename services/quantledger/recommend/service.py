@@ -7,6 +7,7 @@ by the version of the deployment's measured quality, so they stay true when a jo
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import pathlib
@@ -41,6 +42,8 @@ class HardwareSpec:
     cpu_only: bool = False
 
     def machine(self) -> Machine:
+        if any(not device.kind for device in self.devices):
+            raise InvalidArgument("every device needs a kind: cuda or metal", field="devices")
         if self.ram_bytes < 0 or self.cores < 0:
             raise InvalidArgument("memory and core counts must not be negative")
         if self.tier:
@@ -178,6 +181,16 @@ class Recommender:
         """The answer to ``query``: from the cache, or computed (reads model headers on a cache miss)."""
         prepared = self.prepare(query)
         return prepared.answer if prepared.answer is not None else self.complete(prepared)
+
+    async def answer(self, query: RecommendQuery) -> Recommendation:
+        """``recommend`` for an event loop: a cached answer or a loaded model is arithmetic (about a
+        millisecond) and runs inline; reading model headers or config files runs in a thread."""
+        prepared = self.prepare(query)
+        if prepared.answer is not None:
+            return prepared.answer
+        if self.model_is_loaded(prepared):
+            return self.complete(prepared)
+        return await asyncio.to_thread(self.complete, prepared)
 
     def prepare(self, query: RecommendQuery) -> Prepared:
         """Check ``query`` and look its answer up; cheap (no model is read), so callers may run it inline."""

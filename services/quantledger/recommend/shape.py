@@ -254,6 +254,31 @@ class Hyperparameters:
     architecture: str = "llama"
     name: str = ""
 
+    @classmethod
+    def given(
+        cls,
+        n_layer: int,
+        n_embd: int,
+        n_ff: int,
+        n_head: int,
+        n_head_kv: int,
+        n_vocab: int,
+        *,
+        head_dim: int = 0,
+        context_length: int = 0,
+        tied_embeddings: bool = False,
+        n_expert: int = 0,
+        n_expert_used: int = 0,
+        architecture: str = "",
+    ) -> Hyperparameters:
+        """Numbers as a request gives them, 0 or empty meaning the default: n_head_kv = n_head,
+        context_length = 4096, architecture = llama."""
+        return cls(
+            n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv or n_head, n_vocab=n_vocab,
+            head_dim=head_dim, context_length=context_length or 4096, tied_embeddings=tied_embeddings,
+            n_expert=n_expert, n_expert_used=n_expert_used, architecture=architecture or "llama",
+        )  # fmt: skip
+
     def check(self) -> None:
         numbers = {"n_layer": self.n_layer, "n_embd": self.n_embd, "n_ff": self.n_ff, "n_head": self.n_head,
                    "n_head_kv": self.n_head_kv, "n_vocab": self.n_vocab}  # fmt: skip

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from quantledger.errors import InvalidArgument
 from quantledger.paging import PageSize, PageTokens
+from quantledger.resource_names import RecordName
 from registry_client.errors import ContractNotDeployed, RegistryUnavailable
 from registry_client.records import Record, normalize_digest
 from registry_client.verify import Verdict, verdict_for
@@ -24,10 +25,22 @@ class DigestVerification:
     verdict: Verdict
     valid: list[Record] = field(default_factory=list)
     revoked: list[Record] = field(default_factory=list)
+    chain_id: int = 0  # where the answer comes from
+    contract: str = ""
+
+
+@dataclass(frozen=True)
+class RegistryInfo:
+    """Where the registry this service reads lives."""
+
+    chain_id: int
+    chain_url: str  # the JSON-RPC URL as this service reaches it
+    contract: str
+    contract_version: str
 
 
 def record_name(record: Record) -> str:
-    return f"files/{record.file_sha256}/records/{record.attester}"
+    return str(RecordName(record.file_sha256, record.attester))
 
 
 def _digest(value: str, what: str) -> str:
@@ -44,8 +57,9 @@ class RegistryReader:
     service starts (and keeps serving health) while its chain is away.
     """
 
-    def __init__(self, connect: Callable[[], RegistryClient], page_tokens: PageTokens) -> None:
+    def __init__(self, connect: Callable[[], RegistryClient], page_tokens: PageTokens, *, chain_url: str = "") -> None:
         self._connect = connect
+        self._chain_url = chain_url
         self._page_tokens = page_tokens
         self._client: RegistryClient | None = None
 
@@ -65,8 +79,8 @@ class RegistryReader:
             self.forget_client()
             raise
 
-    def get_record(self, name: str) -> Record:
-        return self._reconnecting(lambda: self._get_record(name))
+    def get_record(self, name: RecordName) -> Record:
+        return self._reconnecting(lambda: self.client.get(name.file_sha256, name.attester))
 
     def verify_digest(self, file_sha256: str, attester: str = "", size_bytes: int = 0) -> DigestVerification:
         return self._reconnecting(lambda: self._verify_digest(file_sha256, attester, size_bytes))
@@ -74,14 +88,12 @@ class RegistryReader:
     def list_records(self, parent: str, page_size: int, page_token: str) -> tuple[list[Record], str]:
         return self._reconnecting(lambda: self._list_records(parent, page_size, page_token))
 
-    def _get_record(self, name: str) -> Record:
-        parts = name.split("/")
-        if len(parts) != 4 or parts[0] != "files" or parts[2] != "records":
-            raise InvalidArgument(f"{name!r} is not a record name (files/{{sha256}}/records/{{attester}})", name=name)
-        digest = _digest(parts[1], "file_sha256")
-        if not parts[3].startswith("0x") or len(parts[3]) != 42:
-            raise InvalidArgument(f"{parts[3]!r} is not an address (0x and 40 hex characters)", field="attester")
-        return self.client.get(digest, parts[3])
+    def registry_info(self) -> RegistryInfo:
+        return self._reconnecting(self._registry_info)
+
+    def _registry_info(self) -> RegistryInfo:
+        client = self.client
+        return RegistryInfo(client.chain_id, self._chain_url, client.address, client.contract_version())
 
     def _verify_digest(self, file_sha256: str, attester: str = "", size_bytes: int = 0) -> DigestVerification:
         if size_bytes < 0:
@@ -92,7 +104,8 @@ class RegistryReader:
             records = [r for r in records if r.attester.lower() == attester.lower()]
         revoked = [r for r in records if r.revoked_at]
         valid = [r for r in records if not r.revoked_at and (not size_bytes or r.quantized_size == size_bytes)]
-        return DigestVerification(verdict_for(records, valid), valid, revoked)
+        client = self.client
+        return DigestVerification(verdict_for(records, valid), valid, revoked, client.chain_id, client.address)
 
     def _list_records(self, parent: str, page_size: int, page_token: str) -> tuple[list[Record], str]:
         size = RECORD_PAGES.of(page_size)

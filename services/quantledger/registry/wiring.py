@@ -52,4 +52,4 @@ def make_reader(settings: Settings) -> RegistryReader:
         address = settings.registry_address or None
         return RegistryClient.connect(url, address=address, address_book=AddressBook.in_home(settings.home))
 
-    return RegistryReader(connect, PageTokens.in_home(settings.home))
+    return RegistryReader(connect, PageTokens.in_home(settings.home), chain_url=url)

@@ -402,14 +402,16 @@ class ListQuantTypesRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListQuantTypesResponse(_message.Message):
-    __slots__ = ("quant_types", "next_page_token", "llama_cpp_version")
+    __slots__ = ("quant_types", "next_page_token", "llama_cpp_version", "llama_cpp_build")
     QUANT_TYPES_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     LLAMA_CPP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LLAMA_CPP_BUILD_FIELD_NUMBER: _ClassVar[int]
     quant_types: _containers.RepeatedCompositeFieldContainer[QuantType]
     next_page_token: str
     llama_cpp_version: str
-    def __init__(self, quant_types: _Optional[_Iterable[_Union[QuantType, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., llama_cpp_version: _Optional[str] = ...) -> None: ...
+    llama_cpp_build: str
+    def __init__(self, quant_types: _Optional[_Iterable[_Union[QuantType, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., llama_cpp_version: _Optional[str] = ..., llama_cpp_build: _Optional[str] = ...) -> None: ...
 
 class QuantType(_message.Message):
     __slots__ = ("name", "file_type", "family", "requires_imatrix", "typical_bits_per_weight", "description")

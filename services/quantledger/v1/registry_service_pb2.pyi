@@ -113,3 +113,19 @@ class ListRecordsResponse(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[ProvenanceRecord]
     next_page_token: str
     def __init__(self, records: _Optional[_Iterable[_Union[ProvenanceRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetRegistryInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RegistryInfo(_message.Message):
+    __slots__ = ("chain_id", "chain_url", "contract", "contract_version")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_URL_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    chain_id: int
+    chain_url: str
+    contract: str
+    contract_version: str
+    def __init__(self, chain_id: _Optional[int] = ..., chain_url: _Optional[str] = ..., contract: _Optional[str] = ..., contract_version: _Optional[str] = ...) -> None: ...

@@ -50,6 +50,11 @@ class RegistryServiceStub:
                 request_serializer=quantledger_dot_v1_dot_registry__service__pb2.ListRecordsRequest.SerializeToString,
                 response_deserializer=quantledger_dot_v1_dot_registry__service__pb2.ListRecordsResponse.FromString,
                 _registered_method=True)
+        self.GetRegistryInfo = channel.unary_unary(
+                '/quantledger.v1.RegistryService/GetRegistryInfo',
+                request_serializer=quantledger_dot_v1_dot_registry__service__pb2.GetRegistryInfoRequest.SerializeToString,
+                response_deserializer=quantledger_dot_v1_dot_registry__service__pb2.RegistryInfo.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -58,7 +63,7 @@ class RegistryServiceServicer:
 
     def GetRecord(self, request, context):
         """Returns one record, named "files/{sha256}/records/{attester}". RECORD_NOT_FOUND (NOT_FOUND)
-        when that attester never registered that file.
+        when that attester never registered that file; a malformed name is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +80,15 @@ class RegistryServiceServicer:
     def ListRecords(self, request, context):
         """Lists the records of one file ("files/{sha256}") or of every file made from one source
         ("sources/{digest}"), revoked ones included, in registration order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRegistryInfo(self, request, context):
+        """Says which chain and registry contract this service reads, so that a client signing a
+        transaction of its own (such as a revoke) sends it to the same registry.
+        REGISTRY_UNAVAILABLE when the chain does not answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +111,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListRecords,
                     request_deserializer=quantledger_dot_v1_dot_registry__service__pb2.ListRecordsRequest.FromString,
                     response_serializer=quantledger_dot_v1_dot_registry__service__pb2.ListRecordsResponse.SerializeToString,
+            ),
+            'GetRegistryInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRegistryInfo,
+                    request_deserializer=quantledger_dot_v1_dot_registry__service__pb2.GetRegistryInfoRequest.FromString,
+                    response_serializer=quantledger_dot_v1_dot_registry__service__pb2.RegistryInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +200,33 @@ class RegistryService:
             '/quantledger.v1.RegistryService/ListRecords',
             quantledger_dot_v1_dot_registry__service__pb2.ListRecordsRequest.SerializeToString,
             quantledger_dot_v1_dot_registry__service__pb2.ListRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRegistryInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantledger.v1.RegistryService/GetRegistryInfo',
+            quantledger_dot_v1_dot_registry__service__pb2.GetRegistryInfoRequest.SerializeToString,
+            quantledger_dot_v1_dot_registry__service__pb2.RegistryInfo.FromString,
             options,
             channel_credentials,
             insecure,
