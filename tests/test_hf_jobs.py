@@ -134,13 +134,18 @@ def test_a_bad_hf_source_is_refused_with_its_reason(
     assert not list((hf_server.home / "conversion-cache").glob(".*"))  # nothing half-written
 
 
-def test_a_lora_folder_without_an_adapter_is_invalid_argument(
+def test_a_negative_kl_divergence_limit_is_invalid_argument(hf_server: RunningServer) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        create(hf_server.stub(), "sentence-transformers/all-MiniLM-L6-v2", ["Q8_0"], max_kl_divergence=-1)
+    assert error_reason(caught.value) == "INVALID_ARGUMENT"
+
+
+def test_a_lora_folder_without_an_adapter_config_is_lora_invalid(
     hf_server: RunningServer, bad_folders: dict[str, str]
 ) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        create(hf_server.stub(), "sentence-transformers/all-MiniLM-L6-v2", ["Q8_0"], lora_dir=bad_folders["no weights"],
-               max_kl_divergence=-1)  # fmt: skip
-    assert error_reason(caught.value) == "INVALID_ARGUMENT"
+        create(hf_server.stub(), "sentence-transformers/all-MiniLM-L6-v2", ["Q8_0"], lora_dir=bad_folders["no weights"])
+    assert error_reason(caught.value) == "LORA_INVALID"
 
 
 @pytest.mark.slow
