@@ -227,7 +227,7 @@ def test_cancel_while_fetching_kills_the_fetching_worker(
     hf_server: RunningServer, fetching: tuple[str, pb.QuantizeJob]
 ) -> None:
     """FETCHING runs in a worker process: CANCELLED comes before the hash could finish, and the worker is
-    gone (how fast: bench/fail_fast.py)."""
+    gone (cancel latency, measured for the quantize stage: bench/fail_fast.py)."""
     name, _ = fetching
     stub = hf_server.stub()
     workers = live_workers(hf_server)
