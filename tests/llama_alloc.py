@@ -46,6 +46,7 @@ def main() -> None:
                 "weights": _mib(r"CPU(?:_Mapped|_REPACK)? model buffer size =\s*([\d.]+) MiB", text),
                 "kv": _mib(r"llama_kv_cache: size =\s*([\d.]+) MiB", text),
                 "compute": _mib(r"CPU compute buffer size =\s*([\d.]+) MiB", text),
+                "output": _mib(r"CPU\s+output buffer size =\s*([\d.]+) MiB", text),
                 "cells": int(cells[1]) if cells else 0,
             }
         )

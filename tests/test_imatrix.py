@@ -9,9 +9,10 @@ import struct
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import gguf
+import llama_cpp
+import llama_cpp._logger
 import numpy as np
 import pytest
 
@@ -24,6 +25,7 @@ from quantledger.imatrix import (
     write_imatrix_dat,
     write_imatrix_gguf,
 )
+from quantledger.synthetic_model import write_llama_gguf
 
 RNG_SEED = 1234
 
@@ -481,7 +483,6 @@ def test_lying_counts_allocate_nothing(tmp_path: Path, data: bytes) -> None:
 
 
 def test_imatrix_c_array_layout(tmp_path: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
     write_imatrix_dat(tmp_path / "im.dat", _entries(SMALL_ROWS), ncall=3)
     im = load_imatrix(tmp_path / "im.dat")
     carr = ImatrixCArray(im)
@@ -507,7 +508,7 @@ def test_imatrix_c_array_layout(tmp_path: Path) -> None:
 # real quantization through llama-cpp-python
 # ------------------------------------------------------------------------------------------------
 
-N_EMBD, N_FF, N_LAYER, N_VOCAB, N_HEAD = 256, 512, 2, 256, 4
+N_EMBD, N_FF, N_LAYER = 256, 512, 2
 
 # measured on the tiny llama model with llama-cpp-python 0.3.36 (no imatrix given)
 FTYPES_REQUIRING_IMATRIX = {
@@ -524,55 +525,11 @@ FTYPES_REQUIRING_IMATRIX = {
 FTYPES_INVALID = {"LLAMA_FTYPE_MOSTLY_NVFP4", "LLAMA_FTYPE_GUESSED"}  # "invalid output file type N"
 
 
-def _write_tiny_llama(path: Path) -> None:
-    """A 2-layer, 256-wide llama model in F16 (used when quantledger.synthetic_model is absent)."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (N_VOCAB, N_EMBD),
-        "output_norm.weight": (N_EMBD,),
-        "output.weight": (N_VOCAB, N_EMBD),
-    }
-    for i in range(N_LAYER):
-        shapes |= {
-            f"blk.{i}.attn_norm.weight": (N_EMBD,),
-            f"blk.{i}.attn_q.weight": (N_EMBD, N_EMBD),
-            f"blk.{i}.attn_k.weight": (N_EMBD, N_EMBD),
-            f"blk.{i}.attn_v.weight": (N_EMBD, N_EMBD),
-            f"blk.{i}.attn_output.weight": (N_EMBD, N_EMBD),
-            f"blk.{i}.ffn_norm.weight": (N_EMBD,),
-            f"blk.{i}.ffn_gate.weight": (N_FF, N_EMBD),
-            f"blk.{i}.ffn_up.weight": (N_FF, N_EMBD),
-            f"blk.{i}.ffn_down.weight": (N_EMBD, N_FF),
-        }
-    rng = np.random.default_rng(0)
-    writer = gguf.GGUFWriter(path, arch="llama")
-    writer.add_name("tiny")
-    writer.add_context_length(128)
-    writer.add_embedding_length(N_EMBD)
-    writer.add_block_count(N_LAYER)
-    writer.add_feed_forward_length(N_FF)
-    writer.add_head_count(N_HEAD)
-    writer.add_head_count_kv(N_HEAD)
-    writer.add_rope_dimension_count(N_EMBD // N_HEAD)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(N_VOCAB)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    for name, shape in shapes.items():
-        if len(shape) == 1:
-            writer.add_tensor(name, np.ones(shape, np.float32))
-        else:
-            writer.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 class LlamaLog:
     """Collects llama.cpp log output through llama_log_set (the callback stays referenced here)."""
 
-    def __init__(self, llama_cpp: Any) -> None:
+    def __init__(self) -> None:
         self.records: list[tuple[int, str]] = []
-        self._llama_cpp = llama_cpp
 
         def _collect(level: int, text: bytes | None, _user: ctypes.c_void_p) -> None:
             self.records.append((level, (text or b"").decode("utf-8", "replace")))
@@ -580,21 +537,14 @@ class LlamaLog:
         self._callback = llama_cpp.llama_log_callback(_collect)
 
     def install(self) -> None:
-        self._llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
 
     def restore(self) -> None:
-        from llama_cpp import _logger
-
-        self._llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
     @property
     def text(self) -> str:
         return "".join(text for _, text in self.records)
-
-
-@pytest.fixture(scope="module")
-def llama_cpp() -> Any:
-    return pytest.importorskip("llama_cpp")
 
 
 def _row_lengths(path: Path) -> dict[str, int]:
@@ -606,12 +556,7 @@ def _row_lengths(path: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     path = tmp_path_factory.mktemp("model") / "tiny-f16.gguf"
-    try:
-        from quantledger.synthetic_model import write_llama_gguf
-    except ImportError:
-        _write_tiny_llama(path)
-    else:
-        write_llama_gguf(path, n_embd=N_EMBD, n_ff=N_FF, n_layer=N_LAYER, seed=1)
+    write_llama_gguf(path, n_embd=N_EMBD, n_ff=N_FF, n_layer=N_LAYER, seed=1)
     rows = _row_lengths(path)
     assert rows["blk.0.ffn_down.weight"] == N_FF
     assert rows["blk.1.attn_q.weight"] == N_EMBD
@@ -619,8 +564,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 
 @pytest.fixture
-def llama_log(llama_cpp: Any) -> Iterator[LlamaLog]:
-    log = LlamaLog(llama_cpp)
+def llama_log() -> Iterator[LlamaLog]:
+    log = LlamaLog()
     log.install()
     yield log
     log.restore()
@@ -630,7 +575,7 @@ QuantizeFn = Callable[..., int]
 
 
 @pytest.fixture
-def quantize(llama_cpp: Any, tiny_model: tuple[Path, dict[str, int]], tmp_path: Path) -> QuantizeFn:
+def quantize(tiny_model: tuple[Path, dict[str, int]], tmp_path: Path) -> QuantizeFn:
     def run(ftype: int, imatrix: Imatrix | None = None, out: str = "out.gguf") -> int:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftype
@@ -654,7 +599,6 @@ def _model_imatrix(rows: dict[str, int]) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.parametrize("ftype_name", ["LLAMA_FTYPE_MOSTLY_IQ2_XXS", "LLAMA_FTYPE_MOSTLY_IQ1_S"])
 def test_low_bit_quantization_needs_imatrix(
-    llama_cpp: Any,
     tiny_model: tuple[Path, dict[str, int]],
     quantize: QuantizeFn,
     llama_log: LlamaLog,
@@ -687,7 +631,6 @@ def test_low_bit_quantization_needs_imatrix(
 
 @pytest.mark.slow
 def test_imatrix_missing_required_tensor_or_wrong_size_fails(
-    llama_cpp: Any,
     tiny_model: tuple[Path, dict[str, int]],
     quantize: QuantizeFn,
     llama_log: LlamaLog,
@@ -712,7 +655,7 @@ def test_imatrix_missing_required_tensor_or_wrong_size_fails(
 
 
 @pytest.mark.slow
-def test_which_ftypes_require_an_imatrix(llama_cpp: Any, quantize: QuantizeFn, llama_log: LlamaLog) -> None:
+def test_which_ftypes_require_an_imatrix(quantize: QuantizeFn, llama_log: LlamaLog) -> None:
     ftypes = {name: value for name, value in vars(llama_cpp).items() if name.startswith("LLAMA_FTYPE_")}
     requires: set[str] = set()
     invalid: set[str] = set()

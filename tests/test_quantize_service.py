@@ -223,5 +223,9 @@ def test_time_estimate_is_calibrated_by_jobs_run_here(stub, models: Models) -> N
         )
     ).outputs[0]
     assert after.throughput_basis == pb.THROUGHPUT_BASIS_MEASURED
-    measured = final.source_info.tensor_bytes / final.outputs[0].quantize_duration.ToTimedelta().total_seconds()
-    assert after.throughput_bytes_per_second == pytest.approx(measured, rel=0.01)
+    # independent of how the service counts bytes: the F16 source file on disk (its header is a few KB of
+    # ~200 MB) over the time the job reports for its quantization
+    seconds = final.outputs[0].quantize_duration.ToTimedelta().total_seconds()
+    assert after.throughput_bytes_per_second == pytest.approx(models.large.stat().st_size / seconds, rel=0.02)
+    # and the estimate of the same job again covers the quantization time that job took
+    assert after.duration.ToTimedelta().total_seconds() >= seconds
