@@ -1,7 +1,7 @@
 """Job stages beyond quantization: Hugging Face preparation (fetch, hash, convert) and quality evaluation.
 
-The engine runs them; they reach back only through ``StageHost`` (settings, the conversion cache,
-change notification and worker registration, so cancel can kill what they start).
+The engine runs them; they reach back only through ``StageHost`` (settings, the conversion cache, the job
+store, change notification and worker registration, so cancel can kill what they start).
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ class StageHost(Protocol):
 
     settings: Settings
     cache: ConversionCache
+
+    @property
+    def store(self) -> JobStore: ...
 
     def touch(self, job: Job, *, save: bool = True) -> None: ...
 
