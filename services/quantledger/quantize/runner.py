@@ -73,6 +73,7 @@ class WorkerProcess:
                 result.returncode = await self._process.wait()
         except TimeoutError:
             self.kill()
+            await self._process.wait()  # dead, not only signalled, when the error reaches the caller
             mode = self._request.get("mode", "quantize")
             raise StageTimeout(
                 f"the {mode} step ran longer than {self._timeout:.0f} s and was stopped "
@@ -141,8 +142,11 @@ def error_for_reason(reason: str, message: str) -> QuantledgerError:
 
 
 def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[str, Any]]:
-    """Run a worker to completion from synchronous code and return its events; a worker still
-    running after ``timeout`` seconds is killed (WorkerCrashed)."""
+    """Run a worker to completion from synchronous code and return its events.
+
+    A worker still running after ``timeout`` seconds is killed and StageTimeout raised, whether it is
+    writing events or silent: the event pipe is read with the deadline, never to EOF first. A worker
+    that exits with another status than 0 is WorkerCrashed."""
     import selectors
     import subprocess
     import time
@@ -173,7 +177,7 @@ def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise WorkerCrashed(f"worker did not finish within {timeout:.0f} s; killed")
+                    raise _sync_timeout(request, timeout)
                 if not selector.select(left):
                     continue
                 chunk = os.read(read_fd, 1 << 16)
@@ -182,7 +186,7 @@ def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[
                 chunks.append(chunk)
         process.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        raise WorkerCrashed(f"worker did not finish within {timeout:.0f} s; killed") from None
+        raise _sync_timeout(request, timeout) from None
     finally:
         os.close(read_fd)
         if process.poll() is None:
@@ -192,6 +196,13 @@ def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[
     if process.returncode != 0:
         raise WorkerCrashed(f"worker exited with status {process.returncode}")
     return [json.loads(line) for line in b"".join(chunks).splitlines() if line.strip()]
+
+
+def _sync_timeout(request: dict[str, Any], timeout: float) -> StageTimeout:
+    mode = "probe" if "probe_ftypes" in request else request.get("mode", "quantize")
+    return StageTimeout(
+        f"the {mode} worker did not finish within {timeout:.0f} s and was killed", limit_seconds=f"{timeout:.0f}"
+    )
 
 
 def _package_root() -> str:
