@@ -39,6 +39,7 @@ from quantledger.hf.cache import ConversionCache
 from quantledger.hf.pipeline import classify
 from quantledger.jobs.model import Job, JobError, JobSpec, JobState, Progress, Stage
 from quantledger.jobs.pipeline import JobRun, run_stages
+from quantledger.jobs.progress import JobTimeline
 from quantledger.jobs.registration import RegistrationRetrier
 from quantledger.jobs.stages import describe_hf_job, estimate_hf
 from quantledger.jobs.store import DuplicateRequestId, JobStore
@@ -78,6 +79,7 @@ class JobEngine:
         self._live: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._workers: dict[str, WorkerProcess] = {}
+        self._timelines: dict[str, JobTimeline] = {}
         self._stop_reason: dict[str, str] = {}
         self._changed: asyncio.Event | None = None  # set (and replaced) on every job change
         self._wakeup: asyncio.Event | None = None
@@ -327,6 +329,13 @@ class JobEngine:
         self._workers[job.id] = worker
         return worker
 
+    def timeline(self, job: Job) -> JobTimeline:
+        """The progress bookkeeping of running ``job`` (its stages' shares and ETAs)."""
+        timeline = self._timelines.get(job.id)
+        if timeline is None:
+            timeline = self._timelines[job.id] = JobTimeline(job, self._store)
+        return timeline
+
     def touch(self, job: Job, *, save: bool = True) -> None:
         """Record a change of ``job`` (saved unless ``save`` is false) and wake its watchers."""
         self._touch(job, save=save)
@@ -344,6 +353,7 @@ class JobEngine:
         job.end_time = time.time()
         job.progress.current_tensor = ""
         job.progress.eta_seconds = None
+        job.progress.stage_eta_seconds = None
         job.version += 1
         self._store.save(job)
 
@@ -363,6 +373,7 @@ class JobEngine:
         job.stage = Stage.QUANTIZING
         job.start_time = time.time()
         self._live[job.id] = job
+        self._timelines[job.id] = JobTimeline(job, self._store)
         self._touch(job)
         self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
 
@@ -417,6 +428,7 @@ class JobEngine:
             self._live.pop(job.id, None)
             self._tasks.pop(job.id, None)
             self._workers.pop(job.id, None)
+            self._timelines.pop(job.id, None)
             self._stop_reason.pop(job.id, None)
             self._notify()
 
@@ -443,7 +455,6 @@ class JobEngine:
         for leftover in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-
 
 
 def _cancelled() -> JobError:

@@ -23,6 +23,7 @@ from quantledger.quantize.llama_log import fallback_count
 from quantledger.quantize.plan import PlannedOutput, QuantizePlan, refuse_another_jobs_output
 
 PROGRESS_SAVE_SECONDS = 2.0
+HASH_REPORT_BYTES = 4 << 20  # hashing progress reaches the job every this many bytes
 # Runs shorter than this say more about process start-up than about throughput.
 MIN_BYTES_FOR_THROUGHPUT = 16 << 20
 
@@ -40,7 +41,8 @@ async def quantize_output(
     progress.tensors_done = 0
     progress.tensors_total = len(header.tensors)
     progress.outputs_done = index
-    job.stage = Stage.QUANTIZING
+    timeline = host.timeline(job)
+    timeline.begin(Stage.QUANTIZING, progress.bytes_total, "bytes", done=before)
     host.touch(job)
     default_rate, _ = throughput_for(output.quant_type, host.store)
     started = time.monotonic()
@@ -61,10 +63,9 @@ async def quantize_output(
         elapsed = now - started
         rate = done_here / elapsed if done_here and elapsed > 0 else 0.0
         progress.bytes_done = before + done_here
-        progress.fraction = min(1.0, progress.bytes_done / progress.bytes_total) if progress.bytes_total else 0.0
         progress.bytes_per_second = rate
         remaining = progress.bytes_total - progress.bytes_done
-        progress.eta_seconds = remaining / (rate or default_rate)
+        timeline.advance(progress.bytes_done, progress.bytes_total, eta=remaining / (rate or default_rate))
         save = now - last_save >= PROGRESS_SAVE_SECONDS
         if save:
             last_save = now
@@ -77,6 +78,8 @@ async def quantize_output(
         host.store.record_throughput(output.quant_type.name, per_output, seconds)
     progress.bytes_done = before + per_output
     progress.outputs_done = index + 1
+    remaining = progress.bytes_total - progress.bytes_done
+    timeline.advance(progress.bytes_done, eta=remaining / (per_output / seconds if seconds > 0 else default_rate))
     host.touch(job)
     return result.events, seconds
 
@@ -93,10 +96,12 @@ async def complete_output(
     missing = [p.name for p in output.partial_paths if not p.is_file()]
     if missing:
         raise QuantizeFailed(f"llama.cpp reported success but did not write {', '.join(missing)}")
+    counter = _HashCounter(host, job)
     files = []
     headers = []
     for written in output.partial_paths:
-        digest = await asyncio.to_thread(sha256_file, written)
+        digest = await asyncio.to_thread(sha256_file, written, counter)
+        counter.flush()
         header = await asyncio.to_thread(read_gguf_header, written)
         files.append(OutputFile(path="", size_bytes=header.file_size, sha256=digest))
         headers.append(header)
@@ -123,3 +128,32 @@ async def complete_output(
     order = {name: i for i, name in enumerate(job.spec.quant_types)}
     job.outputs = sorted([*job.outputs, artifact], key=lambda a: order.get(a.quant_type, len(order)))
     host.touch(job)
+
+
+class _HashCounter:
+    """A ``sha256_file`` progress callback (it runs in the hashing thread) that counts the bytes hashed
+    into the job's timeline on the event loop, and shows them while the job is HASHING."""
+
+    def __init__(self, host: StageHost, job: Job) -> None:
+        self._host = host
+        self._job = job
+        self._timeline = host.timeline(job)
+        self._loop = asyncio.get_running_loop()
+        self._unreported = 0
+
+    def __call__(self, size: int) -> None:
+        self._unreported += size
+        if self._unreported >= HASH_REPORT_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._unreported:
+            self._loop.call_soon_threadsafe(self._count, self._unreported)
+            self._unreported = 0
+
+    def _count(self, size: int) -> None:
+        self._timeline.hashed += size
+        job = self._job
+        if job.stage == Stage.HASHING and not job.state.finished:
+            self._timeline.advance(self._timeline.hashed, self._timeline.hash_total)
+            self._host.touch(job, save=False)

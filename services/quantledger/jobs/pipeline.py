@@ -2,6 +2,11 @@
 
 ``run_stages`` is what a running job does; the engine (jobs/engine.py) decides how it ends (SUCCEEDED,
 FAILED, CANCELLED) and cleans up what ``JobRun`` holds.
+
+An optional stage never loses what an earlier one made: an output whose evaluation fails keeps its place,
+its quality report saying why; every output is registered before the quality gate (``max_kl_divergence``)
+decides whether the job SUCCEEDED or FAILED (QUALITY_GATE_FAILED, also when the gate could not be checked
+because an evaluation failed).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any
 from quantledger.hf.pipeline import classify
 from quantledger.jobs.model import Job, Stage
 from quantledger.jobs.output_stage import complete_output, quantize_output
+from quantledger.jobs.progress import HASH_BYTES_PER_SECOND
 from quantledger.jobs.registration import register_outputs
-from quantledger.jobs.stages import StageHost, evaluate_outputs, prepare_intermediate
+from quantledger.jobs.stages import StageHost, check_quality_gate, evaluate_outputs, prepare_intermediate
 from quantledger.quantize.plan import make_plan
 from quantledger.registry.registrar import Registrar
 from quantledger.registry.stage import apply_source_manifest, source_manifest
@@ -52,15 +58,20 @@ async def run_stages(host: StageHost, registrar: Registrar | None, job: Job, run
     )
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     run.identity.append(asyncio.create_task(asyncio.to_thread(source_manifest, job, run.stop_hashing)))
+    timeline = host.timeline(job)
     for index, output in enumerate(plan.outputs):
         result_events, seconds = await quantize_output(host, job, plan, index, output)
+        timeline.hash_total += sum(p.stat().st_size for p in output.partial_paths if p.is_file())
         run.hashing.append(asyncio.create_task(complete_output(host, job, plan, output, result_events, seconds)))
     if any(not t.done() for t in run.hashing):
-        job.stage = Stage.HASHING
+        left = timeline.hash_total - timeline.hashed
+        timeline.begin(
+            Stage.HASHING, timeline.hash_total, "bytes", done=timeline.hashed, prior=left / HASH_BYTES_PER_SECOND
+        )
         host.touch(job)
     await asyncio.gather(*run.hashing)
     if not job.spec.options.skip_quality:
-        await evaluate_outputs(host, job, plan)
+        await evaluate_outputs(host, job, plan)  # an output it cannot evaluate says so in its report
     apply_source_manifest(job, await run.identity[0])
     # registration, once begun, completes and is recorded even when the job is cancelled meanwhile
     registering = asyncio.ensure_future(register_outputs(host, registrar, job))
@@ -70,3 +81,5 @@ async def run_stages(host: StageHost, registrar: Registrar | None, job: Job, run
         with contextlib.suppress(Exception):
             await registering
         raise
+    # the gate decides how the job ends, after its outputs are kept, hashed and registered
+    check_quality_gate(job)

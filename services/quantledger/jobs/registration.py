@@ -9,14 +9,16 @@ run of the server left pending.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from functools import partial
 
-from quantledger.jobs.model import Job, JobState, Stage
+from quantledger.errors import QuantledgerError
+from quantledger.jobs.model import Job, JobError, JobState, RegistryEntry, Stage
 from quantledger.jobs.stages import StageHost
 from quantledger.jobs.store import JobStore
-from quantledger.registry.registrar import PENDING, Registrar
+from quantledger.registry.registrar import FAILED, PENDING, Registrar
 from quantledger.registry.stage import attach_provenance
 
 log = logging.getLogger(__name__)
@@ -28,26 +30,39 @@ def registration_pending(job: Job) -> bool:
 
 
 async def register_outputs(host: StageHost, registrar: Registrar | None, job: Job) -> None:
-    """Provenance JSON next to every output, then one registry transaction (PENDING if the chain is down)."""
-    job.stage = Stage.REGISTERING
+    """Provenance JSON next to every output, then one registry transaction (PENDING if the chain is down).
+
+    An output whose provenance cannot be written (its imatrix or LoRA gone, a full disk) gets a FAILED
+    registry entry saying why; the other outputs are still registered."""
+    steps = len(job.outputs) + (1 if registrar is not None else 0)
+    timeline = host.timeline(job)
+    timeline.begin(Stage.REGISTERING, steps, "steps")
     host.touch(job)
-    registering = registrar is not None
-    roots = host.settings.allowed_roots
-    job.outputs = [
-        await asyncio.to_thread(partial(attach_provenance, registering=registering, roots=roots), job, a)
-        for a in job.outputs
-    ]
-    host.touch(job)
+    attach = partial(attach_provenance, registering=registrar is not None, roots=host.settings.allowed_roots)
+    for index, artifact in enumerate(list(job.outputs)):
+        try:
+            job.outputs[index] = await asyncio.to_thread(attach, job, artifact)
+        except (QuantledgerError, OSError) as exc:
+            error = (
+                JobError.of(exc)
+                if isinstance(exc, QuantledgerError)
+                else JobError("INTERNAL", "INTERNAL", f"the provenance JSON could not be written: {exc}")
+            )
+            log.warning("%s: no provenance for %s: %s", job.name, artifact.quant_type, error.message)
+            entry = RegistryEntry(state=FAILED, provenance_path="", provenance_sha256="", error=error)
+            job.outputs[index] = dataclasses.replace(artifact, registry=entry)
+        timeline.advance(index + 1)
+        host.touch(job, save=index + 1 == len(job.outputs))
     if registrar is not None:
         job.outputs = await asyncio.to_thread(registrar.register, job, job.outputs)
+        timeline.advance(steps)
+        host.touch(job)
 
 
 class RegistrationRetrier:
     """Finished jobs with PENDING outputs, and the loop that registers them once the chain answers."""
 
-    def __init__(
-        self, store: JobStore, registrar: Registrar, retry_seconds: float, notify: Callable[[], None]
-    ) -> None:
+    def __init__(self, store: JobStore, registrar: Registrar, retry_seconds: float, notify: Callable[[], None]) -> None:
         self._store = store
         self._registrar = registrar
         self._retry_seconds = retry_seconds

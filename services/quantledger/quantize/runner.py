@@ -46,6 +46,7 @@ class WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_root(), env.get("PYTHONPATH", "")] if p)
         with open(self._log_path, "ab") as log:
+            log_start = log.tell()  # this run's own lines start here (a job's workers share its log)
             try:
                 self._process = await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -98,9 +99,17 @@ class WorkerProcess:
                     f"llama.cpp needs an importance matrix for this model and type: {errors}; pass imatrix_path"
                 )
             raise QuantizeFailed(f"llama.cpp failed to quantize: {errors}", log=self._log_path)
+        mode = self._request.get("mode", "quantize")
+        what = "quantization" if mode == "quantize" else str(mode)
+        status = f"exit status {result.returncode}"
+        if result.returncode < 0:
+            with contextlib.suppress(ValueError):
+                status = f"killed by {signal.Signals(-result.returncode).name}"
+        line = last_error_line(self._log_path, log_start)
         raise WorkerCrashed(
-            f"quantization worker died (exit status {result.returncode}); log: {self._log_path}",
+            f"{what} worker died ({status}){': ' + line if line else ''}; log: {self._log_path}",
             log=self._log_path,
+            **({"log_line": line} if line else {}),
         )
 
     async def _read_events(self, read_fd: int, result: WorkerResult, on_event: EventHandler) -> None:
@@ -128,6 +137,27 @@ class WorkerProcess:
         self.killed = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+# Lines of a dying worker's log that say why, best first (llama.cpp's asserts and aborts, then errors).
+_CRASH_MARKERS = ("GGML_ASSERT", "GGML_ABORT", "error", "Error", "terminate called", "Aborted")
+CRASH_LOG_TAIL_BYTES = 64 << 10
+
+
+def last_error_line(log_path: str, start: int) -> str:
+    """The line of the log written after ``start`` that best says why a worker died ("" if none)."""
+    try:
+        with open(log_path, "rb") as log:
+            end = log.seek(0, os.SEEK_END)
+            log.seek(max(start, end - CRASH_LOG_TAIL_BYTES))
+            lines = [ln.strip() for ln in log.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for marker in _CRASH_MARKERS:
+        for line in reversed(lines):
+            if marker in line:
+                return line[:300]
+    return ""
 
 
 def error_for_reason(reason: str, message: str) -> QuantledgerError:
