@@ -64,14 +64,15 @@ class ProgressBar:
         eta = progress.eta.ToTimedelta().total_seconds() if progress.HasField("eta") else None
         state = state_name(job)
         what = stage_name(job) if state == "RUNNING" else state
-        line = (
-            f"{what:<10} {progress.current_quant_type or '-':<8} [{bar}] {fraction * 100:5.1f}% "
-            f"{human_bytes(progress.bytes_done)}/{human_bytes(progress.bytes_total)} "
-            f"out {progress.outputs_done}/{progress.outputs_total}"
-        )
+        line = f"{what:<10} {progress.current_quant_type or '-':<8} [{bar}] {fraction * 100:5.1f}% "
+        if state == "RUNNING" and progress.stage_unit:
+            line += describe_stage(progress)
+        else:
+            line += f"{human_bytes(progress.bytes_done)}/{human_bytes(progress.bytes_total)}"
+        line += f" out {progress.outputs_done}/{progress.outputs_total}"
         if eta is not None and state == "RUNNING":
             line += f" ETA {eta:4.0f}s"
-        if progress.current_tensor and state == "RUNNING":
+        if progress.current_tensor and state == "RUNNING" and job.stage == pb.QuantizeJob.STAGE_QUANTIZING:
             line += f" {progress.current_tensor}"
         if self._tty:
             self._stream.write("\r\x1b[2K" + line[:200])
@@ -89,7 +90,23 @@ class ProgressBar:
             self._drawn = False
 
 
+def describe_stage(progress: pb.Progress) -> str:
+    """The current stage's own progress: "stage 42% 170.0 MiB/404.0 MiB (ETA 3s)", "stage 25% 4/16 chunks"."""
+    done, total, unit = progress.stage_done, progress.stage_total, progress.stage_unit
+    if unit == "bytes":
+        work = f"{human_bytes(done)}/{human_bytes(total)}" if total else human_bytes(done)
+    else:
+        work = f"{done}/{total} {unit}" if total else f"{done} {unit}"
+    text = f"stage {progress.stage_fraction * 100:3.0f}% {work}"
+    if progress.HasField("stage_eta"):
+        text += f" (ETA {progress.stage_eta.ToTimedelta().total_seconds():.0f}s)"
+    return text
+
+
 def describe_quality(quality: pb.QualityReport) -> str:
+    if quality.HasField("error") and quality.error.code:
+        reason = next(iter(_reasons(quality.error)), "UNKNOWN")
+        return f"not evaluated: {reason}: {quality.error.message}"
     if quality.kind == "embedding":
         return (
             f"cosine mean {quality.mean_cosine_similarity:.4f} min {quality.min_cosine_similarity:.4f}, "
@@ -143,6 +160,8 @@ def print_job(job: pb.QuantizeJob, stream: TextIO = sys.stdout) -> None:
             f"  progress     {p.fraction * 100:.1f}% ({human_bytes(p.bytes_done)} of "
             f"{human_bytes(p.bytes_total)}), {p.current_quant_type} {p.current_tensor}\n"
         )
+        if p.stage_unit:
+            out(f"  {stage_name(job).lower():<12} {describe_stage(p)}\n")
     for artifact in job.outputs:
         out(
             f"  {artifact.quant_type:<12} {artifact.size_bytes:>14,} bytes  {artifact.bits_per_weight:6.3f} BPW  "

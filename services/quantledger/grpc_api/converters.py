@@ -164,8 +164,8 @@ def registry_entry_to_proto(entry: RegistryEntry | None) -> pb.RegistryRecord | 
 def quality_to_proto(quality: Quality | None) -> pb.QualityReport | None:
     if quality is None:
         return None
-    values = {k: v for k, v in dataclasses.asdict(quality).items() if v is not None}
-    return pb.QualityReport(**values)
+    values = {k: v for k, v in dataclasses.asdict(quality).items() if v is not None and k != "error"}
+    return pb.QualityReport(**values, error=status_of(quality.error) if quality.error else None)
 
 
 def job_to_proto(job: Job) -> pb.QuantizeJob:
@@ -189,6 +189,11 @@ def job_to_proto(job: Job) -> pb.QuantizeJob:
             outputs_total=progress.outputs_total,
             eta=_duration(progress.eta_seconds),
             bytes_per_second=progress.bytes_per_second,
+            stage_fraction=progress.stage_fraction,
+            stage_done=progress.stage_done,
+            stage_total=progress.stage_total,
+            stage_unit=progress.stage_unit,
+            stage_eta=_duration(progress.stage_eta_seconds),
         ),
         outputs=[artifact_to_proto(a) for a in job.outputs],
         error=status_of(job.error) if job.error else None,

@@ -1,7 +1,10 @@
 """The job engine: validate, queue, run, watch and cancel quantization jobs.
 
 Runs inside an asyncio loop. Jobs wait in the store as QUEUED; up to ``max_parallel_jobs`` run at
-once, each output in its own worker process (see quantize/runner.py). A running job's progress
+once, each output in its own worker process (see quantize/runner.py). What a running job does is in
+jobs/pipeline.py (its stages in order), jobs/output_stage.py (one output: quantize, hash, rename) and
+jobs/registration.py (REGISTERING, and the retry of PENDING registrations); this module owns the
+jobs' states: the scheduler, the API the servicers call, and how a job ends. A running job's progress
 lives in memory and reaches the store every couple of seconds; state changes reach it at once.
 Cancel kills the worker's process group and removes partial files; shutdown does the same to every
 running job and marks it INTERRUPTED; a restart after a kill -9 marks jobs left RUNNING the same way.
@@ -13,15 +16,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
-import dataclasses
 import logging
-import os
 import pathlib
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import Any, TypeVar
 
 from quantledger.config import Settings
@@ -32,55 +31,33 @@ from quantledger.errors import (
     JobAlreadyFinished,
     JobNotFound,
     JobTimeout,
-    QuantizeFailed,
     QuantledgerError,
     RequestIdConflict,
     ValidationTimeout,
 )
-from quantledger.gguf_header import read_gguf_header
-from quantledger.hashing import sha256_file
 from quantledger.hf.cache import ConversionCache
-from quantledger.hf.pipeline import (
-    classify,
-)
-from quantledger.jobs.model import (
-    Artifact,
-    Job,
-    JobError,
-    JobSpec,
-    JobState,
-    OutputFile,
-    Progress,
-    Stage,
-)
-from quantledger.jobs.stages import describe_hf_job, estimate_hf, evaluate_outputs, prepare_intermediate
+from quantledger.hf.pipeline import classify
+from quantledger.jobs.model import Job, JobError, JobSpec, JobState, Progress, Stage
+from quantledger.jobs.pipeline import JobRun, run_stages
+from quantledger.jobs.progress import JobTimeline
+from quantledger.jobs.registration import RegistrationRetrier
+from quantledger.jobs.stages import describe_hf_job, estimate_hf
 from quantledger.jobs.store import DuplicateRequestId, JobStore
 from quantledger.paging import PageSize, PageTokens
 from quantledger.quantize.catalogue import QuantType, catalogue
-from quantledger.quantize.estimate import Estimate, estimate, throughput_for
-from quantledger.quantize.llama_log import fallback_count
-from quantledger.quantize.plan import (
-    PARTIAL_SUFFIX,
-    PlannedOutput,
-    QuantizePlan,
-    make_plan,
-    refuse_another_jobs_output,
-)
+from quantledger.quantize.estimate import Estimate, estimate
+from quantledger.quantize.plan import PARTIAL_SUFFIX, QuantizePlan, make_plan
 from quantledger.quantize.runner import WorkerProcess
-from quantledger.registry.registrar import PENDING, Registrar
-from quantledger.registry.stage import HashingStopped, apply_source_manifest, attach_provenance, source_manifest
-from quantledger.sources import GgufSource
+from quantledger.registry.registrar import Registrar
+from quantledger.registry.stage import HashingStopped
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 JOB_PAGES = PageSize(default=50, largest=1000)
 MAX_REQUEST_ID_LENGTH = 128
-PROGRESS_SAVE_SECONDS = 2.0
 STORE_FLUSH_SECONDS = 2.0
 VALIDATION_THREADS = 4
-# Runs shorter than this say more about process start-up than about throughput.
-MIN_BYTES_FOR_THROUGHPUT = 16 << 20
 
 
 class JobEngine:
@@ -91,13 +68,18 @@ class JobEngine:
         self._store = store
         self.settings = settings
         self.registrar = registrar
-        self._pending_registration: set[str] = set()
+        self._registrations = (
+            RegistrationRetrier(store, registrar, settings.registry_retry_seconds, self._notify)
+            if registrar is not None
+            else None
+        )
         self._retrier: asyncio.Task[None] | None = None
         self.page_tokens = PageTokens.in_home(settings.home)
         self.cache = ConversionCache(settings.home / "conversion-cache", settings.conversion_cache_bytes)
         self._live: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._workers: dict[str, WorkerProcess] = {}
+        self._timelines: dict[str, JobTimeline] = {}
         self._stop_reason: dict[str, str] = {}
         self._changed: asyncio.Event | None = None  # set (and replaced) on every job change
         self._wakeup: asyncio.Event | None = None
@@ -123,14 +105,9 @@ class JobEngine:
         self.cache.remove_partials()  # conversions a dead server left half-written (no job runs yet)
         self._scheduler = asyncio.create_task(self._schedule(), name="quantledger-scheduler")
         self._flusher = asyncio.create_task(self._flush_store(), name="quantledger-store-flush")
-        if self.registrar is not None:
-            self._pending_registration.update(
-                job.id
-                for state in (JobState.SUCCEEDED, JobState.CANCELLED, JobState.FAILED)
-                for job in self._store.with_state(state)
-                if _registration_pending(job)
-            )
-            self._retrier = asyncio.create_task(self._retry_registrations(), name="quantledger-registrar")
+        if self._registrations is not None:
+            self._registrations.collect_pending()
+            self._retrier = asyncio.create_task(self._registrations.run(), name="quantledger-registrar")
 
     def recover_interrupted(self) -> list[str]:
         """Jobs a dead server left RUNNING become FAILED (INTERRUPTED); their partial files go."""
@@ -352,6 +329,13 @@ class JobEngine:
         self._workers[job.id] = worker
         return worker
 
+    def timeline(self, job: Job) -> JobTimeline:
+        """The progress bookkeeping of running ``job`` (its stages' shares and ETAs)."""
+        timeline = self._timelines.get(job.id)
+        if timeline is None:
+            timeline = self._timelines[job.id] = JobTimeline(job, self._store)
+        return timeline
+
     def touch(self, job: Job, *, save: bool = True) -> None:
         """Record a change of ``job`` (saved unless ``save`` is false) and wake its watchers."""
         self._touch(job, save=save)
@@ -369,6 +353,7 @@ class JobEngine:
         job.end_time = time.time()
         job.progress.current_tensor = ""
         job.progress.eta_seconds = None
+        job.progress.stage_eta_seconds = None
         job.version += 1
         self._store.save(job)
 
@@ -388,24 +373,22 @@ class JobEngine:
         job.stage = Stage.QUANTIZING
         job.start_time = time.time()
         self._live[job.id] = job
+        self._timelines[job.id] = JobTimeline(job, self._store)
         self._touch(job)
         self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
 
     async def _run(self, job: Job) -> None:
-        hashing: list[asyncio.Task[None]] = []
-        stop_hashing = threading.Event()
-        identity: list[asyncio.Task[Any]] = []  # the source's digest, computed beside the quantization
-        pins = contextlib.ExitStack()
+        run = JobRun()
         deadline = asyncio.timeout(self._settings.job_timeout_seconds)
         try:
             async with deadline:
-                await self._run_stages(job, hashing, stop_hashing, identity, pins)
+                await run_stages(self, self.registrar, job, run)
             job.progress.fraction = 1.0
             job.progress.bytes_done = job.progress.bytes_total
             self._finish(job, JobState.SUCCEEDED, None)
             log.info("%s succeeded: %d outputs", job.name, len(job.outputs))
         except asyncio.CancelledError:
-            await self._abandon(hashing)
+            await self._abandon(run.hashing)
             if self._stop_reason.get(job.id) == "cancel":
                 self._finish(job, JobState.CANCELLED, _cancelled())
             else:
@@ -415,11 +398,11 @@ class JobEngine:
                     JobError.of(Interrupted("the server shut down while this job ran; resubmit it")),
                 )
         except QuantledgerError as exc:
-            await self._abandon(hashing)
+            await self._abandon(run.hashing)
             log.warning("%s failed: %s", job.name, exc.message)
             self._finish(job, JobState.FAILED, JobError.of(exc))
         except Exception as exc:
-            await self._abandon(hashing)
+            await self._abandon(run.hashing)
             if isinstance(exc, TimeoutError) and deadline.expired():
                 limit = self._settings.job_timeout_seconds
                 timeout = JobTimeout(
@@ -433,86 +416,21 @@ class JobEngine:
                 log.exception("%s failed unexpectedly", job.name)
                 self._finish(job, JobState.FAILED, JobError("INTERNAL", "INTERNAL", f"internal error: {exc}"))
         finally:
-            stop_hashing.set()
-            for task in identity:
+            run.stop_hashing.set()
+            for task in run.identity:
                 if not task.done():
                     with contextlib.suppress(HashingStopped, asyncio.CancelledError):
                         await task
-            pins.close()
+            run.pins.close()
             self._remove_partials(job)
-            if job.state.finished and _registration_pending(job):
-                self._pending_registration.add(job.id)
+            if job.state.finished and self._registrations is not None:
+                self._registrations.add(job)
             self._live.pop(job.id, None)
             self._tasks.pop(job.id, None)
             self._workers.pop(job.id, None)
+            self._timelines.pop(job.id, None)
             self._stop_reason.pop(job.id, None)
             self._notify()
-
-    async def _run_stages(
-        self,
-        job: Job,
-        hashing: list[asyncio.Task[None]],
-        stop_hashing: threading.Event,
-        identity: list[asyncio.Task[Any]],
-        pins: contextlib.ExitStack,
-    ) -> None:
-        """Every stage of ``job``, from its source to registered outputs."""
-        source: GgufSource | None = None
-        stem: str | None = None
-        hf = await asyncio.to_thread(classify, job.spec.source, self._settings.allowed_roots)
-        if hf is not None:
-            source, stem = await prepare_intermediate(self, job, hf, pins)
-        plan = await asyncio.to_thread(
-            partial(make_plan, source=source, stem=stem),
-            job.spec,
-            self._settings,
-            pathlib.Path(job.output_dir),
-            job.id,
-        )
-        plan.output_dir.mkdir(parents=True, exist_ok=True)
-        identity.append(asyncio.create_task(asyncio.to_thread(source_manifest, job, stop_hashing)))
-        for index, output in enumerate(plan.outputs):
-            result_events, seconds = await self._quantize_one(job, plan, index, output)
-            hashing.append(asyncio.create_task(self._complete_output(job, plan, output, result_events, seconds)))
-        if any(not t.done() for t in hashing):
-            job.stage = Stage.HASHING
-            self._touch(job)
-        await asyncio.gather(*hashing)
-        if not job.spec.options.skip_quality:
-            await evaluate_outputs(self, job, plan)
-        apply_source_manifest(job, await identity[0])
-        # registration, once begun, completes and is recorded even when the job is cancelled meanwhile
-        registering = asyncio.ensure_future(self._register_outputs(job))
-        try:
-            await asyncio.shield(registering)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await registering
-            raise
-
-    async def _register_outputs(self, job: Job) -> None:
-        """Provenance JSON next to every output, then one registry transaction (PENDING if the chain is down)."""
-        job.stage = Stage.REGISTERING
-        self._touch(job)
-        registering = self.registrar is not None
-        roots = self._settings.allowed_roots
-        job.outputs = [
-            await asyncio.to_thread(partial(attach_provenance, registering=registering, roots=roots), job, a)
-            for a in job.outputs
-        ]
-        self._touch(job)
-        if self.registrar is not None:
-            job.outputs = await asyncio.to_thread(self.registrar.register, job, job.outputs)
-
-    async def _retry_registrations(self) -> None:
-        """Every few seconds, try again to register outputs of finished jobs that are still PENDING."""
-        assert self.registrar is not None
-        while True:
-            await asyncio.sleep(self._settings.registry_retry_seconds)
-            try:
-                await self._retry_round()
-            except Exception:  # keep retrying in later rounds whatever one round hit
-                log.exception("retrying pending registrations failed")
 
     async def _flush_store(self) -> None:
         """Write job states the database refused (a full disk) as soon as it accepts writes again."""
@@ -523,120 +441,10 @@ class JobEngine:
             except Exception:  # keep trying in later rounds
                 log.exception("writing unsaved job states failed")
 
-    async def _retry_round(self) -> None:
-        assert self.registrar is not None
-        for job_id in sorted(self._pending_registration):
-            job = self._store.get(job_id)
-            if job is None or not _registration_pending(job):
-                self._pending_registration.discard(job_id)
-                continue
-            job.outputs = await asyncio.to_thread(self.registrar.register, job, job.outputs)
-            self._store.save(job)
-            self._notify()
-            if not _registration_pending(job):
-                self._pending_registration.discard(job_id)
-                log.info("%s: pending registrations recorded", job.name)
-            else:
-                break  # the chain is still away; try the rest next round
-
     async def _abandon(self, hashing: list[asyncio.Task[None]]) -> None:
         for task in hashing:
             task.cancel()
         await asyncio.gather(*hashing, return_exceptions=True)
-
-    async def _quantize_one(
-        self, job: Job, plan: QuantizePlan, index: int, output: PlannedOutput
-    ) -> tuple[list[dict[str, Any]], float]:
-        header = plan.source.header
-        bytes_of = {t.name: t.n_bytes for t in header.tensors}
-        per_output = header.tensor_bytes
-        before = per_output * index
-        progress = job.progress
-        progress.current_quant_type = output.quant_type.name
-        progress.tensors_done = 0
-        progress.tensors_total = len(header.tensors)
-        progress.outputs_done = index
-        job.stage = Stage.QUANTIZING
-        self._touch(job)
-        default_rate, _ = throughput_for(output.quant_type, self._store)
-        started = time.monotonic()
-        done_here = 0
-        last_save = started
-
-        def on_event(event: dict[str, Any]) -> None:
-            nonlocal done_here, last_save
-            kind = event.get("event")
-            if kind == "tensor_start":
-                progress.current_tensor = event["name"]
-            elif kind == "tensor_done":
-                done_here += bytes_of.get(event["name"], int(event.get("mib_before", 0) * (1 << 20)))
-                progress.tensors_done = int(event["index"])
-            else:
-                return
-            now = time.monotonic()
-            elapsed = now - started
-            rate = done_here / elapsed if done_here and elapsed > 0 else 0.0
-            progress.bytes_done = before + done_here
-            progress.fraction = min(1.0, progress.bytes_done / progress.bytes_total) if progress.bytes_total else 0.0
-            progress.bytes_per_second = rate
-            remaining = progress.bytes_total - progress.bytes_done
-            progress.eta_seconds = remaining / (rate or default_rate)
-            save = now - last_save >= PROGRESS_SAVE_SECONDS
-            if save:
-                last_save = now
-            self._touch(job, save=save)
-
-        worker = self.worker_for(job, plan.worker_request(output))
-        result = await worker.run(on_event)
-        seconds = time.monotonic() - started
-        if per_output >= MIN_BYTES_FOR_THROUGHPUT:
-            self._store.record_throughput(output.quant_type.name, per_output, seconds)
-        progress.bytes_done = before + per_output
-        progress.outputs_done = index + 1
-        self._touch(job)
-        return result.events, seconds
-
-    async def _complete_output(
-        self,
-        job: Job,
-        plan: QuantizePlan,
-        output: PlannedOutput,
-        events: list[dict[str, Any]],
-        seconds: float,
-    ) -> None:
-        missing = [p.name for p in output.partial_paths if not p.is_file()]
-        if missing:
-            raise QuantizeFailed(f"llama.cpp reported success but did not write {', '.join(missing)}")
-        files = []
-        headers = []
-        for written in output.partial_paths:
-            digest = await asyncio.to_thread(sha256_file, written)
-            header = await asyncio.to_thread(read_gguf_header, written)
-            files.append(OutputFile(path="", size_bytes=header.file_size, sha256=digest))
-            headers.append(header)
-        for final in output.paths:  # another job may have finished into the same place meanwhile
-            refuse_another_jobs_output(final)
-        for written, final in zip(output.partial_paths, output.paths, strict=True):
-            os.replace(written, final)
-        files = [dataclasses.replace(f, path=str(final)) for f, final in zip(files, output.paths, strict=True)]
-        elements = sum(t.n_elements for h in headers for t in h.tensors)
-        tensor_bytes = sum(h.tensor_bytes for h in headers)
-        artifact = Artifact(
-            quant_type=output.quant_type.name,
-            path=files[0].path,
-            size_bytes=files[0].size_bytes,
-            sha256=files[0].sha256,
-            bits_per_weight=8 * tensor_bytes / elements if elements else 0.0,
-            fallback_tensor_count=fallback_count(events),
-            tensor_count=sum(len(h.tensors) for h in headers),
-            source_size_bytes=plan.source.header.file_size,
-            quantize_seconds=seconds,
-            file_type=output.quant_type.file_type,
-            files=tuple(files),
-        )
-        order = {name: i for i, name in enumerate(job.spec.quant_types)}
-        job.outputs = sorted([*job.outputs, artifact], key=lambda a: order.get(a.quant_type, len(order)))
-        self._touch(job)
 
     def _remove_partials(self, job: Job) -> None:
         if not job.output_dir:
@@ -647,10 +455,6 @@ class JobEngine:
         for leftover in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-
-
-def _registration_pending(job: Job) -> bool:
-    return any(a.registry is not None and a.registry.state == PENDING for a in job.outputs)
 
 
 def _cancelled() -> JobError:

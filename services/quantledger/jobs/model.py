@@ -153,6 +153,18 @@ class Quality:
     topk_retrieval_agreement: float | None = None
     items_evaluated: int = 0
     eval_set: str = ""
+    # why the evaluation of this output failed (kind is then empty); the output is kept all the same
+    error: JobError | None = None
+
+    @classmethod
+    def failed(cls, error: JobError) -> Quality:
+        return cls(kind="", error=error)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Quality:
+        fields = dict(data)
+        fields["error"] = JobError(**fields["error"]) if fields.get("error") else None
+        return cls(**fields)
 
 
 @dataclass
@@ -168,6 +180,12 @@ class Progress:
     outputs_total: int = 0
     eta_seconds: float | None = None
     bytes_per_second: float = 0.0
+    # the stage now running: its own share done, work done / total (in stage_unit) and time left
+    stage_fraction: float = 0.0
+    stage_done: int = 0
+    stage_total: int = 0
+    stage_unit: str = ""
+    stage_eta_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -230,7 +248,7 @@ class Artifact:
     def from_dict(cls, data: dict[str, Any]) -> Artifact:
         fields = dict(data)
         fields["files"] = tuple(OutputFile(**f) for f in fields.get("files") or ())
-        fields["quality"] = Quality(**fields["quality"]) if fields.get("quality") else None
+        fields["quality"] = Quality.from_dict(fields["quality"]) if fields.get("quality") else None
         fields["registry"] = RegistryEntry.from_dict(fields["registry"]) if fields.get("registry") else None
         return cls(**fields)
 

@@ -1,7 +1,7 @@
 """Job stages beyond quantization: Hugging Face preparation (fetch, hash, convert) and quality evaluation.
 
-The engine runs them; they reach back only through ``StageHost`` (settings, the conversion cache,
-change notification and worker registration, so cancel can kill what they start).
+The engine runs them; they reach back only through ``StageHost`` (settings, the conversion cache, the job
+store, change notification and worker registration, so cancel can kill what they start).
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ import asyncio
 import contextlib
 import dataclasses
 import glob
+import logging
 import pathlib
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quantledger.config import Settings
-from quantledger.errors import InsufficientDisk, LoraInvalid, QualityGateFailed
+from quantledger.errors import InsufficientDisk, LoraInvalid, QualityGateFailed, QuantledgerError
 from quantledger.hf.cache import CacheEntry, ConversionCache, cache_key
 from quantledger.hf.manifest import FileDigest, SourceManifest
 from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, preflight
-from quantledger.jobs.model import Job, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
+from quantledger.jobs.model import Job, JobError, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
 from quantledger.jobs.store import JobStore
 from quantledger.json_files import read_hf_config
 from quantledger.quantize.estimate import (
@@ -33,6 +34,13 @@ from quantledger.quantize.estimate import (
 from quantledger.quantize.plan import QuantizePlan, check_options, requested_types, resolve_output_dir
 from quantledger.quantize.runner import WorkerProcess
 from quantledger.sources import GgufSource, open_source, resolve_allowed
+
+if TYPE_CHECKING:
+    from quantledger.jobs.progress import JobTimeline
+
+log = logging.getLogger(__name__)
+# Evaluations of smaller models say more about process start-up than about the rate.
+MIN_BYTES_FOR_EVALUATE_RATE = 16 << 20
 
 
 def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore) -> Estimate:
@@ -86,7 +94,12 @@ class StageHost(Protocol):
     settings: Settings
     cache: ConversionCache
 
+    @property
+    def store(self) -> JobStore: ...
+
     def touch(self, job: Job, *, save: bool = True) -> None: ...
+
+    def timeline(self, job: Job) -> JobTimeline: ...
 
     def worker_for(self, job: Job, request: dict[str, Any]) -> WorkerProcess: ...
 
@@ -157,7 +170,7 @@ async def prepare_intermediate(
     from quantledger.convert.converter import CONVERTER_VERSION
     from quantledger.convert.fallback import converter_label, usable_for
 
-    job.stage = Stage.FETCHING
+    host.timeline(job).begin(Stage.FETCHING, 0, "bytes")
     host.touch(job)
     materialized = await _materialize(host, job, hf)
     options = job.spec.options
@@ -196,21 +209,25 @@ async def prepare_intermediate(
         architecture=source.header.architecture or "",
     )
     job.progress = Progress(
+        fraction=job.progress.fraction,
         bytes_total=source.header.tensor_bytes * len(job.spec.quant_types),
         outputs_total=len(job.spec.quant_types),
     )
+    host.timeline(job).replan()
     host.touch(job)
     return source, hf.display_name
 
 
 def _byte_progress(host: StageHost, job: Job, kind: str) -> Callable[[dict[str, Any]], None]:
-    """A worker event handler that turns ``kind`` events (bytes_done, bytes_total) into the job's progress."""
+    """A worker event handler that turns ``kind`` events (bytes_done, bytes_total) into the job's progress:
+    the stage's bytes, and (until the intermediate is known) bytes_done / bytes_total too."""
+    timeline = host.timeline(job)
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == kind and event["bytes_total"]:
             job.progress.bytes_done = int(event["bytes_done"])
             job.progress.bytes_total = int(event["bytes_total"])
-            job.progress.fraction = event["bytes_done"] / event["bytes_total"]
+            timeline.advance(int(event["bytes_done"]), int(event["bytes_total"]))
             host.touch(job, save=False)
 
     return on_event
@@ -235,7 +252,7 @@ async def _convert(
     host: StageHost, job: Job, hf: HfSource, materialized: Materialized, key: str, out_type: str,
     fallback: str | None,
 ) -> CacheEntry:  # fmt: skip
-    job.stage = Stage.CONVERTING
+    host.timeline(job).begin(Stage.CONVERTING, 0, "bytes")
     host.touch(job)
     config = await asyncio.to_thread(read_hf_config, materialized.folder)
     temp = host.cache.temp_path(key)
@@ -267,13 +284,24 @@ async def _convert(
 
 
 async def evaluate_outputs(host: StageHost, job: Job, plan: QuantizePlan) -> None:
-    """Measure every output against the unquantized model; apply the quality gate."""
-    job.stage = Stage.EVALUATING
+    """Measure every output against the unquantized model (stage EVALUATING).
+
+    An output whose evaluation fails (the worker crashed inside llama.cpp, ran past its time bound, or
+    refused the evaluation data) stays as it is, its quality report carrying the error; the others are
+    still evaluated. Cancel and shutdown still stop the stage. The gate is ``check_quality_gate``."""
+    from quantledger.jobs.progress import EVALUATE_SAMPLE
+
+    timeline = host.timeline(job)
+    timeline.begin(Stage.EVALUATING, 0, "chunks")
     host.touch(job)
     options = job.spec.options
     eval_text = (
         str(resolve_allowed(options.eval_text_path, host.settings.allowed_roots)) if options.eval_text_path else ""
     )
+    count = len(job.outputs)
+    per_output = 0  # chunks (or texts) of one output, known from the first evaluation that reports them
+    known = {f.name for f in dataclasses.fields(Quality)} - {"error"}
+    reference_bytes = plan.source.header.tensor_bytes
     for index, artifact in enumerate(list(job.outputs)):
         request = {
             "mode": "evaluate",
@@ -282,24 +310,59 @@ async def evaluate_outputs(host: StageHost, job: Job, plan: QuantizePlan) -> Non
             "threads": plan.base_request["threads"],
             "eval_text_path": eval_text,
         }
-        worker = host.worker_for(job, request)
-        result = await worker.run(lambda _event: None)
-        report = result.of("quality")[-1]
-        known = {f.name for f in dataclasses.fields(Quality)}
-        quality = Quality(**{k: v for k, v in report.items() if k in known})
+
+        def on_event(event: dict[str, Any], index: int = index) -> None:
+            nonlocal per_output
+            if event.get("event") != "eval_progress" or int(event["total"]) <= 0:
+                return
+            per_output = int(event["total"])
+            job.progress.stage_unit = str(event.get("unit") or "chunks")
+            timeline.advance(index * per_output + int(event["done"]), count * per_output)
+            host.touch(job, save=False)
+
+        started = time.monotonic()
+        try:
+            result = await host.worker_for(job, request).run(on_event)
+            report = result.of("quality")[-1]
+        except QuantledgerError as exc:
+            log.warning("%s: evaluating %s failed (%s): %s", job.name, artifact.quant_type, exc.reason, exc.message)
+            quality = Quality.failed(JobError.of(exc))
+        else:
+            quality = Quality(**{k: v for k, v in report.items() if k in known})
+            if reference_bytes >= MIN_BYTES_FOR_EVALUATE_RATE:
+                host.store.record_throughput(EVALUATE_SAMPLE, reference_bytes, time.monotonic() - started)
         job.outputs[index] = dataclasses.replace(artifact, quality=quality)
+        if per_output:
+            timeline.advance((index + 1) * per_output, count * per_output)
         host.touch(job)
-    limit = options.max_kl_divergence
-    if limit:
-        worse = [
-            f"{a.quant_type} ({a.quality.mean_kl_divergence:.4f})"
-            for a in job.outputs
-            if a.quality is not None
-            and a.quality.mean_kl_divergence is not None
-            and a.quality.mean_kl_divergence > limit
-        ]
-        if worse:
-            raise QualityGateFailed(
-                f"mean KL divergence above {limit}: {', '.join(worse)}; the outputs are kept for inspection",
-                max_kl_divergence=str(limit),
-            )
+
+
+def check_quality_gate(job: Job) -> None:
+    """QUALITY_GATE_FAILED when ``max_kl_divergence`` is set and an output is above it, or its evaluation
+    failed so the gate could not be checked (the message names those outputs and why)."""
+    limit = job.spec.options.max_kl_divergence
+    if not limit:
+        return
+    worse = [
+        f"{a.quant_type} ({a.quality.mean_kl_divergence:.4f})"
+        for a in job.outputs
+        if a.quality is not None and a.quality.mean_kl_divergence is not None and a.quality.mean_kl_divergence > limit
+    ]
+    unchecked = [a for a in job.outputs if a.quality is None or a.quality.error is not None]
+    if not worse and not unchecked:
+        return
+    problems = []
+    if worse:
+        problems.append(f"mean KL divergence above {limit}: {', '.join(worse)}")
+    if unchecked:
+        reasons = ", ".join(
+            f"{a.quant_type} ({a.quality.error.reason if a.quality and a.quality.error else 'not evaluated'})"
+            for a in unchecked
+        )
+        problems.append(f"the gate could not be checked, evaluation failed: {reasons}")
+    extra = {"unchecked": ",".join(a.quant_type for a in unchecked)} if unchecked else {}
+    raise QualityGateFailed(
+        "; ".join(problems) + "; the outputs are kept for inspection (and registered)",
+        max_kl_divergence=str(limit),
+        **extra,
+    )

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -30,6 +30,8 @@ from quantledger.gguf_header import read_gguf_header
 from quantledger.jobs.model import Quality as QualityReport
 
 FloatArray = npt.NDArray[np.float64]
+# progress(done, total): chunks (causal) or texts (embedding) evaluated so far, of all
+Progress = Callable[[int, int], None]
 EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "jina-bert-v2", "modern-bert", "t5encoder"})
 
 
@@ -105,8 +107,10 @@ def evaluate_causal(
     max_chunks: int = 8,
     threads: int = 0,
     eval_set: str = "",
+    progress: Progress | None = None,
 ) -> QualityReport:
-    """KL divergence, top-1 agreement and perplexity of ``quantized_gguf`` against ``reference_gguf``."""
+    """KL divergence, top-1 agreement and perplexity of ``quantized_gguf`` against ``reference_gguf``;
+    ``progress`` hears of every chunk both models have read."""
     reference_path, quantized_path = _require(reference_gguf), _require(quantized_gguf)
     reference = _load(reference_path, n_ctx=n_ctx, threads=threads)
     tokens = reference.tokenize(text.encode("utf-8"), add_bos=False, special=False)
@@ -121,7 +125,9 @@ def evaluate_causal(
     nll_reference = 0.0
     nll_quantized = 0.0
     positions = 0
-    for chunk in chunks:
+    if progress is not None:
+        progress(0, len(chunks))
+    for done, chunk in enumerate(chunks, 1):
         if bos >= 0:
             chunk = [bos, *chunk[1:]]
         ref = _log_softmax(_chunk_logits(reference, chunk)[first : n_ctx - 1])
@@ -133,6 +139,8 @@ def evaluate_causal(
         nll_reference -= float(ref[rows, targets].sum())
         nll_quantized -= float(quant[rows, targets].sum())
         positions += len(targets)
+        if progress is not None:
+            progress(done, len(chunks))
     divergences = np.maximum(np.concatenate(kld), 0.0)
     ppl_reference = float(np.exp(nll_reference / positions))
     ppl = float(np.exp(nll_quantized / positions))
@@ -150,9 +158,13 @@ def evaluate_causal(
     )
 
 
-def _embeddings(path: str, texts: Sequence[str], threads: int) -> FloatArray:
+def _embeddings(path: str, texts: Sequence[str], threads: int, embedded: Callable[[], None]) -> FloatArray:
     model = _load(path, n_ctx=512, threads=threads, embedding=True)
-    vectors = np.array([model.embed(t) for t in texts], dtype=np.float64)
+    rows = []
+    for text in texts:
+        rows.append(model.embed(text))
+        embedded()
+    vectors = np.array(rows, dtype=np.float64)
     del model
     if vectors.ndim != 2:
         raise InvalidArgument(f"{path} does not pool token embeddings into one vector per text")
@@ -169,14 +181,26 @@ def evaluate_embedding(
     k: int = 3,
     threads: int = 0,
     eval_set: str = "",
+    progress: Progress | None = None,
 ) -> QualityReport:
-    """Cosine similarity of embeddings and top-k retrieval agreement against ``reference_gguf``."""
+    """Cosine similarity of embeddings and top-k retrieval agreement against ``reference_gguf``;
+    ``progress`` hears of every text embedded (by either model: twice the texts in all)."""
     reference_path, quantized_path = _require(reference_gguf), _require(quantized_gguf)
     if len(sentences) <= k or not queries:
         raise InvalidArgument(f"need more than {k} sentences and at least one query")
     texts = [*sentences, *queries]
-    ref = _embeddings(reference_path, texts, threads)
-    quant = _embeddings(quantized_path, texts, threads)
+    done = 0
+
+    def embedded() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, 2 * len(texts))
+
+    if progress is not None:
+        progress(0, 2 * len(texts))
+    ref = _embeddings(reference_path, texts, threads, embedded)
+    quant = _embeddings(quantized_path, texts, threads, embedded)
     cosines = (ref * quant).sum(axis=1)
     corpus = len(sentences)
 

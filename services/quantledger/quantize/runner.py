@@ -46,6 +46,7 @@ class WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_root(), env.get("PYTHONPATH", "")] if p)
         with open(self._log_path, "ab") as log:
+            log_start = log.tell()  # this run's own lines start here (a job's workers share its log)
             try:
                 self._process = await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -73,6 +74,7 @@ class WorkerProcess:
                 result.returncode = await self._process.wait()
         except TimeoutError:
             self.kill()
+            await self._process.wait()  # dead, not only signalled, when the error reaches the caller
             mode = self._request.get("mode", "quantize")
             raise StageTimeout(
                 f"the {mode} step ran longer than {self._timeout:.0f} s and was stopped "
@@ -97,9 +99,17 @@ class WorkerProcess:
                     f"llama.cpp needs an importance matrix for this model and type: {errors}; pass imatrix_path"
                 )
             raise QuantizeFailed(f"llama.cpp failed to quantize: {errors}", log=self._log_path)
+        mode = self._request.get("mode", "quantize")
+        what = "quantization" if mode == "quantize" else str(mode)
+        status = f"exit status {result.returncode}"
+        if result.returncode < 0:
+            with contextlib.suppress(ValueError):
+                status = f"killed by {signal.Signals(-result.returncode).name}"
+        line = last_error_line(self._log_path, log_start)
         raise WorkerCrashed(
-            f"quantization worker died (exit status {result.returncode}); log: {self._log_path}",
+            f"{what} worker died ({status}){': ' + line if line else ''}; log: {self._log_path}",
             log=self._log_path,
+            **({"log_line": line} if line else {}),
         )
 
     async def _read_events(self, read_fd: int, result: WorkerResult, on_event: EventHandler) -> None:
@@ -129,6 +139,27 @@ class WorkerProcess:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+# Lines of a dying worker's log that say why, best first (llama.cpp's asserts and aborts, then errors).
+_CRASH_MARKERS = ("GGML_ASSERT", "GGML_ABORT", "error", "Error", "terminate called", "Aborted")
+CRASH_LOG_TAIL_BYTES = 64 << 10
+
+
+def last_error_line(log_path: str, start: int) -> str:
+    """The line of the log written after ``start`` that best says why a worker died ("" if none)."""
+    try:
+        with open(log_path, "rb") as log:
+            end = log.seek(0, os.SEEK_END)
+            log.seek(max(start, end - CRASH_LOG_TAIL_BYTES))
+            lines = [ln.strip() for ln in log.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for marker in _CRASH_MARKERS:
+        for line in reversed(lines):
+            if marker in line:
+                return line[:300]
+    return ""
+
+
 def error_for_reason(reason: str, message: str) -> QuantledgerError:
     """The QuantledgerError subclass that carries ``reason`` (a worker reports errors by reason)."""
     pending: list[type[QuantledgerError]] = [QuantledgerError]
@@ -141,8 +172,11 @@ def error_for_reason(reason: str, message: str) -> QuantledgerError:
 
 
 def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[str, Any]]:
-    """Run a worker to completion from synchronous code and return its events; a worker still
-    running after ``timeout`` seconds is killed (WorkerCrashed)."""
+    """Run a worker to completion from synchronous code and return its events.
+
+    A worker still running after ``timeout`` seconds is killed and StageTimeout raised, whether it is
+    writing events or silent: the event pipe is read with the deadline, never to EOF first. A worker
+    that exits with another status than 0 is WorkerCrashed."""
     import selectors
     import subprocess
     import time
@@ -173,7 +207,7 @@ def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise WorkerCrashed(f"worker did not finish within {timeout:.0f} s; killed")
+                    raise _sync_timeout(request, timeout)
                 if not selector.select(left):
                     continue
                 chunk = os.read(read_fd, 1 << 16)
@@ -182,7 +216,7 @@ def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[
                 chunks.append(chunk)
         process.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        raise WorkerCrashed(f"worker did not finish within {timeout:.0f} s; killed") from None
+        raise _sync_timeout(request, timeout) from None
     finally:
         os.close(read_fd)
         if process.poll() is None:
@@ -192,6 +226,13 @@ def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[
     if process.returncode != 0:
         raise WorkerCrashed(f"worker exited with status {process.returncode}")
     return [json.loads(line) for line in b"".join(chunks).splitlines() if line.strip()]
+
+
+def _sync_timeout(request: dict[str, Any], timeout: float) -> StageTimeout:
+    mode = "probe" if "probe_ftypes" in request else request.get("mode", "quantize")
+    return StageTimeout(
+        f"the {mode} worker did not finish within {timeout:.0f} s and was killed", limit_seconds=f"{timeout:.0f}"
+    )
 
 
 def _package_root() -> str:

@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from quantledger.errors import QuantledgerError
@@ -244,7 +245,8 @@ def convert_with_llama_cpp(request: dict[str, Any], emit: _Emitter) -> None:
 
 
 def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
-    """Measure an output against its unquantized reference (stage EVALUATING)."""
+    """Measure an output against its unquantized reference (stage EVALUATING); ``eval_progress`` events
+    (done, total, unit: "chunks" or "texts") follow the work."""
     import dataclasses
     import hashlib
 
@@ -262,16 +264,26 @@ def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
     def label(name: str, content: str) -> str:
         return f"{name}:{hashlib.sha256(content.encode()).hexdigest()[:16]}"
 
+    def progress_in(unit: str) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            emit({"event": "eval_progress", "done": done, "total": total, "unit": unit})
+
+        return progress
+
     if is_embedding_model(reference):
         sentences, queries = default_embedding_set()
         name = label("quantledger-embedding-set", json.dumps([sentences, queries]))
-        report = evaluate_embedding(reference, quantized, sentences, queries, threads=threads, eval_set=name)
+        report = evaluate_embedding(
+            reference, quantized, sentences, queries, threads=threads, eval_set=name, progress=progress_in("texts")
+        )
     else:
         text, name = default_eval_text(), "quantledger-eval-text"
         if request.get("eval_text_path"):
             with open(request["eval_text_path"], encoding="utf-8") as handle:
                 text, name = handle.read(), os.path.basename(request["eval_text_path"])
-        report = evaluate_causal(reference, quantized, text, threads=threads, eval_set=label(name, text))
+        report = evaluate_causal(
+            reference, quantized, text, threads=threads, eval_set=label(name, text), progress=progress_in("chunks")
+        )
     emit({"event": "quality", **dataclasses.asdict(report)})
 
 

@@ -130,7 +130,7 @@ class TensorTypeOverride(_message.Message):
     def __init__(self, pattern: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("fraction", "bytes_done", "bytes_total", "current_tensor", "current_quant_type", "tensors_done", "tensors_total", "outputs_done", "outputs_total", "eta", "bytes_per_second")
+    __slots__ = ("fraction", "bytes_done", "bytes_total", "current_tensor", "current_quant_type", "tensors_done", "tensors_total", "outputs_done", "outputs_total", "eta", "bytes_per_second", "stage_fraction", "stage_done", "stage_total", "stage_unit", "stage_eta")
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,11 @@ class Progress(_message.Message):
     OUTPUTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ETA_FIELD_NUMBER: _ClassVar[int]
     BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_DONE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STAGE_UNIT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_ETA_FIELD_NUMBER: _ClassVar[int]
     fraction: float
     bytes_done: int
     bytes_total: int
@@ -153,7 +158,12 @@ class Progress(_message.Message):
     outputs_total: int
     eta: _duration_pb2.Duration
     bytes_per_second: float
-    def __init__(self, fraction: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_tensor: _Optional[str] = ..., current_quant_type: _Optional[str] = ..., tensors_done: _Optional[int] = ..., tensors_total: _Optional[int] = ..., outputs_done: _Optional[int] = ..., outputs_total: _Optional[int] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., bytes_per_second: _Optional[float] = ...) -> None: ...
+    stage_fraction: float
+    stage_done: int
+    stage_total: int
+    stage_unit: str
+    stage_eta: _duration_pb2.Duration
+    def __init__(self, fraction: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_tensor: _Optional[str] = ..., current_quant_type: _Optional[str] = ..., tensors_done: _Optional[int] = ..., tensors_total: _Optional[int] = ..., outputs_done: _Optional[int] = ..., outputs_total: _Optional[int] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., bytes_per_second: _Optional[float] = ..., stage_fraction: _Optional[float] = ..., stage_done: _Optional[int] = ..., stage_total: _Optional[int] = ..., stage_unit: _Optional[str] = ..., stage_eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class QuantizedArtifact(_message.Message):
     __slots__ = ("quant_type", "path", "size_bytes", "sha256", "bits_per_weight", "quality", "registry", "fallback_tensor_count", "tensor_count", "source_size_bytes", "compression_ratio", "quantize_duration", "file_type", "files", "total_size_bytes")
@@ -210,7 +220,7 @@ class OutputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class QualityReport(_message.Message):
-    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity", "kind", "perplexity_reference", "perplexity", "topk_retrieval_agreement", "items_evaluated", "eval_set")
+    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity", "kind", "perplexity_reference", "perplexity", "topk_retrieval_agreement", "items_evaluated", "eval_set", "error")
     MEAN_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     P99_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +233,7 @@ class QualityReport(_message.Message):
     TOPK_RETRIEVAL_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     ITEMS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
     EVAL_SET_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     mean_kl_divergence: float
     p99_kl_divergence: float
     top1_agreement: float
@@ -235,7 +246,8 @@ class QualityReport(_message.Message):
     topk_retrieval_agreement: float
     items_evaluated: int
     eval_set: str
-    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ..., kind: _Optional[str] = ..., perplexity_reference: _Optional[float] = ..., perplexity: _Optional[float] = ..., topk_retrieval_agreement: _Optional[float] = ..., items_evaluated: _Optional[int] = ..., eval_set: _Optional[str] = ...) -> None: ...
+    error: _status_pb2.Status
+    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ..., kind: _Optional[str] = ..., perplexity_reference: _Optional[float] = ..., perplexity: _Optional[float] = ..., topk_retrieval_agreement: _Optional[float] = ..., items_evaluated: _Optional[int] = ..., eval_set: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class RegistryRecord(_message.Message):
     __slots__ = ("chain_id", "contract", "tx_hash", "attester", "state", "block_number", "provenance_path", "provenance_sha256", "error", "attempts")
