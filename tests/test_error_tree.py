@@ -42,6 +42,7 @@ WIRE_FORMS = {
         "JobTimeout": ("DEADLINE_EXCEEDED", "JOB_TIMEOUT"),
         "ValidationTimeout": ("DEADLINE_EXCEEDED", "VALIDATION_TIMEOUT"),
         "PortInUse": ("UNAVAILABLE", "PORT_IN_USE"),
+        "HubUnavailable": ("UNAVAILABLE", "HUB_UNAVAILABLE"),
     },
     registry_errors: {
         "QuantledgerError": ("INTERNAL", "INTERNAL"),

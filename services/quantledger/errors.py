@@ -12,6 +12,7 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     QuantledgerError                      INTERNAL             INTERNAL
     ├── RegistryError …                                        (registry_client.errors: REGISTRY_*, RECORD_NOT_FOUND, …)
     ├── SourceNotFound                    NOT_FOUND            SOURCE_NOT_FOUND
+    ├── HubUnavailable                    UNAVAILABLE          HUB_UNAVAILABLE
     ├── SourceInvalid                     INVALID_ARGUMENT     SOURCE_INVALID
     ├── PathNotAllowed                    PERMISSION_DENIED    PATH_NOT_ALLOWED
     ├── UnsupportedArchitecture           INVALID_ARGUMENT     UNSUPPORTED_ARCHITECTURE
@@ -62,6 +63,14 @@ def quote_client(text: object, limit: int = QUOTE_LIMIT, *, quoted: bool = True)
 class SourceNotFound(QuantledgerError):
     code = "NOT_FOUND"
     reason = "SOURCE_NOT_FOUND"
+
+
+class HubUnavailable(QuantledgerError):
+    """The Hugging Face hub does not answer (network down, DNS, a refused connection, a 5xx) and the
+    local cache cannot stand in; retry later or set HF_HUB_OFFLINE with a filled cache."""
+
+    code = "UNAVAILABLE"
+    reason = "HUB_UNAVAILABLE"
 
 
 class SourceInvalid(QuantledgerError):
