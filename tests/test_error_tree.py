@@ -43,6 +43,7 @@ WIRE_FORMS = {
         "ValidationTimeout": ("DEADLINE_EXCEEDED", "VALIDATION_TIMEOUT"),
         "PortInUse": ("UNAVAILABLE", "PORT_IN_USE"),
         "HubUnavailable": ("UNAVAILABLE", "HUB_UNAVAILABLE"),
+        "ConfigInvalid": ("FAILED_PRECONDITION", "CONFIG_INVALID"),
     },
     registry_errors: {
         "QuantledgerError": ("INTERNAL", "INTERNAL"),

@@ -22,6 +22,7 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     ├── ImatrixInvalid                    INVALID_ARGUMENT     IMATRIX_INVALID
     ├── LoraInvalid                       INVALID_ARGUMENT     LORA_INVALID
     ├── InvalidArgument                   INVALID_ARGUMENT     INVALID_ARGUMENT
+    ├── ConfigInvalid                     FAILED_PRECONDITION  CONFIG_INVALID
     ├── InsufficientDisk                  RESOURCE_EXHAUSTED   INSUFFICIENT_DISK
     ├── JobNotFound                       NOT_FOUND            JOB_NOT_FOUND
     ├── JobAlreadyFinished                FAILED_PRECONDITION  JOB_ALREADY_FINISHED
@@ -116,6 +117,13 @@ class LoraInvalid(QuantledgerError):
 class InvalidArgument(QuantledgerError):
     code = "INVALID_ARGUMENT"
     reason = "INVALID_ARGUMENT"
+
+
+class ConfigInvalid(QuantledgerError):
+    """A ``QUANTLEDGER_*`` environment variable the settings cannot read (the message names it)."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "CONFIG_INVALID"
 
 
 class InsufficientDisk(QuantledgerError):
