@@ -206,7 +206,7 @@ class RegistryClient:
         return _result(receipt)
 
     def register_batch(self, registrations: Sequence[Registration]) -> TransactionResult:
-        """Record several registrations in one transaction, all or none (1..MAX_BATCH)."""
+        """Record several registrations in one transaction, all or none (1..:attr:`max_batch`)."""
         valid = [r.validated().to_abi() for r in registrations]
         receipt = self._transact(self.contract.functions.registerBatch(valid).build_transaction)
         return _result(receipt)
@@ -289,6 +289,11 @@ class RegistryClient:
 
     def contract_version(self) -> str:
         return str(self._view(self.contract.functions.version()))
+
+    @functools.cached_property
+    def max_batch(self) -> int:
+        """The most registrations one ``registerBatch`` takes: the contract's ``MAX_BATCH``, read once."""
+        return int(self._view(self.contract.functions.MAX_BATCH()))
 
     # ------------------------------------------------------------------ plumbing
 

@@ -275,3 +275,22 @@ def test_a_reader_that_goes_away_stops_the_cli_quietly(server: RunningServer, mo
         stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 141, stderr  # 128 + SIGPIPE, as a shell reports for `yes | head -1`
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_an_unreadable_setting_is_config_invalid_and_the_cli_exits_1_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    from quantledger.cli.main import main
+    from quantledger.config import Settings
+    from quantledger.errors import QuantledgerError
+
+    monkeypatch.setenv("QUANTLEDGER_HOME", str(tmp_path))
+    monkeypatch.setenv("QUANTLEDGER_PORT", "fifty")
+    with pytest.raises(QuantledgerError) as caught:  # library code raises a typed error, never SystemExit
+        Settings.from_env()
+    assert (caught.value.code, caught.value.reason) == ("FAILED_PRECONDITION", "CONFIG_INVALID")
+    assert caught.value.metadata == {"variable": "QUANTLEDGER_PORT"}
+    assert main(["recommend", "--params", "8B", "--local", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["reason"] == "CONFIG_INVALID"
+    assert "error: CONFIG_INVALID: QUANTLEDGER_PORT must be an integer, got 'fifty'" in err

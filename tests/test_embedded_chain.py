@@ -191,3 +191,55 @@ def test_admin_key_is_private_and_an_exposed_key_is_refused(tmp_path: pathlib.Pa
     path.write_text("not a key\n")
     with pytest.raises(KeyUnavailable):
         read_key_file(path)
+
+
+def test_only_undecodable_bytes_are_not_a_signed_transaction(running: ChainProcess, chain_dir: pathlib.Path) -> None:
+    """Over HTTP: bytes that are no transaction say so (-32602); a decodable one signed for another chain
+    or for none (pre-EIP-155) is refused for its chain id (-32000); nothing of either is journaled."""
+    w3 = RegistryClient.web3_for(running.url)
+    before = (chain_dir / "journal.jsonl").read_text()
+    tx = {"to": ADMIN.address, "value": 1, "gas": 21000, "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 1,
+          "nonce": 0}  # fmt: skip
+    good = ADMIN.sign_transaction({**tx, "chainId": w3.eth.chain_id}).raw_transaction.to_0x_hex()
+    legacy = {"to": ADMIN.address, "value": 1, "gas": 21000, "gasPrice": 10**10, "nonce": 0}
+
+    def send(raw: str) -> dict[str, object]:
+        answer = running.rpc({"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]})
+        assert isinstance(answer, dict) and "error" in answer, answer
+        return answer["error"]  # type: ignore[no-any-return]
+
+    for raw in ("0xdeadbeef", "0x", "0xzz", "0xc0", good[:-10], "0x05" + good[4:], good[:4] + " " + good[4:]):
+        error = send(raw)
+        assert error["code"] == -32602 and str(error["message"]).startswith("not a signed transaction"), (raw, error)
+    other_chain = ADMIN.sign_transaction({**tx, "chainId": 1}).raw_transaction.to_0x_hex()
+    error = send(other_chain)
+    assert error["code"] == -32000 and "invalid chain id 1" in str(error["message"]), error
+    error = send(ADMIN.sign_transaction(legacy).raw_transaction.to_0x_hex())
+    assert error["code"] == -32000 and "replay-protected" in str(error["message"]), error
+    assert (chain_dir / "journal.jsonl").read_text() == before
+    assert w3.eth.block_number == 0
+    assert w3.eth.send_raw_transaction(good).to_0x_hex()  # the same transaction, signed for this chain, goes in
+    assert w3.eth.block_number == 1
+
+
+def test_a_failure_of_the_node_itself_is_an_internal_error_that_leaks_nothing(tmp_path: pathlib.Path) -> None:
+    from registry_client.chain import RpcDispatcher
+
+    chain = EmbeddedChain.open(tmp_path, [ADMIN.address])
+    try:
+        dispatcher = RpcDispatcher(chain)
+        signed = ADMIN.sign_transaction({"to": ADMIN.address, "value": 1, "gas": 21000, "maxFeePerGas": 10**10,
+                                         "maxPriorityFeePerGas": 1, "nonce": 0, "chainId": dispatcher._chain_id()})  # fmt: skip
+
+        def broken(raw: str) -> str:
+            raise RuntimeError("/var/lib/secret/journal.jsonl: internal state")
+
+        chain.send_raw_transaction = broken  # type: ignore[method-assign]
+        request = {"jsonrpc": "2.0", "id": 7, "method": "eth_sendRawTransaction",
+                   "params": [signed.raw_transaction.to_0x_hex()]}  # fmt: skip
+        # a well-formed transaction the node failed on: no "not a signed transaction", no internals
+        assert dispatcher.handle(request) == {
+            "jsonrpc": "2.0", "id": 7, "error": {"code": -32603, "message": "internal error"}
+        }  # fmt: skip
+    finally:
+        chain.close()

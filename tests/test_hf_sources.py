@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
+import json
 import os
 import pathlib
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
+from conftest import free_port
 from hub_cache import add_repo
 
 from quantledger.errors import SourceNotFound
@@ -101,3 +108,76 @@ def test_conversion_cache_is_lru_and_size_capped(tmp_path: pathlib.Path) -> None
     assert {e.key for e in cache.entries()} == {keys[2], keys[0]}  # keys[1]: unpinned now, least recently used
     assert sum(e.size_bytes for e in cache.entries()) <= 2500
     assert not list((tmp_path / "cache").glob(".*"))
+
+
+class _FakeHub(http.server.BaseHTTPRequestHandler):
+    """A hub endpoint that answers every request with one status (and the hub's X-Error-Code header)."""
+
+    status = 404
+    error_code = "RepoNotFound"
+
+    def do_GET(self) -> None:
+        body = b'{"error": "answered by the test hub"}'
+        self.send_response(self.status)
+        if self.error_code:
+            self.send_header("X-Error-Code", self.error_code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def fake_hub() -> Iterator[tuple[str, type[_FakeHub]]]:
+    handler = type("Hub", (_FakeHub,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def fetch_with_endpoint(endpoint: str, cache: pathlib.Path, source: str = "acme/tiny-llama@main") -> dict[str, str]:
+    """fetch_config against ``endpoint`` in a fresh interpreter (huggingface_hub reads HF_ENDPOINT on import)."""
+    script = (
+        "import json, sys\n"
+        "from quantledger.errors import QuantledgerError\n"
+        "from quantledger.hf.hub import fetch_config, parse_hub_id\n"
+        "try:\n"
+        "    fetch_config(parse_hub_id(sys.argv[1]))\n"
+        "except QuantledgerError as exc:\n"
+        "    print(json.dumps({'code': exc.code, 'reason': exc.reason, 'message': exc.message}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5")
+    done = subprocess.run([sys.executable, "-c", script, source], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and done.stdout, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_an_unreachable_hub_is_hub_unavailable_not_source_not_found(tmp_path: pathlib.Path) -> None:
+    closed = free_port()  # nothing listens there: the connection is refused
+    began = time.monotonic()
+    error = fetch_with_endpoint(f"http://127.0.0.1:{closed}", tmp_path / "cache")
+    assert (error["code"], error["reason"]) == ("UNAVAILABLE", "HUB_UNAVAILABLE"), error
+    assert "HF_HUB_OFFLINE" in error["message"] and str(closed) not in error["message"]
+    assert time.monotonic() - began < 60
+
+
+def test_a_hub_that_answers_5xx_is_unavailable_and_a_missing_repo_or_revision_is_not_found(
+    tmp_path: pathlib.Path, fake_hub: tuple[str, type[_FakeHub]]
+) -> None:
+    url, hub = fake_hub
+    hub.status, hub.error_code = 404, "RepoNotFound"
+    assert fetch_with_endpoint(url, tmp_path / "cache")["reason"] == "SOURCE_NOT_FOUND"
+    hub.status, hub.error_code = 404, "RevisionNotFound"
+    assert fetch_with_endpoint(url, tmp_path / "cache", "acme/tiny-llama@nope")["reason"] == "SOURCE_NOT_FOUND"
+    hub.status, hub.error_code = 503, ""
+    error = fetch_with_endpoint(url, tmp_path / "cache")
+    assert (error["code"], error["reason"]) == ("UNAVAILABLE", "HUB_UNAVAILABLE"), error

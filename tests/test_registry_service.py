@@ -23,6 +23,8 @@ from grpc_status import rpc_status
 
 from quantledger.hf.manifest import FileDigest, root_digest
 from quantledger.v1 import quantize_service_pb2 as qpb
+from quantledger.v1 import recommend_service_pb2 as rpb
+from quantledger.v1 import recommend_service_pb2_grpc as rpb_grpc
 from quantledger.v1 import registry_service_pb2 as pb
 from quantledger.v1 import registry_service_pb2_grpc as pb_grpc
 from registry_client.address_book import AddressBook
@@ -196,6 +198,28 @@ def test_registry_service_errors_are_typed(up: Up) -> None:
         assert reason_of(caught.value) == reason
     answer = stub.VerifyDigest(pb.VerifyDigestRequest(file_sha256="cd" * 32))
     assert answer.verdict == pb.VerifyDigestResponse.VERDICT_UNKNOWN and answer.contract == up.client.address
+
+
+def test_record_not_found_is_one_error_from_the_registry_and_from_recommend(up: Up) -> None:
+    """The registry client's RecordNotFound (GetRecord) and the RecommendService's unknown file are one class:
+    the same code, reason and domain on the wire."""
+    digest = "ef" * 32
+    calls = [
+        lambda: up.registry_stub().GetRecord(pb.GetRecordRequest(name=f"files/{digest}/records/0x{'11' * 20}")),
+        lambda: rpb_grpc.RecommendServiceStub(grpc.insecure_channel(up.address)).Recommend(
+            rpb.RecommendRequest(model=rpb.ModelSpec(registry_file=digest), hardware=rpb.Hardware(tier="laptop"))
+        ),
+    ]
+    seen = []
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        status = rpc_status.from_call(caught.value)
+        assert status is not None
+        info = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info)
+        seen.append((caught.value.code(), info.domain, info.reason))
+    assert seen == [(grpc.StatusCode.NOT_FOUND, "quantledger.v1", "RECORD_NOT_FOUND")] * 2
 
 
 def test_size_mismatch_and_pagination_over_grpc(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
 import threading
 import time
 from typing import Any
@@ -49,6 +50,7 @@ restore_recursion_limit(at_least=EVM_RECURSION_LIMIT)
 log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 200
+_HEX_BYTES = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 FUNDED_BALANCE = 10**6 * 10**18
 #: JUMP, JUMPI, CALL, CALLCODE, DELEGATECALL, STATICCALL, CREATE, CREATE2: any execution longer than
 #: one pass over a contract's code goes through one of these
@@ -57,6 +59,10 @@ _DEADLINE_OPCODES = (0x56, 0x57, 0xF1, 0xF2, 0xF4, 0xFA, 0xF0, 0xF5)
 
 class CallTimeout(Exception):
     """An eth_call / eth_estimateGas ran past its wall-time deadline and was aborted (nothing persisted)."""
+
+
+class UndecodableTransaction(Exception):
+    """The bytes sent as a signed transaction do not decode as one (bad hex, bad RLP, an unknown type)."""
 
 
 class TransactionNotPersisted(Exception):
@@ -250,13 +256,17 @@ class EmbeddedChain:
             log.warning("could not write the chain snapshot (%s); the journal alone still holds every block", exc)
 
     def _check_chain_id(self, raw: str) -> None:
-        """Refuse a transaction signed for another chain, or for none (replay protection, as geth does).
-        py-evm itself executes either; the journal's entries passed this check when they were sent."""
+        """Refuse bytes that are no signed transaction (:class:`UndecodableTransaction`), and a transaction
+        signed for another chain or for none (``ValueError``; replay protection, as geth does). py-evm
+        itself executes either; the journal's entries passed this check when they were sent."""
         chain = self.tester.backend.chain
+        builder = chain.get_vm().get_transaction_builder()
+        if not _HEX_BYTES.fullmatch(raw):  # bytes.fromhex would skip spaces eth-tester then refuses
+            raise UndecodableTransaction("not a signed transaction: not 0x-prefixed hex bytes")
         try:
-            transaction = chain.get_vm().get_transaction_builder().decode(bytes.fromhex(raw.removeprefix("0x")))
-        except Exception:
-            return  # undecodable: eth-tester refuses it with its own error
+            transaction = builder.decode(bytes.fromhex(raw[2:]))
+        except Exception as exc:  # rlp / eth-utils / py-evm decoding errors share no base class
+            raise UndecodableTransaction(f"not a signed transaction: {type(exc).__name__}") from exc
         chain_id = getattr(transaction, "chain_id", None)
         if chain_id is None:
             raise ValueError("only replay-protected (EIP-155) transactions are accepted")

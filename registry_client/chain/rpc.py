@@ -27,7 +27,7 @@ from eth_tester.exceptions import BlockNotFound, TransactionFailed, TransactionN
 from eth_tester.exceptions import ValidationError as TesterValidationError
 from eth_utils.exceptions import ValidationError as EvmValidationError
 
-from registry_client.chain.node import CallTimeout, EmbeddedChain, TransactionNotPersisted
+from registry_client.chain.node import CallTimeout, EmbeddedChain, TransactionNotPersisted, UndecodableTransaction
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ DEFAULT_GAS_CAP = 30_000_000
 DEFAULT_CALL_TIMEOUT = 5.0
 #: the error code of a transaction the node could not persist (disk full): not accepted, send it again
 NOT_PERSISTED = -32050
+#: JSON-RPC 2.0's internal error: a failure of the node itself (details only in its log)
+INTERNAL_ERROR = -32603
 CLIENT_VERSION = "quantledger-embedded-chain/1.0 (eth-tester)"
 _NUMERIC = {"gas", "gasPrice", "value", "maxFeePerGas", "maxPriorityFeePerGas", "nonce"}
 _RENAME_OUT = {"coinbase": "miner"}
@@ -228,6 +230,8 @@ class RpcDispatcher:
             raise RpcError(-32602, "eth_sendRawTransaction takes one 0x-prefixed signed transaction")
         try:
             return self.chain.send_raw_transaction(raw)
+        except UndecodableTransaction as exc:  # the sender's bytes: the only "not a signed transaction"
+            raise RpcError(-32602, str(exc)) from exc
         except TransactionNotPersisted as exc:
             reason = "disk full" if exc.error.errno == errno.ENOSPC else exc.error.strerror
             raise RpcError(
@@ -239,8 +243,9 @@ class RpcDispatcher:
             raise _revert(exc) from exc
         except (TesterValidationError, EvmValidationError, ValueError) as exc:
             raise RpcError(-32000, f"transaction rejected: {exc}") from exc
-        except Exception as exc:  # undecodable bytes (rlp / DecodingError): the sender's fault, not ours
-            raise RpcError(-32602, f"not a signed transaction: {type(exc).__name__}") from exc
+        except Exception as exc:  # our failure, not the sender's: logged here, nothing of it in the answer
+            log.exception("eth_sendRawTransaction failed")
+            raise RpcError(INTERNAL_ERROR, "internal error") from exc
 
     def _fee_history(self, params: list[Any]) -> Any:
         count = _quantity(params[0], "blockCount") if params else 1
@@ -303,9 +308,9 @@ class RpcDispatcher:
             return _error(ident, -32602, f"invalid params for {method}: {exc}")
         except (TesterValidationError, EvmValidationError, ValueError) as exc:
             return _error(ident, -32602, f"invalid params for {method}: {exc}")
-        except Exception as exc:  # never let one request take the node down
+        except Exception:  # never let one request take the node down
             log.exception("%s failed", method)
-            return _error(ident, -32603, f"internal error: {type(exc).__name__}")
+            return _error(ident, INTERNAL_ERROR, "internal error")
         if "id" not in request:
             return None
         return {"jsonrpc": "2.0", "id": ident, "result": result}

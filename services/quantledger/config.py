@@ -1,10 +1,16 @@
-"""Settings: command-line flags win, then ``QUANTLEDGER_*`` environment variables, then defaults."""
+"""Settings: command-line flags win, then ``QUANTLEDGER_*`` environment variables, then defaults.
+
+A variable that cannot be read is :class:`~quantledger.errors.ConfigInvalid` (CONFIG_INVALID); the CLI
+turns it into exit status 1 and the reason, like any other error.
+"""
 
 from __future__ import annotations
 
 import os
 import pathlib
 from dataclasses import dataclass
+
+from quantledger.errors import ConfigInvalid, quote_client
 
 DEFAULT_PORT = 50051
 DEFAULT_CHAIN_PORT = 8545
@@ -17,7 +23,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+        raise ConfigInvalid(f"{name} must be an integer, got {quote_client(raw)}", variable=name) from exc
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,15 @@ Every error knows its wire form: a canonical gRPC status code name (``code``) an
 ``google.rpc.ErrorInfo`` reason (``reason``) clients branch on. This module imports no grpc;
 the gRPC layer maps ``code`` to ``grpc.StatusCode``.
 
-    QuantledgerError                      INTERNAL
+The root, :class:`QuantledgerError`, lives in ``registry_client.errors`` (the lower package, whose
+``RegistryError`` tree hangs under it too) and is re-exported here, so ``except QuantledgerError``
+catches every error of both packages. ``RecordNotFound`` (RECORD_NOT_FOUND) is registry_client's,
+re-exported here for the RecommendService. Every reason is defined by exactly one class.
+
+    QuantledgerError                      INTERNAL             INTERNAL
+    ├── RegistryError …                                        (registry_client.errors: REGISTRY_*, RECORD_NOT_FOUND, …)
     ├── SourceNotFound                    NOT_FOUND            SOURCE_NOT_FOUND
-    │   └── RecordNotFound                NOT_FOUND            RECORD_NOT_FOUND (Recommend: no such file here)
+    ├── HubUnavailable                    UNAVAILABLE          HUB_UNAVAILABLE
     ├── SourceInvalid                     INVALID_ARGUMENT     SOURCE_INVALID
     ├── PathNotAllowed                    PERMISSION_DENIED    PATH_NOT_ALLOWED
     ├── UnsupportedArchitecture           INVALID_ARGUMENT     UNSUPPORTED_ARCHITECTURE
@@ -16,6 +22,7 @@ the gRPC layer maps ``code`` to ``grpc.StatusCode``.
     ├── ImatrixInvalid                    INVALID_ARGUMENT     IMATRIX_INVALID
     ├── LoraInvalid                       INVALID_ARGUMENT     LORA_INVALID
     ├── InvalidArgument                   INVALID_ARGUMENT     INVALID_ARGUMENT
+    ├── ConfigInvalid                     FAILED_PRECONDITION  CONFIG_INVALID
     ├── InsufficientDisk                  RESOURCE_EXHAUSTED   INSUFFICIENT_DISK
     ├── JobNotFound                       NOT_FOUND            JOB_NOT_FOUND
     ├── JobAlreadyFinished                FAILED_PRECONDITION  JOB_ALREADY_FINISHED
@@ -35,13 +42,11 @@ the gRPC layer maps ``code`` to ``grpc.StatusCode``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+# re-exported: the root and RECORD_NOT_FOUND are defined once, in the lower package
+from registry_client.errors import DOMAIN as DOMAIN
+from registry_client.errors import QuantledgerError as QuantledgerError
+from registry_client.errors import RecordNotFound as RecordNotFound
 
-DOMAIN = "quantledger.v1"
-# bounds on what an error carries, so no client string can make an error exceed a message limit
-MAX_MESSAGE_CHARS = 2000
-MAX_METADATA_CHARS = 500
-MAX_METADATA_ENTRIES = 16
 QUOTE_LIMIT = 200
 
 
@@ -56,37 +61,17 @@ def quote_client(text: object, limit: int = QUOTE_LIMIT, *, quoted: bool = True)
     return rendered
 
 
-def _bounded(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 30] + f"… ({len(text)} characters)"
-
-
-class QuantledgerError(Exception):
-    """Root of every error this package raises on purpose.
-
-    The message and metadata values are cut to MAX_MESSAGE_CHARS / MAX_METADATA_CHARS, whatever the
-    caller put in them.
-    """
-
-    code: ClassVar[str] = "INTERNAL"
-    reason: ClassVar[str] = "INTERNAL"
-
-    def __init__(self, message: str, **metadata: str) -> None:
-        message = _bounded(str(message), MAX_MESSAGE_CHARS)
-        super().__init__(message)
-        self.message = message
-        items = list(metadata.items())[:MAX_METADATA_ENTRIES]
-        self.metadata: dict[str, str] = {k[:64]: _bounded(str(v), MAX_METADATA_CHARS) for k, v in items}
-
-
 class SourceNotFound(QuantledgerError):
     code = "NOT_FOUND"
     reason = "SOURCE_NOT_FOUND"
 
 
-class RecordNotFound(SourceNotFound):
-    """A file digest no finished job of this deployment made (or whose file is gone)."""
+class HubUnavailable(QuantledgerError):
+    """The Hugging Face hub does not answer (network down, DNS, a refused connection, a 5xx) and the
+    local cache cannot stand in; retry later or set HF_HUB_OFFLINE with a filled cache."""
 
-    reason = "RECORD_NOT_FOUND"
+    code = "UNAVAILABLE"
+    reason = "HUB_UNAVAILABLE"
 
 
 class SourceInvalid(QuantledgerError):
@@ -132,6 +117,13 @@ class LoraInvalid(QuantledgerError):
 class InvalidArgument(QuantledgerError):
     code = "INVALID_ARGUMENT"
     reason = "INVALID_ARGUMENT"
+
+
+class ConfigInvalid(QuantledgerError):
+    """A ``QUANTLEDGER_*`` environment variable the settings cannot read (the message names it)."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "CONFIG_INVALID"
 
 
 class InsufficientDisk(QuantledgerError):

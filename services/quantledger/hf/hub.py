@@ -5,16 +5,22 @@ Fetching goes through huggingface_hub, so ``HF_TOKEN``, ``HF_HUB_OFFLINE``, ``HF
 are fetched (config, tokenizer, safetensors weights); nothing from the repository is ever executed
 (no ``trust_remote_code``, no pickles). The token is handed to huggingface_hub by the environment and
 is never logged or stored.
+
+A repository, revision or file that does not exist (or that the token may not see) is SOURCE_NOT_FOUND;
+a hub that does not answer (network down, DNS, a refused connection, a timeout, a 5xx or 429) with
+nothing usable in the local cache is HUB_UNAVAILABLE: the same request may work later.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 import re
+import socket
 from dataclasses import dataclass
 
-from quantledger.errors import SourceInvalid, SourceNotFound
+from quantledger.errors import HubUnavailable, SourceInvalid, SourceNotFound
 
 _HUB_ID = re.compile(
     r"^(?:hf://)?(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})(?:@(?P<revision>[A-Za-z0-9_./-]{1,200}))?$"
@@ -70,6 +76,53 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Exception types meaning "the hub did not answer", whichever HTTP library huggingface_hub uses."""
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    for module_name, names in (
+        ("httpx2", ("TransportError",)),  # huggingface_hub 2.x
+        ("httpx", ("TransportError",)),  # huggingface_hub 1.x
+        ("requests.exceptions", ("ConnectionError", "Timeout")),  # huggingface_hub 0.x
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        kinds.extend(kind for kind in (getattr(module, name, None) for name in names) if isinstance(kind, type))
+    return tuple(kinds)
+
+
+def _unreachable(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain that says the hub did not answer (a connection failure or timeout,
+    a 5xx or 429), or None. Offline mode and 4xx answers are not that: those stay SOURCE_NOT_FOUND."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    transport = _transport_errors()
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OfflineModeIsEnabled):
+            return None
+        if isinstance(current, HfHubHTTPError):
+            response = getattr(current, "response", None)
+            status = getattr(response, "status_code", 0) or 0
+            if status >= 500 or status == 429:
+                return current
+        elif isinstance(current, transport):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _hub_unavailable(ref: HubRef, cause: BaseException) -> HubUnavailable:
+    return HubUnavailable(
+        f"{ref.repo_id}@{ref.revision}: the Hugging Face hub does not answer ({type(cause).__name__}) and the "
+        "local cache does not hold it; retry later, or set HF_HUB_OFFLINE=1 with a filled cache",
+        repo=ref.repo_id,
+    )
+
+
 def _fetch(ref: HubRef, patterns: tuple[str, ...]) -> pathlib.Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -93,11 +146,19 @@ def _fetch(ref: HubRef, patterns: tuple[str, ...]) -> pathlib.Path:
             repo=ref.repo_id,
         ) from exc
     except LocalEntryNotFoundError as exc:
+        unreachable = None if _offline() else _unreachable(exc)
+        if unreachable is not None:
+            raise _hub_unavailable(ref, unreachable) from exc
         where = "the local Hugging Face cache (HF_HUB_OFFLINE is set)" if _offline() else "the hub or the local cache"
         raise SourceNotFound(f"{ref.repo_id}@{ref.revision} is not in {where}", repo=ref.repo_id) from exc
     except HFValidationError as exc:
         raise SourceInvalid(f"{ref.repo_id}@{ref.revision} is not a valid Hugging Face repo id or revision") from exc
-    except OSError as exc:
+    except Exception as exc:
+        unreachable = _unreachable(exc)
+        if unreachable is not None:
+            raise _hub_unavailable(ref, unreachable) from exc
+        if not isinstance(exc, OSError):
+            raise
         raise SourceNotFound(f"{ref.repo_id}@{ref.revision} could not be fetched: {exc}", repo=ref.repo_id) from exc
     if isinstance(folder, list):  # dry_run answers; never asked for
         raise SourceNotFound(f"{ref.repo_id}: unexpected answer from huggingface_hub")

@@ -1,8 +1,10 @@
 """Registrar: records finished outputs on the QuantizedModelRegistry, exactly once each.
 
-A job's outputs are registered in one ``registerBatch`` transaction. Before sending, each file is looked
-up by contract view: a record this attester already holds (an acknowledgement lost in a crash, or the
-same bytes made by an earlier job) counts as registered, so a retry never registers anything twice.
+A job's outputs are registered in one ``registerBatch`` transaction, or in several when they are more
+than the contract's ``MAX_BATCH`` (read from the contract); each output carries the hash of the
+transaction that registered it. Before sending, each file is looked up by contract view: a record this
+attester already holds (an acknowledgement lost in a crash, or the same bytes made by an earlier job)
+counts as registered, so a retry never registers anything twice.
 A chain that does not answer leaves the outputs PENDING for the engine to retry; a refusal by the
 contract (not an attester, invalid record) is FAILED with its reason and is not retried.
 """
@@ -24,7 +26,7 @@ from registry_client.records import Flag, Registration, Status
 if TYPE_CHECKING:  # web3 and eth-account load only when a chain is configured
     from eth_account.signers.local import LocalAccount
 
-    from registry_client.client import RegistryClient
+    from registry_client.client import RegistryClient, TransactionResult
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +146,16 @@ class Registrar:
                     to_send.append(valid)
                 else:
                     log.info("%s: %s is already recorded by %s", job.name, valid.file_sha256, self.attester)
-        tx_hash, block = "", 0
-        for start in range(0, len(to_send), 64):
-            result = client.register_batch(to_send[start : start + 64])
-            tx_hash, block = result.transaction, result.block_number
-        sent = {r.file_sha256 for r in to_send}
+        registered_by: dict[str, TransactionResult] = {}  # file sha256 -> the batch that registered it
+        for start in range(0, len(to_send), client.max_batch):
+            batch = to_send[start : start + client.max_batch]
+            result = client.register_batch(batch)
+            registered_by.update((r.file_sha256, result) for r in batch)
         updated = {}
         for artifact in pending:
-            mine = any(f.sha256 in sent for f in artifact.files)
+            # a split output whose files span two batches is complete with the later one
+            results = [registered_by[f.sha256] for f in artifact.files if f.sha256 in registered_by]
+            last = max(results, key=lambda r: r.block_number) if results else None
             updated[id(artifact)] = _with(
                 artifact,
                 state=REGISTERED,
@@ -160,8 +164,8 @@ class Registrar:
                 chain_id=chain_id,
                 contract=client.address,
                 attester=self.attester,
-                tx_hash=tx_hash if mine else "",
-                block_number=block if mine else 0,
+                tx_hash=last.transaction if last else "",
+                block_number=last.block_number if last else 0,
             )
         return updated
 
