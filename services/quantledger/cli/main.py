@@ -27,7 +27,6 @@ from quantledger.config import DEFAULT_PORT, Settings
 from quantledger.errors import QuantledgerError
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
-from registry_client.errors import RegistryError
 
 SIGPIPE_EXIT = 128 + signal.SIGPIPE  # what a shell reports for a tool that a closed pipe stopped
 
@@ -421,7 +420,7 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     except grpc.RpcError as exc:
         failure = _rpc_failure(exc)
-    except (QuantledgerError, RegistryError) as exc:
+    except QuantledgerError as exc:
         failure = CommandFailed(exc.reason, exc.message, exc.code)
     except CommandFailed as exc:
         failure = exc
