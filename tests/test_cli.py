@@ -13,6 +13,8 @@ import sys
 import pytest
 from conftest import Models, RunningServer
 
+from quantledger.cli import main as cli_main  # imported once, before any test redirects sys.stdout
+
 QUANTLEDGER = shutil.which("quantledger") or ""
 
 
@@ -280,7 +282,6 @@ def test_a_reader_that_goes_away_stops_the_cli_quietly(server: RunningServer, mo
 def test_an_unreadable_setting_is_config_invalid_and_the_cli_exits_1_with_the_reason(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
 ) -> None:
-    from quantledger.cli.main import main
     from quantledger.config import Settings
     from quantledger.errors import QuantledgerError
 
@@ -290,7 +291,8 @@ def test_an_unreadable_setting_is_config_invalid_and_the_cli_exits_1_with_the_re
         Settings.from_env()
     assert (caught.value.code, caught.value.reason) == ("FAILED_PRECONDITION", "CONFIG_INVALID")
     assert caught.value.metadata == {"variable": "QUANTLEDGER_PORT"}
-    assert main(["recommend", "--params", "8B", "--local", "--json"]) == 1
+    # the CLI writes to the sys.stdout of the moment, not to the one that was current when it was imported
+    assert cli_main.main(["recommend", "--params", "8B", "--local", "--json"]) == 1
     out, err = capsys.readouterr()
     assert json.loads(out)["error"]["reason"] == "CONFIG_INVALID"
     assert "error: CONFIG_INVALID: QUANTLEDGER_PORT must be an integer, got 'fifty'" in err

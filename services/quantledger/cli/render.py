@@ -21,7 +21,8 @@ def to_json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def print_json(data: Any, stream: TextIO = sys.stdout) -> None:
+def print_json(data: Any, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout  # looked up per call: a redirected sys.stdout is honoured
     stream.write(json.dumps(data if not isinstance(data, Message) else to_json(data), indent=None) + "\n")
     stream.flush()
 
@@ -49,7 +50,8 @@ def error_reason(job: pb.QuantizeJob) -> str:
 class ProgressBar:
     """One self-rewriting line on a terminal; plain lines every few seconds elsewhere."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+        stream = stream or sys.stderr
         self._stream = stream
         self._width = width
         self._tty = stream.isatty()
@@ -140,8 +142,8 @@ def _reasons(status: Any) -> list[str]:
     return reasons
 
 
-def print_job(job: pb.QuantizeJob, stream: TextIO = sys.stdout) -> None:
-    out = stream.write
+def print_job(job: pb.QuantizeJob, stream: TextIO | None = None) -> None:
+    out = (stream or sys.stdout).write
     out(f"{job.name}  {state_name(job)}")
     if job.stage:
         out(f" ({stage_name(job)})")
