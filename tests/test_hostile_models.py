@@ -21,8 +21,8 @@ from hf_models import save_file, write_causal_folder
 from hostile import health_probe
 from test_bad_input import create, refused
 
-from quantledger.gguf_header import MAX_ARRAY_ELEMENTS, MAX_KV_COUNT
-from quantledger.synthetic_model import _tensor_shapes
+from quantledger.gguf.reader import MAX_ARRAY_ELEMENTS, MAX_KV_COUNT
+from quantledger.testing.synthetic_model import _tensor_shapes
 from quantledger.v1 import quantize_service_pb2 as pb
 
 F16, F32 = 1, 0

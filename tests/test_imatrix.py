@@ -1,4 +1,4 @@
-"""Tests for quantledger.imatrix: both llama.cpp imatrix formats, hostile files, and real quantization."""
+"""Tests for quantledger.quantize.imatrix: both llama.cpp imatrix formats, hostile files, and real quantization."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from quantledger.errors import ImatrixInvalid
-from quantledger.imatrix import (
+from quantledger.quantize.imatrix import (
     Imatrix,
     ImatrixCArray,
     check_covers,
@@ -525,7 +525,7 @@ FTYPES_INVALID = {"LLAMA_FTYPE_MOSTLY_NVFP4", "LLAMA_FTYPE_GUESSED"}  # "invalid
 
 
 def _write_tiny_llama(path: Path) -> None:
-    """A 2-layer, 256-wide llama model in F16 (used when quantledger.synthetic_model is absent)."""
+    """A 2-layer, 256-wide llama model in F16 (used when quantledger.testing.synthetic_model is absent)."""
     shapes: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (N_VOCAB, N_EMBD),
         "output_norm.weight": (N_EMBD,),
@@ -607,7 +607,7 @@ def _row_lengths(path: Path) -> dict[str, int]:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     path = tmp_path_factory.mktemp("model") / "tiny-f16.gguf"
     try:
-        from quantledger.synthetic_model import write_llama_gguf
+        from quantledger.testing.synthetic_model import write_llama_gguf
     except ImportError:
         _write_tiny_llama(path)
     else:

@@ -20,7 +20,8 @@ import numpy as np
 
 from quantledger.client_files import check_member_name, folder_has, folder_names
 from quantledger.convert.architectures import ARCHITECTURES, Architecture
-from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry, bf16_to_f32
+from quantledger.convert.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
+from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry
 from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
 from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture, quote_client
 from quantledger.json_files import hf_architecture, read_hf_config, read_json_object
@@ -134,7 +135,7 @@ def predict_gguf_bytes(info: HfModelInfo, out_type: str) -> int:
 
 
 def _as_float32(array: np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
-    return bf16_to_f32(array) if dtype == "BF16" else array.astype(np.float32, copy=False)
+    return bf16_bits_to_float32(array) if dtype == "BF16" else array.astype(np.float32, copy=False)
 
 
 def _target(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQuantizationType:
@@ -186,9 +187,7 @@ def _encode(array: np.ndarray[Any, Any], kind: gguf.GGMLQuantizationType) -> np.
     if kind == gguf.GGMLQuantizationType.F16:
         return array.astype(np.float16)
     if kind == gguf.GGMLQuantizationType.BF16:
-        bits = array.astype(np.float32).view(np.uint32)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-        return rounded.astype(np.uint16)
+        return float32_to_bf16_bits(array)
     return np.asarray(gguf.quants.quantize(array.astype(np.float32), kind))
 
 

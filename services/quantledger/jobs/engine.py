@@ -37,7 +37,7 @@ from quantledger.errors import (
     RequestIdConflict,
     ValidationTimeout,
 )
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.hashing import sha256_file
 from quantledger.hf.cache import ConversionCache
 from quantledger.hf.pipeline import (
@@ -67,9 +67,9 @@ from quantledger.quantize.plan import (
     refuse_another_jobs_output,
 )
 from quantledger.quantize.runner import WorkerProcess
+from quantledger.quantize.sources import GgufSource
 from quantledger.registry.registrar import PENDING, Registrar
 from quantledger.registry.stage import HashingStopped, apply_source_manifest, attach_provenance, source_manifest
-from quantledger.sources import GgufSource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
