@@ -49,6 +49,8 @@ import numpy as np
 import numpy.typing as npt
 
 from quantledger.errors import ImatrixInvalid, quote_client
+from quantledger.gguf.layout import n_dims_written
+from quantledger.gguf.writer import GgufMetadata, encode_gguf
 
 __all__ = [
     "Imatrix",
@@ -546,10 +548,6 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     write_atomic(path, data)
 
 
-def _gguf_str(value: bytes) -> bytes:
-    return struct.pack("<Q", len(value)) + value
-
-
 def write_imatrix_gguf(
     path: str | os.PathLike[str],
     entries: Mapping[str, npt.ArrayLike],
@@ -577,42 +575,19 @@ def write_imatrix_gguf(
         if len(raw_name) + len(SUFFIX_SUMS) >= GGML_MAX_NAME:
             raise ValueError(f"tensor name {raw_name!r} is too long for a GGUF imatrix")
 
-    kv = b"".join(
-        [
-            _gguf_str(KEY_GENERAL_TYPE.encode()) + struct.pack("<i", T_STRING) + _gguf_str(b"imatrix"),
-            _gguf_str(KEY_DATASETS.encode())
-            + struct.pack("<iiQ", T_ARRAY, T_STRING, 1)
-            + _gguf_str(dataset.encode("utf-8")),
-            _gguf_str(KEY_CHUNK_COUNT.encode()) + struct.pack("<iI", T_UINT32, chunk_count),
-            _gguf_str(KEY_CHUNK_SIZE.encode()) + struct.pack("<iI", T_UINT32, chunk_size),
-        ]
-    )
-    tensors: list[tuple[bytes, tuple[int, ...], bytes]] = []
-    for _, raw_name, arr in prepared:
+    meta = GgufMetadata()
+    meta.text(KEY_GENERAL_TYPE, "imatrix")
+    meta.strings(KEY_DATASETS, [dataset])
+    meta.u32(KEY_CHUNK_COUNT, chunk_count)
+    meta.u32(KEY_CHUNK_SIZE, chunk_size)
+    tensors: list[tuple[str, tuple[int, ...], int, bytes]] = []
+    for name, _, arr in prepared:
         n_mat, ne0 = arr.shape
         count_arr = np.full((n_mat, 1), float(counts), dtype="<f4")
-        tensors.append((raw_name + SUFFIX_SUMS.encode(), (ne0, n_mat), arr.tobytes()))
-        tensors.append((raw_name + SUFFIX_COUNTS.encode(), (1, n_mat), count_arr.tobytes()))
-
-    infos: list[bytes] = []
-    blobs: list[bytes] = []
-    offset = 0
-    for raw_name, ne, blob in tensors:
-        dims = list(ne)
-        while len(dims) > 1 and dims[-1] == 1:  # ggml_n_dims: trailing 1s are not written
-            dims.pop()
-        infos.append(
-            _gguf_str(raw_name)
-            + struct.pack("<I", len(dims))
-            + struct.pack(f"<{len(dims)}q", *dims)
-            + struct.pack("<iQ", GGML_TYPE_F32, offset)
-        )
-        padded = blob + b"\0" * (-len(blob) % GGUF_DEFAULT_ALIGNMENT)
-        blobs.append(padded)
-        offset += len(padded)
-    head = GGUF_MAGIC + struct.pack("<IQQ", GGUF_VERSION, len(tensors), 4) + kv + b"".join(infos)
-    head += b"\0" * (-len(head) % GGUF_DEFAULT_ALIGNMENT)
-    _atomic_write(path, head + b"".join(blobs))
+        for suffix, shape, blob in ((SUFFIX_SUMS, (ne0, n_mat), arr), (SUFFIX_COUNTS, (1, n_mat), count_arr)):
+            dims = shape[: n_dims_written(shape)]  # ggml_n_dims: trailing 1s are not written
+            tensors.append((name + suffix, dims, GGML_TYPE_F32, blob.tobytes()))
+    _atomic_write(path, encode_gguf(meta, tensors))
 
 
 def write_imatrix_dat(
