@@ -1,7 +1,7 @@
 """Hostile and broken models are refused before any work, with SOURCE_INVALID naming the problem.
 
-GGUF headers with absurd metadata (bounds of gguf_header.py), GGUF models missing a tensor or with a
-wrong shape (model_checks.py), Hugging Face folders with missing, 3-D or integer tensors, absurd or
+GGUF headers with absurd metadata (bounds of gguf/reader.py), GGUF models missing a tensor or with a
+wrong shape (convert/model_checks.py), Hugging Face folders with missing, 3-D or integer tensors, absurd or
 wrong-typed hyper-parameters, a tokenizer with wrong-typed fields; and option values out of range.
 """
 

@@ -113,7 +113,7 @@ def preflight(source: HfSource) -> Preflight:
 
 
 def check_hf_config(config: dict[str, Any], architecture: str) -> None:
-    """config.json's hyper-parameters typed, in range and runnable by llama.cpp (model_checks.py).
+    """config.json's hyper-parameters typed, in range and runnable by llama.cpp (convert/model_checks.py).
     An architecture only llama.cpp's converter knows gets the one check that needs no table: its head
     counts must divide."""
     from quantledger.convert.architectures import ARCHITECTURES
