@@ -50,6 +50,7 @@ import numpy.typing as npt
 
 from quantledger.errors import ImatrixInvalid, quote_client
 from quantledger.gguf.layout import n_dims_written
+from quantledger.gguf.types import ggml_types
 from quantledger.gguf.writer import GgufMetadata, encode_gguf
 
 __all__ = [
@@ -354,12 +355,10 @@ def _gguf_tensor_size(name: str, ne: tuple[int, ...], ggml_type: int) -> tuple[i
         nelements *= dim
         if nelements > INT64_MAX:
             raise ImatrixInvalid(f"GGUF tensor {name!r} has too many elements {ne}")
-    import gguf  # the block sizes of non-F32 types; imatrix tensors themselves are always F32
-
-    try:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
-    except (ValueError, KeyError) as exc:
-        raise ImatrixInvalid(f"GGUF tensor {name!r} has unknown ggml type {ggml_type}") from exc
+    kind = ggml_types().get(ggml_type)  # imatrix tensors are F32; other types only need their block size
+    if kind is None:
+        raise ImatrixInvalid(f"GGUF tensor {name!r} has unknown ggml type {ggml_type}")
+    block, type_size = kind.block_size, kind.block_bytes
     if ne and ne[0] % block:
         raise ImatrixInvalid(f"GGUF tensor {name!r} row length {ne[0]} is not a multiple of {block}")
     return nelements, nelements // block * type_size
