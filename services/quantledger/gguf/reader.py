@@ -364,10 +364,12 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
         raise fail(f"truncated: {file_size} bytes, shorter than the {HEADER_BYTES}-byte GGUF header")
     version = cur.u32("version")
     if version not in SUPPORTED_VERSIONS:
-        hint = " (big-endian file?)" if version & 0xFFFF == 0 else ""
+        hint = " (byte-swapped: a big-endian file?)" if version & 0xFFFF == 0 else ""
         raise fail(f"unsupported GGUF version {version}{hint}; versions 2 and 3 are supported")
-    n_tensors = cur.u64("tensor count")
-    n_kv = cur.u64("key/value count")
+    n_tensors = cur.i64("tensor count")  # signed, as llama.cpp reads them
+    n_kv = cur.i64("key/value count")
+    if n_tensors < 0 or n_kv < 0:
+        raise fail(f"tensor count {n_tensors} or key/value count {n_kv} is negative")
     needed = n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES
     if needed > cur.remaining:
         raise fail(f"tensor count {n_tensors} and key/value count {n_kv} cannot fit in the {cur.remaining} bytes left")
