@@ -104,7 +104,7 @@ class Imatrix:
 
 
 class _Cursor:
-    """Bounded little-endian reader over a byte buffer; every read checks the bytes left first."""
+    """Bounded little-endian reader over a legacy .dat buffer; every read checks the bytes left first."""
 
     def __init__(self, buf: mmap.mmap | bytes, what: str) -> None:
         self.buf = buf
@@ -132,24 +132,11 @@ class _Cursor:
     def i32(self, item: str) -> int:
         return int(self.unpack("<i", item))
 
-    def u32(self, item: str) -> int:
-        return int(self.unpack("<I", item))
-
-    def i64(self, item: str) -> int:
-        return int(self.unpack("<q", item))
-
-    def u64(self, item: str) -> int:
-        return int(self.unpack("<Q", item))
-
     def raw(self, n: int, item: str) -> bytes:
         self.need(n, item)
         data = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         return data
-
-    def skip(self, n: int, item: str) -> None:
-        self.need(n, item)
-        self.pos += n
 
     def floats(self, offset: int, count: int) -> FloatArray:
         """Copy ``count`` little-endian float32 values starting at absolute ``offset``."""
