@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import start_server, wait_for_job  # noqa: E402
 
-from quantledger.synthetic_model import write_llama_gguf  # noqa: E402
+from quantledger.testing.synthetic_model import write_llama_gguf  # noqa: E402
 from quantledger.v1 import quantize_service_pb2 as pb  # noqa: E402
 from registry_client import errors  # noqa: E402
 from registry_client.client import RegistryClient  # noqa: E402

@@ -40,7 +40,7 @@ import psutil  # noqa: E402
 from conftest import error_reason, free_port, wait_serving  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from quantledger.synthetic_model import write_llama_gguf  # noqa: E402
+from quantledger.testing.synthetic_model import write_llama_gguf  # noqa: E402
 from quantledger.v1 import quantize_service_pb2 as pb  # noqa: E402
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc  # noqa: E402
 from quantledger.v1 import registry_service_pb2 as registry_pb  # noqa: E402

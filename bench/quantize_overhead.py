@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
 
-    from quantledger.synthetic_model import llama_shape_for_bytes, write_llama_gguf
+    from quantledger.testing.synthetic_model import llama_shape_for_bytes, write_llama_gguf
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="ql-bench-"))
     try:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import free_port, wait_serving  # noqa: E402
 
-from quantledger.synthetic_model import write_llama_gguf  # noqa: E402
+from quantledger.testing.synthetic_model import write_llama_gguf  # noqa: E402
 from quantledger.v1 import recommend_service_pb2 as pb  # noqa: E402
 
 GIB = 1 << 30

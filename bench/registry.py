@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import free_port  # noqa: E402
 
+from quantledger.registry.verify import verify_file  # noqa: E402
 from registry_client.client import RegistryClient  # noqa: E402
 from registry_client.errors import RegistryUnavailable  # noqa: E402
 from registry_client.records import Registration  # noqa: E402
-from registry_client.verify import verify_file  # noqa: E402
 
 ANVIL = REPO / "tests" / "node" / "node_modules" / ".bin" / "anvil"
 ANVIL_KEYS = ["0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import Models, wait_for_job
 
-from quantledger.gguf_header import read_gguf_header
-from quantledger.imatrix import write_imatrix_dat, write_imatrix_gguf
+from quantledger.gguf.reader import read_gguf_header
+from quantledger.quantize.imatrix import write_imatrix_dat, write_imatrix_gguf
 from quantledger.v1 import quantize_service_pb2 as pb
 
 

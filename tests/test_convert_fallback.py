@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hf_models import save_file, train_sentencepiece
 
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 
 pytestmark = pytest.mark.slow
 

@@ -14,13 +14,9 @@ from typing import Any
 import pytest
 
 from quantledger.errors import SourceInvalid, SourceNotFound
-from quantledger.gguf_header import (
-    GgufHeader,
-    is_gguf_file,
-    predict_quantized_file_size,
-    read_gguf_header,
-)
-from quantledger.synthetic_model import llama_shape_for_bytes, write_llama_gguf
+from quantledger.gguf.layout import predict_quantized_file_size
+from quantledger.gguf.reader import GgufHeader, is_gguf_file, read_gguf_header
+from quantledger.testing.synthetic_model import llama_shape_for_bytes, write_llama_gguf
 
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
 U32, I32, F32V, BOOL, STRING, ARRAY, U64 = 4, 5, 6, 7, 8, 9, 10

@@ -16,7 +16,7 @@ import pytest
 from hf_models import write_causal_folder
 
 from quantledger.convert.converter import convert_hf_to_gguf
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 
 CHAT_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
 

@@ -1,7 +1,7 @@
 """Hostile and broken models are refused before any work, with SOURCE_INVALID naming the problem.
 
-GGUF headers with absurd metadata (bounds of gguf_header.py), GGUF models missing a tensor or with a
-wrong shape (model_checks.py), Hugging Face folders with missing, 3-D or integer tensors, absurd or
+GGUF headers with absurd metadata (bounds of gguf/reader.py), GGUF models missing a tensor or with a
+wrong shape (convert/model_checks.py), Hugging Face folders with missing, 3-D or integer tensors, absurd or
 wrong-typed hyper-parameters, a tokenizer with wrong-typed fields; and option values out of range.
 """
 
@@ -12,6 +12,7 @@ import math
 import pathlib
 import shutil
 import struct
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -21,21 +22,16 @@ from hf_models import save_file, write_causal_folder
 from hostile import health_probe
 from test_bad_input import create, refused
 
-from quantledger.gguf_header import MAX_ARRAY_ELEMENTS, MAX_KV_COUNT
-from quantledger.synthetic_model import _tensor_shapes
+from quantledger.gguf.format import ARRAY, FLOAT32, INT32, UINT8
+from quantledger.gguf.layout import tensor_nbytes
+from quantledger.gguf.reader import MAX_ARRAY_ELEMENTS, MAX_KV_COUNT
+from quantledger.gguf.writer import GgufMetadata, encode_gguf
+from quantledger.testing.synthetic_model import _tensor_shapes
 from quantledger.v1 import quantize_service_pb2 as pb
 
 F16, F32 = 1, 0
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _string(value: str) -> bytes:
-    raw = value.encode()
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _kv_u32(key: str, value: int) -> bytes:
-    return _string(key) + struct.pack("<II", 4, value)
+ExtraKv = Callable[[GgufMetadata], None]
 
 
 def llama_gguf(
@@ -48,38 +44,45 @@ def llama_gguf(
     n_vocab: int = 300,
     drop: tuple[str, ...] = (),
     reshape: dict[str, tuple[int, ...]] | None = None,
-    extra_kv: bytes = b"",
-    extra_kv_count: int = 0,
+    extra_kv: ExtraKv | None = None,
 ) -> bytes:
-    """A small llama GGUF (zero weights) whose tensors follow its metadata, less ``drop``, with ``reshape``."""
-    kvs = [
-        _string("general.architecture") + struct.pack("<I", 8) + _string("llama"),
-        _kv_u32("general.file_type", 1),
-        _kv_u32("llama.block_count", n_layer),
-        _kv_u32("llama.embedding_length", n_embd),
-        _kv_u32("llama.feed_forward_length", n_ff),
-        _kv_u32("llama.attention.head_count", n_head),
-        _kv_u32("llama.attention.head_count_kv", n_head_kv),
-        _kv_u32("llama.context_length", 256),
-        _kv_u32("llama.rope.dimension_count", n_embd // n_head),
-        _string("llama.attention.layer_norm_rms_epsilon") + struct.pack("<If", 6, 1e-5),
-        _string("tokenizer.ggml.model") + struct.pack("<I", 8) + _string("llama"),
-        _string("tokenizer.ggml.tokens")
-        + struct.pack("<IIQ", 9, 8, n_vocab)
-        + b"".join(_string(f"<t{i}>") for i in range(n_vocab)),
-        _string("tokenizer.ggml.scores") + struct.pack("<IIQ", 9, 6, n_vocab) + bytes(4 * n_vocab),
-        _string("tokenizer.ggml.token_type") + struct.pack("<IIQ", 9, 5, n_vocab) + struct.pack("<i", 1) * n_vocab,
-    ]
-    shapes = _tensor_shapes(n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab)
-    shapes = [(name, (reshape or {}).get(name, shape)) for name, shape in shapes if name not in drop]
-    infos, offset = b"", 0
-    for name, shape in shapes:
+    """A small llama GGUF (zero weights) whose tensors follow its metadata, less ``drop``, with ``reshape``;
+    ``extra_kv`` adds keys after the model's."""
+    meta = GgufMetadata()
+    meta.text("general.architecture", "llama")
+    meta.u32("general.file_type", 1)
+    meta.u32("llama.block_count", n_layer)
+    meta.u32("llama.embedding_length", n_embd)
+    meta.u32("llama.feed_forward_length", n_ff)
+    meta.u32("llama.attention.head_count", n_head)
+    meta.u32("llama.attention.head_count_kv", n_head_kv)
+    meta.u32("llama.context_length", 256)
+    meta.u32("llama.rope.dimension_count", n_embd // n_head)
+    meta.f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    meta.text("tokenizer.ggml.model", "llama")
+    meta.strings("tokenizer.ggml.tokens", [f"<t{i}>" for i in range(n_vocab)])
+    meta.numbers("tokenizer.ggml.scores", FLOAT32, np.zeros(n_vocab))
+    meta.numbers("tokenizer.ggml.token_type", INT32, np.ones(n_vocab))
+    if extra_kv is not None:
+        extra_kv(meta)
+    tensors = []
+    for name, shape in _tensor_shapes(n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab):
+        if name in drop:
+            continue
+        shape = (reshape or {}).get(name, shape)
         ggml_type = F32 if len(shape) == 1 else F16
-        infos += _string(name) + struct.pack(f"<I{len(shape)}qiQ", len(shape), *shape, ggml_type, offset)
-        offset += -(-math.prod(shape) * (4 if ggml_type == F32 else 2) // 32) * 32
-    head = struct.pack("<4sIQQ", b"GGUF", 3, len(shapes), len(kvs) + extra_kv_count)
-    head += b"".join(kvs) + extra_kv + infos
-    return head + bytes(-len(head) % 32) + bytes(offset)
+        tensors.append((name, shape, ggml_type, bytes(tensor_nbytes(shape, ggml_type))))
+    return encode_gguf(meta, tensors)
+
+
+def _many_keys(meta: GgufMetadata) -> None:
+    for i in range(MAX_KV_COUNT):
+        meta.u32(f"x.k{i}", i)
+
+
+def _huge_array(meta: GgufMetadata) -> None:
+    count = MAX_ARRAY_ELEMENTS + 1
+    meta.add("x.big", ARRAY, struct.pack("<iQ", UINT8, count) + bytes(count))
 
 
 @pytest.fixture(scope="module")
@@ -112,23 +115,8 @@ def test_valid_checked_gguf_is_accepted(stub, ggufs: pathlib.Path) -> None:
         ("wrong-k-shape", lambda: llama_gguf(reshape={"blk.0.attn_k.weight": (256, 256)}), "blk.0.attn_k.weight"),
         ("wrong-embd-rows", lambda: llama_gguf(reshape={"token_embd.weight": (256, 512)}), "token_embd.weight"),
         ("heads-not-multiple", lambda: llama_gguf(n_head=4, n_head_kv=3), "head_count_kv"),
-        (
-            "too-many-keys",
-            lambda: llama_gguf(
-                extra_kv=b"".join(_kv_u32(f"x.k{i}", i) for i in range(MAX_KV_COUNT)), extra_kv_count=MAX_KV_COUNT
-            ),
-            "MAX_KV_COUNT",
-        ),
-        (
-            "huge-array",
-            lambda: llama_gguf(
-                extra_kv=_string("x.big")
-                + struct.pack("<IIQ", 9, 0, MAX_ARRAY_ELEMENTS + 1)
-                + bytes(MAX_ARRAY_ELEMENTS + 1),
-                extra_kv_count=1,
-            ),
-            "MAX_ARRAY_ELEMENTS",
-        ),
+        ("too-many-keys", lambda: llama_gguf(extra_kv=_many_keys), "MAX_KV_COUNT"),
+        ("huge-array", lambda: llama_gguf(extra_kv=_huge_array), "MAX_ARRAY_ELEMENTS"),
     ],
 )
 def test_broken_gguf_is_source_invalid_naming_the_problem(stub, server, ggufs, case, data, named) -> None:

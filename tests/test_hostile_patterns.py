@@ -19,9 +19,9 @@ from safetensors.numpy import save_file
 from test_bad_input import create, refused
 
 from quantledger.client_patterns import MAX_PATTERN_CHARS, MAX_PATTERNS
+from quantledger.convert.lora import load_lora
 from quantledger.errors import LoraInvalid
-from quantledger.gguf_header import read_gguf_header
-from quantledger.lora import load_lora
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.v1 import quantize_service_pb2 as pb
 
 EVIL = "(.|.|.)*ffn_down"  # exponential for a backtracking engine on any name without a match

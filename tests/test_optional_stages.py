@@ -16,7 +16,7 @@ from conftest import Models, RunningServer, job_error_reason, wait_for_job
 from google.rpc import error_details_pb2
 from test_lifecycle import workers_of
 
-from quantledger.synthetic_model import write_llama_gguf
+from quantledger.testing.synthetic_model import write_llama_gguf
 from quantledger.v1 import quantize_service_pb2 as pb
 
 Job = pb.QuantizeJob

@@ -13,7 +13,7 @@ from conftest import Models, RunningServer, error_reason, wait_for_job
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.v1 import quantize_service_pb2 as pb
 
 Job = pb.QuantizeJob

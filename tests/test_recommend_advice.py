@@ -170,6 +170,8 @@ def test_quality_source_says_what_each_value_is() -> None:
 
     as_published = predict("Q4_K_M", 4.89, int(REFERENCE_PARAMETERS), has_imatrix=False)
     assert (as_published.source, as_published.mean_kl_divergence) == ("published", published_q4_k_m)
+    q8_0 = predict("Q8_0", 8.5, int(REFERENCE_PARAMETERS), has_imatrix=False)
+    assert (q8_0.source, q8_0.mean_kl_divergence) == ("published", published_q8_0)
     assert predict("Q4_K_M", 4.89, 70_000_000_000, has_imatrix=False).source == "scaled"
     # only the imatrix figure is published: without one it is raised by a rule of thumb
     assert predict("IQ4_XS", 4.46, int(REFERENCE_PARAMETERS), has_imatrix=False).source == "estimated"

@@ -17,7 +17,7 @@ import gguf
 import pytest
 from test_recommend_sizes import llama_cpp_runs
 
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.quantize.catalogue import catalogue
 from quantledger.recommend.hardware import GIB, MIB, Machine
 from quantledger.recommend.memory import ContextSettings, compute_buffer_bytes, kv_bytes_per_layer, weight_layout
@@ -25,7 +25,7 @@ from quantledger.recommend.mixes import plan_types, weight_bytes
 from quantledger.recommend.profile import build_profile
 from quantledger.recommend.search import Request, search
 from quantledger.recommend.shape import from_gguf
-from quantledger.synthetic_model import write_llama_gguf
+from quantledger.testing.synthetic_model import write_llama_gguf
 
 HERE = pathlib.Path(__file__).resolve().parent
 TOLERANCE = 0.10

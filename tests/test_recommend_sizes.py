@@ -17,15 +17,15 @@ import sys
 import numpy as np
 import pytest
 
-from quantledger.ggml_types import ggml_types_by_name
-from quantledger.gguf_header import read_gguf_header
-from quantledger.imatrix import write_imatrix_dat
+from quantledger.gguf.reader import read_gguf_header
+from quantledger.gguf.types import ggml_types_by_name
 from quantledger.quantize.catalogue import catalogue
+from quantledger.quantize.imatrix import write_imatrix_dat
 from quantledger.recommend.mixes import allows_quantization, is_known_mix, plan_types
 from quantledger.recommend.models import from_hf_folder
 from quantledger.recommend.profile import build_profile
 from quantledger.recommend.shape import from_gguf
-from quantledger.synthetic_model import write_llama_gguf
+from quantledger.testing.synthetic_model import write_llama_gguf
 
 SHAPES = {
     "gqa4-32-layers": dict(n_embd=256, n_ff=512, n_layer=32, n_head=4, n_head_kv=1, n_vocab=300),

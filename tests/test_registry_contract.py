@@ -318,9 +318,9 @@ def test_committed_artifact_matches_a_fresh_compile() -> None:
 
 def test_verify_file_checks_size_file_type_and_revocation(chain: Chain, tmp_path: pathlib.Path) -> None:
     from quantledger.errors import SourceInvalid
-    from quantledger.gguf_header import read_gguf_header
-    from quantledger.synthetic_model import write_llama_gguf
-    from registry_client.verify import Verdict, verify_file
+    from quantledger.gguf.reader import read_gguf_header
+    from quantledger.registry.verify import Verdict, verify_file
+    from quantledger.testing.synthetic_model import write_llama_gguf
 
     path = tmp_path / "tiny.gguf"
     write_llama_gguf(path, n_embd=64, n_ff=128, n_layer=1, n_head=2, n_head_kv=1, n_vocab=288)

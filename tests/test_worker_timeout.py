@@ -18,7 +18,7 @@ import pytest
 
 from quantledger.errors import StageTimeout
 from quantledger.quantize.runner import WorkerProcess, run_worker_sync
-from quantledger.synthetic_model import write_llama_gguf
+from quantledger.testing.synthetic_model import write_llama_gguf
 
 
 class HangingSource:

@@ -82,7 +82,7 @@ def _free_port() -> int:
 
 
 def run_demo(*, json_output: bool) -> int:
-    from quantledger.synthetic_model import write_llama_gguf
+    from quantledger.testing.synthetic_model import write_llama_gguf
 
     base = Settings.from_env()
     home = base.home / "demo"

@@ -21,7 +21,7 @@ import grpc
 from quantledger.cli.render import human_bytes, print_json, to_json
 from quantledger.config import Settings
 from quantledger.errors import SourceNotFound
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.hashing import sha256_file
 from quantledger.v1 import registry_service_pb2 as pb
 from quantledger.v1 import registry_service_pb2_grpc as pb_grpc

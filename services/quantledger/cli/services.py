@@ -5,7 +5,7 @@ the registry deployed on it once (recorded in the data dir's address book), then
 hosting every service. With ``--chain-url`` (or ``QUANTLEDGER_CHAIN_URL``) ``up`` uses that chain
 instead and starts none.
 
-``up`` supervises its chain (``quantledger.chain_supervisor``): a chain that dies is restarted with
+``up`` supervises its chain (``quantledger.registry.chain_supervisor``): a chain that dies is restarted with
 backoff, and meanwhile gRPC health of ``quantledger.v1.RegistryService`` is NOT_SERVING. The overall
 health (service ``""``) and QuantizeService stay SERVING: quantizing needs no chain, and outputs made
 meanwhile stay PENDING until the engine's retry registers them on the restarted chain.
@@ -59,7 +59,7 @@ def serve_chain(settings: Settings, *, as_json: bool) -> int:
 
 def start_embedded_chain(settings: Settings) -> subprocess.Popen[bytes]:
     """Start ``serve chain`` as a child and wait until it answers JSON-RPC."""
-    from quantledger.chain_supervisor import ChainStartFailed
+    from quantledger.registry.chain_supervisor import ChainStartFailed
 
     try:
         return launch_embedded_chain(settings)
@@ -70,7 +70,7 @@ def start_embedded_chain(settings: Settings) -> subprocess.Popen[bytes]:
 def launch_embedded_chain(settings: Settings, cancel: threading.Event | None = None) -> subprocess.Popen[bytes]:
     """Start ``serve chain`` as a child and wait until it answers JSON-RPC; ``ChainStartFailed`` if it exits,
     does not answer within CHAIN_START_SECONDS, or ``cancel`` is set meanwhile (the child is then killed)."""
-    from quantledger.chain_supervisor import ChainStartFailed
+    from quantledger.registry.chain_supervisor import ChainStartFailed
     from registry_client.client import RegistryClient
     from registry_client.errors import RegistryUnavailable
 
@@ -97,8 +97,8 @@ def launch_embedded_chain(settings: Settings, cancel: threading.Event | None = N
 
 
 def run_services(settings: Settings, services: Sequence[str], *, as_json: bool, embedded_chain: bool) -> int:
-    from quantledger.chain_supervisor import ChainSupervisor
     from quantledger.grpc_api.server import REGISTRY_SERVICE_NAME, QuantledgerServer, serve
+    from quantledger.registry.chain_supervisor import ChainSupervisor
 
     if list(services) == ["chain"]:
         return serve_chain(settings, as_json=as_json)

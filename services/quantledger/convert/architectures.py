@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from quantledger.model_checks import MAX_CONTEXT, TensorSpec, bert_shape, config_float, config_int, decoder_shape
+from quantledger.convert.model_checks import (
+    MAX_CONTEXT,
+    TensorSpec,
+    bert_shape,
+    config_float,
+    config_int,
+    decoder_shape,
+)
 
 Array = npt.NDArray[np.generic]
 

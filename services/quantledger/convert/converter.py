@@ -13,23 +13,27 @@ import pathlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-import gguf
 import numpy as np
 
 from quantledger.client_files import check_member_name, folder_has, folder_names
 from quantledger.convert.architectures import ARCHITECTURES, Architecture
-from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry, bf16_to_f32
+from quantledger.convert.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
+from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry
 from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
 from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture, quote_client
+from quantledger.gguf.format import FLOAT32, INT32
+from quantledger.gguf.q8_0 import quantize_q8_0
+from quantledger.gguf.types import ggml_types, ggml_types_by_name
+from quantledger.gguf.writer import GgufMetadata, TensorLayout, copy_from_file, plan_tensors, write_array, write_gguf
 from quantledger.json_files import hf_architecture, read_hf_config, read_json_object
 from registry_client.atomic_files import AtomicFile
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)
-CONVERTER_VERSION = "quantledger-convert-1"
-OUT_TYPES = {"F32": gguf.GGMLQuantizationType.F32, "F16": gguf.GGMLQuantizationType.F16,
-             "BF16": gguf.GGMLQuantizationType.BF16, "Q8_0": gguf.GGMLQuantizationType.Q8_0}  # fmt: skip
+# part of the conversion cache key: bump it whenever the bytes a conversion writes change
+CONVERTER_VERSION = "quantledger-convert-2"  # 2: written by gguf/writer.py instead of gguf-py
+OUT_TYPES = ("F32", "F16", "BF16", "Q8_0")  # ggml type names (gguf/types.py)
 FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7}
 POOLING = {"mean": 1, "cls": 2, "lasttoken": 3}
 # llama.cpp reads these as F32 only (its own converter keeps them so)
@@ -134,16 +138,21 @@ def predict_gguf_bytes(info: HfModelInfo, out_type: str) -> int:
 
 
 def _as_float32(array: np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
-    return bf16_to_f32(array) if dtype == "BF16" else array.astype(np.float32, copy=False)
+    return bf16_bits_to_float32(array) if dtype == "BF16" else array.astype(np.float32, copy=False)
 
 
-def _target(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQuantizationType:
-    """Norms, biases and 1-D tensors stay F32; 2-D weights take the output type (Q8_0 where rows allow)."""
+def _type_id(name: str) -> int:
+    return ggml_types_by_name()[name].id
+
+
+def _target(name: str, shape: tuple[int, ...], out_type: str) -> int:
+    """The ggml type of a tensor: norms, biases and 1-D tensors stay F32; 2-D weights take the output
+    type (Q8_0 where rows allow, else F16)."""
     if len(shape) < 2 or name.endswith((".bias", "_norm.weight", "norm.weight")) or name in ALWAYS_F32:
-        return gguf.GGMLQuantizationType.F32
-    if out_type == "Q8_0" and shape[-1] % 32:
-        return gguf.GGMLQuantizationType.F16
-    return OUT_TYPES[out_type]
+        return _type_id("F32")
+    if out_type == "Q8_0" and shape[-1] % ggml_types_by_name()["Q8_0"].block_size:
+        return _type_id("F16")
+    return _type_id(out_type)
 
 
 def _moves_rows(arch: Architecture, name: str) -> bool:
@@ -151,84 +160,66 @@ def _moves_rows(arch: Architecture, name: str) -> bool:
     return arch.gguf_name == "llama" and name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight"))
 
 
-def _copy_tensor(writer: gguf.GGUFWriter, source: SafetensorsFile, entry: TensorEntry) -> None:
-    """write_tensor_data for bytes that need no change, with copy_file_range (gguf-py 0.19's writer layout:
-    one output file, tensor infos consumed in order, data padded to the alignment)."""
-    assert writer.fout is not None
-    fout = writer.fout[0]
-    info = writer.tensors[0].pop(next(iter(writer.tensors[0])))
-    size = entry.end - entry.start
-    if info.nbytes != size:
-        raise ConversionFailed(f"{entry.name}: {size} bytes in the file, {info.nbytes} planned")
-    writer.write_padding(fout, fout.tell())
-    fout.flush()
-    with source.open() as src:
-        offset, remaining = entry.start, size
-        while remaining:
-            copied = os.copy_file_range(src.fileno(), fout.fileno(), remaining, offset)
-            if copied <= 0:
-                raise ConversionFailed(f"{entry.name}: copy stopped with {remaining} bytes left")
-            offset += copied
-            remaining -= copied
-    fout.seek(0, os.SEEK_END)
-    writer.write_padding(fout, size)
-    writer.state = gguf.gguf_writer.WriterState.WEIGHTS
+def _same_type(dtype: str, kind: int) -> bool:
+    """Whether a safetensors dtype is stored exactly as ggml type ``kind`` (F32, F16, BF16)."""
+    return dtype in ("F32", "F16", "BF16") and _type_id(dtype) == kind
 
 
-def _same_type(dtype: str, kind: gguf.GGMLQuantizationType) -> bool:
-    return {"F32": gguf.GGMLQuantizationType.F32, "F16": gguf.GGMLQuantizationType.F16,
-            "BF16": gguf.GGMLQuantizationType.BF16}.get(dtype) == kind  # fmt: skip
+def _encode(array: np.ndarray[Any, Any], kind: int) -> np.ndarray[Any, Any]:
+    """float32 values in ggml type ``kind`` (F32, F16, BF16 or Q8_0), little endian."""
+    name = ggml_types()[kind].name
+    if name == "F32":
+        return array.astype("<f4")
+    if name == "F16":
+        return array.astype("<f2")
+    if name == "BF16":
+        return float32_to_bf16_bits(array)
+    if name == "Q8_0":
+        return quantize_q8_0(array)
+    raise ValueError(f"the converter does not write {name}")
 
 
-def _encode(array: np.ndarray[Any, Any], kind: gguf.GGMLQuantizationType) -> np.ndarray[Any, Any]:
-    if kind == gguf.GGMLQuantizationType.F32:
-        return array.astype(np.float32)
-    if kind == gguf.GGMLQuantizationType.F16:
-        return array.astype(np.float16)
-    if kind == gguf.GGMLQuantizationType.BF16:
-        bits = array.astype(np.float32).view(np.uint32)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-        return rounded.astype(np.uint16)
-    return np.asarray(gguf.quants.quantize(array.astype(np.float32), kind))
-
-
-def _write_metadata(writer: gguf.GGUFWriter, arch: Architecture, info: HfModelInfo, vocab: Vocab, out_type: str,
-                    metadata: Mapping[str, str]) -> None:  # fmt: skip
+def _metadata(arch: Architecture, info: HfModelInfo, vocab: Vocab, out_type: str,
+              metadata: Mapping[str, str]) -> GgufMetadata:  # fmt: skip
+    """The converted file's keys, named and typed as llama.cpp's convert_hf_to_gguf.py writes them."""
+    meta = GgufMetadata()
     prefix = arch.gguf_name
+    meta.text("general.architecture", prefix)
     for key, value in arch.hparams(info.config).items():
         full = f"{prefix}.{key}"
         if isinstance(value, bool):
-            writer.add_bool(full, value)
+            meta.boolean(full, value)
         elif isinstance(value, int):
-            writer.add_uint32(full, value)
+            meta.u32(full, value)
         else:
-            writer.add_float32(full, float(value))
-    writer.add_uint32(f"{prefix}.vocab_size", len(vocab.tokens))
+            meta.f32(full, float(value))
+    meta.u32(f"{prefix}.vocab_size", len(vocab.tokens))
     if arch.kind == "embedding":
         pooling = _pooling(info.folder)
         if pooling is not None:
-            writer.add_uint32(f"{prefix}.pooling_type", pooling)
-    writer.add_file_type(FILE_TYPES[out_type])
+            meta.u32(f"{prefix}.pooling_type", pooling)
+    meta.u32("general.file_type", FILE_TYPES[out_type])
     for key, value in metadata.items():
-        writer.add_string(key, value)
-    writer.add_tokenizer_model(vocab.model)
-    writer.add_tokenizer_pre(vocab.pre)
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.types)
+        meta.text(key, value)
+    meta.text("tokenizer.ggml.model", vocab.model)
+    meta.text("tokenizer.ggml.pre", vocab.pre)
+    meta.strings("tokenizer.ggml.tokens", vocab.tokens)
+    meta.numbers("tokenizer.ggml.token_type", INT32, vocab.types)
     if vocab.scores is not None:
-        writer.add_token_scores(vocab.scores)
+        meta.numbers("tokenizer.ggml.scores", FLOAT32, vocab.scores)
     if vocab.merges:
-        writer.add_token_merges(vocab.merges)
+        meta.strings("tokenizer.ggml.merges", vocab.merges)
     if vocab.token_type_count is not None:
-        writer.add_token_type_count(vocab.token_type_count)
+        meta.u32("tokenizer.ggml.token_type_count", vocab.token_type_count)
     for key, token_id in vocab.special.items():
-        writer.add_uint32(f"tokenizer.ggml.{key if key != 'sep' else 'seperator'}_token_id", token_id)
+        meta.u32(f"tokenizer.ggml.{key if key != 'sep' else 'seperator'}_token_id", token_id)
     if vocab.add_bos is not None:
-        writer.add_add_bos_token(vocab.add_bos)
+        meta.boolean("tokenizer.ggml.add_bos_token", vocab.add_bos)
     if vocab.add_eos is not None:
-        writer.add_add_eos_token(vocab.add_eos)
+        meta.boolean("tokenizer.ggml.add_eos_token", vocab.add_eos)
     if vocab.chat_template:
-        writer.add_chat_template(vocab.chat_template)
+        meta.text("tokenizer.chat_template", vocab.chat_template)
+    return meta
 
 
 def _pooling(folder: pathlib.Path) -> int | None:
@@ -260,7 +251,7 @@ def convert_hf_to_gguf(
     arch = ARCHITECTURES[info.architecture]
     vocab = load_vocab(info.folder, info.tokenizer_kind, info.config)
     files = [SafetensorsFile(path) for path in info.weight_files]
-    plan: list[tuple[SafetensorsFile, TensorEntry, str, gguf.GGMLQuantizationType]] = []
+    plan: list[tuple[SafetensorsFile, TensorEntry, str, int]] = []
     for source in files:
         for entry in source.entries():
             try:
@@ -279,39 +270,32 @@ def convert_hf_to_gguf(
     except OSError as exc:
         raise ConversionFailed(f"cannot write the conversion of {info.folder.name}: {exc.strerror}") from exc
     try:
-        writer = gguf.GGUFWriter(temp.reopen_path, arch.gguf_name)
-        _write_metadata(writer, arch, info, vocab, out_type, metadata or {})
-        for _, entry, name, kind in plan:
-            block, type_size = gguf.GGML_QUANT_SIZES[kind]
-            n_bytes = entry.n_elements // block * type_size
-            shape = list(entry.shape)
-            dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(
-                kind, np.uint8
-            )
-            if dtype is np.uint8:  # gguf-py takes a raw (BF16, quantized) tensor's shape in bytes per row
-                shape[-1] = shape[-1] // block * type_size
-            writer.add_tensor_info(name, shape, np.dtype(dtype), n_bytes, raw_dtype=kind)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for source, entry, _name, kind in plan:
+        # ggml order: the row length (numpy's last dimension) first
+        layouts = plan_tensors((name, tuple(reversed(entry.shape)), kind) for _, entry, name, kind in plan)
+        steps = iter(plan)  # write_gguf asks for the tensors in file order, the plan's
+
+        def write_data(layout: TensorLayout, out: BinaryIO) -> int:
+            nonlocal done
+            source, entry, _name, kind = next(steps)
             if tensor_transform is None and not _moves_rows(arch, entry.name) and _same_type(entry.dtype, kind):
-                _copy_tensor(writer, source, entry)  # the same bytes: copied by the kernel, never through Python
-                continue
-            raw = source.read(entry.name)
-            if tensor_transform is None and _same_type(entry.dtype, kind):
+                with source.open() as src:  # the same bytes: copied by the kernel, never through Python
+                    size = copy_from_file(out, src.fileno(), entry.start, entry.end - entry.start)
+            elif tensor_transform is None and _same_type(entry.dtype, kind):
+                raw = source.read(entry.name)
                 # no arithmetic needed: keep the bytes (the rotary permutation only moves rows)
-                writer.write_tensor_data(arch.transform(entry.name, raw, info.config))
+                size = write_array(out, arch.transform(entry.name, raw, info.config))
             else:
-                weight = _as_float32(raw, entry.dtype)
+                weight = _as_float32(source.read(entry.name), entry.dtype)
                 if tensor_transform is not None:
                     weight = tensor_transform(entry.name, weight)
                 weight = arch.transform(entry.name, weight, info.config)
-                writer.write_tensor_data(_encode(weight, kind))
+                size = write_array(out, _encode(weight, kind))
             done += entry.end - entry.start
             if progress is not None:
                 progress(done, total)
-        writer.close()
+            return size
+
+        write_gguf(temp.file, _metadata(arch, info, vocab, out_type, metadata or {}), layouts, write_data)
         temp.commit()
     except (SourceInvalid, UnsupportedArchitecture):
         temp.abort()

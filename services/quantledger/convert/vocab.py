@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantledger.client_files import folder_file, folder_has
+from quantledger.convert.model_checks import MAX_TOKEN_TYPES, MAX_VOCAB_SIZE, config_int
 from quantledger.errors import SourceInvalid, quote_client
 from quantledger.json_files import read_json_object as _json
-from quantledger.model_checks import MAX_TOKEN_TYPES, MAX_VOCAB_SIZE, config_int
 
 MAX_TOKENIZER_MODEL_BYTES = 64 << 20
 MAX_VOCAB_TXT_BYTES = 16 << 20

@@ -15,13 +15,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quantledger.client_files import containing_root, folder_has, folder_names, real_path
+from quantledger.client_files import allowed_path, containing_root, folder_has, folder_names, real_path
+from quantledger.convert.model_checks import (
+    MAX_HEADS,
+    MAX_LAYERS,
+    HfTensor,
+    check_hf_tensors,
+    config_int,
+    optional_config_int,
+)
 from quantledger.errors import SourceInvalid, UnsupportedArchitecture
 from quantledger.hf.hub import ALLOW_PATTERNS, HubRef, fetch_config, fetch_snapshot, parse_hub_id
 from quantledger.hf.manifest import SourceManifest, build_manifest
 from quantledger.json_files import read_hf_config, read_json_object
-from quantledger.model_checks import MAX_HEADS, MAX_LAYERS, HfTensor, check_hf_tensors, config_int, optional_config_int
-from quantledger.sources import resolve_allowed
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ def classify(raw: str, roots: Sequence[pathlib.Path]) -> HfSource | None:
         return HfSource(kind="hf_hub", hub=hub)
     if not raw.strip():
         return None
-    path = resolve_allowed(raw, roots)
+    path = allowed_path(raw, roots, "source")
     if path.is_dir() and folder_has(path, "config.json") and not folder_names(path, ".gguf"):
         return HfSource(kind="hf_folder", folder=path)
     return None
@@ -107,7 +113,7 @@ def preflight(source: HfSource) -> Preflight:
 
 
 def check_hf_config(config: dict[str, Any], architecture: str) -> None:
-    """config.json's hyper-parameters typed, in range and runnable by llama.cpp (model_checks.py).
+    """config.json's hyper-parameters typed, in range and runnable by llama.cpp (convert/model_checks.py).
     An architecture only llama.cpp's converter knows gets the one check that needs no table: its head
     counts must divide."""
     from quantledger.convert.architectures import ARCHITECTURES

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from quantledger.errors import QuantizeFailed
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.hashing import sha256_file
 from quantledger.jobs.model import Artifact, Job, OutputFile, Stage
 from quantledger.jobs.stages import StageHost

@@ -26,9 +26,9 @@ from quantledger.jobs.progress import HASH_BYTES_PER_SECOND
 from quantledger.jobs.registration import register_outputs
 from quantledger.jobs.stages import StageHost, check_quality_gate, evaluate_outputs, prepare_intermediate
 from quantledger.quantize.plan import make_plan
+from quantledger.quantize.sources import GgufSource
 from quantledger.registry.registrar import Registrar
 from quantledger.registry.stage import apply_source_manifest, source_manifest
-from quantledger.sources import GgufSource
 
 
 @dataclass

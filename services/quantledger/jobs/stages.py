@@ -33,7 +33,7 @@ from quantledger.quantize.estimate import (
 )
 from quantledger.quantize.plan import QuantizePlan, check_options, requested_types, resolve_output_dir
 from quantledger.quantize.runner import WorkerProcess
-from quantledger.sources import GgufSource, open_source, resolve_allowed
+from quantledger.quantize.sources import GgufSource, open_source, resolve_allowed
 
 if TYPE_CHECKING:
     from quantledger.jobs.progress import JobTimeline
@@ -118,7 +118,7 @@ def describe_hf_job(
             architecture=checked.architecture,
         )
     if spec.options.lora_dir:
-        from quantledger.lora import check_against_base, load_lora
+        from quantledger.convert.lora import check_against_base, load_lora
 
         lora_dir = resolve_allowed(spec.options.lora_dir, settings.allowed_roots, what="lora_dir")
         adapter = load_lora(lora_dir)
@@ -176,7 +176,7 @@ async def prepare_intermediate(
     options = job.spec.options
     lora_digest = ""
     if options.lora_dir:
-        from quantledger.lora import load_lora
+        from quantledger.convert.lora import load_lora
 
         lora_dir = resolve_allowed(options.lora_dir, host.settings.allowed_roots, what="lora_dir")
         lora_digest = (await asyncio.to_thread(load_lora, lora_dir)).sha256

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from quantledger.errors import InvalidArgument, SourceNotFound
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.jobs.model import Quality as QualityReport
 
 FloatArray = npt.NDArray[np.float64]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantledger.errors import ImatrixRequired, QuantizeFailed, SourceInvalid, UnsupportedArchitecture
-from quantledger.ggml_types import ggml_types, ggml_types_by_name
-from quantledger.gguf_header import predict_quantized_file_size
+from quantledger.gguf.layout import predict_quantized_file_size
+from quantledger.gguf.types import ggml_types, ggml_types_by_name
 from quantledger.jobs.model import SourceInfo
 from quantledger.jobs.store import JobStore
 from quantledger.quantize.catalogue import QuantType

@@ -18,6 +18,7 @@ from typing import Any
 from quantledger.client_files import open_client_file, real_path
 from quantledger.client_patterns import ClientPattern, compile_client_patterns, literal_overrides
 from quantledger.config import Settings
+from quantledger.convert.model_checks import check_gguf_source
 from quantledger.errors import (
     ImatrixRequired,
     InvalidArgument,
@@ -27,12 +28,11 @@ from quantledger.errors import (
     SourceInvalid,
     quote_client,
 )
-from quantledger.ggml_types import ggml_types_by_name
+from quantledger.gguf.types import ggml_types_by_name
 from quantledger.jobs.model import JobSpec, Options
-from quantledger.model_checks import check_gguf_source
 from quantledger.quantize.catalogue import QuantType, lookup
+from quantledger.quantize.sources import GgufSource, open_source, resolve_allowed
 from quantledger.registry.provenance import SUFFIX as PROVENANCE_SUFFIX
-from quantledger.sources import GgufSource, open_source, resolve_allowed
 
 MAX_TYPES_PER_JOB = 64
 MAX_THREADS = 256
@@ -232,7 +232,7 @@ def make_plan(
     metadata_overrides: list[list[Any]] = []
     if options.imatrix_path:
         imatrix_path = resolve_allowed(options.imatrix_path, settings.allowed_roots, what="imatrix")
-        from quantledger.imatrix import check_covers, load_imatrix
+        from quantledger.quantize.imatrix import check_covers, load_imatrix
 
         imatrix = load_imatrix(imatrix_path, settings.allowed_roots)
         check_covers(imatrix, {t.name: t.shape[0] for t in source.header.tensors})

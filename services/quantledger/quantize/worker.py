@@ -105,7 +105,7 @@ def run(request: dict[str, Any], emit: _Emitter) -> int:
         params.kv_overrides = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_kv_override))
         keepalive.append(entries)
     if request.get("imatrix"):
-        from quantledger.imatrix import ImatrixCArray, load_imatrix
+        from quantledger.quantize.imatrix import ImatrixCArray, load_imatrix
 
         imatrix = ImatrixCArray(load_imatrix(request["imatrix"]))
         params.imatrix = imatrix.pointer
@@ -145,7 +145,7 @@ def probe(ftypes: list[int], emit: _Emitter) -> None:
     """
     import tempfile
 
-    from quantledger.synthetic_model import write_llama_gguf
+    from quantledger.testing.synthetic_model import write_llama_gguf
 
     with tempfile.TemporaryDirectory(prefix="quantledger-probe-") as work:
         model = os.path.join(work, "probe-f16.gguf")
@@ -171,7 +171,7 @@ def convert(request: dict[str, Any], emit: _Emitter) -> None:
 
     transform = None
     if request.get("lora_dir"):
-        from quantledger.lora import load_lora, merging_transform
+        from quantledger.convert.lora import load_lora, merging_transform
 
         transform = merging_transform(load_lora(request["lora_dir"]))
     last = [0.0]

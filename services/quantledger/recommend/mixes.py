@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from quantledger.ggml_types import ggml_types, ggml_types_by_name
+from quantledger.gguf.types import ggml_types, ggml_types_by_name
 from quantledger.recommend.shape import ModelShape, TensorShape
 
 # llama_ftype -> the type every quantizable tensor gets before the mix rules (llama_ftype_get_default_type)

@@ -17,6 +17,7 @@ from typing import Any
 
 from quantledger.errors import InvalidArgument, RecordNotFound, SourceInvalid, SourceNotFound
 from quantledger.json_files import hf_architecture, read_hf_config
+from quantledger.quantize.sources import open_source, resolve_allowed
 from quantledger.recommend.shape import (
     F16,
     F32,
@@ -29,7 +30,6 @@ from quantledger.recommend.shape import (
     from_hyperparameters,
     hyperparameters_from_config,
 )
-from quantledger.sources import open_source, resolve_allowed
 
 _SHA256 = re.compile(r"^(?:files/)?(?P<sha>[0-9a-f]{64})$")
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from quantledger.gguf_header import DEFAULT_ALIGNMENT, predict_quantized_file_size
+from quantledger.gguf.format import DEFAULT_ALIGNMENT
+from quantledger.gguf.layout import predict_quantized_file_size
 from quantledger.recommend import quality
 from quantledger.recommend.memory import (
     ContextSettings,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantledger.errors import InvalidArgument, UnsupportedArchitecture
-from quantledger.gguf_header import GgufHeader
+from quantledger.gguf.reader import GgufHeader
 from quantledger.json_files import hf_architecture
 
 # ggml type ids of the stored (unquantized) tensors the recommender assumes when no file is at hand

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 from quantledger.errors import InvalidArgument
 from quantledger.paging import PageSize, PageTokens
+from quantledger.registry.verify import Verdict, verdict_for
 from quantledger.resource_names import RecordName
 from registry_client.errors import ContractNotDeployed, RegistryUnavailable
 from registry_client.records import Record, normalize_digest
-from registry_client.verify import Verdict, verdict_for
 
 if TYPE_CHECKING:
     from registry_client.client import RegistryClient

@@ -82,7 +82,7 @@ def attach_provenance(
             imatrix = hashlib.file_digest(handle, "sha256").hexdigest()
     lora = ""
     if options.lora_dir:
-        from quantledger.lora import load_lora
+        from quantledger.convert.lora import load_lora
 
         lora = load_lora(resolve_allowed(options.lora_dir, allowed, what="lora_dir")).sha256
     statement = build_statement(job, artifact, info, imatrix_sha256=imatrix, lora_sha256=lora)

@@ -29,7 +29,10 @@ IQ2_S, IQ3_XXS, and Q2_K inside a Q2_K_S file), which aborts. Non-finite values 
 loader rejects them up front.
 
 Files are parsed with bounded reads only: every count and length read from a file is checked
-against the bytes actually left before anything is allocated or looped over.
+against the bytes actually left before anything is allocated or looped over. A GGUF imatrix's header
+is read by the service's one GGUF reader (:mod:`quantledger.gguf.reader`), whose errors come back as
+ImatrixInvalid; the checks here are the imatrix's own (its metadata keys and their types, F32
+sums/counts pairs whose data lies back to back, as ``llama-imatrix`` writes it).
 """
 
 from __future__ import annotations
@@ -43,12 +46,16 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from quantledger.errors import ImatrixInvalid, quote_client
+from quantledger.errors import ImatrixInvalid, SourceInvalid, quote_client
+from quantledger.gguf.format import ARRAY, GGUF_MAGIC, STRING, UINT32, pad
+from quantledger.gguf.layout import n_dims_written
+from quantledger.gguf.reader import TensorInfo, read_gguf_header_from
+from quantledger.gguf.writer import GgufMetadata, encode_gguf
 
 __all__ = [
     "Imatrix",
@@ -61,40 +68,16 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float32]
 
-GGUF_MAGIC = b"GGUF"
-GGUF_VERSION = 3
-GGUF_DEFAULT_ALIGNMENT = 32
 GGML_MAX_NAME = 64  # tensor names in GGUF are at most 63 bytes
-GGML_MAX_DIMS = 4
-GGUF_MAX_STRING_LENGTH = 1024 * 1024 * 1024
-GGUF_MAX_ARRAY_ELEMENTS = 1024 * 1024 * 1024
-INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 
 KEY_GENERAL_TYPE = "general.type"
-KEY_GENERAL_ALIGNMENT = "general.alignment"
 KEY_DATASETS = "imatrix.datasets"
 KEY_CHUNK_COUNT = "imatrix.chunk_count"
 KEY_CHUNK_SIZE = "imatrix.chunk_size"
 SUFFIX_SUMS = ".in_sum2"
 SUFFIX_COUNTS = ".counts"
 
-# gguf_type ids and the byte size of one scalar value (strings and arrays are variable-sized).
-T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
-T_STRING, T_ARRAY, T_UINT64, T_INT64, T_FLOAT64 = range(8, 13)
-_SCALAR_FORMATS: dict[int, str] = {
-    T_UINT8: "<B",
-    T_INT8: "<b",
-    T_UINT16: "<H",
-    T_INT16: "<h",
-    T_UINT32: "<I",
-    T_INT32: "<i",
-    T_FLOAT32: "<f",
-    T_BOOL: "<?",
-    T_UINT64: "<Q",
-    T_INT64: "<q",
-    T_FLOAT64: "<d",
-}
 GGML_TYPE_F32 = 0
 
 
@@ -121,7 +104,7 @@ class Imatrix:
 
 
 class _Cursor:
-    """Bounded little-endian reader over a byte buffer; every read checks the bytes left first."""
+    """Bounded little-endian reader over a legacy .dat buffer; every read checks the bytes left first."""
 
     def __init__(self, buf: mmap.mmap | bytes, what: str) -> None:
         self.buf = buf
@@ -149,33 +132,24 @@ class _Cursor:
     def i32(self, item: str) -> int:
         return int(self.unpack("<i", item))
 
-    def u32(self, item: str) -> int:
-        return int(self.unpack("<I", item))
-
-    def i64(self, item: str) -> int:
-        return int(self.unpack("<q", item))
-
-    def u64(self, item: str) -> int:
-        return int(self.unpack("<Q", item))
-
     def raw(self, n: int, item: str) -> bytes:
         self.need(n, item)
         data = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         return data
 
-    def skip(self, n: int, item: str) -> None:
-        self.need(n, item)
-        self.pos += n
-
     def floats(self, offset: int, count: int) -> FloatArray:
         """Copy ``count`` little-endian float32 values starting at absolute ``offset``."""
         if offset < 0 or count < 0 or offset + 4 * count > self.end:
             raise ImatrixInvalid(f"{self.what} is truncated: {count} floats at offset {offset}")
-        view = np.frombuffer(self.buf, dtype="<f4", count=count, offset=offset)
-        out = view.astype(np.float32, copy=True)
-        del view  # release the buffer export so the mapping can be closed
-        return out
+        return _copy_floats(self.buf, offset, count)
+
+
+def _copy_floats(buf: mmap.mmap | bytes, offset: int, count: int) -> FloatArray:
+    view = np.frombuffer(buf, dtype="<f4", count=count, offset=offset)
+    out = view.astype(np.float32, copy=True)
+    del view  # release the buffer export so the mapping can be closed
+    return out
 
 
 def _decode_name(raw: bytes, what: str) -> str:
@@ -227,7 +201,7 @@ def load_imatrix(path: str | os.PathLike[str], roots: Sequence[pathlib.Path] | N
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 digest = hashlib.sha256(mm).hexdigest()
                 if mm[:4] == GGUF_MAGIC:
-                    return _load_gguf(mm, digest)
+                    return _load_gguf(fh, mm, digest)
                 return _load_dat(mm, digest)
     except OSError as exc:
         raise ImatrixInvalid(f"cannot read imatrix file {shown}: {exc.strerror or 'read error'}") from exc
@@ -295,106 +269,19 @@ def _load_dat(buf: mmap.mmap | bytes, digest: str) -> Imatrix:
 # ---- GGUF --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _TensorInfo:
-    name: str
-    ne: tuple[int, ...]
-    ggml_type: int
-    nelements: int
-    nbytes: int
-    offset: int
-
-
-def _gguf_string(cur: _Cursor, item: str) -> bytes:
-    n = cur.u64(f"{item} length")
-    if n > GGUF_MAX_STRING_LENGTH:
-        raise ImatrixInvalid(f"GGUF {item} length {n} exceeds the maximum {GGUF_MAX_STRING_LENGTH}")
-    return cur.raw(n, item)
-
-
-@dataclass
-class _KV:
-    vtype: int
-    etype: int | None  # element type of an array
-    value: Any  # scalar, bytes for a string, list[bytes] for a kept string array, else None
-
-
-def _gguf_kv_value(cur: _Cursor, key: str, keep: bool) -> _KV:
-    """Read the type and value of one KV pair; string arrays are kept only when ``keep`` is set."""
-    vtype = cur.i32(f"type of {key!r}")
-    if vtype == T_STRING:
-        return _KV(vtype, None, _gguf_string(cur, f"value of {key!r}"))
-    if vtype in _SCALAR_FORMATS:
-        return _KV(vtype, None, cur.unpack(_SCALAR_FORMATS[vtype], f"value of {key!r}"))
-    if vtype != T_ARRAY:
-        raise ImatrixInvalid(f"GGUF key {key!r} has invalid type {vtype}")
-    etype = cur.i32(f"element type of {key!r}")
-    n = cur.u64(f"element count of {key!r}")
-    if n > GGUF_MAX_ARRAY_ELEMENTS:
-        raise ImatrixInvalid(f"GGUF array {key!r} has {n} elements, more than {GGUF_MAX_ARRAY_ELEMENTS}")
-    if etype == T_STRING:
-        if n * 8 > cur.remaining:
-            raise ImatrixInvalid(f"GGUF array {key!r} claims {n} strings but only {cur.remaining} bytes follow")
-        strings = [_gguf_string(cur, f"element {i} of {key!r}") for i in range(n)]
-        return _KV(vtype, etype, strings if keep else None)
-    if etype not in _SCALAR_FORMATS:
-        raise ImatrixInvalid(f"GGUF array {key!r} has invalid element type {etype}")
-    cur.skip(n * struct.calcsize(_SCALAR_FORMATS[etype]), f"{n} elements of {key!r}")
-    return _KV(vtype, etype, None)
-
-
-def _gguf_tensor_size(name: str, ne: tuple[int, ...], ggml_type: int) -> tuple[int, int]:
-    """(element count, byte size) of a tensor, validated like ggml's GGUF reader does."""
-    nelements = 1
-    for dim in ne:
-        if dim < 0:
-            raise ImatrixInvalid(f"GGUF tensor {name!r} has a negative dimension {dim}")
-        nelements *= dim
-        if nelements > INT64_MAX:
-            raise ImatrixInvalid(f"GGUF tensor {name!r} has too many elements {ne}")
-    import gguf  # the block sizes of non-F32 types; imatrix tensors themselves are always F32
-
+def _load_gguf(stream: BinaryIO, buf: mmap.mmap, digest: str) -> Imatrix:
+    """The header comes from the one GGUF reader (bounded, hostile-safe); the checks here are the
+    imatrix's own: its metadata keys and their types, contiguous F32 sums/counts pairs."""
     try:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
-    except (ValueError, KeyError) as exc:
-        raise ImatrixInvalid(f"GGUF tensor {name!r} has unknown ggml type {ggml_type}") from exc
-    if ne and ne[0] % block:
-        raise ImatrixInvalid(f"GGUF tensor {name!r} row length {ne[0]} is not a multiple of {block}")
-    return nelements, nelements // block * type_size
+        header = read_gguf_header_from(stream, "GGUF imatrix file")
+    except SourceInvalid as exc:
+        raise ImatrixInvalid(exc.message) from exc
+    kv, types = header.metadata, header.value_types
 
-
-def _load_gguf(buf: mmap.mmap | bytes, digest: str) -> Imatrix:
-    cur = _Cursor(buf, "GGUF imatrix file")
-    cur.skip(4, "magic")
-    version = cur.u32("version")
-    if version & 0xFFFF == 0:
-        raise ImatrixInvalid(f"GGUF version {version:#x} looks byte-swapped (big-endian files are not supported)")
-    if version == 1 or version > GGUF_VERSION:
-        raise ImatrixInvalid(f"unsupported GGUF version {version}")
-    n_tensors = cur.i64("tensor count")
-    n_kv = cur.i64("metadata count")
-    # a tensor info takes >= 24 bytes, a KV pair >= 13: counts beyond what the file can hold are lies
-    if n_tensors < 0 or n_tensors > cur.remaining // 24:
-        raise ImatrixInvalid(f"GGUF tensor count {n_tensors} is impossible for a {cur.end}-byte file")
-    if n_kv < 0 or n_kv > cur.remaining // 13:
-        raise ImatrixInvalid(f"GGUF metadata count {n_kv} is impossible for a {cur.end}-byte file")
-
-    kv: dict[str, _KV] = {}
-    wanted = {KEY_GENERAL_TYPE, KEY_GENERAL_ALIGNMENT, KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE}
-    for index in range(n_kv):
-        key_raw = _gguf_string(cur, f"key {index}")
-        if not key_raw:
-            raise ImatrixInvalid(f"GGUF key {index} is empty")
-        key = _c_string(key_raw)
-        if key in kv:
-            raise ImatrixInvalid(f"GGUF file has a duplicate key {key!r}")
-        kv[key] = _gguf_kv_value(cur, key, keep=key in wanted)
-
-    general_type = kv.get(KEY_GENERAL_TYPE)
-    if general_type is not None:
-        if general_type.vtype != T_STRING:
+    if KEY_GENERAL_TYPE in kv:
+        if types[KEY_GENERAL_TYPE][0] != STRING:
             raise ImatrixInvalid("GGUF general.type is not a string")
-        gtype = _c_string(general_type.value)
+        gtype = str(kv[KEY_GENERAL_TYPE]).split("\0", 1)[0]  # as llama.cpp reads it, up to a NUL
         if gtype != "imatrix":
             raise ImatrixInvalid(f"GGUF file is not an importance matrix: general.type is {gtype!r}")
     missing = [k for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in kv]
@@ -402,55 +289,30 @@ def _load_gguf(buf: mmap.mmap | bytes, digest: str) -> Imatrix:
         raise ImatrixInvalid(f"GGUF file is not an importance matrix: missing metadata {', '.join(missing)}")
     u32_meta: dict[str, int] = {}
     for key in (KEY_CHUNK_COUNT, KEY_CHUNK_SIZE):
-        if kv[key].vtype != T_UINT32:
+        value = kv[key]
+        if types[key][0] != UINT32 or not isinstance(value, int):
             raise ImatrixInvalid(f"GGUF imatrix metadata {key} must be UINT32")
-        u32_meta[key] = int(kv[key].value)
+        u32_meta[key] = value
     datasets: list[str] = []
-    ds_kv = kv[KEY_DATASETS]
-    if ds_kv.vtype == T_ARRAY and ds_kv.etype == T_STRING:  # llama.cpp ignores a key of another type
-        datasets = [_c_string(s) for s in ds_kv.value]
-    alignment = GGUF_DEFAULT_ALIGNMENT
-    if KEY_GENERAL_ALIGNMENT in kv:
-        if kv[KEY_GENERAL_ALIGNMENT].vtype != T_UINT32:
-            raise ImatrixInvalid("GGUF general.alignment must be UINT32")
-        alignment = int(kv[KEY_GENERAL_ALIGNMENT].value)
-        if alignment == 0 or alignment & (alignment - 1):
-            raise ImatrixInvalid(f"GGUF alignment {alignment} is not a power of 2")
+    if types[KEY_DATASETS] == (ARRAY, STRING):  # llama.cpp ignores a key of another type
+        datasets = [str(s).split("\0", 1)[0] for s in cast(list[object], kv[KEY_DATASETS])]
 
-    infos: list[_TensorInfo] = []
-    seen: set[str] = set()
-    for index in range(n_tensors):
-        name_raw = _gguf_string(cur, f"tensor {index} name")
-        if len(name_raw) >= GGML_MAX_NAME:
-            raise ImatrixInvalid(f"GGUF tensor {index} name is {len(name_raw)} bytes, max {GGML_MAX_NAME - 1}")
-        name = _decode_name(name_raw, f"GGUF tensor {index} name")
-        if name in seen:
-            raise ImatrixInvalid(f"GGUF file has a duplicate tensor {name!r}")
-        seen.add(name)
-        n_dims = cur.u32(f"dimension count of {name!r}")
-        if n_dims > GGML_MAX_DIMS:
-            raise ImatrixInvalid(f"GGUF tensor {name!r} has {n_dims} dimensions, max {GGML_MAX_DIMS}")
-        ne = tuple(cur.i64(f"dimension {d} of {name!r}") for d in range(n_dims))
-        ggml_type = cur.i32(f"type of {name!r}")
-        offset = cur.u64(f"data offset of {name!r}")
-        nelements, nbytes = _gguf_tensor_size(name, ne, ggml_type)
-        infos.append(_TensorInfo(name, ne, ggml_type, nelements, nbytes, offset))
-
-    if not infos:
+    if not header.tensors:
         raise ImatrixInvalid("GGUF imatrix file holds no tensors")
-    data_start = cur.pos + (-cur.pos % alignment)
     expected = 0
-    for info in infos:
-        if info.offset != expected:
-            raise ImatrixInvalid(f"GGUF tensor {info.name!r} has data offset {info.offset}, expected {expected}")
-        expected += info.nbytes + (-info.nbytes % alignment)
-    if data_start + expected > cur.end:
+    for info in header.tensors:  # llama-imatrix writes the tensors' data back to back, in order
+        relative = info.offset - header.data_offset
+        if relative != expected:
+            raise ImatrixInvalid(f"GGUF tensor {info.name!r} has data offset {relative}, expected {expected}")
+        expected += pad(info.n_bytes, header.alignment)
+    if header.data_offset + expected > header.file_size:  # llama.cpp reads the last tensor's padding too
         raise ImatrixInvalid(
-            f"GGUF imatrix file is truncated: tensor data needs {data_start + expected} bytes, the file has {cur.end}"
+            f"GGUF imatrix file is truncated: tensor data needs {header.data_offset + expected} bytes, "
+            f"the file has {header.file_size}"
         )
 
-    pairs: dict[str, list[_TensorInfo | None]] = {}
-    for info in infos:
+    pairs: dict[str, list[TensorInfo | None]] = {}
+    for info in header.tensors:
         if info.name.endswith(SUFFIX_SUMS):
             pairs.setdefault(info.name[: -len(SUFFIX_SUMS)], [None, None])[0] = info
         elif info.name.endswith(SUFFIX_COUNTS):
@@ -464,14 +326,14 @@ def _load_gguf(buf: mmap.mmap | bytes, digest: str) -> Imatrix:
             raise ImatrixInvalid(f"GGUF imatrix has mismatched sums and counts for {name!r}", tensor=name)
         if sums_info.ggml_type != GGML_TYPE_F32 or counts_info.ggml_type != GGML_TYPE_F32:
             raise ImatrixInvalid(f"GGUF imatrix sums and counts for {name!r} must be F32", tensor=name)
-        nval, ncounts = sums_info.nelements, counts_info.nelements
-        if nval < 1 or ncounts < 1 or nval % ncounts:
+        nval, ncounts = sums_info.n_elements, counts_info.n_elements
+        if nval % ncounts:
             raise ImatrixInvalid(
                 f"GGUF imatrix entry {name!r} has {nval} values for {ncounts} counts (need a positive multiple)",
                 tensor=name,
             )
-        sums = cur.floats(data_start + sums_info.offset, nval)
-        counts = cur.floats(data_start + counts_info.offset, ncounts)
+        sums = _copy_floats(buf, sums_info.offset, nval)  # the reader checked both lie inside the file
+        counts = _copy_floats(buf, counts_info.offset, ncounts)
         _finite_or_raise(sums, name)
         if not np.isfinite(counts).all() or (np.abs(counts) >= 2.0**62).any():
             raise ImatrixInvalid(f"GGUF imatrix counts for {name!r} are not finite integers", tensor=name)
@@ -546,10 +408,6 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     write_atomic(path, data)
 
 
-def _gguf_str(value: bytes) -> bytes:
-    return struct.pack("<Q", len(value)) + value
-
-
 def write_imatrix_gguf(
     path: str | os.PathLike[str],
     entries: Mapping[str, npt.ArrayLike],
@@ -577,42 +435,19 @@ def write_imatrix_gguf(
         if len(raw_name) + len(SUFFIX_SUMS) >= GGML_MAX_NAME:
             raise ValueError(f"tensor name {raw_name!r} is too long for a GGUF imatrix")
 
-    kv = b"".join(
-        [
-            _gguf_str(KEY_GENERAL_TYPE.encode()) + struct.pack("<i", T_STRING) + _gguf_str(b"imatrix"),
-            _gguf_str(KEY_DATASETS.encode())
-            + struct.pack("<iiQ", T_ARRAY, T_STRING, 1)
-            + _gguf_str(dataset.encode("utf-8")),
-            _gguf_str(KEY_CHUNK_COUNT.encode()) + struct.pack("<iI", T_UINT32, chunk_count),
-            _gguf_str(KEY_CHUNK_SIZE.encode()) + struct.pack("<iI", T_UINT32, chunk_size),
-        ]
-    )
-    tensors: list[tuple[bytes, tuple[int, ...], bytes]] = []
-    for _, raw_name, arr in prepared:
+    meta = GgufMetadata()
+    meta.text(KEY_GENERAL_TYPE, "imatrix")
+    meta.strings(KEY_DATASETS, [dataset])
+    meta.u32(KEY_CHUNK_COUNT, chunk_count)
+    meta.u32(KEY_CHUNK_SIZE, chunk_size)
+    tensors: list[tuple[str, tuple[int, ...], int, bytes]] = []
+    for name, _, arr in prepared:
         n_mat, ne0 = arr.shape
         count_arr = np.full((n_mat, 1), float(counts), dtype="<f4")
-        tensors.append((raw_name + SUFFIX_SUMS.encode(), (ne0, n_mat), arr.tobytes()))
-        tensors.append((raw_name + SUFFIX_COUNTS.encode(), (1, n_mat), count_arr.tobytes()))
-
-    infos: list[bytes] = []
-    blobs: list[bytes] = []
-    offset = 0
-    for raw_name, ne, blob in tensors:
-        dims = list(ne)
-        while len(dims) > 1 and dims[-1] == 1:  # ggml_n_dims: trailing 1s are not written
-            dims.pop()
-        infos.append(
-            _gguf_str(raw_name)
-            + struct.pack("<I", len(dims))
-            + struct.pack(f"<{len(dims)}q", *dims)
-            + struct.pack("<iQ", GGML_TYPE_F32, offset)
-        )
-        padded = blob + b"\0" * (-len(blob) % GGUF_DEFAULT_ALIGNMENT)
-        blobs.append(padded)
-        offset += len(padded)
-    head = GGUF_MAGIC + struct.pack("<IQQ", GGUF_VERSION, len(tensors), 4) + kv + b"".join(infos)
-    head += b"\0" * (-len(head) % GGUF_DEFAULT_ALIGNMENT)
-    _atomic_write(path, head + b"".join(blobs))
+        for suffix, shape, blob in ((SUFFIX_SUMS, (ne0, n_mat), arr), (SUFFIX_COUNTS, (1, n_mat), count_arr)):
+            dims = shape[: n_dims_written(shape)]  # ggml_n_dims: trailing 1s are not written
+            tensors.append((name + suffix, dims, GGML_TYPE_F32, blob.tobytes()))
+    _atomic_write(path, encode_gguf(meta, tensors))
 
 
 def write_imatrix_dat(

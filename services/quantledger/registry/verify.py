@@ -14,7 +14,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from quantledger.gguf_header import read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.hashing import sha256_file
 from registry_client.records import Record, normalize_digest
 

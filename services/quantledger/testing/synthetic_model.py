@@ -14,14 +14,17 @@ import itertools
 import math
 import os
 import string
-import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import gguf
 import numpy as np
 
-ALIGNMENT = 32
+from quantledger.gguf.format import FLOAT32 as _FLOAT32
+from quantledger.gguf.format import INT32 as _INT32
+from quantledger.gguf.types import ggml_types
+from quantledger.gguf.writer import GgufMetadata, TensorLayout, plan_tensors, write_gguf
+
 _SLAB_ELEMENTS = 1 << 22  # random values generated at a time (16 MiB as float32)
 
 # dtype name -> (ggml type, general.file_type)
@@ -31,14 +34,6 @@ _DTYPES: dict[str, tuple[gguf.GGMLQuantizationType, int]] = {
     "BF16": (gguf.GGMLQuantizationType.BF16, int(gguf.LlamaFileType.MOSTLY_BF16)),
     "Q8_0": (gguf.GGMLQuantizationType.Q8_0, int(gguf.LlamaFileType.MOSTLY_Q8_0)),
 }
-
-# gguf value types
-_UINT32 = 4
-_INT32 = 5
-_FLOAT32 = 6
-_BOOL = 7
-_STRING = 8
-_ARRAY = 9
 
 # SentencePiece token types
 _NORMAL = 1
@@ -96,45 +91,6 @@ _COMMON_WORDS = (
 
 
 _Vector = np.ndarray[tuple[int], np.dtype[np.generic]]
-
-
-def _pack_string(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return struct.pack("<Q", len(data)) + data
-
-
-class _Metadata:
-    """Key/value pairs encoded as GGUF."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._parts: list[bytes] = []
-
-    def _add(self, key: str, vtype: int, payload: bytes) -> None:
-        self._parts.append(_pack_string(key) + struct.pack("<i", vtype) + payload)
-        self.count += 1
-
-    def u32(self, key: str, value: int) -> None:
-        self._add(key, _UINT32, struct.pack("<I", value))
-
-    def f32(self, key: str, value: float) -> None:
-        self._add(key, _FLOAT32, struct.pack("<f", value))
-
-    def boolean(self, key: str, value: bool) -> None:
-        self._add(key, _BOOL, struct.pack("<B", int(value)))
-
-    def text(self, key: str, value: str) -> None:
-        self._add(key, _STRING, _pack_string(value))
-
-    def strings(self, key: str, values: list[str]) -> None:
-        payload = b"".join(_pack_string(v) for v in values)
-        self._add(key, _ARRAY, struct.pack("<iQ", _STRING, len(values)) + payload)
-
-    def numbers(self, key: str, vtype: int, values: _Vector) -> None:
-        self._add(key, _ARRAY, struct.pack("<iQ", vtype, len(values)) + values.tobytes())
-
-    def encoded(self) -> bytes:
-        return b"".join(self._parts)
 
 
 def _pieces() -> Iterator[str]:
@@ -198,15 +154,6 @@ def _tensor_shapes(
     return shapes
 
 
-def _n_bytes(shape: tuple[int, ...], ggml_type: gguf.GGMLQuantizationType) -> int:
-    block, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
-    return math.prod(shape) // block * block_bytes
-
-
-def _pad(n: int) -> int:
-    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
-
-
 def _write_random(
     out: BinaryIO, rng: np.random.Generator, shape: tuple[int, ...], ggml_type: gguf.GGMLQuantizationType
 ) -> int:
@@ -262,12 +209,12 @@ def write_llama_gguf(
     if n_vocab < 259:
         raise ValueError("n_vocab must be at least 259 (3 special and 256 byte tokens)")
     weight_type, file_type = _DTYPES[dtype]
-    block = gguf.GGML_QUANT_SIZES[weight_type][0]
+    block = ggml_types()[int(weight_type)].block_size
     if n_embd % block or n_ff % block:
         raise ValueError(f"n_embd and n_ff must be multiples of {block} for {dtype}")
 
     tokens, scores, token_types = _vocabulary(n_vocab)
-    meta = _Metadata()
+    meta = GgufMetadata()
     arch = architecture
     meta.text("general.architecture", arch)
     meta.text("general.name", name)
@@ -302,30 +249,21 @@ def write_llama_gguf(
         (tensor_name, shape, gguf.GGMLQuantizationType.F32 if len(shape) == 1 else weight_type)
         for tensor_name, shape in _tensor_shapes(n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab, arch)
     ]
-    infos: list[bytes] = []
-    offset = 0
-    for tensor_name, shape, ggml_type in tensors:
-        infos.append(
-            _pack_string(tensor_name) + struct.pack(f"<I{len(shape)}qiQ", len(shape), *shape, int(ggml_type), offset)
-        )
-        offset += _pad(_n_bytes(shape, ggml_type))
-
+    layouts = plan_tensors((tensor_name, shape, int(ggml_type)) for tensor_name, shape, ggml_type in tensors)
     rng = np.random.default_rng(seed)
+
+    def write_data(tensor: TensorLayout, out: BinaryIO) -> int:
+        if len(tensor.shape) == 1:
+            return out.write(np.ones(tensor.shape, dtype="<f4").tobytes())
+        return _write_random(out, rng, tensor.shape, gguf.GGMLQuantizationType(tensor.ggml_type))
+
     with open(path, "wb") as out:
-        head = struct.pack("<4sIQQ", b"GGUF", 3, len(tensors), meta.count) + meta.encoded() + b"".join(infos)
-        out.write(head + bytes(_pad(len(head)) - len(head)))
-        for _tensor_name, shape, ggml_type in tensors:
-            if len(shape) == 1:
-                written = out.write(np.ones(shape, dtype="<f4").tobytes())
-            else:
-                written = _write_random(out, rng, shape, ggml_type)
-            out.write(bytes(_pad(written) - written))
-        return out.tell()
+        return write_gguf(out, meta, layouts, write_data)
 
 
 def _bytes_per_element(dtype: str) -> float:
-    block, block_bytes = gguf.GGML_QUANT_SIZES[_DTYPES[dtype][0]]
-    return block_bytes / block
+    kind = ggml_types()[int(_DTYPES[dtype][0])]
+    return kind.block_bytes / kind.block_size
 
 
 def _shape_elements(n_embd: int, n_ff: int, n_layer: int, n_head: int, n_head_kv: int, n_vocab: int) -> int:

@@ -49,6 +49,7 @@ from safetensors import SafetensorError, safe_open
 
 from quantledger.client_files import folder_file, folder_has, reopen_path
 from quantledger.client_patterns import ClientPattern, compile_client_pattern, compile_client_patterns
+from quantledger.convert.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 from quantledger.errors import LoraInvalid, quote_client
 from quantledger.json_files import read_json_object
 
@@ -382,23 +383,6 @@ def _mismatch(adapter: LoraAdapter, base: str, actual: tuple[int, ...]) -> str:
         f"{base}: the base weight has shape {actual} but the adapter's {product} has shape "
         f"{adapter.expected_base_shape(base)} (lora_B [{out_features}, r] @ lora_A [r, {in_features}])"
     )
-
-
-def bf16_bits_to_float32(bits: npt.NDArray[np.uint16]) -> FloatArray:
-    """bfloat16 values stored as their uint16 bit patterns, widened exactly to float32."""
-    widened: FloatArray = (bits.astype(np.uint32) << 16).view(np.float32)
-    return widened
-
-
-def float32_to_bf16_bits(values: FloatArray) -> npt.NDArray[np.uint16]:
-    """float32 to bfloat16 bit patterns, rounding to nearest with ties to even; NaN stays (quiet) NaN."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-    result = (rounded >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(values)
-    if nan.any():
-        result[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
-    return result
 
 
 def _read_float32(path: Path, key: str) -> FloatArray:

@@ -1,30 +1,15 @@
-"""A safe, bounded reader for GGUF headers, and the exact size of the file llama.cpp quantizes to.
+"""A safe, bounded reader for GGUF headers.
 
-The reader parses the header (key/value metadata and tensor infos) with ordinary buffered reads; it
-never memory-maps the file and never trusts a count before checking it against the bytes the file
-still holds, so a hostile header costs at most a few chunk-sized reads. Every malformed input raises
-:class:`~quantledger.errors.SourceInvalid` naming the file and what is wrong with it.
-
-Layout (all little endian)::
-
-    "GGUF" u32 version  u64 n_tensors  u64 n_kv
-    n_kv      x  (string key, i32 value type, value)
-    n_tensors x  (string name, u32 n_dims, n_dims x i64 ne, i32 ggml type, u64 offset)
-    zero padding to ``general.alignment`` (default 32), then the tensor data section
-
-A string is a u64 byte length followed by UTF-8 bytes; an array value is an i32 element type, a u64
-count and the elements. Tensor offsets are relative to the start of the data section.
-
-:func:`predict_quantized_file_size` reproduces the layout ``llama_model_quantize`` writes (llama.cpp
-``src/llama-quant.cpp`` with ``ggml/src/gguf.cpp``): every source key copied, the given u32 keys
-(re)set, the split keys removed, one tensor info per tensor with trailing unit dimensions dropped,
-the metadata padded to 32 bytes and every tensor's data padded to 32 bytes. llama.cpp always pads to
-the default alignment of 32 there, whatever ``general.alignment`` the source declares.
+The reader parses the header (key/value metadata and tensor infos, layout in
+:mod:`quantledger.gguf.format`) with ordinary buffered reads; it never memory-maps the file and never
+trusts a count before checking it against the bytes the file still holds, so a hostile header costs at
+most a few chunk-sized reads. Every malformed input raises :class:`~quantledger.errors.SourceInvalid`
+naming the file and what is wrong with it. Tensor types and sizes come from the installed libggml
+(:mod:`quantledger.gguf.types`).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import struct
@@ -34,11 +19,33 @@ from typing import BinaryIO
 
 import numpy as np
 
-from quantledger.errors import InvalidArgument, SourceInvalid, SourceNotFound
+from quantledger.errors import SourceInvalid, SourceNotFound
+from quantledger.gguf.format import (
+    ARRAY,
+    BOOL,
+    DEFAULT_ALIGNMENT,
+    DTYPES,
+    GGUF_MAGIC,
+    HEADER_BYTES,
+    SCALARS,
+    STRING,
+    SUPPORTED_VERSIONS,
+    UINT32,
+    cut_at_nul,
+    pad,
+)
+from quantledger.gguf.types import ggml_types
 
-GGUF_MAGIC = b"GGUF"
-SUPPORTED_VERSIONS = (2, 3)
-DEFAULT_ALIGNMENT = 32
+__all__ = [
+    "DEFAULT_ALIGNMENT",
+    "GGUF_MAGIC",
+    "SUPPORTED_VERSIONS",
+    "GgufHeader",
+    "TensorInfo",
+    "is_gguf_file",
+    "read_gguf_header",
+    "read_gguf_header_from",
+]
 # Bounds on what a header may hold (docs/SECURITY.md, "Bounds on model files"): each is far above what
 # real models use, and far below what would let one file hold a job slot for minutes. Real models carry
 # 20-60 keys; Llama 3's 128k-token and Gemma 3's 262k-token vocabularies (plus ~280k merges) are the
@@ -55,49 +62,10 @@ MAX_ARRAY_ELEMENTS = 1_048_576  # one metadata array: a vocabulary (or merge lis
 MAX_TOTAL_ELEMENTS = 8 * MAX_ARRAY_ELEMENTS  # all metadata array elements of one header together
 MAX_METADATA_BYTES = 128 << 20  # the key/value section; a 262k-token vocabulary takes about 20 MiB
 MAX_ARRAY_DEPTH = 4
-SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
-
-_HEADER_BYTES = 24  # magic, version, tensor count, kv count
 _MIN_KV_BYTES = 8 + 1 + 4 + 1  # non-empty key, value type, one-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8  # non-empty name, n_dims, one dimension, type, offset
 _CHUNK = 1 << 20
 _FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
-
-# GGUF value types (gguf.GGUFValueType): struct format of the scalar ones, numpy dtype for arrays.
-_STRING = 8
-_ARRAY = 9
-_BOOL = 7
-_SCALAR_FORMATS: dict[int, str] = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<B",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-_SCALARS = {vtype: struct.Struct(fmt) for vtype, fmt in _SCALAR_FORMATS.items()}
-_DTYPES = {
-    vtype: np.dtype(name)
-    for vtype, name in {
-        0: "<u1",
-        1: "<i1",
-        2: "<u2",
-        3: "<i2",
-        4: "<u4",
-        5: "<i4",
-        6: "<f4",
-        7: "<u1",
-        10: "<u8",
-        11: "<i8",
-        12: "<f8",
-    }.items()
-}
-_UINT32 = 4
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
@@ -131,6 +99,8 @@ class GgufHeader:
     # Per key, in file order: the key's bytes as llama.cpp copies them (cut at a NUL) and the bytes its
     # value takes when llama.cpp writes it (type tags included). Filled by read_gguf_header.
     kv_layout: tuple[tuple[bytes, int], ...] = field(default=(), repr=False, compare=False)
+    # Per key: its GGUF value type and, for an array, the element type (quantledger.gguf.format).
+    value_types: Mapping[str, tuple[int, int | None]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def architecture(self) -> str | None:
@@ -153,39 +123,6 @@ class GgufHeader:
     def is_quantized(self) -> bool:
         """True when a tensor of two or more dimensions is stored in a type other than F32/F16/BF16."""
         return any(len(t.shape) >= 2 and t.type_name not in _FLOAT_TYPES for t in self.tensors)
-
-
-@functools.cache
-def _type_table() -> dict[int, tuple[str, int, int]]:
-    """ggml type id -> (name, block elements, block bytes).
-
-    gguf-py's table, overridden and extended by the installed libggml's when llama.cpp loads: gguf-py
-    lags behind llama.cpp (it lacks newer types and has another Q8_1 block size).
-    """
-    import gguf
-
-    table: dict[int, tuple[str, int, int]] = {}
-    for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
-        table[int(qtype)] = (qtype.name, int(block), int(size))
-    try:
-        from quantledger.ggml_types import ggml_types
-
-        live = ggml_types()
-    except (ImportError, OSError, AttributeError):
-        return table
-    for type_id, kind in live.items():
-        table[type_id] = (kind.name, kind.block_size, kind.block_bytes)
-    return table
-
-
-def _pad(n: int, alignment: int) -> int:
-    return (n + alignment - 1) // alignment * alignment
-
-
-def _cut_at_nul(raw: bytes) -> int:
-    """Length llama.cpp keeps of a string it copies through a C string."""
-    nul = raw.find(b"\0")
-    return len(raw) if nul < 0 else nul
 
 
 class _Cursor:
@@ -290,7 +227,7 @@ class _Cursor:
                 append(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 append(raw.decode("utf-8", "replace"))
-            written += 8 + _cut_at_nul(raw)
+            written += 8 + cut_at_nul(raw)
         return values, written
 
 
@@ -299,17 +236,18 @@ class _Parser:
         self.cur = cursor
         self.fail = fail
         self.elements_left = MAX_TOTAL_ELEMENTS
+        self.element_type: int | None = None  # element type of the last outermost array read
 
     def value(self, vtype: int, key: str, depth: int) -> tuple[object, int]:
         """One value of type ``vtype`` and the bytes it takes when written (without its own type tag)."""
-        scalar = _SCALARS.get(vtype)
+        scalar = SCALARS.get(vtype)
         if scalar is not None:
             raw = self.cur.unpack(scalar, f"value of {key!r}")
-            return (bool(raw) if vtype == _BOOL else raw), scalar.size
-        if vtype == _STRING:
+            return (bool(raw) if vtype == BOOL else raw), scalar.size
+        if vtype == STRING:
             data = self.cur.raw_string(f"value of {key!r}", MAX_STRING_BYTES)
-            return _decode_lenient(data), 8 + _cut_at_nul(data)
-        if vtype == _ARRAY:
+            return _decode_lenient(data), 8 + cut_at_nul(data)
+        if vtype == ARRAY:
             return self.array(key, depth + 1)
         raise self.fail(f"key {key!r} has unknown value type {vtype}")
 
@@ -317,13 +255,15 @@ class _Parser:
         if depth > MAX_ARRAY_DEPTH:
             raise self.fail(f"key {key!r}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels")
         etype = self.cur.i32(f"element type of {key!r}")
+        if depth == 1:
+            self.element_type = etype
         count = self.cur.u64(f"element count of {key!r}")
-        scalar = _SCALARS.get(etype)
+        scalar = SCALARS.get(etype)
         if scalar is not None:
             min_size = scalar.size
-        elif etype == _STRING:
+        elif etype == STRING:
             min_size = 8
-        elif etype == _ARRAY:
+        elif etype == ARRAY:
             min_size = 12
         else:
             raise self.fail(f"key {key!r} is an array of unknown value type {etype}")
@@ -341,10 +281,10 @@ class _Parser:
         self.elements_left -= count
         written = 4 + 8
         if scalar is not None:
-            data = np.frombuffer(self.cur.take(count * scalar.size, f"array {key!r}"), dtype=_DTYPES[etype])
-            values: list[object] = (data != 0).tolist() if etype == _BOOL else data.tolist()
+            data = np.frombuffer(self.cur.take(count * scalar.size, f"array {key!r}"), dtype=DTYPES[etype])
+            values: list[object] = (data != 0).tolist() if etype == BOOL else data.tolist()
             return values, written + count * scalar.size
-        if etype == _STRING:
+        if etype == STRING:
             strings, size = self.cur.string_array(count, f"array {key!r}")
             return list(strings), written + size
         nested: list[object] = []
@@ -377,41 +317,59 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GgufHeader:
     Raises SourceNotFound when the file does not exist and SourceInvalid for anything malformed.
     """
     text_path = os.fspath(path)
-    display = os.path.basename(text_path) or text_path
-
-    def fail(message: str) -> SourceInvalid:
-        return SourceInvalid(f"{display}: {message}", path=text_path)
-
     try:
         stream = open(text_path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError as exc:
+        display = os.path.basename(text_path) or text_path
         raise SourceNotFound(f"{display} does not exist", path=text_path) from exc
     except (OSError, ValueError) as exc:
-        raise fail(f"cannot open: {getattr(exc, 'strerror', None) or exc}") from exc
+        raise _failure(text_path)(f"cannot open: {getattr(exc, 'strerror', None) or exc}") from exc
     with stream:
-        try:
-            file_size = os.fstat(stream.fileno()).st_size
-            return _parse(stream, text_path, file_size, fail)
-        except SourceInvalid:
-            raise
-        except OSError as exc:
-            raise fail(f"cannot read: {exc.strerror or exc}") from exc
-        except (struct.error, ValueError, OverflowError, MemoryError, IndexError, TypeError) as exc:
-            raise fail(f"malformed header ({type(exc).__name__}: {exc})") from exc
+        return read_gguf_header_from(stream, text_path)
+
+
+def read_gguf_header_from(stream: BinaryIO, path: str) -> GgufHeader:
+    """Parse and validate the header of the GGUF file open as ``stream`` (read from its start).
+
+    ``path`` names the file in the header and in error messages. Raises SourceInvalid for anything
+    malformed; the stream is left open.
+    """
+    fail = _failure(path)
+    try:
+        stream.seek(0)
+        file_size = os.fstat(stream.fileno()).st_size
+        return _parse(stream, path, file_size, fail)
+    except SourceInvalid:
+        raise
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror or exc}") from exc
+    except (struct.error, ValueError, OverflowError, MemoryError, IndexError, TypeError) as exc:
+        raise fail(f"malformed header ({type(exc).__name__}: {exc})") from exc
+
+
+def _failure(path: str) -> Callable[[str], SourceInvalid]:
+    display = os.path.basename(path) or path
+
+    def fail(message: str) -> SourceInvalid:
+        return SourceInvalid(f"{display}: {message}", path=path)
+
+    return fail
 
 
 def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], SourceInvalid]) -> GgufHeader:
     cur = _Cursor(stream, file_size, fail)
     if file_size < 4 or cur.take(4, "magic") != GGUF_MAGIC:
         raise fail("not a GGUF file (wrong magic)")
-    if file_size < _HEADER_BYTES:
-        raise fail(f"truncated: {file_size} bytes, shorter than the {_HEADER_BYTES}-byte GGUF header")
+    if file_size < HEADER_BYTES:
+        raise fail(f"truncated: {file_size} bytes, shorter than the {HEADER_BYTES}-byte GGUF header")
     version = cur.u32("version")
     if version not in SUPPORTED_VERSIONS:
-        hint = " (big-endian file?)" if version & 0xFFFF == 0 else ""
+        hint = " (byte-swapped: a big-endian file?)" if version & 0xFFFF == 0 else ""
         raise fail(f"unsupported GGUF version {version}{hint}; versions 2 and 3 are supported")
-    n_tensors = cur.u64("tensor count")
-    n_kv = cur.u64("key/value count")
+    n_tensors = cur.i64("tensor count")  # signed, as llama.cpp reads them
+    n_kv = cur.i64("key/value count")
+    if n_tensors < 0 or n_kv < 0:
+        raise fail(f"tensor count {n_tensors} or key/value count {n_kv} is negative")
     needed = n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES
     if needed > cur.remaining:
         raise fail(f"tensor count {n_tensors} and key/value count {n_kv} cannot fit in the {cur.remaining} bytes left")
@@ -425,6 +383,7 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
     cur.limit_message = f"the metadata takes more than {MAX_METADATA_BYTES} bytes (MAX_METADATA_BYTES)"
     metadata: dict[str, object] = {}
     layout: list[tuple[bytes, int]] = []
+    value_types: dict[str, tuple[int, int | None]] = {}
     for index in range(n_kv):
         raw_key = cur.raw_string(f"key {index}", MAX_KEY_BYTES)
         if not raw_key:
@@ -436,11 +395,13 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
         if key in metadata:
             raise fail(f"duplicate key {key!r}")
         vtype = cur.i32(f"value type of {key!r}")
-        if key == "general.alignment" and vtype != _UINT32:
+        if key == "general.alignment" and vtype != UINT32:
             raise fail("general.alignment must be a u32")
+        parser.element_type = None
         value, size = parser.value(vtype, key, 0)
         metadata[key] = value
-        layout.append((raw_key[: _cut_at_nul(raw_key)], 4 + size))
+        value_types[key] = (vtype, parser.element_type)
+        layout.append((raw_key[: cut_at_nul(raw_key)], 4 + size))
         if cur.offset > MAX_METADATA_BYTES:
             raise fail(f"key {key!r}: {cur.limit_message}")
     cur.limit = file_size
@@ -453,7 +414,7 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
             raise fail(f"general.alignment {declared} is not a power of two")
         alignment = declared
 
-    table = _type_table()
+    table = ggml_types()
     names: set[str] = set()
     pending: list[tuple[str, tuple[int, ...], int, str, int, int, int]] = []
     for index in range(n_tensors):
@@ -484,7 +445,7 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
         kind = table.get(type_id)
         if kind is None:
             raise fail(f"tensor {name!r} has unknown ggml type {type_id}")
-        type_name, block, block_bytes = kind
+        type_name, block, block_bytes = kind.name, kind.block_size, kind.block_bytes
         if shape[0] % block:
             raise fail(
                 f"tensor {name!r}: row length {shape[0]} is not a multiple of the {type_name} block size {block}"
@@ -493,7 +454,7 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
         n_bytes = n_elements // block * block_bytes
         pending.append((name, shape, type_id, type_name, relative, n_elements, n_bytes))
 
-    data_offset = _pad(cur.offset, alignment) if pending else cur.offset
+    data_offset = pad(cur.offset, alignment) if pending else cur.offset
     if pending and data_offset > file_size:
         raise fail(f"truncated: the data section starts at byte {data_offset}, file has {file_size}")
     tensors: list[TensorInfo] = []
@@ -518,68 +479,5 @@ def _parse(stream: BinaryIO, path: str, file_size: int, fail: Callable[[str], So
         tensors=tuple(tensors),
         data_offset=data_offset,
         kv_layout=tuple(layout),
+        value_types=value_types,
     )
-
-
-def _n_dims_written(shape: tuple[int, ...]) -> int:
-    """Dimensions llama.cpp writes for a tensor: trailing dimensions of size 1 are dropped."""
-    n = len(shape)
-    while n > 1 and shape[n - 1] == 1:
-        n -= 1
-    return n
-
-
-def predict_quantized_file_size(
-    header: GgufHeader,
-    new_types: Mapping[str, int],
-    set_values: Mapping[str, int | str],
-    extra_kv: Mapping[str, int] | None = None,
-) -> int:
-    """The exact size of the file ``llama_model_quantize`` writes for this source.
-
-    ``new_types`` gives the ggml type of each tensor in the output (tensors not named keep their type);
-    ``set_values`` the keys llama.cpp sets: ints are written as u32 (``general.quantization_version``,
-    ``general.file_type``, integer kv_overrides), strings as strings (string kv_overrides).
-    ``extra_kv`` adds keys set after the split keys are dropped, as key -> bytes of the typed value
-    (type tag included): the split keys of a keep_split output shard.
-    Raises InvalidArgument for an unknown type or one whose block size does not divide a row.
-    """
-    if header.metadata and not header.kv_layout:
-        raise InvalidArgument("the header carries no key layout: read it with read_gguf_header")
-    keys: dict[bytes, int] = {}
-    for raw_key, value_bytes in header.kv_layout:
-        keys.pop(raw_key, None)  # llama.cpp's gguf_set_* removes an existing key and appends
-        keys[raw_key] = value_bytes
-    for key, value in set_values.items():
-        raw_key = key.encode("utf-8")
-        raw_key = raw_key[: _cut_at_nul(raw_key)]
-        keys.pop(raw_key, None)
-        if isinstance(value, str):
-            raw_value = value.encode("utf-8")
-            keys[raw_key] = 4 + 8 + _cut_at_nul(raw_value)  # type tag, length, bytes up to a NUL
-        else:
-            keys[raw_key] = 4 + 4  # type tag, u32
-    for key in SPLIT_KEYS:
-        keys.pop(key.encode(), None)
-    for key, value_bytes in (extra_kv or {}).items():
-        keys.pop(key.encode(), None)
-        keys[key.encode()] = value_bytes
-    meta = _HEADER_BYTES + sum(8 + len(raw_key) + value_bytes for raw_key, value_bytes in keys.items())
-
-    table = _type_table()
-    data = 0
-    for tensor in header.tensors:
-        name_bytes = tensor.name.encode("utf-8")
-        meta += 8 + _cut_at_nul(name_bytes) + 4 + 8 * _n_dims_written(tensor.shape) + 4 + 8
-        type_id = new_types.get(tensor.name, tensor.ggml_type)
-        kind = table.get(type_id)
-        if kind is None:
-            raise InvalidArgument(f"unknown ggml type {type_id} for tensor {tensor.name}")
-        type_name, block, block_bytes = kind
-        if tensor.shape[0] % block:
-            raise InvalidArgument(
-                f"tensor {tensor.name}: row length {tensor.shape[0]} is not a multiple of the "
-                f"{type_name} block size {block}"
-            )
-        data += _pad(tensor.n_elements // block * block_bytes, DEFAULT_ALIGNMENT)
-    return _pad(meta, DEFAULT_ALIGNMENT) + data

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from quantledger.client_files import allowed_path, folder_file, folder_has, folder_names, open_client_file, reopen_path
 from quantledger.errors import SourceInvalid, SourceNotFound, quote_client
-from quantledger.gguf_header import GgufHeader, read_gguf_header
+from quantledger.gguf.reader import GgufHeader, read_gguf_header
 from quantledger.jobs.model import SourceInfo
 
 _FIRST_SPLIT = re.compile(r"-00001-of-\d{5}\.gguf$")

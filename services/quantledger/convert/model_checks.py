@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantledger.errors import SourceInvalid
-from quantledger.gguf_header import GgufHeader
+from quantledger.gguf.reader import GgufHeader
 
 MAX_VOCAB_SIZE = 1_000_000  # tokens; Gemma 3 has 262k, Llama 3 128k
 MAX_HIDDEN_SIZE = 1 << 17  # embedding width; the largest models use 16k-25k

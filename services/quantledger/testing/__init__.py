@@ -1,0 +1,1 @@
+"""Model files made up for tests, the demo and the catalogue probe (``synthetic_model``)."""
