@@ -50,8 +50,9 @@ def main() -> int:
     try:
         hidden = 2048
         layers = max(1, round(args.size_gb * 1e9 / (2 * (4 * hidden * hidden + 3 * hidden * 5632))))
-        folder = write_causal_folder(work / "model", "LlamaForCausalLM", hidden=hidden, ffn=5632, layers=layers,
-                                     heads=16, kv_heads=16, shards=4)  # fmt: skip
+        folder = write_causal_folder(
+            work / "model", "LlamaForCausalLM", hidden=hidden, ffn=5632, layers=layers, heads=16, kv_heads=16, shards=4
+        )
         weights = sorted(folder.glob("*.safetensors"))
         size = sum(p.stat().st_size for p in weights)
         print(f"model: {size / 1e9:.2f} GB of F16 safetensors in {len(weights)} shards, {layers} layers")
@@ -92,10 +93,14 @@ def main() -> int:
             )
         ratio = statistics.median(cp / convert for convert, cp, _ in runs)
         peak = max(p for _, _, p in runs)
-        print(f"with both made durable (fsync after convert and after cp), median ratio: "
-              f"{1 / statistics.median(durable):.2f}")  # fmt: skip
-        print(f"speed ratio convert/cp, median of {len(runs)}: {ratio:.2f}  (target >= 0.70)  "
-              f"{'OK' if ratio >= 0.7 else 'UNDER'}")  # fmt: skip
+        print(
+            f"with both made durable (fsync after convert and after cp), median ratio: "
+            f"{1 / statistics.median(durable):.2f}"
+        )
+        print(
+            f"speed ratio convert/cp, median of {len(runs)}: {ratio:.2f}  (target >= 0.70)  "
+            f"{'OK' if ratio >= 0.7 else 'UNDER'}"
+        )
         print(f"peak RSS: {peak / 1e6:.0f} MB  (target <= 500 MB)  {'OK' if peak <= 500e6 else 'OVER'}")
         python = fallback_python()
         if python is None:
@@ -105,8 +110,10 @@ def main() -> int:
             write_metadata_file(metadata, {"general.name": "bench"})
             theirs, their_peak = timed(convert_command(python, folder, work / "theirs.gguf", "F16", metadata))
             ours = statistics.median(convert for convert, _, _ in runs)
-            print(f"llama.cpp's converter ({fallback_version(python)}): {theirs:6.2f} s, peak RSS "
-                  f"{their_peak / 1e6:.0f} MB; quantledger is {theirs / ours:.1f}x as fast")  # fmt: skip
+            print(
+                f"llama.cpp's converter ({fallback_version(python)}): {theirs:6.2f} s, peak RSS "
+                f"{their_peak / 1e6:.0f} MB; quantledger is {theirs / ours:.1f}x as fast"
+            )
         return 0
     finally:
         if not args.keep:

@@ -119,8 +119,10 @@ def main() -> int:
         seconds = statistics.median(f[0] for f in figures)
         what = "drops every connection" if drop else "nothing listens"
         connections = max(f[1] for f in figures) if drop else 0
-        print(f"chain that {what}: RegistryUnavailable after {seconds:.3f} s (ratio to the 5 s target "
-              f"{seconds / 5:.3f}), connections per attempt {connections}")  # fmt: skip
+        print(
+            f"chain that {what}: RegistryUnavailable after {seconds:.3f} s (ratio to the 5 s target "
+            f"{seconds / 5:.3f}), connections per attempt {connections}"
+        )
     return 0
 
 

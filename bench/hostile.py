@@ -146,13 +146,36 @@ def cases(
         return post
 
     return [
-        Case("deep page token (jobs)", lambda: stub.ListQuantizeJobs(pb.ListQuantizeJobsRequest(page_token=deep_token), timeout=deadline), invalid),
-        Case("deep page token (types)", lambda: stub.ListQuantTypes(pb.ListQuantTypesRequest(page_token=deep_token), timeout=deadline), invalid),
-        Case("deep page token (records)", lambda: registry.ListRecords(registry_pb.ListRecordsRequest(parent="files/" + "ab" * 32, page_token=deep_token), timeout=deadline), invalid),
-        Case("forged JSON page token", lambda: stub.ListQuantizeJobs(pb.ListQuantizeJobsRequest(page_token=base64.urlsafe_b64encode(b'{"before": 9}').decode()), timeout=deadline), invalid),
+        Case(
+            "deep page token (jobs)",
+            lambda: stub.ListQuantizeJobs(pb.ListQuantizeJobsRequest(page_token=deep_token), timeout=deadline),
+            invalid,
+        ),
+        Case(
+            "deep page token (types)",
+            lambda: stub.ListQuantTypes(pb.ListQuantTypesRequest(page_token=deep_token), timeout=deadline),
+            invalid,
+        ),
+        Case(
+            "deep page token (records)",
+            lambda: registry.ListRecords(
+                registry_pb.ListRecordsRequest(parent="files/" + "ab" * 32, page_token=deep_token), timeout=deadline
+            ),
+            invalid,
+        ),
+        Case(
+            "forged JSON page token",
+            lambda: stub.ListQuantizeJobs(
+                pb.ListQuantizeJobsRequest(page_token=base64.urlsafe_b64encode(b'{"before": 9}').decode()),
+                timeout=deadline,
+            ),
+            invalid,
+        ),
         Case("deep config.json", create(str(files["deep-config"])), source_invalid),
         Case("deep safetensors header", create(str(files["deep-safetensors"])), source_invalid),
-        Case("symlinked weights out of the roots", create(str(files["symlinked-weights"])), not_allowed | source_invalid),
+        Case(
+            "symlinked weights out of the roots", create(str(files["symlinked-weights"])), not_allowed | source_invalid
+        ),
         Case("weight index escaping the folder", create(str(files["index-escape"])), not_allowed | source_invalid),
         Case("FIFO source", create(str(files["fifo"])), source_invalid),
         Case("truncated GGUF", create(str(files["truncated"])), source_invalid),
@@ -163,14 +186,40 @@ def cases(
         Case("3 MB path", create(str(files["good"].parent) + "/a" * 1_500_000), invalid),
         Case("100k quant types", create(str(files["good"]), ("Q8_0",) * 100_000), invalid),
         Case("1 MB quant type", create(str(files["good"]), ("Q" * 1_000_000,)), invalid),
-        Case("catastrophic override regex", create(str(files["good"]), tensor_type_overrides=[pb.TensorTypeOverride(pattern="(.|.|.)*ffn_down", type="Q8_0")], output_dir=out, skip_quality=True), invalid | frozenset({"OK", "ALREADY_EXISTS/OUTPUT_EXISTS"})),  # accepted once, then its output exists
+        Case(
+            "catastrophic override regex",
+            create(
+                str(files["good"]),
+                tensor_type_overrides=[pb.TensorTypeOverride(pattern="(.|.|.)*ffn_down", type="Q8_0")],
+                output_dir=out,
+                skip_quality=True,
+            ),
+            invalid | frozenset({"OK", "ALREADY_EXISTS/OUTPUT_EXISTS"}),
+        ),  # accepted once, then its output exists
         Case("NaN quality gate", create(str(files["good"]), max_kl_divergence=float("nan"), output_dir=out), invalid),
         Case("2^31-1 threads", create(str(files["good"]), threads=2**31 - 1, output_dir=out), invalid),
-        Case("output into the data dir", create(str(files["good"]), output_dir=str(files["home"] / "keys")), not_allowed),
-        Case("chain: deep JSON body", chain_post(DEEP.encode(), {"Content-Type": "application/json"}), frozenset({"JSONRPC/-32700", "HTTP/400", "HTTP/413"})),
-        Case("chain: cross-origin POST", chain_post(b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}', {"Content-Type": "application/json", "Origin": "https://evil.example"}), frozenset({"HTTP/403"})),
-        Case("chain: 100 MB Content-Length", chain_post(b"{}", {"Content-Type": "application/json", "Content-Length": str(100 << 20)}), frozenset({"HTTP/413", "JSONRPC/-32600"})),
-    ]  # fmt: skip
+        Case(
+            "output into the data dir", create(str(files["good"]), output_dir=str(files["home"] / "keys")), not_allowed
+        ),
+        Case(
+            "chain: deep JSON body",
+            chain_post(DEEP.encode(), {"Content-Type": "application/json"}),
+            frozenset({"JSONRPC/-32700", "HTTP/400", "HTTP/413"}),
+        ),
+        Case(
+            "chain: cross-origin POST",
+            chain_post(
+                b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}',
+                {"Content-Type": "application/json", "Origin": "https://evil.example"},
+            ),
+            frozenset({"HTTP/403"}),
+        ),
+        Case(
+            "chain: 100 MB Content-Length",
+            chain_post(b"{}", {"Content-Type": "application/json", "Content-Length": str(100 << 20)}),
+            frozenset({"HTTP/413", "JSONRPC/-32600"}),
+        ),
+    ]
 
 
 class grpc_like(Exception):
@@ -231,8 +280,11 @@ def main() -> int:
             valid = []
             for i in range(3):  # valid jobs beside the hostile ones
                 (root / f"valid-{i}").mkdir()
-                job = pb.QuantizeJob(source=str(files["good"]), quant_types=["Q8_0"],
-                                     options=pb.QuantizeOptions(skip_quality=True, output_dir=str(root / f"valid-{i}")))  # fmt: skip
+                job = pb.QuantizeJob(
+                    source=str(files["good"]),
+                    quant_types=["Q8_0"],
+                    options=pb.QuantizeOptions(skip_quality=True, output_dir=str(root / f"valid-{i}")),
+                )
                 valid.append(stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job, request_id=f"valid-{i}")).name)
             answers: Counter[str] = Counter()
             wrong: list[str] = []

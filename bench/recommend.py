@@ -44,20 +44,26 @@ def questions(count: int, gguf: pathlib.Path, unique: bool = False) -> list[byte
         pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=8_030_000_000, family="llama")),
         pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=70_554_000_000, family="llama")),
         pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=14_770_000_000, family="qwen2")),
-        pb.ModelSpec(hyperparameters=pb.ModelSpec.Hyperparameters(n_layer=32, n_embd=4096, n_ff=14336, n_head=32,
-                                                                 n_head_kv=8, n_vocab=32000, context_length=32768)),
+        pb.ModelSpec(
+            hyperparameters=pb.ModelSpec.Hyperparameters(
+                n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_vocab=32000, context_length=32768
+            )
+        ),
         pb.ModelSpec(gguf_path=str(gguf)),
-    ]  # fmt: skip
+    ]
     hardware = [
         pb.Hardware(tier="laptop"),
         pb.Hardware(tier="laptop", ram_bytes=8 * GIB),
         pb.Hardware(tier="workstation"),
         pb.Hardware(ram_bytes=32 * GIB, devices=[pb.Device(kind=pb.Device.KIND_CUDA, memory_bytes=8 * GIB)]),
         pb.Hardware(ram_bytes=32 * GIB, devices=[pb.Device(kind=pb.Device.KIND_CUDA, memory_bytes=16 * GIB)]),
-        pb.Hardware(ram_bytes=64 * GIB, unified_memory=True,
-                    devices=[pb.Device(kind=pb.Device.KIND_METAL, memory_bytes=48 * GIB)]),
+        pb.Hardware(
+            ram_bytes=64 * GIB,
+            unified_memory=True,
+            devices=[pb.Device(kind=pb.Device.KIND_METAL, memory_bytes=48 * GIB)],
+        ),
         pb.Hardware(tier="server"),
-    ]  # fmt: skip
+    ]
     contexts = [2048, 8192, 32768, 131072]
     preferences = [pb.PREFERENCE_BALANCED, pb.PREFERENCE_QUALITY, pb.PREFERENCE_SPEED, pb.PREFERENCE_SIZE]
     out = []

@@ -39,8 +39,10 @@ from registry_client.errors import RegistryUnavailable  # noqa: E402
 from registry_client.records import Registration  # noqa: E402
 
 ANVIL = REPO / "tests" / "node" / "node_modules" / ".bin" / "anvil"
-ANVIL_KEYS = ["0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
-              "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"]  # fmt: skip
+ANVIL_KEYS = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+]
 
 
 def digest(text: str) -> str:
@@ -103,8 +105,11 @@ def throughput(url: str, key: str, count: int, lookups: int) -> dict[str, float]
         client.verify(digest(f"tp {i % count}"), client.attester)
         latencies.append(time.perf_counter() - begun)
     latencies.sort()
-    return {"registrations/s": rate, "verify p50 ms": 1000 * statistics.median(latencies),
-            "verify p99 ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]}  # fmt: skip
+    return {
+        "registrations/s": rate,
+        "verify p50 ms": 1000 * statistics.median(latencies),
+        "verify p99 ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+    }
 
 
 def restart(count: int) -> dict[str, float]:
@@ -130,8 +135,14 @@ def restart(count: int) -> dict[str, float]:
         snapshot_mb = (pathlib.Path(directory) / "state.snapshot").stat().st_size / 1e6
         chain.send_signal(signal.SIGTERM)
         chain.wait()
-    return {"registrations": count, "blocks": blocks, "registrations/s while filling": count / seconds_to_fill,
-            "ready after kill -9 (s)": seconds, "journal MB": journal_mb, "snapshot MB": snapshot_mb}  # fmt: skip
+    return {
+        "registrations": count,
+        "blocks": blocks,
+        "registrations/s while filling": count / seconds_to_fill,
+        "ready after kill -9 (s)": seconds,
+        "journal MB": journal_mb,
+        "snapshot MB": snapshot_mb,
+    }
 
 
 def write_gguf(path: pathlib.Path, size_gb: float) -> None:
@@ -174,10 +185,14 @@ def verify_ratio(url: str, key: str, size_gb: float) -> dict[str, float]:
             begun = time.perf_counter()
             subprocess.run(["openssl", "dgst", "-sha256", str(path)], check=True, capture_output=True)
             openssl.append(time.perf_counter() - begun)
-    return {"file GB": size / 1e9, "verify_file s": statistics.median(ours), "sha256sum s": statistics.median(theirs),
-            "ratio": statistics.median(ours) / statistics.median(theirs),
-            "openssl dgst -sha256 s": statistics.median(openssl),
-            "ratio to openssl": statistics.median(ours) / statistics.median(openssl)}  # fmt: skip
+    return {
+        "file GB": size / 1e9,
+        "verify_file s": statistics.median(ours),
+        "sha256sum s": statistics.median(theirs),
+        "ratio": statistics.median(ours) / statistics.median(theirs),
+        "openssl dgst -sha256 s": statistics.median(openssl),
+        "ratio to openssl": statistics.median(ours) / statistics.median(openssl),
+    }
 
 
 class _Done(Exception):

@@ -168,8 +168,21 @@ class Record:
 
     @classmethod
     def from_abi(cls, value: tuple[Any, ...]) -> Record:
-        (file_digest, attester, source, revision, provenance, quant_type, tool, file_type, flags, original,
-         quantized, attested_at, revoked_at) = value  # fmt: skip
+        (
+            file_digest,
+            attester,
+            source,
+            revision,
+            provenance,
+            quant_type,
+            tool,
+            file_type,
+            flags,
+            original,
+            quantized,
+            attested_at,
+            revoked_at,
+        ) = value
         revision_hex = bytes(revision).hex()
         return cls(
             file_sha256=bytes(file_digest).hex(),

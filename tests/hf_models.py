@@ -48,11 +48,21 @@ def train_sentencepiece(folder: pathlib.Path, vocab_size: int = 400) -> int:
     corpus = folder / "corpus.txt"
     corpus.write_text(default_eval_text())
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, minloglevel=2,
+        input=str(corpus),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,
         # as Llama's own tokenizer.model: no normalization (llama.cpp applies none either)
-        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
-    )  # fmt: skip
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+    )
     corpus.unlink()
     (folder / "tokenizer.vocab").unlink()
     return vocab_size

@@ -36,8 +36,19 @@ def main() -> None:
     path, n_ctx, n_ubatch, flash, kv = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
     swa_full = len(sys.argv) > 6 and sys.argv[6] == "1"
     llama_cpp.llama_log_set(_collect, ctypes.c_void_p(0))
-    model = llama_cpp.Llama(path, n_ctx=n_ctx, n_batch=max(n_ubatch, 512), n_ubatch=n_ubatch, flash_attn=flash,
-                            type_k=KV_TYPES[kv], type_v=KV_TYPES[kv], swa_full=swa_full, use_mmap=False, n_threads=1, verbose=True)  # fmt: skip
+    model = llama_cpp.Llama(
+        path,
+        n_ctx=n_ctx,
+        n_batch=max(n_ubatch, 512),
+        n_ubatch=n_ubatch,
+        flash_attn=flash,
+        type_k=KV_TYPES[kv],
+        type_v=KV_TYPES[kv],
+        swa_full=swa_full,
+        use_mmap=False,
+        n_threads=1,
+        verbose=True,
+    )
     text = "".join(_LINES)
     cells = re.search(r"llama_kv_cache: size =[^(]*\(\s*(\d+) cells", text)
     print(

@@ -115,8 +115,9 @@ def test_malformed_requests_get_typed_errors_and_the_chain_keeps_serving(chain: 
     # 100k nested arrays: a parse error, never a crashed node (json's recursion would overflow the C stack)
     status, _, answer = post(chain.url, b"[" * 100_000)
     assert status == 200 and answer["error"]["code"] == -32700
-    status, _, answer = post(chain.url, b'{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": ' + b"[" * 64
-                             + b"]" * 64 + b"}")  # fmt: skip
+    status, _, answer = post(
+        chain.url, b'{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": ' + b"[" * 64 + b"]" * 64 + b"}"
+    )
     assert answer["error"]["code"] == -32700
     batch = [{"jsonrpc": "2.0", "id": i, "method": "eth_chainId"} for i in range(MAX_BATCH + 1)]
     status, _, answer = post(chain.url, json.dumps(batch).encode())
@@ -128,12 +129,16 @@ def test_malformed_requests_get_typed_errors_and_the_chain_keeps_serving(chain: 
 
 def deploy_runtime(chain: ChainProcess, runtime: bytes, nonce: int) -> str:
     """Deploy ``runtime`` (at most 32 bytes) with a minimal init code; returns the contract address."""
-    init = bytes([0x60 + len(runtime) - 1]) + runtime + bytes([0x60, 0x00, 0x52, 0x60, len(runtime), 0x60,
-                                                               32 - len(runtime), 0xF3])  # fmt: skip
+    init = (
+        bytes([0x60 + len(runtime) - 1])
+        + runtime
+        + bytes([0x60, 0x00, 0x52, 0x60, len(runtime), 0x60, 32 - len(runtime), 0xF3])
+    )
     raw = sign(nonce, data=init, to=None, gas=200_000)
     answer = chain.rpc({"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]})
-    receipt = chain.rpc({"jsonrpc": "2.0", "id": 2, "method": "eth_getTransactionReceipt",
-                         "params": [answer["result"]]})  # type: ignore[index]  # fmt: skip
+    receipt = chain.rpc(
+        {"jsonrpc": "2.0", "id": 2, "method": "eth_getTransactionReceipt", "params": [answer["result"]]}
+    )  # type: ignore[index]
     address = receipt["result"]["contractAddress"]  # type: ignore[index]
     code = chain.rpc({"jsonrpc": "2.0", "id": 3, "method": "eth_getCode", "params": [address, "latest"]})
     assert code["result"] == "0x" + runtime.hex()  # type: ignore[index]
@@ -150,8 +155,14 @@ def sign(nonce: int, *, to: str | None = ADMIN.address, data: bytes = b"", gas: 
 
 def test_calls_get_at_most_the_gas_cap(chain: ChainProcess) -> None:
     gas_left = deploy_runtime(chain, bytes.fromhex("5a60005260206000f3"), 0)  # GAS, MSTORE, RETURN 32 bytes
-    answer = chain.rpc({"jsonrpc": "2.0", "id": 1, "method": "eth_call",
-                        "params": [{"to": gas_left, "gas": hex(120_000_000)}, "latest"]})  # fmt: skip
+    answer = chain.rpc(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "eth_call",
+            "params": [{"to": gas_left, "gas": hex(120_000_000)}, "latest"],
+        }
+    )
     assert int(answer["result"], 16) < DEFAULT_GAS_CAP  # type: ignore[index]
 
 
@@ -199,8 +210,9 @@ def send(chain: ChainProcess, raw: str) -> Any:
 
 
 def nonce_of(chain: ChainProcess) -> int:
-    answer = chain.rpc({"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionCount",
-                        "params": [ADMIN.address, "latest"]})  # fmt: skip
+    answer = chain.rpc(
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionCount", "params": [ADMIN.address, "latest"]}
+    )
     return int(answer["result"], 16)  # type: ignore[index]
 
 

@@ -66,10 +66,23 @@ def up(tmp_path: pathlib.Path, models) -> Iterator[tuple[subprocess.Popen[str], 
     home = tmp_path / "home"
     home.mkdir()
     port, chain_port = free_port(), free_port()
-    env = {**os.environ, "QUANTLEDGER_HOME": str(home), "QUANTLEDGER_REGISTRY_RETRY_SECONDS": "1",
-           "QUANTLEDGER_ALLOWED_ROOTS": os.pathsep.join([str(models.root), str(home)])}  # fmt: skip
-    argv = [sys.executable, "-m", "quantledger.cli.main", "up", "--port", str(port), "--chain-port", str(chain_port),
-            "--json"]  # fmt: skip
+    env = {
+        **os.environ,
+        "QUANTLEDGER_HOME": str(home),
+        "QUANTLEDGER_REGISTRY_RETRY_SECONDS": "1",
+        "QUANTLEDGER_ALLOWED_ROOTS": os.pathsep.join([str(models.root), str(home)]),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "quantledger.cli.main",
+        "up",
+        "--port",
+        str(port),
+        "--chain-port",
+        str(chain_port),
+        "--json",
+    ]
     with open(home / "up.log", "a") as log:
         process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=home)
     assert process.stdout is not None

@@ -257,8 +257,14 @@ def test_recommend_a_missing_bare_file_name_is_source_not_found(tmp_path) -> Non
     env = {"QUANTLEDGER_HOME": str(tmp_path / "home")}
     argv = [QUANTLEDGER or "quantledger"]
     for name in ("missing.gguf", "./missing.gguf", "missing"):
-        done = subprocess.run([*argv, "recommend", name, "--ram", "8G", "--local", "--json"], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, **env}, cwd=tmp_path)  # fmt: skip
+        done = subprocess.run(
+            [*argv, "recommend", name, "--ram", "8G", "--local", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **env},
+            cwd=tmp_path,
+        )
         assert done.returncode == 1, done.stderr
         assert json.loads(done.stdout)["error"]["reason"] == "SOURCE_NOT_FOUND", (name, done.stdout)
 
@@ -267,8 +273,15 @@ def test_a_reader_that_goes_away_stops_the_cli_quietly(server: RunningServer, mo
     from quantledger.v1 import quantize_service_pb2 as pb
 
     (models.root / "pipe").mkdir(exist_ok=True)
-    job = server.stub().CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=pb.QuantizeJob(
-        source=str(models.f16), quant_types=["Q4_0"], options=pb.QuantizeOptions(output_dir=str(models.root / "pipe")))))  # fmt: skip
+    job = server.stub().CreateQuantizeJob(
+        pb.CreateQuantizeJobRequest(
+            job=pb.QuantizeJob(
+                source=str(models.f16),
+                quant_types=["Q4_0"],
+                options=pb.QuantizeOptions(output_dir=str(models.root / "pipe")),
+            )
+        )
+    )
     argv = [QUANTLEDGER or "quantledger", "jobs", "show", job.name, "--server", server.address]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None and process.stderr is not None

@@ -38,8 +38,12 @@ class Compose:
     def __init__(self, tmp_path, models: Models) -> None:  # type: ignore[no-untyped-def]
         self.spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
         self.tmp = tmp_path
-        self.ports = {"8545": str(free_port()), "50051": str(free_port()), "50052": str(free_port()),
-                      "50053": str(free_port())}  # fmt: skip
+        self.ports = {
+            "8545": str(free_port()),
+            "50051": str(free_port()),
+            "50052": str(free_port()),
+            "50053": str(free_port()),
+        }
         self.mounts = {"/data": tmp_path / "data", "/models": models.root, "/chain": tmp_path / "chain"}
         for directory in ("data", "chain"):
             (tmp_path / directory).mkdir()
@@ -49,8 +53,9 @@ class Compose:
         value = value.replace("http://chain:", "http://127.0.0.1:")
         for inside, outside in self.mounts.items():
             parts = value.split(":")  # a path, or a colon-separated list of paths, or anything else
-            value = ":".join(str(outside) + p[len(inside) :] if p == inside or p.startswith(inside + "/") else p
-                             for p in parts)  # fmt: skip
+            value = ":".join(
+                str(outside) + p[len(inside) :] if p == inside or p.startswith(inside + "/") else p for p in parts
+            )
         for inside, outside in self.ports.items():
             value = value.replace(inside, outside)
         return value
@@ -64,8 +69,9 @@ class Compose:
         command = [self.mapped(str(c)) for c in self.spec[name]["command"]]
         with open(self.tmp / f"{name}.log", "wb") as log:
             # its own process group: npx and anvil's npm wrapper exit before the anvil binary they started
-            process = subprocess.Popen(command, env=self.env(name), stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                                       start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                command, env=self.env(name), stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+            )
         self.processes[name] = process
         return process
 
@@ -149,8 +155,11 @@ def test_the_composed_services_quantize_and_register_on_anvil(compose: Compose, 
     assert answer.verdict == rpb.VerifyDigestResponse.VERDICT_VALID
     assert [r.attester for r in answer.valid_records] == [output.registry.attester]
     with grpc.insecure_channel(f"127.0.0.1:{compose.ports['50053']}") as channel:  # the same file, as a model
-        advice = mpb_grpc.RecommendServiceStub(channel).Recommend(mpb.RecommendRequest(
-            model=mpb.ModelSpec(registry_file=output.sha256), hardware=mpb.Hardware(tier="laptop"), max_options=50))  # fmt: skip
+        advice = mpb_grpc.RecommendServiceStub(channel).Recommend(
+            mpb.RecommendRequest(
+                model=mpb.ModelSpec(registry_file=output.sha256), hardware=mpb.Hardware(tier="laptop"), max_options=50
+            )
+        )
     q4_0 = next(o for o in advice.options if o.quant_type == "Q4_0")
     assert advice.exact_sizes and q4_0.quality.source == "measured"
 

@@ -37,8 +37,9 @@ def converter_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     try:
-        done = subprocess.run([python, "-m", "pip", "install", "-q", *CONVERTER], capture_output=True, text=True,
-                              timeout=INSTALL_TIMEOUT)  # fmt: skip
+        done = subprocess.run(
+            [python, "-m", "pip", "install", "-q", *CONVERTER], capture_output=True, text=True, timeout=INSTALL_TIMEOUT
+        )
     except subprocess.TimeoutExpired:
         pytest.skip(f"pip install {' '.join(CONVERTER)} took longer than {INSTALL_TIMEOUT} s")
     if done.returncode != 0:
@@ -89,8 +90,20 @@ def quantize(
     env.pop("QUANTLEDGER_CONVERT_PYTHON", None)
     if python:
         env["QUANTLEDGER_CONVERT_PYTHON"] = python
-    argv = [sys.executable, "-m", "quantledger.cli.main", "quantize", str(folder), "-q", "Q4_K_M",
-            "--out", str(tmp_path / "out"), "--overwrite", "--json", *extra]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "quantledger.cli.main",
+        "quantize",
+        str(folder),
+        "-q",
+        "Q4_K_M",
+        "--out",
+        str(tmp_path / "out"),
+        "--overwrite",
+        "--json",
+        *extra,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -133,10 +146,15 @@ def test_a_lora_needs_the_builtin_converter(tmp_path: pathlib.Path, converter_py
     folder = write_gemma_folder(tmp_path / "gemma-base")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
-                                                             "target_modules": ["q_proj"]}))  # fmt: skip
-    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 256), np.float16),
-               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((256, 4), np.float16)},
-              str(adapter / "adapter_model.safetensors"))  # fmt: skip
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
+    )
+    save_file(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 256), np.float16),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((256, 4), np.float16),
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
     refused = quantize(folder, tmp_path, "--lora", str(adapter), python=converter_python)
     assert refused.returncode == 1 and "LORA_INVALID" in refused.stderr and "built-in converter" in refused.stderr

@@ -34,15 +34,27 @@ def registration(i: int) -> Registration:
 
 class ChainProcess:
     def __init__(self, directory: pathlib.Path, port: int) -> None:
-        argv = [sys.executable, "-m", "registry_client.chain", "--data-dir", str(directory), "--port", str(port),
-                "--fund", ADMIN.address]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "registry_client.chain",
+            "--data-dir",
+            str(directory),
+            "--port",
+            str(port),
+            "--fund",
+            ADMIN.address,
+        ]
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.process.stdout is not None
         self.url = json.loads(self.process.stdout.readline())["url"]
 
     def rpc(self, body: object) -> object:
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode() if not isinstance(body, bytes)
-                                         else body, headers={"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps(body).encode() if not isinstance(body, bytes) else body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
@@ -228,8 +240,17 @@ def test_a_failure_of_the_node_itself_is_an_internal_error_that_leaks_nothing(tm
     chain = EmbeddedChain.open(tmp_path, [ADMIN.address])
     try:
         dispatcher = RpcDispatcher(chain)
-        signed = ADMIN.sign_transaction({"to": ADMIN.address, "value": 1, "gas": 21000, "maxFeePerGas": 10**10,
-                                         "maxPriorityFeePerGas": 1, "nonce": 0, "chainId": dispatcher._chain_id()})  # fmt: skip
+        signed = ADMIN.sign_transaction(
+            {
+                "to": ADMIN.address,
+                "value": 1,
+                "gas": 21000,
+                "maxFeePerGas": 10**10,
+                "maxPriorityFeePerGas": 1,
+                "nonce": 0,
+                "chainId": dispatcher._chain_id(),
+            }
+        )
 
         def broken(raw: str) -> str:
             raise RuntimeError("/var/lib/secret/journal.jsonl: internal state")
@@ -239,7 +260,9 @@ def test_a_failure_of_the_node_itself_is_an_internal_error_that_leaks_nothing(tm
                    "params": [signed.raw_transaction.to_0x_hex()]}  # fmt: skip
         # a well-formed transaction the node failed on: no "not a signed transaction", no internals
         assert dispatcher.handle(request) == {
-            "jsonrpc": "2.0", "id": 7, "error": {"code": -32603, "message": "internal error"}
-        }  # fmt: skip
+            "jsonrpc": "2.0",
+            "id": 7,
+            "error": {"code": -32603, "message": "internal error"},
+        }
     finally:
         chain.close()

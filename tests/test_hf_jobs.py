@@ -185,8 +185,15 @@ def fetching(hf_server: RunningServer) -> Iterator[tuple[str, pb.QuantizeJob]]:
     The source holds a valid 4 GB extra safetensors file, sparse (written in no time, seconds to hash).
     """
     folder = write_causal_folder(hf_server.home.parent / "big-source", "LlamaForCausalLM")
-    header = json.dumps({"model.layers.0.self_attn.rotary_emb.inv_freq": {
-        "dtype": "F16", "shape": [2 << 30], "data_offsets": [0, 4 << 30]}}).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "model.layers.0.self_attn.rotary_emb.inv_freq": {
+                "dtype": "F16",
+                "shape": [2 << 30],
+                "data_offsets": [0, 4 << 30],
+            }
+        }
+    ).encode()
     with open(folder / "consolidated.safetensors", "wb") as handle:
         handle.write(len(header).to_bytes(8, "little") + header)
         handle.truncate(8 + len(header) + (4 << 30))

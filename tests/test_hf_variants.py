@@ -25,8 +25,9 @@ def mistral_folder(tmp_path: pathlib.Path) -> pathlib.Path:
     """A Mistral-style checkpoint: Llama weights and SentencePiece, MistralForCausalLM in config.json."""
     folder = write_causal_folder(tmp_path / "mistral", "LlamaForCausalLM")
     config = json.loads((folder / "config.json").read_text())
-    config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=None,
-                  bos_token_id=1, eos_token_id=2)  # fmt: skip
+    config.update(
+        architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=None, bos_token_id=1, eos_token_id=2
+    )
     (folder / "config.json").write_text(json.dumps(config))
     tokenizer_config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
                         "add_eos_token": False, "chat_template": CHAT_TEMPLATE}  # fmt: skip
@@ -81,8 +82,19 @@ def test_a_job_evaluates_on_the_users_own_text(tmp_path: pathlib.Path) -> None:
     def run(*extra: str) -> dict:  # each run writes its own directory: an earlier output is never overwritten
         target = out / f"run-{len(list(out.glob('run-*'))) if out.exists() else 0}"
         target.mkdir(parents=True)
-        argv = [sys.executable, "-m", "quantledger.cli.main", "quantize", str(folder), "-q", "Q4_0", "--out", str(target),
-                "--json", *extra]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "quantledger.cli.main",
+            "quantize",
+            str(folder),
+            "-q",
+            "Q4_0",
+            "--out",
+            str(target),
+            "--json",
+            *extra,
+        ]
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)["outputs"][0]["quality"]
@@ -95,7 +107,19 @@ def test_a_job_evaluates_on_the_users_own_text(tmp_path: pathlib.Path) -> None:
     assert own["perplexity_reference"] != default["perplexity_reference"]  # measured on another text
     too_short = tmp_path / "short.txt"
     too_short.write_text("too short")
-    argv = [sys.executable, "-m", "quantledger.cli.main", "quantize", str(folder), "-q", "Q4_0", "--out", str(out),
-            "--overwrite", "--eval-text", str(too_short)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "quantledger.cli.main",
+        "quantize",
+        str(folder),
+        "-q",
+        "Q4_0",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--eval-text",
+        str(too_short),
+    ]
     failed = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert failed.returncode == 1 and "INVALID_ARGUMENT" in failed.stderr and "tokens" in failed.stderr

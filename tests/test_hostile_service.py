@@ -204,9 +204,14 @@ def test_a_full_data_disk_strands_no_job(tmp_path: pathlib.Path, models: Models)
             with health_probe(server.address) as probe:
                 code, reason, _ = refused(
                     stub.CreateQuantizeJob,
-                    pb.CreateQuantizeJobRequest(job=pb.QuantizeJob(source=str(models.f16), quant_types=["Q8_0"],
-                                                options=pb.QuantizeOptions(output_dir=str(tmp_path / "o2")))),
-                )  # fmt: skip
+                    pb.CreateQuantizeJobRequest(
+                        job=pb.QuantizeJob(
+                            source=str(models.f16),
+                            quant_types=["Q8_0"],
+                            options=pb.QuantizeOptions(output_dir=str(tmp_path / "o2")),
+                        )
+                    ),
+                )
             probe.assert_answered()
             assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "INSUFFICIENT_DISK")
             ballast.unlink()  # space again: the server writes the job's end without a restart
@@ -250,7 +255,16 @@ def test_cancel_during_registration_keeps_what_was_registered(up: Up, models: Mo
 
 
 def test_cancel_during_conversion_leaves_nothing_in_the_conversion_cache(tmp_path: pathlib.Path) -> None:
-    folder = write_causal_folder(tmp_path / "models" / "llama-convert", "LlamaForCausalLM", dtype="F16", hidden=1024, ffn=2816, layers=4, heads=8, kv_heads=4)  # fmt: skip
+    folder = write_causal_folder(
+        tmp_path / "models" / "llama-convert",
+        "LlamaForCausalLM",
+        dtype="F16",
+        hidden=1024,
+        ffn=2816,
+        layers=4,
+        heads=8,
+        kv_heads=4,
+    )
     server = start_server(tmp_path / "home", [tmp_path])
     try:
         stub = server.stub()

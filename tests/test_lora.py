@@ -222,9 +222,14 @@ def test_fan_in_fan_out_transposes_the_delta(tmp_path: pathlib.Path) -> None:
 def test_rank_pattern_and_alpha_pattern(tmp_path: pathlib.Path, base: tuple[pathlib.Path, Tensors]) -> None:
     folder, weights = base
     tensors = write_adapter(
-        tmp_path / "adapter", base_header(folder), r=4, alpha=8, ranks={"q_proj": 2},
-        rank_pattern={"q_proj": 2, "proj": 16}, alpha_pattern={"layers.1.self_attn.v_proj": 32, "v_proj": 1},
-    )  # fmt: skip
+        tmp_path / "adapter",
+        base_header(folder),
+        r=4,
+        alpha=8,
+        ranks={"q_proj": 2},
+        rank_pattern={"q_proj": 2, "proj": 16},
+        alpha_pattern={"layers.1.self_attn.v_proj": 32, "v_proj": 1},
+    )
     adapter = load_lora(tmp_path / "adapter")
     # q_proj matches as a dotted suffix; "proj" never matches (no dot boundary); first matching pattern wins
     assert adapter.rank_for("model.layers.0.self_attn.q_proj.weight") == 2
@@ -236,12 +241,18 @@ def test_rank_pattern_and_alpha_pattern(tmp_path: pathlib.Path, base: tuple[path
     merge = merging_transform(adapter)
     for module, scale in [("model.layers.1.self_attn.q_proj", 4.0), ("model.layers.1.self_attn.v_proj", 8.0)]:
         merged = merge(f"{module}.weight", weights[f"{module}.weight"])
-        np.testing.assert_allclose(merged, expected_merge(weights[f"{module}.weight"], *pair(tensors, module), scale),
-                                   rtol=1e-6, atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            merged, expected_merge(weights[f"{module}.weight"], *pair(tensors, module), scale), rtol=1e-6, atol=1e-6
+        )
     write_adapter(
-        tmp_path / "rs", base_header(folder), ranks={"q_proj": 9}, r=4, alpha=6, use_rslora=True,
+        tmp_path / "rs",
+        base_header(folder),
+        ranks={"q_proj": 9},
+        r=4,
+        alpha=6,
+        use_rslora=True,
         rank_pattern={"q_proj": 9},
-    )  # fmt: skip
+    )
     assert load_lora(tmp_path / "rs").scale_for("model.layers.0.self_attn.q_proj.weight") == pytest.approx(6 / 3)
     # a rank_pattern the tensors do not follow is refused
     write_adapter(tmp_path / "wrong-rank", base_header(folder), r=4, rank_pattern={"q_proj": 2})
@@ -469,9 +480,13 @@ def write_minilm_adapter(folder: pathlib.Path, *, wrong_shape: bool = False) -> 
         shapes[f"{MINILM_TARGETS[0]}.weight"] = (out, inp + 8)
     chosen = {f"{m}.weight": shapes[f"{m}.weight"] for m in MINILM_TARGETS}
     return write_adapter(
-        folder, chosen, targets=MINILM_TARGETS, r=4, alpha=8,
+        folder,
+        chosen,
+        targets=MINILM_TARGETS,
+        r=4,
+        alpha=8,
         base_model_name_or_path="sentence-transformers/all-MiniLM-L6-v2",
-    )  # fmt: skip
+    )
 
 
 def test_merged_weights_reach_the_gguf(tmp_path: pathlib.Path) -> None:
@@ -498,9 +513,10 @@ def test_lora_job_merge_and_shape_mismatch_over_grpc(tmp_path: pathlib.Path) -> 
     try:
         stub = server.stub()
         job = pb.QuantizeJob(
-            source=str(MINILM), quant_types=["Q8_0", "Q4_0", "Q4_K_M"],
+            source=str(MINILM),
+            quant_types=["Q8_0", "Q4_0", "Q4_K_M"],
             options=pb.QuantizeOptions(lora_dir=str(tmp_path / "adapter"), output_dir=str(tmp_path / "out")),
-        )  # fmt: skip
+        )
         final = wait_for_job(stub, stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job)).name)
         assert final.state == pb.QuantizeJob.STATE_SUCCEEDED, final.error
         assert [o.quant_type for o in final.outputs] == ["Q8_0", "Q4_0", "Q4_K_M"]

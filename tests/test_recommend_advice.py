@@ -49,8 +49,12 @@ def test_a_7b_model_on_an_8_gb_card_gets_q4_k_m_fully_offloaded(recommender: Rec
 
 def test_a_70b_model_on_a_24_gb_card_gets_an_iq3_type_partly_offloaded(recommender: Recommender) -> None:
     """The workstation tier: 64 GiB of dual-channel RAM (80 GB/s), 16 cores, one 24 GiB card."""
-    answer = ask(recommender, ModelRef(parameter_count=70_600_000_000, family="llama"),
-                 HardwareSpec(tier="workstation"), context_length=8192)  # fmt: skip
+    answer = ask(
+        recommender,
+        ModelRef(parameter_count=70_600_000_000, family="llama"),
+        HardwareSpec(tier="workstation"),
+        context_length=8192,
+    )
     best = answer.options[0]
     assert best.quant_type.startswith("IQ3") and best.fits
     assert 0 < best.gpu_layers < best.total_layers
@@ -60,8 +64,12 @@ def test_a_70b_model_on_a_24_gb_card_gets_an_iq3_type_partly_offloaded(recommend
 
 
 def test_an_8_gb_cpu_only_laptop_gets_a_4_bit_type(recommender: Recommender) -> None:
-    answer = ask(recommender, ModelRef(parameter_count=8_030_000_000, family="llama"),
-                 HardwareSpec(tier="laptop", ram_bytes=8 * GIB), context_length=4096)  # fmt: skip
+    answer = ask(
+        recommender,
+        ModelRef(parameter_count=8_030_000_000, family="llama"),
+        HardwareSpec(tier="laptop", ram_bytes=8 * GIB),
+        context_length=4096,
+    )
     best = answer.options[0]
     assert best.quant_type in FOUR_BIT and best.fits and best.gpu_layers == 0
     assert answer.hardware_summary.startswith("8 GiB RAM")
@@ -71,8 +79,12 @@ def test_an_8_gb_cpu_only_laptop_gets_a_4_bit_type(recommender: Recommender) -> 
     ("params", "family", "ctx"), [(13_016_000_000, "llama", 4096), (14_770_000_000, "qwen2", 8192)]
 )
 def test_a_16_gb_card_gets_a_5_or_6_bit_type(recommender: Recommender, params: int, family: str, ctx: int) -> None:
-    answer = ask(recommender, ModelRef(parameter_count=params, family=family),
-                 HardwareSpec(ram_bytes=32 * GIB, devices=(cuda(16),)), context_length=ctx)  # fmt: skip
+    answer = ask(
+        recommender,
+        ModelRef(parameter_count=params, family=family),
+        HardwareSpec(ram_bytes=32 * GIB, devices=(cuda(16),)),
+        context_length=ctx,
+    )
     assert answer.options[0].quant_type in ("Q5_K_M", "Q6_K")
     assert answer.options[0].gpu_layers == answer.options[0].total_layers
 
@@ -106,8 +118,13 @@ def test_a_model_that_fits_nowhere_gets_an_answer_not_an_error(recommender: Reco
 
 
 def test_a_long_context_that_does_not_fit_is_shortened_and_said_so(recommender: Recommender) -> None:
-    answer = ask(recommender, ModelRef(parameter_count=8_030_000_000, family="llama"),
-                 HardwareSpec(ram_bytes=8 * GIB), context_length=131072, kv_cache_type="f16")  # fmt: skip
+    answer = ask(
+        recommender,
+        ModelRef(parameter_count=8_030_000_000, family="llama"),
+        HardwareSpec(ram_bytes=8 * GIB),
+        context_length=131072,
+        kv_cache_type="f16",
+    )
     best = answer.options[0]
     assert best.fits and best.n_ctx < 131072
     assert any(f"fits only with {best.n_ctx} tokens of context (131072 asked)" in r for r in best.reasons)
@@ -116,8 +133,12 @@ def test_a_long_context_that_does_not_fit_is_shortened_and_said_so(recommender: 
 def test_measured_quality_replaces_the_published_figure() -> None:
     model = ModelRef(parameter_count=8_030_000_000, family="llama")
     measured: dict[tuple[str, int], dict[str, float]] = {}
-    recommender = Recommender([], [(t.name, t.file_type) for t in catalogue()], measured_quality=lambda: dict(measured),
-                              quality_refresh_seconds=0)  # fmt: skip
+    recommender = Recommender(
+        [],
+        [(t.name, t.file_type) for t in catalogue()],
+        measured_quality=lambda: dict(measured),
+        quality_refresh_seconds=0,
+    )
     # an f16 KV cache adds no quality cost of its own, so the option's KL divergence is the measured figure
     query = RecommendQuery(model=model, hardware=HardwareSpec(ram_bytes=64 * GIB), max_options=50, kv_cache_type="f16")
     first = recommender.recommend(query)
@@ -146,17 +167,23 @@ def test_measured_quality_replaces_the_published_figure() -> None:
         (HardwareSpec(ram_bytes=8 * GIB), {"max_options": -1}, "negative"),
     ],
 )
-def test_bad_input_is_invalid_argument_with_a_clear_message(recommender: Recommender, hardware: HardwareSpec,
-                                                             options: dict[str, object], needle: str) -> None:  # fmt: skip
+def test_bad_input_is_invalid_argument_with_a_clear_message(
+    recommender: Recommender, hardware: HardwareSpec, options: dict[str, object], needle: str
+) -> None:
     with pytest.raises(InvalidArgument, match=needle):
         ask(recommender, ModelRef(parameter_count=8_000_000_000), hardware, **options)
 
 
 @pytest.mark.parametrize(
     "model",
-    [ModelRef(), ModelRef(parameter_count=8_000_000_000, gguf_path="x.gguf"), ModelRef(parameter_count=5),
-     ModelRef(parameter_count=8_000_000_000, family="gpt-17"), ModelRef(registry_file="not-a-digest")],
-)  # fmt: skip
+    [
+        ModelRef(),
+        ModelRef(parameter_count=8_000_000_000, gguf_path="x.gguf"),
+        ModelRef(parameter_count=5),
+        ModelRef(parameter_count=8_000_000_000, family="gpt-17"),
+        ModelRef(registry_file="not-a-digest"),
+    ],
+)
 def test_bad_model_references_are_invalid_argument(recommender: Recommender, model: ModelRef) -> None:
     with pytest.raises(InvalidArgument):
         ask(recommender, model, HardwareSpec(ram_bytes=8 * GIB))

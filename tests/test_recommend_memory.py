@@ -97,16 +97,31 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str
 
 
 def allocated(path: pathlib.Path, case: Case) -> dict[str, float]:
-    argv = [sys.executable, str(HERE / "llama_alloc.py"), str(path), str(case.n_ctx), str(case.n_ubatch),
-            "1" if case.flash else "0", case.kv, "1" if case.swa_full else "0"]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(HERE / "llama_alloc.py"),
+        str(path),
+        str(case.n_ctx),
+        str(case.n_ubatch),
+        "1" if case.flash else "0",
+        case.kv,
+        "1" if case.swa_full else "0",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.model}-{c.quant_type}-{c.n_ctx}-ub{c.n_ubatch}-"
-                         f"{'fa' if c.flash else 'nofa'}-{c.kv}{'-swa-full' if c.swa_full else ''}")  # fmt: skip
-def test_predicted_memory_is_what_llama_cpp_allocates(model_files: dict[tuple[str, str], pathlib.Path],
-                                                      case: Case) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    CASES,
+    ids=lambda c: (
+        f"{c.model}-{c.quant_type}-{c.n_ctx}-ub{c.n_ubatch}-"
+        f"{'fa' if c.flash else 'nofa'}-{c.kv}{'-swa-full' if c.swa_full else ''}"
+    ),
+)
+def test_predicted_memory_is_what_llama_cpp_allocates(
+    model_files: dict[tuple[str, str], pathlib.Path], case: Case
+) -> None:
     shape = from_gguf(read_gguf_header(model_files[case.model, "F16"]))  # predicted from the source
     real = allocated(model_files[case.model, case.quant_type], case)
     ctx = ContextSettings(case.n_ctx, case.n_ubatch, case.kv, case.flash, case.swa_full)
@@ -142,8 +157,9 @@ def test_a_recommendation_adds_up_what_llama_cpp_allocates(model_files: dict[tup
     assert abs(ram / llama_total - 1) <= TOLERANCE, (ram, llama_total)
 
 
-def test_offloading_puts_the_output_layer_first_then_the_last_blocks(model_files: dict[tuple[str, str], pathlib.Path],
-                                                                     ) -> None:  # fmt: skip
+def test_offloading_puts_the_output_layer_first_then_the_last_blocks(
+    model_files: dict[tuple[str, str], pathlib.Path],
+) -> None:
     """A GPU with room for the output layer and two blocks gets exactly those (llama.cpp's -ngl order).
 
     The room is sized from outside the recommender: the tensor bytes of the file llama.cpp wrote (read with

@@ -34,8 +34,13 @@ def service(tmp_path_factory: pytest.TempPathFactory, models) -> Iterator[Runnin
     from conftest import free_port
 
     port = free_port()
-    running = start_server(home, [models.root, home], port=port, command=[*command, str(port)],
-                           extra_env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    running = start_server(
+        home,
+        [models.root, home],
+        port=port,
+        command=[*command, str(port)],
+        extra_env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
+    )
     yield running
     running.stop()
 
@@ -51,10 +56,12 @@ def cuda(gib: int) -> pb.Device:
 
 
 def test_a_hub_model_by_config_json_gets_its_advice(recommend: pb_grpc.RecommendServiceStub) -> None:
-    answer = recommend.Recommend(pb.RecommendRequest(
-        model=pb.ModelSpec(hf_repo="mistralai/Mistral-7B-v0.1"),
-        hardware=pb.Hardware(ram_bytes=32 * GIB, devices=[cuda(8)]),
-    ))  # fmt: skip
+    answer = recommend.Recommend(
+        pb.RecommendRequest(
+            model=pb.ModelSpec(hf_repo="mistralai/Mistral-7B-v0.1"),
+            hardware=pb.Hardware(ram_bytes=32 * GIB, devices=[cuda(8)]),
+        )
+    )
     best = answer.options[0]
     assert best.quant_type == "Q4_K_M" and best.fits and best.gpu_layers == best.total_layers
     assert best.context_length == 32768 and answer.any_fits and not answer.exact_sizes
@@ -65,31 +72,64 @@ def test_a_hub_model_by_config_json_gets_its_advice(recommend: pb_grpc.Recommend
 @pytest.mark.parametrize(
     ("request_", "reason", "code"),
     [
-        (pb.RecommendRequest(model=pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=8_000_000_000)),
-                             hardware=pb.Hardware(tier="mainframe")), "INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.RecommendRequest(model=pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=8_000_000_000)),
-                             hardware=pb.Hardware(ram_bytes=-GIB)), "INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.RecommendRequest(model=pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=8_000_000_000)),
-                             hardware=pb.Hardware(ram_bytes=GIB), context_length=0), "INVALID_ARGUMENT",
-         grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.RecommendRequest(hardware=pb.Hardware(ram_bytes=GIB)), "INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.RecommendRequest(model=pb.ModelSpec(gguf_path="/etc/passwd"), hardware=pb.Hardware(ram_bytes=GIB)),
-         "PATH_NOT_ALLOWED", grpc.StatusCode.PERMISSION_DENIED),
-        (pb.RecommendRequest(model=pb.ModelSpec(hf_repo="nobody/nothing"), hardware=pb.Hardware(ram_bytes=GIB)),
-         "SOURCE_NOT_FOUND", grpc.StatusCode.NOT_FOUND),
-        (pb.RecommendRequest(model=pb.ModelSpec(registry_file="ab" * 32), hardware=pb.Hardware(ram_bytes=GIB)),
-         "RECORD_NOT_FOUND", grpc.StatusCode.NOT_FOUND),
+        (
+            pb.RecommendRequest(
+                model=pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=8_000_000_000)),
+                hardware=pb.Hardware(tier="mainframe"),
+            ),
+            "INVALID_ARGUMENT",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            pb.RecommendRequest(
+                model=pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=8_000_000_000)),
+                hardware=pb.Hardware(ram_bytes=-GIB),
+            ),
+            "INVALID_ARGUMENT",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            pb.RecommendRequest(
+                model=pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=8_000_000_000)),
+                hardware=pb.Hardware(ram_bytes=GIB),
+                context_length=0,
+            ),
+            "INVALID_ARGUMENT",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            pb.RecommendRequest(hardware=pb.Hardware(ram_bytes=GIB)),
+            "INVALID_ARGUMENT",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            pb.RecommendRequest(model=pb.ModelSpec(gguf_path="/etc/passwd"), hardware=pb.Hardware(ram_bytes=GIB)),
+            "PATH_NOT_ALLOWED",
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+        (
+            pb.RecommendRequest(model=pb.ModelSpec(hf_repo="nobody/nothing"), hardware=pb.Hardware(ram_bytes=GIB)),
+            "SOURCE_NOT_FOUND",
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            pb.RecommendRequest(model=pb.ModelSpec(registry_file="ab" * 32), hardware=pb.Hardware(ram_bytes=GIB)),
+            "RECORD_NOT_FOUND",
+            grpc.StatusCode.NOT_FOUND,
+        ),
     ],
     ids=["unknown-tier", "negative-ram", "zero-context", "no-model", "outside-roots", "unknown-repo", "unknown-digest"],
-)  # fmt: skip
+)
 def test_bad_requests_get_typed_errors_and_the_service_keeps_serving(
     recommend: pb_grpc.RecommendServiceStub, request_: pb.RecommendRequest, reason: str, code: grpc.StatusCode
 ) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         recommend.Recommend(request_, timeout=30)
     assert caught.value.code() == code and error_reason(caught.value) == reason
-    fine = pb.RecommendRequest(model=pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=1_000_000_000)),
-                               hardware=pb.Hardware(tier="laptop"))  # fmt: skip
+    fine = pb.RecommendRequest(
+        model=pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=1_000_000_000)),
+        hardware=pb.Hardware(tier="laptop"),
+    )
     assert recommend.Recommend(fine, timeout=30).any_fits
 
 
@@ -100,17 +140,28 @@ def test_a_quantized_file_names_its_model_and_measured_quality_replaces_the_pred
 ) -> None:
     with service.channel() as channel:
         stub = qpb_grpc.QuantizeServiceStub(channel)
-        job = stub.CreateQuantizeJob(qpb.CreateQuantizeJobRequest(
-            job=qpb.QuantizeJob(source=str(models.f16), quant_types=["Q4_K_M", "Q8_0"])))  # fmt: skip
+        job = stub.CreateQuantizeJob(
+            qpb.CreateQuantizeJobRequest(job=qpb.QuantizeJob(source=str(models.f16), quant_types=["Q4_K_M", "Q8_0"]))
+        )
         done = wait_for_job(stub, job.name)
     assert done.state == qpb.QuantizeJob.STATE_SUCCEEDED
     made = {o.quant_type: o for o in done.outputs}
-    by_file = recommend.Recommend(pb.RecommendRequest(
-        model=pb.ModelSpec(registry_file=f"files/{made['Q8_0'].sha256}"), hardware=pb.Hardware(ram_bytes=4 * GIB),
-        kv_cache_type="f16", max_options=50))  # fmt: skip
-    by_source = recommend.Recommend(pb.RecommendRequest(
-        model=pb.ModelSpec(gguf_path=str(models.f16)), hardware=pb.Hardware(ram_bytes=4 * GIB), kv_cache_type="f16",
-        max_options=50))  # fmt: skip
+    by_file = recommend.Recommend(
+        pb.RecommendRequest(
+            model=pb.ModelSpec(registry_file=f"files/{made['Q8_0'].sha256}"),
+            hardware=pb.Hardware(ram_bytes=4 * GIB),
+            kv_cache_type="f16",
+            max_options=50,
+        )
+    )
+    by_source = recommend.Recommend(
+        pb.RecommendRequest(
+            model=pb.ModelSpec(gguf_path=str(models.f16)),
+            hardware=pb.Hardware(ram_bytes=4 * GIB),
+            kv_cache_type="f16",
+            max_options=50,
+        )
+    )
     assert by_file.exact_sizes and by_source.exact_sizes
     assert by_file.parameter_count == by_source.parameter_count
     options = {o.quant_type: o for o in by_source.options}
@@ -121,8 +172,9 @@ def test_a_quantized_file_names_its_model_and_measured_quality_replaces_the_pred
     assert options["Q6_K"].quality.source == "scaled"  # llama.cpp's Llama-3-8B figure, scaled to this tiny model
 
 
-def run_cli(*args: str, server: RunningServer | None = None, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_cli(
+    *args: str, server: RunningServer | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "quantledger.cli.main", "recommend", *args]
     if server is not None:
         argv += ["--server", server.address]

@@ -42,15 +42,35 @@ def mix_types() -> list[tuple[str, int]]:
     return [(t.name, t.file_type) for t in catalogue() if is_known_mix(t.name)]
 
 
-def llama_cpp_runs(source: pathlib.Path, out_dir: pathlib.Path, types: list[tuple[str, int]], *, dry_run: bool,
-                   imatrix: pathlib.Path | None = None) -> list[dict[str, str]]:  # fmt: skip
+def llama_cpp_runs(
+    source: pathlib.Path,
+    out_dir: pathlib.Path,
+    types: list[tuple[str, int]],
+    *,
+    dry_run: bool,
+    imatrix: pathlib.Path | None = None,
+) -> list[dict[str, str]]:
     """Run llama.cpp (the service's quantize worker) once per type; the tensor -> type each run chose."""
     read_fd, write_fd = os.pipe()
-    runs = [{"source": str(source), "output": str(out_dir / f"{name}.gguf"), "ftype": ftype, "dry_run": dry_run,
-             "threads": 2, "imatrix": str(imatrix) if imatrix else None} for name, ftype in types]  # fmt: skip
-    worker = subprocess.Popen([sys.executable, "-m", "quantledger.quantize.worker", "--events-fd", str(write_fd)],
-                              stdin=subprocess.PIPE, pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    runs = [
+        {
+            "source": str(source),
+            "output": str(out_dir / f"{name}.gguf"),
+            "ftype": ftype,
+            "dry_run": dry_run,
+            "threads": 2,
+            "imatrix": str(imatrix) if imatrix else None,
+        }
+        for name, ftype in types
+    ]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "quantledger.quantize.worker", "--events-fd", str(write_fd)],
+        stdin=subprocess.PIPE,
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     os.close(write_fd)
     assert worker.stdin is not None
     worker.stdin.write(json.dumps({"runs": runs}))
@@ -68,8 +88,9 @@ def llama_cpp_runs(source: pathlib.Path, out_dir: pathlib.Path, types: list[tupl
     return chosen
 
 
-def _assert_same_types(path: pathlib.Path, chosen_by_llama: list[dict[str, str]], types: list[tuple[str, int]],
-                       *, imatrix: bool = False) -> None:  # fmt: skip
+def _assert_same_types(
+    path: pathlib.Path, chosen_by_llama: list[dict[str, str]], types: list[tuple[str, int]], *, imatrix: bool = False
+) -> None:
     shape = from_gguf(read_gguf_header(path))
     names = {t.id: t.name for t in ggml_types_by_name().values()}
     for (name, _), llama in zip(types, chosen_by_llama, strict=True):
@@ -95,8 +116,9 @@ def test_an_importance_matrix_changes_the_mix_as_in_llama_cpp(tmp_path: pathlib.
     write_llama_gguf(path, n_embd=256, n_ff=512, n_layer=16, n_head=4, n_head_kv=4, n_vocab=300)
     header = read_gguf_header(path)
     rng = np.random.default_rng(3)
-    entries = {t.name: rng.uniform(0.1, 2.0, t.shape[0]).astype(np.float32)
-               for t in header.tensors if len(t.shape) == 2}  # fmt: skip
+    entries = {
+        t.name: rng.uniform(0.1, 2.0, t.shape[0]).astype(np.float32) for t in header.tensors if len(t.shape) == 2
+    }
     imatrix = tmp_path / "imatrix.dat"
     write_imatrix_dat(imatrix, entries)
     types = mix_types()

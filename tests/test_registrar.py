@@ -59,10 +59,23 @@ def test_more_outputs_than_one_batch_each_carry_the_transaction_that_registered_
     singles = [artifact(f"out{i}") for i in range(limit + 5)]
     split = artifact("split", files=3)
     outputs = [*singles[: limit - 1], split, *singles[limit - 1 :]]
-    job = Job(id="j1", spec=JobSpec(source="/models/m.gguf", quant_types=("Q4_K_M",)), request_id="", create_time=0,
-              source_info=SourceInfo(path="/models/m.gguf", architecture="llama", size_bytes=3_000, parameter_count=1,
-                                     file_type=1, tensor_count=10, model_name="m", tensor_bytes=3_000,
-                                     root_digest=sha("source")))  # fmt: skip
+    job = Job(
+        id="j1",
+        spec=JobSpec(source="/models/m.gguf", quant_types=("Q4_K_M",)),
+        request_id="",
+        create_time=0,
+        source_info=SourceInfo(
+            path="/models/m.gguf",
+            architecture="llama",
+            size_bytes=3_000,
+            parameter_count=1,
+            file_type=1,
+            tensor_count=10,
+            model_name="m",
+            tensor_bytes=3_000,
+            root_digest=sha("source"),
+        ),
+    )
 
     registered = registrar.register(job, outputs)
 

@@ -42,8 +42,17 @@ def registration(name: str, quant_type: str = "Q4_K_M") -> Registration:
     def h(text: str) -> str:
         return hashlib.sha256(text.encode()).hexdigest()
 
-    return Registration(h(name), h("anvil source"), h(f"provenance {name}"), quant_type, "anvil-test", 15, 3300, 1000,
-                        source_revision="12" * 20)  # fmt: skip
+    return Registration(
+        h(name),
+        h("anvil source"),
+        h(f"provenance {name}"),
+        quant_type,
+        "anvil-test",
+        15,
+        3300,
+        1000,
+        source_revision="12" * 20,
+    )
 
 
 class Anvil:
@@ -80,8 +89,9 @@ def anvil() -> Iterator[Anvil]:
 def read_with_node(url: str, address: str, sha256: str, attester: str) -> dict:
     if shutil.which("node") is None:
         pytest.fail("node is needed for the Node.js reader")
-    done = subprocess.run(["node", str(READER), url, address, sha256, attester], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    done = subprocess.run(
+        ["node", str(READER), url, address, sha256, attester], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -169,8 +179,17 @@ def test_node_reads_a_record_from_anvil(anvil: Anvil) -> None:
 def test_node_reads_a_record_from_the_embedded_chain(tmp_path: pathlib.Path) -> None:
     account = Account.from_key(b"\x09" * 32)
     port = free_port()
-    argv = [sys.executable, "-m", "registry_client.chain", "--data-dir", str(tmp_path), "--port", str(port),
-            "--fund", account.address]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "registry_client.chain",
+        "--data-dir",
+        str(tmp_path),
+        "--port",
+        str(port),
+        "--fund",
+        account.address,
+    ]
     chain = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert chain.stdout is not None

@@ -26,8 +26,16 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def registration(name: str, *, source: str = "source-a", quant_type: str = "Q4_K_M", original: int = 3_300,
-                 quantized: int = 1_000, revision: str = "ab" * 20, flags: int = 0) -> Registration:  # fmt: skip
+def registration(
+    name: str,
+    *,
+    source: str = "source-a",
+    quant_type: str = "Q4_K_M",
+    original: int = 3_300,
+    quantized: int = 1_000,
+    revision: str = "ab" * 20,
+    flags: int = 0,
+) -> Registration:
     return Registration(
         file_sha256=digest(name),
         source_digest=digest(source),

@@ -71,13 +71,20 @@ class RegistryMachine(RuleBasedStateMachine):
         self.node.close()
         self.directory.cleanup()
 
-    @rule(who=st.integers(0, 2), file=st.sampled_from(FILES), source=st.sampled_from(SOURCES),
-          quant_type=st.sampled_from(TYPES), original=st.integers(2, 10**12), divisor=st.integers(1, 8))  # fmt: skip
+    @rule(
+        who=st.integers(0, 2),
+        file=st.sampled_from(FILES),
+        source=st.sampled_from(SOURCES),
+        quant_type=st.sampled_from(TYPES),
+        original=st.integers(2, 10**12),
+        divisor=st.integers(1, 8),
+    )
     def register(self, who: int, file: str, source: str, quant_type: str, original: int, divisor: int) -> None:
         quantized = max(1, original // divisor)
         address = ACCOUNTS[who].address
-        registration = Registration(file, source, hashlib.sha256(file.encode()).hexdigest(), quant_type,
-                                    "model-test", 15, original, quantized)  # fmt: skip
+        registration = Registration(
+            file, source, hashlib.sha256(file.encode()).hexdigest(), quant_type, "model-test", 15, original, quantized
+        )
         if address not in self.model.attesters:
             with pytest.raises(errors.NotAttester):
                 self.clients[who].register(registration)

@@ -53,11 +53,21 @@ class Up:
             "QUANTLEDGER_ALLOWED_ROOTS": os.pathsep.join(str(r) for r in roots),
             "QUANTLEDGER_REGISTRY_RETRY_SECONDS": "1",
         }
-        argv = [sys.executable, "-m", "quantledger.cli.main", "up", "--port", str(self.port),
-                "--chain-port", str(self.chain_port), "--json"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "quantledger.cli.main",
+            "up",
+            "--port",
+            str(self.port),
+            "--chain-port",
+            str(self.chain_port),
+            "--json",
+        ]
         with open(home / "up.log", "a") as log:
-            self.process = subprocess.Popen(argv, env={**os.environ, **self.env}, stdout=subprocess.PIPE, text=True,
-                                            stderr=log, cwd=home)  # fmt: skip
+            self.process = subprocess.Popen(
+                argv, env={**os.environ, **self.env}, stdout=subprocess.PIPE, text=True, stderr=log, cwd=home
+            )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         assert line, (home / "up.log").read_text()
@@ -114,8 +124,9 @@ def submit(up: Up, source: pathlib.Path, *types: str, out: pathlib.Path) -> dict
 def test_outputs_are_registered_with_provenance(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
     job = submit(up, models.f16, "Q8_0", "Q4_0", out=tmp_path / "out")
     assert job["state"] == "STATE_SUCCEEDED"
-    source_digest = root_digest([FileDigest(models.f16.name, models.f16.stat().st_size,
-                                            hashlib.sha256(models.f16.read_bytes()).hexdigest())])  # fmt: skip
+    source_digest = root_digest(
+        [FileDigest(models.f16.name, models.f16.stat().st_size, hashlib.sha256(models.f16.read_bytes()).hexdigest())]
+    )
     for output in job["outputs"]:
         entry = output["registry"]
         assert entry["state"] == "STATE_REGISTERED", entry
@@ -163,13 +174,26 @@ def test_cli_verify_show_list_and_revoke(up: Up, models, tmp_path) -> None:  # t
     listed = cli("registry", "list", "--file", output["sha256"], "--server", up.address, "--json", env=up.env)
     assert [r["name"] for r in json.loads(listed.stdout)["records"]] == [name]
 
-    revoked = cli("registry", "revoke", output["sha256"], "--reason", "test build", "--json", env={
-        **up.env, "QUANTLEDGER_CHAIN_URL": up.chain_url})  # fmt: skip
+    revoked = cli(
+        "registry",
+        "revoke",
+        output["sha256"],
+        "--reason",
+        "test build",
+        "--json",
+        env={**up.env, "QUANTLEDGER_CHAIN_URL": up.chain_url},
+    )
     assert revoked.returncode == 0, revoked.stderr
     after = cli("registry", "verify", path, "--server", up.address, "--json", env=up.env)
     assert after.returncode == 1 and json.loads(after.stdout)["verdict"] == "VERDICT_REVOKED"
-    again = cli("registry", "revoke", output["sha256"], "--reason", "twice", env={
-        **up.env, "QUANTLEDGER_CHAIN_URL": up.chain_url})  # fmt: skip
+    again = cli(
+        "registry",
+        "revoke",
+        output["sha256"],
+        "--reason",
+        "twice",
+        env={**up.env, "QUANTLEDGER_CHAIN_URL": up.chain_url},
+    )
     assert again.returncode == 1 and "ALREADY_REVOKED" in again.stderr
 
 

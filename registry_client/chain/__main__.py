@@ -18,15 +18,29 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8545)
     parser.add_argument("--fund", action="append", default=[], help="address funded at genesis")
-    parser.add_argument("--rpc-gas-cap", type=int, default=DEFAULT_GAS_CAP,
-                        help="most gas an eth_call / eth_estimateGas gets (default %(default)s)")  # fmt: skip
-    parser.add_argument("--rpc-call-timeout", type=float, default=DEFAULT_CALL_TIMEOUT,
-                        help="seconds an eth_call / eth_estimateGas may run (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--rpc-gas-cap",
+        type=int,
+        default=DEFAULT_GAS_CAP,
+        help="most gas an eth_call / eth_estimateGas gets (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rpc-call-timeout",
+        type=float,
+        default=DEFAULT_CALL_TIMEOUT,
+        help="seconds an eth_call / eth_estimateGas may run (default %(default)s)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve_chain(args.data_dir, args.host, args.port, args.fund,
-                on_ready=lambda url: print(json.dumps({"url": url}), flush=True),
-                gas_cap=args.rpc_gas_cap, call_timeout=args.rpc_call_timeout)  # fmt: skip
+    serve_chain(
+        args.data_dir,
+        args.host,
+        args.port,
+        args.fund,
+        on_ready=lambda url: print(json.dumps({"url": url}), flush=True),
+        gas_cap=args.rpc_gas_cap,
+        call_timeout=args.rpc_call_timeout,
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,16 @@ class Journal:
         """Read (repairing a torn tail) or create the journal; ``new_header`` is used only when creating."""
         if not path.exists() or path.stat().st_size == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-            line = json.dumps({"format": FORMAT, "genesisTimestamp": new_header.genesis_timestamp,
-                               "funded": list(new_header.funded)}) + "\n"  # fmt: skip
+            line = (
+                json.dumps(
+                    {
+                        "format": FORMAT,
+                        "genesisTimestamp": new_header.genesis_timestamp,
+                        "funded": list(new_header.funded),
+                    }
+                )
+                + "\n"
+            )
             write_atomic(path, line.encode())
             return cls(path, new_header, [])
         data = path.read_bytes()

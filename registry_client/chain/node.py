@@ -142,12 +142,16 @@ def _bounded_chain_class(chain_class: Any) -> Any:
         return chain_class.get_vm(self, at_header)
 
     vms = tuple((number, _deadline_vm(vm)) for number, vm in chain_class.vm_configuration)
-    return type(chain_class.__name__, (chain_class,), {
-        "vm_configuration": vms,
-        "gas_estimator": staticmethod(_capped_gas_estimate),
-        "get_vm": get_vm,
-        "_quantledger_bounded": True,
-    })  # fmt: skip
+    return type(
+        chain_class.__name__,
+        (chain_class,),
+        {
+            "vm_configuration": vms,
+            "gas_estimator": staticmethod(_capped_gas_estimate),
+            "get_vm": get_vm,
+            "_quantledger_bounded": True,
+        },
+    )
 
 
 class _DeterministicBackend(PyEVMBackend):  # type: ignore[misc]
@@ -163,8 +167,10 @@ class _DeterministicBackend(PyEVMBackend):  # type: ignore[misc]
 
 
 def _new_tester(header: JournalHeader) -> EthereumTester:
-    state = {bytes.fromhex(address.removeprefix("0x")): get_default_account_state({"balance": FUNDED_BALANCE})
-             for address in header.funded}  # fmt: skip
+    state = {
+        bytes.fromhex(address.removeprefix("0x")): get_default_account_state({"balance": FUNDED_BALANCE})
+        for address in header.funded
+    }
     params = PyEVMBackend.generate_genesis_params({"timestamp": header.genesis_timestamp})
     backend = _DeterministicBackend(genesis_parameters=params, genesis_state=state)
     backend.chain = _bounded_chain_class(type(backend.chain))(backend.chain.chaindb.db)
@@ -212,8 +218,12 @@ class EmbeddedChain:
         tester, start = _load(directory, journal)
         chain = cls(directory, tester, journal, len(journal.entries) - start)
         chain._snapshot_entries = start
-        log.info("chain ready: %d blocks, %d replayed in %.1f s", len(journal.entries), chain.replayed,
-                 time.monotonic() - begun)  # fmt: skip
+        log.info(
+            "chain ready: %d blocks, %d replayed in %.1f s",
+            len(journal.entries),
+            chain.replayed,
+            time.monotonic() - begun,
+        )
         return chain
 
     @staticmethod

@@ -124,9 +124,13 @@ def run_demo(*, json_output: bool) -> int:
         settings = dataclasses.replace(settings, chain_url=settings.embedded_chain_url)
         step(
             "2. started the embedded chain (eth-tester behind JSON-RPC) and deployed the registry",
-            {"chain": settings.chain_url, "chain id": registry.chain_id, "registry": registry.address,
-             "attester": account.address},
-        )  # fmt: skip
+            {
+                "chain": settings.chain_url,
+                "chain id": registry.chain_id,
+                "registry": registry.address,
+                "attester": account.address,
+            },
+        )
         return _run_jobs(settings, model, step, report, json_output=json_output)
     finally:
         chain.send_signal(signal.SIGTERM)

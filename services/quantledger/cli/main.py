@@ -51,8 +51,12 @@ def _server_default() -> str:
 def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     """``--json`` and ``--server``, before the command (``top``) or after it; after wins."""
     unset = None if top else argparse.SUPPRESS  # a command's own flag, when not given, keeps the top one
-    parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="print JSON (proto field names)")  # fmt: skip
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="print JSON (proto field names)",
+    )
     parser.add_argument(
         "--server",
         default=unset,
@@ -349,9 +353,12 @@ def cmd_quant_types(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
-        host=args.host, port=args.port, chain_port=args.chain_port, chain_url=args.chain_url,
+        host=args.host,
+        port=args.port,
+        chain_port=args.chain_port,
+        chain_url=args.chain_url,
         max_parallel_jobs=args.max_parallel_jobs,
-    )  # fmt: skip
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -61,13 +61,17 @@ def add_recommend_parser(commands: Any, add_common: Any) -> None:
 
 
 def _device(text: str) -> pb.Device:
-    match = re.fullmatch(r"(?P<kind>[a-z]+):(?P<memory>[0-9.]+[KMGT]?(?:i?B)?)(?::(?P<bw>[0-9.]+))?", text.strip(),
-                         re.IGNORECASE)  # fmt: skip
+    match = re.fullmatch(
+        r"(?P<kind>[a-z]+):(?P<memory>[0-9.]+[KMGT]?(?:i?B)?)(?::(?P<bw>[0-9.]+))?", text.strip(), re.IGNORECASE
+    )
     if match is None or match["kind"].lower() not in _KIND:
         raise InvalidArgument(f"--gpu {text!r}: write KIND:MEMORY[:GBPS] with KIND cuda or metal, such as cuda:24G")
     bandwidth = float(match["bw"]) * 1e9 if match["bw"] else 0.0
-    return pb.Device(kind=_KIND[match["kind"].lower()], memory_bytes=parse_bytes(match["memory"]),
-                     bandwidth_bytes_per_second=bandwidth)  # fmt: skip
+    return pb.Device(
+        kind=_KIND[match["kind"].lower()],
+        memory_bytes=parse_bytes(match["memory"]),
+        bandwidth_bytes_per_second=bandwidth,
+    )
 
 
 def _parameters(text: str) -> int:
@@ -82,8 +86,9 @@ def _model(args: argparse.Namespace) -> pb.ModelSpec:
     if args.params:
         if args.model:
             raise InvalidArgument("give MODEL or --params, not both")
-        return pb.ModelSpec(description=pb.ModelSpec.Description(parameter_count=_parameters(args.params),
-                                                                 family=args.family))  # fmt: skip
+        return pb.ModelSpec(
+            description=pb.ModelSpec.Description(parameter_count=_parameters(args.params), family=args.family)
+        )
     raw = args.model
     if not raw:
         raise InvalidArgument("name a model (a GGUF file, an HF folder or hub id, files/SHA-256) or give --params")
@@ -137,15 +142,19 @@ def print_recommendation(response: pb.RecommendResponse) -> None:
     print(response.model_summary)
     print(f"on {response.hardware_summary}")
     print()
-    print(f"{'':2}{'TYPE':<9} {'SIZE':>9} {'BPW':>5} {'CONTEXT':>7} {'KV':<5} {'GPU':>7} {'MEMORY':<26} "
-          f"{'TOK/S':>6} {'KLD':>7} {'PPL':>7}")  # fmt: skip
+    print(
+        f"{'':2}{'TYPE':<9} {'SIZE':>9} {'BPW':>5} {'CONTEXT':>7} {'KV':<5} {'GPU':>7} {'MEMORY':<26} "
+        f"{'TOK/S':>6} {'KLD':>7} {'PPL':>7}"
+    )
     for rank, o in enumerate(response.options, 1):
         memory = ", ".join(f"{d.device} {human_bytes(d.bytes_used)}" for d in o.devices if d.bytes_used)
         mark = f"{rank}." if o.fits else "✗"
-        print(f"{mark:<2}{o.quant_type:<9} {human_bytes(o.size_bytes):>9} {o.bits_per_weight:>5.2f} "
-              f"{o.context_length:>7} {o.kv_cache_type:<5} {o.gpu_layers:>3}/{o.total_layers:<3} {memory:<26} "
-              f"{o.tokens_per_second:>6.1f} {o.quality.mean_kl_divergence:>7.4f} "
-              f"{100 * o.quality.perplexity_change:>+6.1f}%")  # fmt: skip
+        print(
+            f"{mark:<2}{o.quant_type:<9} {human_bytes(o.size_bytes):>9} {o.bits_per_weight:>5.2f} "
+            f"{o.context_length:>7} {o.kv_cache_type:<5} {o.gpu_layers:>3}/{o.total_layers:<3} {memory:<26} "
+            f"{o.tokens_per_second:>6.1f} {o.quality.mean_kl_divergence:>7.4f} "
+            f"{100 * o.quality.perplexity_change:>+6.1f}%"
+        )
     if response.options:
         print()
         best = response.options[0]

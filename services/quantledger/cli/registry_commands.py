@@ -64,8 +64,10 @@ def _stub(args: argparse.Namespace) -> pb_grpc.RegistryServiceStub:
 def _print_record(record: pb.ProvenanceRecord) -> None:
     status = pb.ProvenanceRecord.Status.Name(record.status).removeprefix("STATUS_")
     print(f"{record.name}  {status}")
-    print(f"  {record.quant_type} (file type {record.file_type}), {human_bytes(record.quantized_size_bytes)} "
-          f"from {human_bytes(record.original_size_bytes)}: {record.compression_ratio:.2f}x smaller")  # fmt: skip
+    print(
+        f"  {record.quant_type} (file type {record.file_type}), {human_bytes(record.quantized_size_bytes)} "
+        f"from {human_bytes(record.original_size_bytes)}: {record.compression_ratio:.2f}x smaller"
+    )
     revision = f" @ {record.source_revision}" if record.source_revision else ""
     print(f"  source {record.source_digest}{revision}")
     print(f"  provenance {record.provenance_sha256}  tool {record.tool_version}")
@@ -122,8 +124,15 @@ def _verify(args: argparse.Namespace) -> int:
     if problems and len(problems) == len(response.valid_records):
         verdict = "VERDICT_MISMATCH"
     if args.json:
-        print_json({"file": args.file, "sha256": digest, "verdict": verdict, "problems": problems,
-                    "response": to_json(response)})  # fmt: skip
+        print_json(
+            {
+                "file": args.file,
+                "sha256": digest,
+                "verdict": verdict,
+                "problems": problems,
+                "response": to_json(response),
+            }
+        )
     else:
         print(f"{args.file}: {verdict.removeprefix('VERDICT_')} (sha256 {digest})")
         for record in response.valid_records:
@@ -165,8 +174,16 @@ def _revoke(args: argparse.Namespace) -> int:
     )
     result = client.revoke(digest, args.reason)
     if args.json:
-        print_json({"revoked": digest, "attester": client.attester, "transaction": result.transaction,
-                    "blockNumber": result.block_number, "chain_url": url, "contract": client.address})  # fmt: skip
+        print_json(
+            {
+                "revoked": digest,
+                "attester": client.attester,
+                "transaction": result.transaction,
+                "blockNumber": result.block_number,
+                "chain_url": url,
+                "contract": client.address,
+            }
+        )
     else:
         print(f"revoked {digest} for {client.attester} in {result.transaction} (block {result.block_number}, {url})")
     return 0

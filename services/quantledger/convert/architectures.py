@@ -211,11 +211,21 @@ def _bert_tensors(config: dict[str, Any], names: Collection[str]) -> dict[str, T
 
 ARCHITECTURES: dict[str, Architecture] = {
     "LlamaForCausalLM": Architecture(
-        "LlamaForCausalLM", "llama", "causal", _llama_rename, _llama_transform, _decoder_hparams,
+        "LlamaForCausalLM",
+        "llama",
+        "causal",
+        _llama_rename,
+        _llama_transform,
+        _decoder_hparams,
         _decoder_tensors("optional"),
     ),
     "MistralForCausalLM": Architecture(
-        "MistralForCausalLM", "llama", "causal", _llama_rename, _llama_transform, _decoder_hparams,
+        "MistralForCausalLM",
+        "llama",
+        "causal",
+        _llama_rename,
+        _llama_transform,
+        _decoder_hparams,
         _decoder_tensors("optional"),
     ),
     "Qwen2ForCausalLM": Architecture(
@@ -225,4 +235,4 @@ ARCHITECTURES: dict[str, Architecture] = {
         "Qwen3ForCausalLM", "qwen3", "causal", _llama_rename, _keep, _decoder_hparams, _decoder_tensors("qk_norm")
     ),
     "BertModel": Architecture("BertModel", "bert", "embedding", _bert_rename, _keep, _bert_hparams, _bert_tensors),
-}  # fmt: skip
+}

@@ -179,8 +179,9 @@ def _encode(array: np.ndarray[Any, Any], kind: int) -> np.ndarray[Any, Any]:
     raise ValueError(f"the converter does not write {name}")
 
 
-def _metadata(arch: Architecture, info: HfModelInfo, vocab: Vocab, out_type: str,
-              metadata: Mapping[str, str]) -> GgufMetadata:  # fmt: skip
+def _metadata(
+    arch: Architecture, info: HfModelInfo, vocab: Vocab, out_type: str, metadata: Mapping[str, str]
+) -> GgufMetadata:
     """The converted file's keys, named and typed as llama.cpp's convert_hf_to_gguf.py writes them."""
     meta = GgufMetadata()
     prefix = arch.gguf_name

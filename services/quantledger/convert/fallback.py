@@ -53,8 +53,9 @@ def fallback_version(python: str) -> str:
 @functools.cache
 def fallback_architectures(python: str) -> frozenset[str]:
     """The text-model architectures llama.cpp's converter lists (``--print-supported-models``)."""
-    done = subprocess.run([python, "-m", "convert_hf_to_gguf", "--print-supported-models"], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [python, "-m", "convert_hf_to_gguf", "--print-supported-models"], capture_output=True, text=True, timeout=120
+    )
     names: set[str] = set()
     in_text = False
     for line in (done.stdout + "\n" + done.stderr).splitlines():
@@ -80,11 +81,22 @@ def converter_label(python: str) -> str:
     return f"llama.cpp convert-hf-to-gguf {fallback_version(python) or 'unknown'}"
 
 
-def convert_command(python: str, folder: pathlib.Path, out: pathlib.Path, out_type: str,
-                    metadata_file: pathlib.Path) -> list[str]:  # fmt: skip
+def convert_command(
+    python: str, folder: pathlib.Path, out: pathlib.Path, out_type: str, metadata_file: pathlib.Path
+) -> list[str]:
     """The command line that converts ``folder`` to ``out`` (``out_type`` F32 / F16 / BF16 / Q8_0)."""
-    return [python, "-m", "convert_hf_to_gguf", str(folder), "--outfile", str(out), "--outtype", out_type.lower(),
-            "--metadata", str(metadata_file)]  # fmt: skip
+    return [
+        python,
+        "-m",
+        "convert_hf_to_gguf",
+        str(folder),
+        "--outfile",
+        str(out),
+        "--outtype",
+        out_type.lower(),
+        "--metadata",
+        str(metadata_file),
+    ]
 
 
 def write_metadata_file(path: pathlib.Path, metadata: dict[str, str]) -> None:

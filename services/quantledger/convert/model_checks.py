@@ -286,12 +286,23 @@ def _gemma2_block(e: int, f: int, q: int, kv: int, hd: int) -> dict[str, tuple[i
 
 def _bert_block(e: int, f: int, q: int, kv: int, _hd: int) -> dict[str, tuple[int, ...]]:
     return {
-        "attn_q.weight": (e, q), "attn_q.bias": (q,), "attn_k.weight": (e, kv), "attn_k.bias": (kv,),
-        "attn_v.weight": (e, kv), "attn_v.bias": (kv,), "attn_output.weight": (q, e), "attn_output.bias": (e,),
-        "attn_output_norm.weight": (e,), "attn_output_norm.bias": (e,),
-        "ffn_up.weight": (e, f), "ffn_up.bias": (f,), "ffn_down.weight": (f, e), "ffn_down.bias": (e,),
-        "layer_output_norm.weight": (e,), "layer_output_norm.bias": (e,),
-    }  # fmt: skip
+        "attn_q.weight": (e, q),
+        "attn_q.bias": (q,),
+        "attn_k.weight": (e, kv),
+        "attn_k.bias": (kv,),
+        "attn_v.weight": (e, kv),
+        "attn_v.bias": (kv,),
+        "attn_output.weight": (q, e),
+        "attn_output.bias": (e,),
+        "attn_output_norm.weight": (e,),
+        "attn_output_norm.bias": (e,),
+        "ffn_up.weight": (e, f),
+        "ffn_up.bias": (f,),
+        "ffn_down.weight": (f, e),
+        "ffn_down.bias": (e,),
+        "layer_output_norm.weight": (e,),
+        "layer_output_norm.bias": (e,),
+    }
 
 
 _GGUF_ARCHITECTURES: dict[str, _GgufArch] = {

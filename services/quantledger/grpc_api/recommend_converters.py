@@ -26,11 +26,22 @@ def model_ref(spec: pb.ModelSpec) -> ModelRef:
         return ModelRef()  # the recommender says how to name a model
     if which == "hyperparameters":
         h = spec.hyperparameters
-        return ModelRef(hyperparameters=Hyperparameters.given(
-            h.n_layer, h.n_embd, h.n_ff, h.n_head, h.n_head_kv, h.n_vocab, head_dim=h.head_dim,
-            context_length=h.context_length, tied_embeddings=h.tied_embeddings, n_expert=h.n_expert,
-            n_expert_used=h.n_expert_used, architecture=h.architecture,
-        ))  # fmt: skip
+        return ModelRef(
+            hyperparameters=Hyperparameters.given(
+                h.n_layer,
+                h.n_embd,
+                h.n_ff,
+                h.n_head,
+                h.n_head_kv,
+                h.n_vocab,
+                head_dim=h.head_dim,
+                context_length=h.context_length,
+                tied_embeddings=h.tied_embeddings,
+                n_expert=h.n_expert,
+                n_expert_used=h.n_expert_used,
+                architecture=h.architecture,
+            )
+        )
     if which == "description":
         return ModelRef.described(spec.description.parameter_count, spec.description.family)
     return ModelRef(**{which: getattr(spec, which)})
@@ -40,9 +51,15 @@ def hardware_spec(hw: pb.Hardware) -> HardwareSpec:
     devices = tuple(
         Device(_KINDS.get(d.kind, ""), d.memory_bytes, d.bandwidth_bytes_per_second, d.name) for d in hw.devices
     )
-    return HardwareSpec(tier=hw.tier, ram_bytes=hw.ram_bytes, cores=hw.cores, devices=devices,
-                        unified_memory=hw.unified_memory, cpu_bandwidth=hw.cpu_bandwidth_bytes_per_second,
-                        cpu_only=hw.cpu_only)  # fmt: skip
+    return HardwareSpec(
+        tier=hw.tier,
+        ram_bytes=hw.ram_bytes,
+        cores=hw.cores,
+        devices=devices,
+        unified_memory=hw.unified_memory,
+        cpu_bandwidth=hw.cpu_bandwidth_bytes_per_second,
+        cpu_only=hw.cpu_only,
+    )
 
 
 def query_from_proto(request: pb.RecommendRequest) -> RecommendQuery:

@@ -249,9 +249,14 @@ async def _materialize(host: StageHost, job: Job, hf: HfSource) -> Materialized:
 
 
 async def _convert(
-    host: StageHost, job: Job, hf: HfSource, materialized: Materialized, key: str, out_type: str,
+    host: StageHost,
+    job: Job,
+    hf: HfSource,
+    materialized: Materialized,
+    key: str,
+    out_type: str,
     fallback: str | None,
-) -> CacheEntry:  # fmt: skip
+) -> CacheEntry:
     host.timeline(job).begin(Stage.CONVERTING, 0, "bytes")
     host.touch(job)
     config = await asyncio.to_thread(read_hf_config, materialized.folder)

@@ -156,8 +156,9 @@ class SqliteJobStore:
     def state_marker(self, state: JobState) -> tuple[int, int]:
         """(count, newest seq) of the jobs in ``state``: changes when a job enters or leaves it."""
         with self._lock:
-            count, newest = self._db.execute("SELECT COUNT(*), MAX(seq) FROM jobs WHERE state = ?",
-                                             (state.value,)).fetchone()  # fmt: skip
+            count, newest = self._db.execute(
+                "SELECT COUNT(*), MAX(seq) FROM jobs WHERE state = ?", (state.value,)
+            ).fetchone()
         return int(count), int(newest or 0)
 
     def record_throughput(self, quant_type: str, source_bytes: int, seconds: float) -> None:

@@ -212,13 +212,15 @@ def fetch(request: dict[str, Any], emit: _Emitter) -> None:
             emit({"event": "fetch_progress", "bytes_done": done, "bytes_total": total})
 
     materialized = materialize(source, progress)
-    emit({
-        "event": "materialized",
-        "folder": str(materialized.folder),
-        "commit": materialized.commit,
-        "root_digest": materialized.manifest.root_digest,
-        "files": [dataclasses.asdict(f) for f in materialized.manifest.files],
-    })  # fmt: skip
+    emit(
+        {
+            "event": "materialized",
+            "folder": str(materialized.folder),
+            "commit": materialized.commit,
+            "root_digest": materialized.manifest.root_digest,
+            "files": [dataclasses.asdict(f) for f in materialized.manifest.files],
+        }
+    )
 
 
 def convert_with_llama_cpp(request: dict[str, Any], emit: _Emitter) -> None:
@@ -232,8 +234,13 @@ def convert_with_llama_cpp(request: dict[str, Any], emit: _Emitter) -> None:
     output = pathlib.Path(request["output"])
     metadata_file = output.with_name(output.name + ".metadata.json")
     write_metadata_file(metadata_file, request.get("metadata") or {})
-    command = convert_command(request["fallback_python"], pathlib.Path(request["folder"]), output,
-                              request.get("out_type") or "F16", metadata_file)  # fmt: skip
+    command = convert_command(
+        request["fallback_python"],
+        pathlib.Path(request["folder"]),
+        output,
+        request.get("out_type") or "F16",
+        metadata_file,
+    )
     try:
         done = subprocess.run(command, capture_output=True, text=True, preexec_fn=_die_with_parent)
     finally:

@@ -28,13 +28,18 @@ def _placement(option: Option) -> str:
     if option.gpu_layers == option.total_layers:
         return f"all {option.total_layers} layers on {names}"
     on_cpu = option.total_layers - option.gpu_layers
-    return (f"{option.gpu_layers} of {option.total_layers} layers on {names}, {on_cpu} blocks in RAM "
-            "(the CPU part sets the decode speed)")  # fmt: skip
+    return (
+        f"{option.gpu_layers} of {option.total_layers} layers on {names}, {on_cpu} blocks in RAM "
+        "(the CPU part sets the decode speed)"
+    )
 
 
 def _memory(option: Option) -> str:
-    parts = [f"{_gib(d.bytes_used)} of {_gib(d.bytes_available)} {'in RAM' if d.device == 'cpu' else 'on ' + d.device}"
-             for d in option.devices if d.bytes_used or d.device == "cpu"]  # fmt: skip
+    parts = [
+        f"{_gib(d.bytes_used)} of {_gib(d.bytes_available)} {'in RAM' if d.device == 'cpu' else 'on ' + d.device}"
+        for d in option.devices
+        if d.bytes_used or d.device == "cpu"
+    ]
     return "uses " + ", ".join(parts)
 
 
@@ -42,8 +47,7 @@ def _quality(option: Option, profile: ModelProfile) -> str:
     q = option.quality
     params = profile.shape.n_parameters
     size = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
-    source = _SOURCES[q.source].format(params=f"{size} parameters",
-                                       bpw=option.bits_per_weight)  # fmt: skip
+    source = _SOURCES[q.source].format(params=f"{size} parameters", bpw=option.bits_per_weight)
     change = f"+{100 * q.perplexity_change:.1f}%"
     return f"predicted perplexity {change} (mean KL divergence {q.mean_kl_divergence:.4f}, {source})"
 

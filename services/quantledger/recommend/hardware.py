@@ -112,8 +112,14 @@ def tier_machine(name: str) -> Machine:
     return TIERS[key]
 
 
-def with_overrides(base: Machine, *, ram_bytes: int = 0, cores: int = 0, gpus: tuple[Device, ...] | None = None,
-                   unified: bool | None = None) -> Machine:  # fmt: skip
+def with_overrides(
+    base: Machine,
+    *,
+    ram_bytes: int = 0,
+    cores: int = 0,
+    gpus: tuple[Device, ...] | None = None,
+    unified: bool | None = None,
+) -> Machine:
     """A tier with the parts a request names replaced."""
     return replace(
         base,

@@ -56,10 +56,17 @@ def _category(name: str) -> str:
         return "output"
     if name in ("token_embd.weight", "per_layer_token_embd.weight"):
         return "token_embd"
-    for part, category in (("attn_qkv.weight", "attn_qkv"), ("attn_kv_b.weight", "attn_kv_b"),
-                           ("attn_v.weight", "attn_v"), ("attn_k.weight", "attn_k"), ("attn_q.weight", "attn_q"),
-                           ("attn_output.weight", "attn_output"), ("ffn_up", "ffn_up"), ("ffn_gate", "ffn_gate"),
-                           ("ffn_down", "ffn_down")):  # fmt: skip
+    for part, category in (
+        ("attn_qkv.weight", "attn_qkv"),
+        ("attn_kv_b.weight", "attn_kv_b"),
+        ("attn_v.weight", "attn_v"),
+        ("attn_k.weight", "attn_k"),
+        ("attn_q.weight", "attn_q"),
+        ("attn_output.weight", "attn_output"),
+        ("ffn_up", "ffn_up"),
+        ("ffn_gate", "ffn_gate"),
+        ("ffn_down", "ffn_down"),
+    ):
         if part in name:
             return category
     return "other"
@@ -288,9 +295,13 @@ def plan_types(shape: ModelShape, ftype: str, *, has_imatrix: bool = False) -> T
     default = _DEFAULT_TYPE[ftype]
     tensors = llama_order(shape.tensors)
     names = {t.name for t in tensors}
-    st = _State(shape, ftype, has_imatrix, n_attention_wv=sum(_category(t.name) in ("attn_v", "attn_qkv", "attn_kv_b")
-                                                                  for t in tensors),
-                tied="output.weight" not in names)  # fmt: skip
+    st = _State(
+        shape,
+        ftype,
+        has_imatrix,
+        n_attention_wv=sum(_category(t.name) in ("attn_v", "attn_qkv", "attn_kv_b") for t in tensors),
+        tied="output.weight" not in names,
+    )
     types: dict[str, int] = {}
     fallbacks = 0
     needs_imatrix = False

@@ -144,8 +144,9 @@ def _score(kld: Floats, speed: Floats, size: Ints, fill: Floats, preference: Pre
     return score - crowded
 
 
-def _evaluate(profile: ModelProfile, req: Request, budget: _Budget, caches: list[CacheTable], base_kld: Floats
-              ) -> _Fits:  # fmt: skip
+def _evaluate(
+    profile: ModelProfile, req: Request, budget: _Budget, caches: list[CacheTable], base_kld: Floats
+) -> _Fits:
     """Every type (columns) at every context setting (rows), in one pass."""
     shape, a = profile.shape, profile.arrays
     n_layer, n_gpus, n_types = shape.n_layer, len(budget.gpu_memory), len(profile.types)
@@ -260,8 +261,9 @@ class Ranking:
         return devices
 
     @staticmethod
-    def _problems(profile: TypeProfile, req: Request, budget: _Budget, memory_total: int, overshoot: float,
-                  kld: float) -> list[str]:  # fmt: skip
+    def _problems(
+        profile: TypeProfile, req: Request, budget: _Budget, memory_total: int, overshoot: float, kld: float
+    ) -> list[str]:
         problems = []
         if overshoot:
             where = "unified memory" if budget.unified else "RAM besides the GPU" if budget.gpu_memory else "RAM"
@@ -283,10 +285,11 @@ def search(profile: ModelProfile, req: Request) -> Ranking:
     kv_types = req.kv_types if shape.has_kv_cache else ("f16",)
     budget = _Budget.of(req.machine)
     predictions = [
-        quality.measured(req.measured_kld[t.quant_type]) if t.quant_type in req.measured_kld
+        quality.measured(req.measured_kld[t.quant_type])
+        if t.quant_type in req.measured_kld
         else profile.predicted(t, req.has_imatrix)
         for t in profile.types
-    ]  # fmt: skip
+    ]
     base_kld = np.array([p.mean_kl_divergence for p in predictions], dtype=np.float64)
     n_types = len(profile.types)
     contexts = [req.n_ctx]

@@ -49,8 +49,13 @@ class HardwareSpec:
         if self.tier:
             base = tier_machine(self.tier)
             gpus = self.devices or base.gpus
-            machine = with_overrides(base, ram_bytes=self.ram_bytes, cores=self.cores, gpus=gpus,
-                                     unified=self.unified_memory or base.unified_memory)  # fmt: skip
+            machine = with_overrides(
+                base,
+                ram_bytes=self.ram_bytes,
+                cores=self.cores,
+                gpus=gpus,
+                unified=self.unified_memory or base.unified_memory,
+            )
         else:
             if not self.ram_bytes:
                 raise InvalidArgument("give the system RAM (ram_bytes) or a tier")
@@ -196,8 +201,11 @@ class Recommender:
         """Check ``query`` and look its answer up; cheap (no model is read), so callers may run it inline."""
         machine = query.hardware.machine()
         if query.context_length is not None and not 0 < query.context_length <= MAX_CONTEXT:
-            raise InvalidArgument(f"the context length must be 1..{MAX_CONTEXT} tokens (leave it unset for the "
-                                  f"model's own), not {query.context_length}", field="context_length")  # fmt: skip
+            raise InvalidArgument(
+                f"the context length must be 1..{MAX_CONTEXT} tokens (leave it unset for the "
+                f"model's own), not {query.context_length}",
+                field="context_length",
+            )
         if query.batch_size < 0 or query.max_options < 0 or query.max_size_bytes < 0:
             raise InvalidArgument("batch_size, max_options and max_size_bytes must not be negative")
         if query.max_kl_divergence < 0:
@@ -250,8 +258,13 @@ class Recommender:
         shown = ranking.options(query.max_options or 5)
         explain(shown, ranking, profile, request)
         params = shape.n_parameters
-        origin = {"gguf": "GGUF header", "hf-folder": "safetensors headers", "hf-config": "config.json",
-                  "hyperparameters": "hyper-parameters", "description": "description"}[shape.origin]  # fmt: skip
+        origin = {
+            "gguf": "GGUF header",
+            "hf-folder": "safetensors headers",
+            "hf-config": "config.json",
+            "hyperparameters": "hyper-parameters",
+            "description": "description",
+        }[shape.origin]
         return Recommendation(
             options=shown,
             model_summary=f"{shape.name}: {shape.architecture}, {shape.n_layer} layers, {params / 1e9:.2f}B "

@@ -27,8 +27,19 @@ from quantledger.json_files import hf_architecture
 # ggml type ids of the stored (unquantized) tensors the recommender assumes when no file is at hand
 F32, F16 = 0, 1
 # Architectures without a KV cache (encoders): llama.cpp creates no memory module for them.
-ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "t5encoder",
-                                   "modern-bert", "neo-bert", "eurobert"})  # fmt: skip
+ENCODER_ARCHITECTURES = frozenset(
+    {
+        "bert",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "t5encoder",
+        "modern-bert",
+        "neo-bert",
+        "eurobert",
+    }
+)
 # llama.cpp's sliding-window layer pattern when the file does not say: every n-th layer is global.
 _SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "llama4": 4, "exaone4": 4}
 # Families a description can name, with published configurations (parameters, hyper-parameters).
@@ -274,10 +285,19 @@ class Hyperparameters:
         """Numbers as a request gives them, 0 or empty meaning the default: n_head_kv = n_head,
         context_length = 4096, architecture = llama."""
         return cls(
-            n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv or n_head, n_vocab=n_vocab,
-            head_dim=head_dim, context_length=context_length or 4096, tied_embeddings=tied_embeddings,
-            n_expert=n_expert, n_expert_used=n_expert_used, architecture=architecture or "llama",
-        )  # fmt: skip
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_ff=n_ff,
+            n_head=n_head,
+            n_head_kv=n_head_kv or n_head,
+            n_vocab=n_vocab,
+            head_dim=head_dim,
+            context_length=context_length or 4096,
+            tied_embeddings=tied_embeddings,
+            n_expert=n_expert,
+            n_expert_used=n_expert_used,
+            architecture=architecture or "llama",
+        )
 
     def check(self) -> None:
         numbers = {"n_layer": self.n_layer, "n_embd": self.n_embd, "n_ff": self.n_ff, "n_head": self.n_head,
@@ -315,11 +335,15 @@ def from_hyperparameters(hp: Hyperparameters, origin: str = "hyperparameters") -
             TensorShape(blk + "ffn_norm.weight", (hp.n_embd,), F32),
         ]
         if hp.qkv_bias:
-            layer += [TensorShape(blk + f"attn_{p}.bias", (n,), F32) for p, n in (("q", q_rows), ("k", kv_rows),
-                                                                                  ("v", kv_rows))]  # fmt: skip
+            layer += [
+                TensorShape(blk + f"attn_{p}.bias", (n,), F32)
+                for p, n in (("q", q_rows), ("k", kv_rows), ("v", kv_rows))
+            ]
         if hp.qk_norm:
-            layer += [TensorShape(blk + "attn_q_norm.weight", (head_dim,), F32),
-                      TensorShape(blk + "attn_k_norm.weight", (head_dim,), F32)]  # fmt: skip
+            layer += [
+                TensorShape(blk + "attn_q_norm.weight", (head_dim,), F32),
+                TensorShape(blk + "attn_k_norm.weight", (head_dim,), F32),
+            ]
         if hp.n_expert > 1:
             layer += [
                 TensorShape(blk + "ffn_gate_inp.weight", (hp.n_embd, hp.n_expert), F32),

@@ -94,9 +94,13 @@ def verify_file(
         sizes = {r.quantized_size for r in client.records_of(expected)}
         if sizes and size not in sizes:
             return FileVerification(
-                str(file_path), expected, size, file_type, Verdict.MISMATCH,
+                str(file_path),
+                expected,
+                size,
+                file_type,
+                Verdict.MISMATCH,
                 problems=[f"the file has {size} bytes; records of {expected} say {sorted(sizes)}"],
-            )  # fmt: skip
+            )
     digest = sha256_file(file_path)
     records = client.records_of(digest)
     if attester is not None:
