@@ -24,6 +24,7 @@ SOURCES = (ROOT / "services", ROOT)  # quantledger lives under services/, regist
 LAYERS: tuple[str, ...] = (
     "registry_client",
     "quantledger",
+    "quantledger.security",
     "quantledger.gguf",
     "quantledger.testing",
     "quantledger.convert",
