@@ -1,4 +1,4 @@
-"""bfloat16 narrowing: the one encoder (convert/bf16.py) that the converter and the LoRA merge share.
+"""bfloat16 narrowing: the one encoder (gguf/bf16.py) that the converter and the LoRA merge share.
 
 Expectations are written down as bit patterns, or computed by comparing a value with its two bfloat16
 neighbours in float64 (exact for float32 inputs), never with the encoder's own bit trick.
@@ -15,7 +15,7 @@ import numpy.typing as npt
 import pytest
 
 from quantledger.convert import converter
-from quantledger.convert.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
+from quantledger.gguf.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 
 Encoder = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.uint16]]
 ENCODERS: dict[str, Encoder] = {

@@ -177,3 +177,15 @@ def test_the_checker_sees_a_broken_rule(tmp_path: pathlib.Path) -> None:
     assert package_of("quantledger.jobs.any_new_module") == "quantledger.jobs"
     assert package_of("quantledger.errors") == "quantledger"
     assert package_of("registry_client.chain.node") == "registry_client"
+
+
+def test_the_service_does_not_import_gguf_py() -> None:
+    """gguf-py (the PyPI ``gguf``) is the tests' independent second reader and writer, a dev dependency
+    only: the service reads and writes GGUF with its own ``quantledger.gguf`` package."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for module, path in MODULES.items()
+        for line, target in imports_of(module, path)
+        if _is_under(target, ("gguf",))
+    ]
+    assert found == []

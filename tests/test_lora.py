@@ -23,10 +23,10 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from quantledger.convert import lora
-from quantledger.convert.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 from quantledger.convert.converter import convert_hf_to_gguf
 from quantledger.convert.lora import LoraAdapter, check_against_base, load_lora, merging_transform
 from quantledger.errors import LoraInvalid
+from quantledger.gguf.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 from quantledger.v1 import quantize_service_pb2 as pb
 
 HIDDEN, KV, FFN = 32, 16, 48

@@ -19,10 +19,10 @@ import numpy as np
 
 from quantledger.client_files import check_member_name, folder_has, folder_names
 from quantledger.convert.architectures import ARCHITECTURES, Architecture
-from quantledger.convert.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry
 from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
 from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture, quote_client
+from quantledger.gguf.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 from quantledger.gguf.format import FLOAT32, INT32
 from quantledger.gguf.q8_0 import quantize_q8_0
 from quantledger.gguf.types import ggml_types, ggml_types_by_name

@@ -49,8 +49,8 @@ from safetensors import SafetensorError, safe_open
 
 from quantledger.client_files import folder_file, folder_has, reopen_path
 from quantledger.client_patterns import ClientPattern, compile_client_pattern, compile_client_patterns
-from quantledger.convert.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 from quantledger.errors import LoraInvalid, quote_client
+from quantledger.gguf.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 from quantledger.json_files import read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"

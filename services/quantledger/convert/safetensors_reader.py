@@ -27,7 +27,7 @@ from quantledger.errors import SourceInvalid, quote_client
 from registry_client.bounded_json import JsonRefused, parse_bounded_json
 
 MAX_HEADER_BYTES = 100 << 20
-# BF16 has no numpy dtype: it is read as uint16 bits (convert/bf16.py widens them).
+# BF16 has no numpy dtype: it is read as uint16 bits (gguf/bf16.py widens them).
 DTYPES: dict[str, tuple[str, int]] = {
     "F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2), "F64": ("<f8", 8),
     "I64": ("<i8", 8), "I32": ("<i4", 4), "I16": ("<i2", 2), "I8": ("<i1", 1), "U8": ("<u1", 1), "BOOL": ("<u1", 1),

@@ -17,23 +17,29 @@ import string
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import gguf
+import llama_cpp
 import numpy as np
 
+from quantledger.gguf.bf16 import float32_to_bf16_bits
 from quantledger.gguf.format import FLOAT32 as _FLOAT32
 from quantledger.gguf.format import INT32 as _INT32
-from quantledger.gguf.types import ggml_types
+from quantledger.gguf.q8_0 import quantize_q8_0
+from quantledger.gguf.types import ggml_types, ggml_types_by_name
 from quantledger.gguf.writer import GgufMetadata, TensorLayout, plan_tensors, write_gguf
 
 _SLAB_ELEMENTS = 1 << 22  # random values generated at a time (16 MiB as float32)
 
-# dtype name -> (ggml type, general.file_type)
-_DTYPES: dict[str, tuple[gguf.GGMLQuantizationType, int]] = {
-    "F32": (gguf.GGMLQuantizationType.F32, int(gguf.LlamaFileType.ALL_F32)),
-    "F16": (gguf.GGMLQuantizationType.F16, int(gguf.LlamaFileType.MOSTLY_F16)),
-    "BF16": (gguf.GGMLQuantizationType.BF16, int(gguf.LlamaFileType.MOSTLY_BF16)),
-    "Q8_0": (gguf.GGMLQuantizationType.Q8_0, int(gguf.LlamaFileType.MOSTLY_Q8_0)),
+# dtype name -> (ggml type id from libggml, general.file_type from llama.cpp's LLAMA_FTYPE_*)
+_FILE_TYPES = {
+    "F32": llama_cpp.LLAMA_FTYPE_ALL_F32,
+    "F16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
+    "BF16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
+    "Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
 }
+_DTYPES: dict[str, tuple[int, int]] = {
+    name: (ggml_types_by_name()[name].id, int(file_type)) for name, file_type in _FILE_TYPES.items()
+}
+_F32, _F16, _BF16 = (_DTYPES[name][0] for name in ("F32", "F16", "BF16"))
 
 # SentencePiece token types
 _NORMAL = 1
@@ -154,9 +160,7 @@ def _tensor_shapes(
     return shapes
 
 
-def _write_random(
-    out: BinaryIO, rng: np.random.Generator, shape: tuple[int, ...], ggml_type: gguf.GGMLQuantizationType
-) -> int:
+def _write_random(out: BinaryIO, rng: np.random.Generator, shape: tuple[int, ...], ggml_type: int) -> int:
     """Write a tensor of normal(0, 0.02) values slab by slab; returns the bytes written."""
     row, rows = shape[0], math.prod(shape[1:])
     per_slab = max(1, _SLAB_ELEMENTS // row)
@@ -164,12 +168,14 @@ def _write_random(
     for start in range(0, rows, per_slab):
         values = rng.standard_normal((min(per_slab, rows - start), row), dtype=np.float32)
         values *= np.float32(0.02)
-        if ggml_type == gguf.GGMLQuantizationType.F32:
+        if ggml_type == _F32:
             data = values.astype("<f4").tobytes()
-        elif ggml_type == gguf.GGMLQuantizationType.F16:
+        elif ggml_type == _F16:
             data = values.astype("<f2").tobytes()
-        else:
-            data = np.ascontiguousarray(gguf.quants.quantize(values, ggml_type)).tobytes()
+        elif ggml_type == _BF16:
+            data = float32_to_bf16_bits(values).astype("<u2").tobytes()
+        else:  # Q8_0, the one quantized dtype offered
+            data = quantize_q8_0(values).tobytes()
         out.write(data)
         written += len(data)
     return written
@@ -209,7 +215,7 @@ def write_llama_gguf(
     if n_vocab < 259:
         raise ValueError("n_vocab must be at least 259 (3 special and 256 byte tokens)")
     weight_type, file_type = _DTYPES[dtype]
-    block = ggml_types()[int(weight_type)].block_size
+    block = ggml_types()[weight_type].block_size
     if n_embd % block or n_ff % block:
         raise ValueError(f"n_embd and n_ff must be multiples of {block} for {dtype}")
 
@@ -246,23 +252,23 @@ def write_llama_gguf(
     meta.boolean("tokenizer.ggml.add_eos_token", False)
 
     tensors = [
-        (tensor_name, shape, gguf.GGMLQuantizationType.F32 if len(shape) == 1 else weight_type)
+        (tensor_name, shape, _F32 if len(shape) == 1 else weight_type)
         for tensor_name, shape in _tensor_shapes(n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab, arch)
     ]
-    layouts = plan_tensors((tensor_name, shape, int(ggml_type)) for tensor_name, shape, ggml_type in tensors)
+    layouts = plan_tensors(tensors)
     rng = np.random.default_rng(seed)
 
     def write_data(tensor: TensorLayout, out: BinaryIO) -> int:
         if len(tensor.shape) == 1:
             return out.write(np.ones(tensor.shape, dtype="<f4").tobytes())
-        return _write_random(out, rng, tensor.shape, gguf.GGMLQuantizationType(tensor.ggml_type))
+        return _write_random(out, rng, tensor.shape, tensor.ggml_type)
 
     with open(path, "wb") as out:
         return write_gguf(out, meta, layouts, write_data)
 
 
 def _bytes_per_element(dtype: str) -> float:
-    kind = ggml_types()[int(_DTYPES[dtype][0])]
+    kind = ggml_types()[_DTYPES[dtype][0]]
     return kind.block_bytes / kind.block_size
 
 
