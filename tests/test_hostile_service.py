@@ -336,3 +336,17 @@ def test_an_output_disk_that_fills_during_quantization_is_insufficient_disk(
             assert not [p.name for p in out.iterdir() if "partial" in p.name], "a partial output was left"
         finally:
             server.stop()
+
+
+def test_up_on_a_busy_chain_port_refuses_to_start(tmp_path: pathlib.Path) -> None:
+    """Another program (another home's chain, say) on the chain port: up must not start and talk to it."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        chain_port = other.getsockname()[1]
+        argv = [sys.executable, "-m", "quantledger.cli.main", "up", "--port", "0", "--chain-port", str(chain_port)]
+        env = {**os.environ, "QUANTLEDGER_HOME": str(tmp_path / "home")}
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1, done.stderr
+    assert "PORT_IN_USE" in done.stderr and f"127.0.0.1:{chain_port}" in done.stderr
+    assert "--chain-port" in done.stderr

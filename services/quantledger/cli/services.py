@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,10 +58,29 @@ def serve_chain(settings: Settings, *, as_json: bool) -> int:
     return 0
 
 
+def refuse_a_busy_chain_port(settings: Settings) -> None:
+    """PORT_IN_USE when something already listens on the chain port: whatever answers there is not the
+    chain ``up`` would start (another home's chain, say), and writing to it would mix two registries."""
+    from quantledger.errors import PortInUse
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.bind(("127.0.0.1", settings.chain_port))
+    except OSError as exc:
+        raise PortInUse(
+            f"cannot start the embedded chain on 127.0.0.1:{settings.chain_port}: the port is in use "
+            f"({exc.strerror}); pick another with --chain-port or use that chain with --chain-url",
+            port=settings.chain_port,
+        ) from None
+    finally:
+        probe.close()
+
+
 def start_embedded_chain(settings: Settings) -> subprocess.Popen[bytes]:
     """Start ``serve chain`` as a child and wait until it answers JSON-RPC."""
     from quantledger.registry.chain_supervisor import ChainStartFailed
 
+    refuse_a_busy_chain_port(settings)
     try:
         return launch_embedded_chain(settings)
     except ChainStartFailed as exc:
