@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -240,9 +240,10 @@ def test_failed_attempts_beyond_the_limit_are_too_many_attempts(tmp_path: pathli
     server = start_server(home, [home], port=port, command=command, extra_env=env)
     try:
         wrong = f"{token[:-4]}zzzz"
-        for _ in range(3):
-            assert refusal(server, wrong) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
-        for attempt in (wrong, None, token):  # over the limit nothing new is checked, a valid token neither
+        for attempt in (wrong, "malformed", None):  # hashed or not, each failure counts
+            assert refusal(server, attempt) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+        # over the limit nothing new is checked: neither a guess nor a valid token not seen before
+        for attempt in (wrong, None, f"qlt_{'0' * 16}_{A_WRONG_SECRET}", token):
             assert refusal(server, attempt) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS")
     finally:
         server.stop()
@@ -260,7 +261,7 @@ def test_the_interceptor_sets_the_principal_in_the_handlers_own_task(tmp_path: p
     async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return current_principal().name.encode()
 
-    async def stream(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         for _ in range(2):
             principal = current_principal()
             yield f"{principal.name} {principal.via} {principal.allowed_roots} {principal.output_dirs}".encode()

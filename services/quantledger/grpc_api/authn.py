@@ -53,6 +53,7 @@ OPEN_SERVICES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+TOO_MANY_MESSAGE = "too many failed authentications from this address: wait a minute"
 SUPPRESSED_LOG_SECONDS = 60.0  # over the attempt limit, a peer's refusals are written once a minute
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -94,13 +95,21 @@ class TokenAuthenticator:
         token = bearer_token(metadata)
         if token is None:
             return None
-        record = self._verifier.check_known(token)  # one stat and one SHA-256 for a token seen before
-        if record is None:
-            peer = peer_host(context.peer())
-            if not self._limiter.take(peer):
-                raise TooManyAttempts("too many failed authentications from this address: wait a minute")
-            record = await asyncio.to_thread(self._verifier.verify, token)  # raises when refused
-            self._limiter.give_back(peer)
+        peer = peer_host(context.peer())
+        taken = False
+        try:
+            record = self._verifier.check_known(token)  # one stat and one SHA-256 for a token seen before
+            if record is None:
+                taken = True
+                if not self._limiter.take(peer):
+                    raise TooManyAttempts(TOO_MANY_MESSAGE)
+                record = await asyncio.to_thread(self._verifier.verify, token)  # raises when refused
+                self._limiter.give_back(peer)
+        except AuthenticationFailed:
+            # refused without a hash (malformed, unknown id, revoked, expired): a failed attempt all the same
+            if not taken and not self._limiter.take(peer):
+                raise TooManyAttempts(TOO_MANY_MESSAGE) from None
+            raise
         now = time.time()
         if self._verifier.stamp_due(record, now):
             try:
@@ -138,7 +147,7 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
                     set_principal(principal)
                     return
             if not self._limiter.take(peer_host(context.peer())):
-                raise TooManyAttempts("too many failed authentications from this address: wait a minute")
+                raise TooManyAttempts(TOO_MANY_MESSAGE)
             raise AuthenticationFailed(INVALID_MESSAGE)
         except QuantledgerError as exc:
             self._refused(context, method, metadata, exc)
