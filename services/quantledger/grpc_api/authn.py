@@ -106,7 +106,8 @@ class TokenAuthenticator:
                 record = await asyncio.to_thread(self._verifier.verify, token)  # raises when refused
                 self._limiter.give_back(peer)
         except AuthenticationFailed:
-            # refused without a hash (malformed, unknown id, revoked, expired): a failed attempt all the same
+            # refused before any hash (malformed, unknown id; revoked or expired after a remembered match),
+            # or by the hash: a failed attempt either way (verify took its attempt already)
             if not taken and not self._limiter.take(peer):
                 raise TooManyAttempts(TOO_MANY_MESSAGE) from None
             raise
