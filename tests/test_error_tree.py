@@ -44,6 +44,11 @@ WIRE_FORMS = {
         "PortInUse": ("UNAVAILABLE", "PORT_IN_USE"),
         "HubUnavailable": ("UNAVAILABLE", "HUB_UNAVAILABLE"),
         "ConfigInvalid": ("FAILED_PRECONDITION", "CONFIG_INVALID"),
+        "AuthenticationFailed": ("UNAUTHENTICATED", "TOKEN_INVALID"),
+        "TokenExpired": ("UNAUTHENTICATED", "TOKEN_EXPIRED"),
+        "TooManyAttempts": ("RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS"),
+        "TokenNameTaken": ("ALREADY_EXISTS", "TOKEN_NAME_TAKEN"),
+        "TokenNotFound": ("NOT_FOUND", "TOKEN_NOT_FOUND"),
     },
     registry_errors: {
         "QuantledgerError": ("INTERNAL", "INTERNAL"),

@@ -14,6 +14,7 @@ from quantledger.errors import ConfigInvalid, quote_client
 
 DEFAULT_PORT = 50051
 DEFAULT_CHAIN_PORT = 8545
+AUTH_MODES = ("none", "tokens")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -46,6 +47,10 @@ class Settings:
     stage_timeout_seconds: float = 6 * 3600.0
     job_timeout_seconds: float = 48 * 3600.0
     validation_timeout_seconds: float = 60.0
+    # "none": every call is the local admin (loopback default); "tokens": every call but health and
+    # reflection carries a valid API token (security/tokens.py)
+    auth: str = "none"
+    auth_failures_per_minute: int = 10  # failed authentications a peer may make per minute (and at once)
 
     @property
     def database(self) -> pathlib.Path:
@@ -68,6 +73,15 @@ class Settings:
     @property
     def embedded_chain_url(self) -> str:
         return f"http://127.0.0.1:{self.chain_port}"
+
+    @property
+    def tokens_file(self) -> pathlib.Path:
+        """API tokens, hashed (mode 0600; ``quantledger tokens``)."""
+        return self.home / "keys" / "api-tokens.json"
+
+    @property
+    def audit_log(self) -> pathlib.Path:
+        return self.home / "audit.log"
 
     @property
     def logs(self) -> pathlib.Path:
@@ -100,6 +114,14 @@ class Settings:
             "stage_timeout_seconds": max(1, _env_int("QUANTLEDGER_STAGE_TIMEOUT_SECONDS", 6 * 3600)),
             "job_timeout_seconds": max(1, _env_int("QUANTLEDGER_JOB_TIMEOUT_SECONDS", 48 * 3600)),
             "validation_timeout_seconds": max(1, _env_int("QUANTLEDGER_VALIDATION_TIMEOUT_SECONDS", 60)),
+            "auth_failures_per_minute": max(1, _env_int("QUANTLEDGER_AUTH_FAILURES_PER_MINUTE", 10)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        auth = str(values.get("auth") or os.environ.get("QUANTLEDGER_AUTH") or "none").strip().lower()
+        if auth not in AUTH_MODES:
+            raise ConfigInvalid(
+                f"authentication must be one of {', '.join(AUTH_MODES)}, got {quote_client(auth)}",
+                variable="QUANTLEDGER_AUTH",
+            )
+        values["auth"] = auth
         return cls(**values)  # type: ignore[arg-type]

@@ -37,7 +37,12 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     │   ├── StageTimeout                  DEADLINE_EXCEEDED    STAGE_TIMEOUT
     │   ├── JobTimeout                    DEADLINE_EXCEEDED    JOB_TIMEOUT
     │   └── ValidationTimeout             DEADLINE_EXCEEDED    VALIDATION_TIMEOUT
-    └── PortInUse                         UNAVAILABLE          PORT_IN_USE
+    ├── PortInUse                         UNAVAILABLE          PORT_IN_USE
+    ├── AuthenticationFailed              UNAUTHENTICATED      TOKEN_INVALID
+    │   └── TokenExpired                  UNAUTHENTICATED      TOKEN_EXPIRED
+    ├── TooManyAttempts                   RESOURCE_EXHAUSTED   TOO_MANY_ATTEMPTS
+    ├── TokenNameTaken                    ALREADY_EXISTS       TOKEN_NAME_TAKEN
+    └── TokenNotFound                     NOT_FOUND            TOKEN_NOT_FOUND
 """
 
 from __future__ import annotations
@@ -206,3 +211,38 @@ class PortInUse(QuantledgerError):
 
     code = "UNAVAILABLE"
     reason = "PORT_IN_USE"
+
+
+class AuthenticationFailed(QuantledgerError):
+    """A call without a valid credential: no token, a malformed, unknown or wrong one, or a revoked one.
+    The message never says which, so a guesser learns nothing from it."""
+
+    code = "UNAUTHENTICATED"
+    reason = "TOKEN_INVALID"
+
+
+class TokenExpired(AuthenticationFailed):
+    """A token that was valid (its secret checked) and is past its expiry; make a new one."""
+
+    reason = "TOKEN_EXPIRED"
+
+
+class TooManyAttempts(QuantledgerError):
+    """Too many failed authentications from one peer: refused without checking, until the limit refills."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "TOO_MANY_ATTEMPTS"
+
+
+class TokenNameTaken(QuantledgerError):
+    """``tokens create NAME`` where a token of that name is still valid (revoke it first)."""
+
+    code = "ALREADY_EXISTS"
+    reason = "TOKEN_NAME_TAKEN"
+
+
+class TokenNotFound(QuantledgerError):
+    """``tokens revoke NAME`` where no unrevoked token has that name."""
+
+    code = "NOT_FOUND"
+    reason = "TOKEN_NOT_FOUND"

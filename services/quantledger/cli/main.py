@@ -1,7 +1,8 @@
 """The ``quantledger`` command line.
 
 Every command takes ``--json`` (the proto JSON mapping with proto field names; ``watch`` prints JSON
-lines) and ``--server HOST:PORT``. Exit status: 0 on success, 1 on a failure (the error reason is
+lines), ``--server HOST:PORT`` and ``--token-file PATH`` (else ``$QUANTLEDGER_TOKEN``: the API token sent
+on every call, never printed). Exit status: 0 on success, 1 on a failure (the error reason is
 printed), 2 on a usage error.
 """
 
@@ -20,10 +21,12 @@ from grpc_status import rpc_status
 
 from quantledger import __version__
 from quantledger.cli.arguments import in_flag_terms, local_path, names_hub_model
+from quantledger.cli.channel import client_channel
 from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommend
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
-from quantledger.config import DEFAULT_PORT, Settings
+from quantledger.cli.tokens_command import add_tokens_parser, cmd_tokens
+from quantledger.config import AUTH_MODES, DEFAULT_PORT, Settings
 from quantledger.errors import QuantledgerError
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
@@ -49,7 +52,7 @@ def _server_default() -> str:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """``--json`` and ``--server``, before the command (``top``) or after it; after wins."""
+    """``--json``, ``--server`` and ``--token-file``, before the command (``top``) or after it; after wins."""
     unset = None if top else argparse.SUPPRESS  # a command's own flag, when not given, keeps the top one
     parser.add_argument(
         "--json",
@@ -62,6 +65,12 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
         default=unset,
         help="HOST:PORT of the gRPC server (default $QUANTLEDGER_SERVER or 127.0.0.1:50051)",
     )
+    parser.add_argument(
+        "--token-file",
+        default=unset,
+        metavar="PATH",
+        help="file holding the API token sent on every call (default $QUANTLEDGER_TOKEN)",
+    )
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +79,12 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chain-port", type=int, default=None, help="JSON-RPC port of the embedded chain (8545)")
     parser.add_argument("--chain-url", default=None, help="JSON-RPC URL of an external chain")
     parser.add_argument("--max-parallel-jobs", type=int, default=None, help="jobs run at once (default 1)")
+    parser.add_argument(
+        "--auth",
+        default=None,
+        choices=AUTH_MODES,
+        help="none: every call is the local admin (default, $QUANTLEDGER_AUTH); tokens: every call needs a token",
+    )
 
 
 def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
@@ -164,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_recommend_parser(commands, _add_common)
     add_registry_parser(commands, _add_common)
+    add_tokens_parser(commands, _add_common)
     quantize = commands.add_parser("quantize", help="quantize locally with the same engine, no server")
     _add_common(quantize)
     _add_job_inputs(quantize, out_required=True)
@@ -216,8 +232,7 @@ def _job_name(name: str) -> str:
 
 
 def _stub(args: argparse.Namespace) -> pb_grpc.QuantizeServiceStub:
-    channel = grpc.insecure_channel(args.server)
-    return pb_grpc.QuantizeServiceStub(channel)
+    return pb_grpc.QuantizeServiceStub(client_channel(args))
 
 
 def follow(jobs: Iterator[pb.QuantizeJob], args: argparse.Namespace, *, lines: bool) -> pb.QuantizeJob:
@@ -358,6 +373,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         chain_port=args.chain_port,
         chain_url=args.chain_url,
         max_parallel_jobs=args.max_parallel_jobs,
+        auth=args.auth,
     )
 
 
@@ -397,6 +413,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "quantize": cmd_quantize,
     "recommend": cmd_recommend,
     "registry": cmd_registry,
+    "tokens": cmd_tokens,
 }
 
 

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from quantledger.config import Settings
 from quantledger.errors import PortInUse
+from quantledger.grpc_api.authn import interceptors_for
 from quantledger.grpc_api.quantize_servicer import QuantizeServicer
 from quantledger.grpc_api.registry_servicer import RegistryServicer
 from quantledger.jobs.engine import JobEngine
@@ -41,6 +42,10 @@ from registry_client.errors import RegistryError
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 5.0
 SERVICES = ("quantize", "recommend", "registry")
+AUTH_NOTES = {
+    "none": " (every call runs as the local admin: keep the loopback bind)",
+    "tokens": " (every call but health and reflection needs a token: quantledger tokens create NAME)",
+}
 REGISTRY_SERVICE_NAME = registry_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
 
@@ -55,7 +60,7 @@ class QuantledgerServer:
         self._services = tuple(services)
         # grpc sets SO_REUSEPORT by default: a second server on a busy port would start and the kernel
         # would split connections between the two; without it a busy port is an error
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors_for(settings))
         self._health = health.aio.HealthServicer()
         self._engine: JobEngine | None = None
         self._stopping = False
@@ -163,10 +168,11 @@ async def serve(
     address = f"{settings.host}:{port}"
     if as_json:
         body = {"serving": list(services), "address": address, "data_dir": str(settings.home), **(announce or {})}
-        print(json.dumps(body), flush=True)
+        print(json.dumps(body | {"authentication": settings.auth}), flush=True)
     else:
         extra = "".join(f", {key} {value}" for key, value in (announce or {}).items())
-        print(f"quantledger serving {', '.join(services)} on {address} (data dir {settings.home}{extra})", flush=True)
+        print(f"quantledger serving {', '.join(services)} on {address} (data dir {settings.home}{extra})")
+        print(f"authentication: {settings.auth}{AUTH_NOTES[settings.auth]}", flush=True)
     try:
         await server.wait()
     finally:
