@@ -44,6 +44,8 @@ WIRE_FORMS = {
         "PortInUse": ("UNAVAILABLE", "PORT_IN_USE"),
         "HubUnavailable": ("UNAVAILABLE", "HUB_UNAVAILABLE"),
         "ConfigInvalid": ("FAILED_PRECONDITION", "CONFIG_INVALID"),
+        "CertificateInvalid": ("FAILED_PRECONDITION", "CERTIFICATE_INVALID"),
+        "InsecureListen": ("FAILED_PRECONDITION", "INSECURE_LISTEN"),
     },
     registry_errors: {
         "QuantledgerError": ("INTERNAL", "INTERNAL"),

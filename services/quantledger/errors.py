@@ -37,7 +37,9 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     │   ├── StageTimeout                  DEADLINE_EXCEEDED    STAGE_TIMEOUT
     │   ├── JobTimeout                    DEADLINE_EXCEEDED    JOB_TIMEOUT
     │   └── ValidationTimeout             DEADLINE_EXCEEDED    VALIDATION_TIMEOUT
-    └── PortInUse                         UNAVAILABLE          PORT_IN_USE
+    ├── PortInUse                         UNAVAILABLE          PORT_IN_USE
+    ├── CertificateInvalid                FAILED_PRECONDITION  CERTIFICATE_INVALID
+    └── InsecureListen                    FAILED_PRECONDITION  INSECURE_LISTEN
 """
 
 from __future__ import annotations
@@ -206,3 +208,19 @@ class PortInUse(QuantledgerError):
 
     code = "UNAVAILABLE"
     reason = "PORT_IN_USE"
+
+
+class CertificateInvalid(QuantledgerError):
+    """A TLS certificate, key or CA file that cannot be used (unreadable, not PEM, a key that does not
+    match its certificate); the message names the flag that gave it."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "CERTIFICATE_INVALID"
+
+
+class InsecureListen(QuantledgerError):
+    """A server asked to listen beyond loopback without TLS and authentication (or the embedded chain,
+    which has neither, asked to listen beyond loopback); the message names the flags to add."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "INSECURE_LISTEN"

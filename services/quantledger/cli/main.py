@@ -1,8 +1,9 @@
 """The ``quantledger`` command line.
 
 Every command takes ``--json`` (the proto JSON mapping with proto field names; ``watch`` prints JSON
-lines) and ``--server HOST:PORT``. Exit status: 0 on success, 1 on a failure (the error reason is
-printed), 2 on a usage error.
+lines), ``--server HOST:PORT`` and the client's transport flags (``--tls-ca``, ``--tls-cert``/``--tls-key``,
+``--insecure``: ``cli/channels.py``), before or after the command. Exit status: 0 on success, 1 on a
+failure (the error reason is printed), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from grpc_status import rpc_status
 
 from quantledger import __version__
 from quantledger.cli.arguments import in_flag_terms, local_path, names_hub_model
+from quantledger.cli.channels import ClientTransport, add_transport_flags, open_channel, unavailable_message
 from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommend
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
-from quantledger.config import DEFAULT_PORT, Settings
+from quantledger.config import AUTH_MODES, DEFAULT_PORT, Settings
 from quantledger.errors import QuantledgerError
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
@@ -48,8 +50,9 @@ def _server_default() -> str:
     return os.environ.get("QUANTLEDGER_SERVER", f"127.0.0.1:{DEFAULT_PORT}")
 
 
-def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """``--json`` and ``--server``, before the command (``top``) or after it; after wins."""
+def _add_common(parser: argparse.ArgumentParser, *, top: bool = False, client: bool = True) -> None:
+    """``--json``, ``--server`` and (for a ``client`` command) the transport flags, before the command
+    (``top``) or after it; after wins."""
     unset = None if top else argparse.SUPPRESS  # a command's own flag, when not given, keeps the top one
     parser.add_argument(
         "--json",
@@ -62,6 +65,8 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
         default=unset,
         help="HOST:PORT of the gRPC server (default $QUANTLEDGER_SERVER or 127.0.0.1:50051)",
     )
+    if client:
+        add_transport_flags(parser, top=top)
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +75,29 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chain-port", type=int, default=None, help="JSON-RPC port of the embedded chain (8545)")
     parser.add_argument("--chain-url", default=None, help="JSON-RPC URL of an external chain")
     parser.add_argument("--max-parallel-jobs", type=int, default=None, help="jobs run at once (default 1)")
+    # transport security; --tls-cert/--tls-key may also stand before the command (as the client's do)
+    tls = parser.add_argument_group("transport security (docs/SECURITY.md)")
+    tls.add_argument(
+        "--tls-cert", default=argparse.SUPPRESS, metavar="FILE", help="PEM certificate chain: serve TLS only"
+    )
+    tls.add_argument("--tls-key", default=argparse.SUPPRESS, metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument(
+        "--tls-client-ca", default=None, metavar="FILE", help="require client certificates signed by this CA (mTLS)"
+    )
+    tls.add_argument(
+        "--tls-admin",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a client certificate name (CN) that is an admin; repeat",
+    )
+    tls.add_argument("--auth", default=None, choices=AUTH_MODES, help="how calls authenticate (default none)")
+    tls.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        default=None,
+        help="listen beyond loopback without TLS and authentication (logs a warning on every start)",
+    )
 
 
 def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
@@ -120,12 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="make a small model and run the whole pipeline on it")
     _add_common(demo)
 
-    up = commands.add_parser("up", help="embedded chain + every service (gRPC 127.0.0.1:50051, JSON-RPC :8545)")
-    _add_common(up)
+    # allow_abbrev off: no abbreviation of --insecure-listen (or any other flag) lowers a server's guard
+    up = commands.add_parser(
+        "up", help="embedded chain + every service (gRPC 127.0.0.1:50051, JSON-RPC :8545)", allow_abbrev=False
+    )
+    _add_common(up, client=False)
     _add_serve_flags(up)
 
-    serve = commands.add_parser("serve", help="run one or more services in one server")
-    _add_common(serve)
+    serve = commands.add_parser("serve", help="run one or more services in one server", allow_abbrev=False)
+    _add_common(serve, client=False)
     serve.add_argument(
         "service",
         nargs="+",
@@ -216,8 +247,7 @@ def _job_name(name: str) -> str:
 
 
 def _stub(args: argparse.Namespace) -> pb_grpc.QuantizeServiceStub:
-    channel = grpc.insecure_channel(args.server)
-    return pb_grpc.QuantizeServiceStub(channel)
+    return pb_grpc.QuantizeServiceStub(open_channel(args))
 
 
 def follow(jobs: Iterator[pb.QuantizeJob], args: argparse.Namespace, *, lines: bool) -> pb.QuantizeJob:
@@ -358,6 +388,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         chain_port=args.chain_port,
         chain_url=args.chain_url,
         max_parallel_jobs=args.max_parallel_jobs,
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        tls_client_ca=args.tls_client_ca,
+        tls_admins=tuple(args.tls_admin) if args.tls_admin else None,
+        auth=args.auth,
+        insecure_listen=args.insecure_listen,
     )
 
 
@@ -400,7 +436,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _rpc_failure(exc: grpc.RpcError) -> CommandFailed:
+def _rpc_failure(exc: grpc.RpcError, args: argparse.Namespace) -> CommandFailed:
     status = rpc_status.from_call(exc)
     code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
     if status is not None:
@@ -411,9 +447,7 @@ def _rpc_failure(exc: grpc.RpcError) -> CommandFailed:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == "UNAVAILABLE":
         return CommandFailed(
-            "SERVER_UNAVAILABLE",
-            f"no quantledger server answers: {details} (start one with `quantledger up`)",
-            code,
+            "SERVER_UNAVAILABLE", unavailable_message(str(details), ClientTransport.from_args(args)), code
         )
     return CommandFailed(code, str(details), code)
 
@@ -426,7 +460,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except grpc.RpcError as exc:
-        failure = _rpc_failure(exc)
+        failure = _rpc_failure(exc, args)
     except QuantledgerError as exc:
         failure = CommandFailed(exc.reason, exc.message, exc.code)
     except CommandFailed as exc:

@@ -17,9 +17,8 @@ import pathlib
 import re
 from typing import Any
 
-import grpc
-
 from quantledger.cli.arguments import names_hub_model
+from quantledger.cli.channels import open_channel
 from quantledger.cli.render import human_bytes, print_json
 from quantledger.errors import InvalidArgument
 from quantledger.recommend.service import parse_bytes
@@ -170,7 +169,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.local:
         response = _answer_locally(request)
     else:
-        stub = pb_grpc.RecommendServiceStub(grpc.insecure_channel(args.server))
+        stub = pb_grpc.RecommendServiceStub(open_channel(args))
         response = stub.Recommend(request, timeout=60)
     if args.json:
         print_json(response)

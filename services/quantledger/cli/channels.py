@@ -1,0 +1,161 @@
+"""Every gRPC channel the CLI opens, and what a failure to reach the server means.
+
+:class:`ClientTransport` is how to reach ``--server``: plaintext (the loopback default), or TLS when a
+CA to verify the server is given (``--tls-ca`` / ``$QUANTLEDGER_TLS_CA``) or a client certificate
+(``--tls-cert``/``--tls-key``, ``$QUANTLEDGER_TLS_CLIENT_CERT``/``$QUANTLEDGER_TLS_CLIENT_KEY``; the
+server is then verified against the system's roots unless a CA is given). ``--tls-server-name`` checks
+the server's certificate for another name than the host in ``--server``. ``--insecure`` forces
+plaintext whatever the environment says. Flags win over the environment.
+
+:func:`unavailable_message` turns gRPC's UNAVAILABLE details into what to do next, TLS handshake
+failures included ("TLS handshake failed: CERTIFICATE_VERIFY_FAILED …").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+
+import grpc
+
+from quantledger.errors import CertificateInvalid
+
+MAX_PEM_BYTES = 1 << 20
+
+
+def add_transport_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The client's transport flags, before the command (``top``) or after it; after wins."""
+    unset = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--tls-ca", default=unset, metavar="FILE", help="verify the server with this CA (default $QUANTLEDGER_TLS_CA)"
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=unset,
+        metavar="FILE",
+        help="client certificate for mutual TLS (default $QUANTLEDGER_TLS_CLIENT_CERT); "
+        "for up/serve: the server's certificate",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=unset,
+        metavar="FILE",
+        help="key of --tls-cert (default $QUANTLEDGER_TLS_CLIENT_KEY); for up/serve: the server's key",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=unset,
+        metavar="NAME",
+        help="name the server's certificate must carry, when not the host of --server",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="plaintext, even when $QUANTLEDGER_TLS_CA is set",
+    )
+
+
+@dataclass(frozen=True)
+class ClientTransport:
+    """How the CLI reaches a server."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    server_name: str = ""
+    insecure: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ClientTransport:
+        def pick(flag: str, variable: str) -> str:
+            value = getattr(args, flag, None)
+            return str(value) if value is not None else os.environ.get(variable, "").strip()
+
+        return cls(
+            ca=pick("tls_ca", "QUANTLEDGER_TLS_CA"),
+            cert=pick("tls_cert", "QUANTLEDGER_TLS_CLIENT_CERT"),
+            key=pick("tls_key", "QUANTLEDGER_TLS_CLIENT_KEY"),
+            server_name=pick("tls_server_name", "QUANTLEDGER_TLS_SERVER_NAME"),
+            insecure=bool(getattr(args, "insecure", False)),
+        )
+
+    @property
+    def tls(self) -> bool:
+        return not self.insecure and bool(self.ca or self.cert or self.key)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if bool(self.cert) != bool(self.key):
+            raise CertificateInvalid("a client certificate needs both --tls-cert FILE and --tls-key FILE")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read("--tls-ca", self.ca) if self.ca else None,
+            private_key=_read("--tls-key", self.key) if self.key else None,
+            certificate_chain=_read("--tls-cert", self.cert) if self.cert else None,
+        )
+
+    def open(self, address: str) -> grpc.Channel:
+        """A channel to ``address`` (HOST:PORT) over this transport."""
+        if not self.tls:
+            return grpc.insecure_channel(address)
+        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+        return grpc.secure_channel(address, self.credentials(), options=options)
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        raise CertificateInvalid(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from exc
+    if len(data) > MAX_PEM_BYTES or b"-----BEGIN " not in data:
+        raise CertificateInvalid(f"{flag} {path}: not a PEM file")
+    return data
+
+
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """The channel to ``--server`` with the transport the flags and environment ask for."""
+    return ClientTransport.from_args(args).open(args.server)
+
+
+_SSL_ERROR = re.compile(r"OPENSSL_internal:(?P<code>[A-Z0-9_]+)(?::\s*(?P<text>[^:]+))?")
+_HINTS = {
+    "CERTIFICATE_VERIFY_FAILED": "the server's certificate is not signed by the CA of --tls-ca ($QUANTLEDGER_TLS_CA)",
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS: leave out --tls-ca/--tls-cert or pass --insecure",
+    "CERTIFICATE_REQUIRED": "the server requires a client certificate: pass --tls-cert FILE --tls-key FILE",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the CA that signed --tls-cert",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the server refused the client certificate (--tls-cert)",
+}
+
+
+def unavailable_message(details: str, transport: ClientTransport) -> str:
+    """What to tell a user whose call ended UNAVAILABLE with gRPC's ``details``."""
+    lowered = details.lower()
+    if "handshake failed" in lowered:
+        match = _SSL_ERROR.search(details)
+        if match is not None:
+            reason = match["code"] + (f" ({match['text'].strip()})" if match["text"] else "")
+            hint = _HINTS.get(match["code"], "check --tls-ca, --tls-cert and --tls-key")
+        else:
+            reason, hint = details.rsplit(": ", 1)[-1], "check --tls-ca, --tls-cert and --tls-key"
+        return f"TLS handshake failed: {reason}: {hint}"
+    if "hostname verification" in lowered or ("peer name" in lowered and "not in peer certificate" in lowered):
+        name = f"--tls-server-name {transport.server_name}" if transport.server_name else "the host of --server"
+        return (
+            f"TLS handshake failed: the server's certificate does not carry {name}; "
+            "pass --tls-server-name NAME with a name it carries"
+        )
+    if "socket closed" in lowered or "connection reset" in lowered:
+        if transport.tls and not transport.cert:
+            return (
+                "TLS handshake failed: the server closed the connection; it may require a client certificate: "
+                "pass --tls-cert FILE --tls-key FILE"
+            )
+        if transport.tls:
+            return "TLS handshake failed: the server closed the connection; it may not trust the client certificate"
+        return (
+            f"the server closed the connection ({details}); if it serves TLS, pass --tls-ca FILE "
+            "(or set $QUANTLEDGER_TLS_CA)"
+        )
+    return f"no quantledger server answers: {details} (start one with `quantledger up`)"

@@ -1,0 +1,162 @@
+"""TLS for the gRPC server: reloadable credentials and the principal of a client certificate.
+
+:class:`ServerTls` turns the operator's files (``security/certificates.py``) into
+``grpc.dynamic_ssl_server_credentials``. gRPC asks its fetch callback for new material on every new
+connection; the callback hands over what a changed file or a SIGHUP loaded, so new connections get
+the new certificate while established connections (and their open streams) keep the one they
+negotiated.
+
+:func:`principal_from_peer` is the identity of a verified client certificate (mutual TLS), and
+:class:`PeerPrincipalInterceptor` sets it as each call's principal on a server that requires client
+certificates.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any
+
+import grpc
+
+from quantledger.config import Settings
+from quantledger.errors import CertificateInvalid
+from quantledger.grpc_api.auth import set_principal
+from quantledger.security.certificates import CertificateFiles, CertificateWatch, KeyMaterial
+from quantledger.security.principal import Principal
+
+log = logging.getLogger(__name__)
+
+
+class ServerTls:
+    """The server side of TLS: credentials for ``add_secure_port`` that follow the files."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not (settings.tls_cert and settings.tls_key):
+            raise CertificateInvalid("TLS needs both --tls-cert FILE and --tls-key FILE")
+        self.files = CertificateFiles(
+            pathlib.Path(settings.tls_cert),
+            pathlib.Path(settings.tls_key),
+            pathlib.Path(settings.tls_client_ca) if settings.tls_client_ca else None,
+        )
+        self.watch = CertificateWatch(self.files)
+        self.mutual = self.files.client_ca is not None
+
+    def describe(self) -> str:
+        """For the start-up announcement."""
+        return "on (client certificates required)" if self.mutual else "on"
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            _configuration(self.watch.current),
+            self._fetch,
+            require_client_authentication=self.mutual,
+        )
+
+    def reload(self, why: str) -> None:
+        """Read the files now (SIGHUP); the next connection gets what they hold if it passes the checks."""
+        self.watch.reload(why)
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's callback, on a gRPC thread at each new connection: new material, or None to keep the current."""
+        try:
+            fresh = self.watch.take_fresh()
+        except Exception:  # never let a reload fault break a handshake: the current material stays
+            log.exception("TLS reload check failed; keeping the current certificate")
+            return None
+        return _configuration(fresh) if fresh is not None else None
+
+
+def _configuration(material: KeyMaterial) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration(
+        [(material.private_key, material.cert_chain)], root_certificates=material.client_ca
+    )
+
+
+def principal_from_peer(
+    context: grpc.aio.ServicerContext[Any, Any] | grpc.ServicerContext, admins: Collection[str] = ()
+) -> Principal | None:
+    """The principal of the client certificate the peer of this call presented, or None.
+
+    Contract: the name is the certificate's subject common name (CN), or its first subject
+    alternative name when it has no CN; ``admin`` when that name is in ``admins`` (``--tls-admin``);
+    ``via = "mtls"``. None when the call came without a client certificate (plaintext, or TLS without
+    ``--tls-client-ca``) or the name is not printable UTF-8. gRPC only reports a client certificate
+    after verifying it against the client CA on a server that requires one (``ServerTls`` with a
+    client CA), so on such a server the identity is the CA's word.
+    """
+    auth = context.auth_context()
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return None
+    candidates = [*auth.get("x509_common_name", []), *auth.get("x509_subject_alternative_name", [])]
+    if not candidates:
+        return None
+    try:
+        name = candidates[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not name or not name.isprintable():
+        return None
+    return Principal(name=name, admin=name in admins, via="mtls")
+
+
+Behavior = Callable[..., Any]
+
+
+class PeerPrincipalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
+    """On a server that requires client certificates: every call runs as its certificate's principal
+    (``current_principal()``); a call without one is UNAUTHENTICATED."""
+
+    def __init__(self, admins: Collection[str] = ()) -> None:
+        self._admins = frozenset(admins)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        )
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        principal = principal_from_peer(context, self._admins)
+        if principal is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        else:
+            set_principal(principal)  # each call runs in its own task: the principal is this call's
+
+    def _unary(self, behavior: Behavior) -> Behavior:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await self._authenticate(context)
+            return await behavior(request, context)
+
+        return call
+
+    def _stream(self, behavior: Behavior) -> Behavior:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            await self._authenticate(context)
+            result = behavior(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:  # a handler that writes with context.write()
+                await result
+
+        return call
