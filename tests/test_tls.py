@@ -4,6 +4,7 @@ unsafe bind (docs/SECURITY.md "Transport")."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -25,6 +26,7 @@ from tls_certs import CertificateAuthority, Issued
 
 from quantledger.cli import main as cli_main
 from quantledger.config import Settings
+from quantledger.errors import CertificateInvalid
 from quantledger.grpc_api.auth import current_principal
 from quantledger.grpc_api.tls import PeerPrincipalInterceptor, ServerTls, principal_from_peer
 from quantledger.security.listen_policy import is_loopback
@@ -342,6 +344,12 @@ def test_a_bad_certificate_at_start_is_certificate_invalid(tmp_path: pathlib.Pat
     status = cli("serve", "quantize", "--port", str(free_port()), "--tls-cert", str(cert), "--tls-key", str(key))
     assert status.returncode == 1
     assert "CERTIFICATE_INVALID" in status.stderr and "--tls-key" in status.stderr
+    half = Settings(home=tmp_path, allowed_roots=(tmp_path,), tls_client_ca=str(pki.client_ca))
+    with pytest.raises(CertificateInvalid, match="--tls-cert FILE and --tls-key FILE"):
+        ServerTls(half)  # a client CA without a server certificate is no silent plaintext
+    unreadable = dataclasses.replace(half, tls_cert=str(cert), tls_key=str(tmp_path / "missing.key"))
+    with pytest.raises(CertificateInvalid, match=r"--tls-key .*cannot read it"):
+        ServerTls(unreadable)
 
 
 # ------------------------------------------------------------------ safe defaults

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import grpc
 
 from quantledger.errors import CertificateInvalid
-
-MAX_PEM_BYTES = 1 << 20
+from quantledger.security.certificates import read_pem
 
 
 def add_transport_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -90,9 +89,9 @@ class ClientTransport:
         if bool(self.cert) != bool(self.key):
             raise CertificateInvalid("a client certificate needs both --tls-cert FILE and --tls-key FILE")
         return grpc.ssl_channel_credentials(
-            root_certificates=_read("--tls-ca", self.ca) if self.ca else None,
-            private_key=_read("--tls-key", self.key) if self.key else None,
-            certificate_chain=_read("--tls-cert", self.cert) if self.cert else None,
+            root_certificates=read_pem("--tls-ca", self.ca) if self.ca else None,
+            private_key=read_pem("--tls-key", self.key) if self.key else None,
+            certificate_chain=read_pem("--tls-cert", self.cert) if self.cert else None,
         )
 
     def open(self, address: str) -> grpc.Channel:
@@ -101,17 +100,6 @@ class ClientTransport:
             return grpc.insecure_channel(address)
         options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
         return grpc.secure_channel(address, self.credentials(), options=options)
-
-
-def _read(flag: str, path: str) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_PEM_BYTES + 1)
-    except OSError as exc:
-        raise CertificateInvalid(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from exc
-    if len(data) > MAX_PEM_BYTES or b"-----BEGIN " not in data:
-        raise CertificateInvalid(f"{flag} {path}: not a PEM file")
-    return data
 
 
 def open_channel(args: argparse.Namespace) -> grpc.Channel:

@@ -62,7 +62,8 @@ class QuantledgerServer:
         self.settings = settings
         self._services = tuple(services)
         self._listen_warning = check_grpc_listen(settings)  # InsecureListen before anything starts
-        self.tls = ServerTls(settings) if settings.tls else None  # bad files: CertificateInvalid now
+        # bad or missing files (a client CA without a certificate too): CertificateInvalid now
+        self.tls = ServerTls(settings) if settings.tls or settings.tls_client_ca else None
         interceptors = []
         if self.tls is not None and self.tls.mutual:
             interceptors.append(PeerPrincipalInterceptor(settings.tls_admins))

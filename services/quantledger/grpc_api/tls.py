@@ -34,7 +34,8 @@ class ServerTls:
 
     def __init__(self, settings: Settings) -> None:
         if not (settings.tls_cert and settings.tls_key):
-            raise CertificateInvalid("TLS needs both --tls-cert FILE and --tls-key FILE")
+            given = " (--tls-client-ca is TLS too)" if settings.tls_client_ca else ""
+            raise CertificateInvalid(f"TLS needs both --tls-cert FILE and --tls-key FILE{given}")
         self.files = CertificateFiles(
             pathlib.Path(settings.tls_cert),
             pathlib.Path(settings.tls_key),

@@ -64,7 +64,8 @@ class KeyMaterial:
         return f"certificate sha256 {self.fingerprint}"
 
 
-def _read(flag: str, path: pathlib.Path) -> bytes:
+def read_pem(flag: str, path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a PEM file given by ``flag`` (CertificateInvalid naming both when it cannot be one)."""
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_PEM_BYTES + 1)
@@ -72,6 +73,8 @@ def _read(flag: str, path: pathlib.Path) -> bytes:
         raise CertificateInvalid(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from exc
     if len(data) > MAX_PEM_BYTES:
         raise CertificateInvalid(f"{flag} {path}: larger than {MAX_PEM_BYTES} bytes; expected a PEM file")
+    if b"-----BEGIN " not in data:
+        raise CertificateInvalid(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
     return data
 
 
@@ -112,8 +115,8 @@ def _no_password() -> bytes:
 
 def load_key_material(files: CertificateFiles) -> KeyMaterial:
     """Read and check the files (CertificateInvalid naming the flag and the reason)."""
-    chain = _read("--tls-cert", files.cert)
-    key = _read("--tls-key", files.key)
+    chain = read_pem("--tls-cert", files.cert)
+    key = read_pem("--tls-key", files.key)
     fingerprint = _leaf_fingerprint("--tls-cert", files.cert, chain)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with _as_file(chain) as chain_path, _as_file(key) as key_path:
@@ -128,7 +131,7 @@ def load_key_material(files: CertificateFiles) -> KeyMaterial:
             ) from exc
     client_ca = None
     if files.client_ca is not None:
-        client_ca = _read("--tls-client-ca", files.client_ca)
+        client_ca = read_pem("--tls-client-ca", files.client_ca)
         if PEM_CERTIFICATE not in client_ca:
             raise CertificateInvalid(f"--tls-client-ca {files.client_ca}: no PEM certificate in it")
         try:
