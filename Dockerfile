@@ -12,4 +12,7 @@ RUN python -m pip install --no-cache-dir .
 ENV QUANTLEDGER_HOME=/data
 VOLUME ["/data"]
 EXPOSE 50051
+# 0.0.0.0 needs TLS and authentication (QUANTLEDGER_TLS_CERT/KEY + QUANTLEDGER_TLS_CLIENT_CA or
+# QUANTLEDGER_AUTH=tokens); without them the server refuses to start and says so (docker-compose.yml
+# runs it with --insecure-listen on a private network)
 CMD ["quantledger", "serve", "quantize", "--host", "0.0.0.0", "--port", "50051"]

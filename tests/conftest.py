@@ -37,8 +37,11 @@ class RunningServer:
     address: str
     home: pathlib.Path
     log: pathlib.Path
+    credentials: grpc.ChannelCredentials | None = None  # a TLS server's: trust its CA (and a client certificate)
 
     def channel(self) -> grpc.Channel:
+        if self.credentials is not None:
+            return grpc.secure_channel(self.address, self.credentials)
         return grpc.insecure_channel(self.address)
 
     def stub(self) -> pb_grpc.QuantizeServiceStub:
@@ -53,9 +56,15 @@ class RunningServer:
         return self.log.read_text(errors="replace")
 
 
-def wait_serving(address: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+def wait_serving(
+    address: str,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = 60,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
@@ -77,6 +86,7 @@ def start_server(
     port: int | None = None,
     command: list[str] | None = None,
     extra_env: dict[str, str] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> RunningServer:
     """Start a server as a user would (the console script) and wait until health says SERVING."""
     port = port or free_port()
@@ -92,9 +102,9 @@ def start_server(
     argv = command or [sys.executable, "-m", "quantledger.cli.main", "serve", "quantize", "--port", str(port)]
     with open(log, "ab") as sink:
         process = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=str(home))
-    server = RunningServer(process, f"127.0.0.1:{port}", home, log)
+    server = RunningServer(process, f"127.0.0.1:{port}", home, log, credentials)
     try:
-        wait_serving(server.address, process)
+        wait_serving(server.address, process, credentials=credentials)
     except Exception:
         server.stop(signal.SIGKILL)
         raise RuntimeError(f"server did not start:\n{server.output()}") from None

@@ -49,6 +49,8 @@ WIRE_FORMS = {
         "TooManyAttempts": ("RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS"),
         "TokenNameTaken": ("ALREADY_EXISTS", "TOKEN_NAME_TAKEN"),
         "TokenNotFound": ("NOT_FOUND", "TOKEN_NOT_FOUND"),
+        "CertificateInvalid": ("FAILED_PRECONDITION", "CERTIFICATE_INVALID"),
+        "InsecureListen": ("FAILED_PRECONDITION", "INSECURE_LISTEN"),
     },
     registry_errors: {
         "QuantledgerError": ("INTERNAL", "INTERNAL"),

@@ -27,6 +27,29 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigInvalid(f"{name} must be an integer, got {quote_client(raw)}", variable=name) from exc
 
 
+def _env_bool(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigInvalid(f"{name} must be 1 or 0 (true or false), got {quote_client(raw)}", variable=name)
+
+
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ConfigInvalid(f"{name} must be one of {', '.join(choices)}, got {quote_client(raw)}", variable=name)
+    return raw
+
+
+def _env_names(name: str) -> tuple[str, ...]:
+    """A comma-separated list of names (blank entries dropped)."""
+    return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the services read from their environment."""
@@ -47,10 +70,23 @@ class Settings:
     stage_timeout_seconds: float = 6 * 3600.0
     job_timeout_seconds: float = 48 * 3600.0
     validation_timeout_seconds: float = 60.0
+    # transport security (docs/SECURITY.md "Transport"): a PEM certificate chain and its key turn TLS on;
+    # a client CA makes the server require client certificates signed by it (mutual TLS), and a client
+    # certificate whose identity is in tls_admins is an admin principal
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_admins: tuple[str, ...] = ()
     # "none": every call is the local admin (loopback default); "tokens": every call but health and
     # reflection carries a valid API token (security/tokens.py)
     auth: str = "none"
     auth_failures_per_minute: int = 10  # failed authentications a peer may make per minute (and at once)
+    # listen on a non-loopback address without TLS and authentication (refused otherwise)
+    insecure_listen: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert or self.tls_key)
 
     @property
     def database(self) -> pathlib.Path:
@@ -115,6 +151,11 @@ class Settings:
             "job_timeout_seconds": max(1, _env_int("QUANTLEDGER_JOB_TIMEOUT_SECONDS", 48 * 3600)),
             "validation_timeout_seconds": max(1, _env_int("QUANTLEDGER_VALIDATION_TIMEOUT_SECONDS", 60)),
             "auth_failures_per_minute": max(1, _env_int("QUANTLEDGER_AUTH_FAILURES_PER_MINUTE", 10)),
+            "tls_cert": os.environ.get("QUANTLEDGER_TLS_CERT", "").strip(),
+            "tls_key": os.environ.get("QUANTLEDGER_TLS_KEY", "").strip(),
+            "tls_client_ca": os.environ.get("QUANTLEDGER_TLS_CLIENT_CA", "").strip(),
+            "tls_admins": _env_names("QUANTLEDGER_TLS_ADMINS"),
+            "insecure_listen": _env_bool("QUANTLEDGER_INSECURE_LISTEN"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         auth = str(values.get("auth") or os.environ.get("QUANTLEDGER_AUTH") or "none").strip().lower()

@@ -42,7 +42,9 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     │   └── TokenExpired                  UNAUTHENTICATED      TOKEN_EXPIRED
     ├── TooManyAttempts                   RESOURCE_EXHAUSTED   TOO_MANY_ATTEMPTS
     ├── TokenNameTaken                    ALREADY_EXISTS       TOKEN_NAME_TAKEN
-    └── TokenNotFound                     NOT_FOUND            TOKEN_NOT_FOUND
+    ├── TokenNotFound                     NOT_FOUND            TOKEN_NOT_FOUND
+    ├── CertificateInvalid                FAILED_PRECONDITION  CERTIFICATE_INVALID
+    └── InsecureListen                    FAILED_PRECONDITION  INSECURE_LISTEN
 """
 
 from __future__ import annotations
@@ -246,3 +248,19 @@ class TokenNotFound(QuantledgerError):
 
     code = "NOT_FOUND"
     reason = "TOKEN_NOT_FOUND"
+
+
+class CertificateInvalid(QuantledgerError):
+    """A TLS certificate, key or CA file that cannot be used (unreadable, not PEM, a key that does not
+    match its certificate); the message names the flag that gave it."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "CERTIFICATE_INVALID"
+
+
+class InsecureListen(QuantledgerError):
+    """A server asked to listen beyond loopback without TLS and authentication (or the embedded chain,
+    which has neither, asked to listen beyond loopback); the message names the flags to add."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "INSECURE_LISTEN"

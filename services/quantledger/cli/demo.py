@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from quantledger.cli.channels import ClientTransport
 from quantledger.cli.render import ProgressBar, human_bytes, print_job, to_json
 from quantledger.cli.services import start_embedded_chain
 from quantledger.config import Settings
@@ -86,7 +87,10 @@ def run_demo(*, json_output: bool) -> int:
 
     base = Settings.from_env()
     home = base.home / "demo"
-    settings = dataclasses.replace(base, home=home, allowed_roots=(home,), host="127.0.0.1", port=0)
+    # a private plaintext server on loopback, whatever TLS the environment configures for `up`
+    settings = dataclasses.replace(
+        base, home=home, allowed_roots=(home,), host="127.0.0.1", port=0, tls_cert="", tls_key="", tls_client_ca=""
+    )
     settings.ensure_dirs()
     report: dict[str, Any] = {"data_dir": str(home), "steps": []}
 
@@ -174,7 +178,7 @@ def _recommend_step(channel: grpc.Channel, model: pathlib.Path, final: pb.Quanti
 
 def _run_jobs(settings: Settings, model: pathlib.Path, step: Any, report: dict[str, Any], *, json_output: bool) -> int:
     with _BackgroundServer(settings) as server:
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        channel = ClientTransport().open(f"127.0.0.1:{server.port}")
         stub = pb_grpc.QuantizeServiceStub(channel)
         step(
             "3. started the quantize, recommend and registry services",

@@ -1,9 +1,10 @@
 """The ``quantledger`` command line.
 
 Every command takes ``--json`` (the proto JSON mapping with proto field names; ``watch`` prints JSON
-lines), ``--server HOST:PORT`` and ``--token-file PATH`` (else ``$QUANTLEDGER_TOKEN``: the API token sent
-on every call, never printed). Exit status: 0 on success, 1 on a failure (the error reason is
-printed), 2 on a usage error.
+lines), ``--server HOST:PORT``, ``--token-file PATH`` (else ``$QUANTLEDGER_TOKEN``: the API token sent on
+every call, never printed) and the client's transport flags (``--tls-ca``, ``--tls-cert``/``--tls-key``,
+``--insecure``: ``cli/channels.py``), before or after the command. Exit status: 0 on success, 1 on a
+failure (the error reason is printed), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from grpc_status import rpc_status
 
 from quantledger import __version__
 from quantledger.cli.arguments import in_flag_terms, local_path, names_hub_model
-from quantledger.cli.channel import client_channel
+from quantledger.cli.channels import ClientTransport, add_transport_flags, open_channel, unavailable_message
 from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommend
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
@@ -51,8 +52,9 @@ def _server_default() -> str:
     return os.environ.get("QUANTLEDGER_SERVER", f"127.0.0.1:{DEFAULT_PORT}")
 
 
-def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """``--json``, ``--server`` and ``--token-file``, before the command (``top``) or after it; after wins."""
+def _add_common(parser: argparse.ArgumentParser, *, top: bool = False, client: bool = True) -> None:
+    """``--json``, ``--server`` and (for a ``client`` command) the transport flags, before the command
+    (``top``) or after it; after wins."""
     unset = None if top else argparse.SUPPRESS  # a command's own flag, when not given, keeps the top one
     parser.add_argument(
         "--json",
@@ -65,12 +67,14 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
         default=unset,
         help="HOST:PORT of the gRPC server (default $QUANTLEDGER_SERVER or 127.0.0.1:50051)",
     )
-    parser.add_argument(
-        "--token-file",
-        default=unset,
-        metavar="PATH",
-        help="file holding the API token sent on every call (default $QUANTLEDGER_TOKEN)",
-    )
+    if client:
+        parser.add_argument(
+            "--token-file",
+            default=unset,
+            metavar="PATH",
+            help="file holding the API token sent on every call (default $QUANTLEDGER_TOKEN)",
+        )
+        add_transport_flags(parser, top=top)
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -79,11 +83,33 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chain-port", type=int, default=None, help="JSON-RPC port of the embedded chain (8545)")
     parser.add_argument("--chain-url", default=None, help="JSON-RPC URL of an external chain")
     parser.add_argument("--max-parallel-jobs", type=int, default=None, help="jobs run at once (default 1)")
-    parser.add_argument(
+    # transport security; --tls-cert/--tls-key may also stand before the command (as the client's do)
+    tls = parser.add_argument_group("transport security (docs/SECURITY.md)")
+    tls.add_argument(
+        "--tls-cert", default=argparse.SUPPRESS, metavar="FILE", help="PEM certificate chain: serve TLS only"
+    )
+    tls.add_argument("--tls-key", default=argparse.SUPPRESS, metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument(
+        "--tls-client-ca", default=None, metavar="FILE", help="require client certificates signed by this CA (mTLS)"
+    )
+    tls.add_argument(
+        "--tls-admin",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a client certificate name (CN) that is an admin; repeat",
+    )
+    tls.add_argument(
         "--auth",
         default=None,
         choices=AUTH_MODES,
         help="none: every call is the local admin (default, $QUANTLEDGER_AUTH); tokens: every call needs a token",
+    )
+    tls.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        default=None,
+        help="listen beyond loopback without TLS and authentication (logs a warning on every start)",
     )
 
 
@@ -135,12 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="make a small model and run the whole pipeline on it")
     _add_common(demo)
 
-    up = commands.add_parser("up", help="embedded chain + every service (gRPC 127.0.0.1:50051, JSON-RPC :8545)")
-    _add_common(up)
+    # allow_abbrev off: no abbreviation of --insecure-listen (or any other flag) lowers a server's guard
+    up = commands.add_parser(
+        "up", help="embedded chain + every service (gRPC 127.0.0.1:50051, JSON-RPC :8545)", allow_abbrev=False
+    )
+    _add_common(up, client=False)
     _add_serve_flags(up)
 
-    serve = commands.add_parser("serve", help="run one or more services in one server")
-    _add_common(serve)
+    serve = commands.add_parser("serve", help="run one or more services in one server", allow_abbrev=False)
+    _add_common(serve, client=False)
     serve.add_argument(
         "service",
         nargs="+",
@@ -232,7 +261,7 @@ def _job_name(name: str) -> str:
 
 
 def _stub(args: argparse.Namespace) -> pb_grpc.QuantizeServiceStub:
-    return pb_grpc.QuantizeServiceStub(client_channel(args))
+    return pb_grpc.QuantizeServiceStub(open_channel(args))
 
 
 def follow(jobs: Iterator[pb.QuantizeJob], args: argparse.Namespace, *, lines: bool) -> pb.QuantizeJob:
@@ -373,7 +402,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         chain_port=args.chain_port,
         chain_url=args.chain_url,
         max_parallel_jobs=args.max_parallel_jobs,
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        tls_client_ca=args.tls_client_ca,
+        tls_admins=tuple(args.tls_admin) if args.tls_admin else None,
         auth=args.auth,
+        insecure_listen=args.insecure_listen,
     )
 
 
@@ -417,7 +451,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _rpc_failure(exc: grpc.RpcError) -> CommandFailed:
+def _rpc_failure(exc: grpc.RpcError, args: argparse.Namespace) -> CommandFailed:
     status = rpc_status.from_call(exc)
     code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
     if status is not None:
@@ -428,9 +462,7 @@ def _rpc_failure(exc: grpc.RpcError) -> CommandFailed:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == "UNAVAILABLE":
         return CommandFailed(
-            "SERVER_UNAVAILABLE",
-            f"no quantledger server answers: {details} (start one with `quantledger up`)",
-            code,
+            "SERVER_UNAVAILABLE", unavailable_message(str(details), ClientTransport.from_args(args)), code
         )
     return CommandFailed(code, str(details), code)
 
@@ -443,7 +475,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except grpc.RpcError as exc:
-        failure = _rpc_failure(exc)
+        failure = _rpc_failure(exc, args)
     except QuantledgerError as exc:
         failure = CommandFailed(exc.reason, exc.message, exc.code)
     except CommandFailed as exc:

@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from quantledger.cli.arguments import names_hub_model
-from quantledger.cli.channel import client_channel
+from quantledger.cli.channels import open_channel
 from quantledger.cli.render import human_bytes, print_json
 from quantledger.errors import InvalidArgument
 from quantledger.recommend.service import parse_bytes
@@ -169,7 +169,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.local:
         response = _answer_locally(request)
     else:
-        stub = pb_grpc.RecommendServiceStub(client_channel(args))
+        stub = pb_grpc.RecommendServiceStub(open_channel(args))
         response = stub.Recommend(request, timeout=60)
     if args.json:
         print_json(response)

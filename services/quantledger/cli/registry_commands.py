@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Any
 
-from quantledger.cli.channel import client_channel
+from quantledger.cli.channels import open_channel
 from quantledger.cli.render import human_bytes, print_json, to_json
 from quantledger.config import Settings
 from quantledger.errors import SourceNotFound
@@ -57,7 +57,7 @@ def add_registry_parser(commands: Any, add_common: Any) -> None:
 
 
 def _stub(args: argparse.Namespace) -> pb_grpc.RegistryServiceStub:
-    return pb_grpc.RegistryServiceStub(client_channel(args))
+    return pb_grpc.RegistryServiceStub(open_channel(args))
 
 
 def _print_record(record: pb.ProvenanceRecord) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -28,10 +29,12 @@ import time
 from collections.abc import Sequence
 
 from quantledger.config import Settings
+from quantledger.security.listen_policy import check_chain_listen, check_grpc_listen
 
 # registry_client (web3, eth-account) is imported inside the functions that use a chain, so a server
 # without one does not carry it
 
+log = logging.getLogger(__name__)
 CHAIN_START_SECONDS = 120.0
 PR_SET_PDEATHSIG = 1
 
@@ -42,10 +45,14 @@ def _terminate_with_parent() -> None:
 
 
 def serve_chain(settings: Settings, *, as_json: bool) -> int:
-    """The embedded chain in the foreground; its admin key (created on first use) is funded at genesis."""
+    """The embedded chain in the foreground; its admin key (created on first use) is funded at genesis.
+    It has no TLS and no authentication, so it binds loopback only unless ``insecure_listen``."""
     from registry_client.chain import serve_chain as run_chain
     from registry_client.keys import load_or_create_key
 
+    warning = check_chain_listen(settings)
+    if warning:
+        log.warning("%s", warning)
     admin = load_or_create_key(settings.admin_key_path)
 
     def announce(url: str) -> None:
@@ -122,6 +129,7 @@ def run_services(settings: Settings, services: Sequence[str], *, as_json: bool, 
 
     if list(services) == ["chain"]:
         return serve_chain(settings, as_json=as_json)
+    check_grpc_listen(settings)  # refuse an unsafe bind before the chain starts (the server checks it again)
     settings.ensure_dirs()
     supervisor: ChainSupervisor | None = None
     announce: dict[str, str] = {}

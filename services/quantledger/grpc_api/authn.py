@@ -7,7 +7,9 @@ task it asks each ``Authenticator`` in turn; the first to return a ``Principal``
 UNAUTHENTICATED / TOKEN_INVALID; an authenticator that refuses a credential raises the error to send
 (TOKEN_INVALID, TOKEN_EXPIRED, TOO_MANY_ATTEMPTS). Every refusal is written to the audit log.
 
-The interface, for other kinds of credential (a client certificate beside tokens)::
+Two authenticators exist: ``TokenAuthenticator`` (``--auth tokens``) and ``CertificateAuthenticator``
+(a server with ``--tls-client-ca``: the verified client certificate is the principal); with both, a
+call's token wins and a call without one runs as its certificate. The interface::
 
     class Authenticator(Protocol):
         async def authenticate(
@@ -32,7 +34,7 @@ import inspect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -41,6 +43,7 @@ from quantledger.config import Settings
 from quantledger.errors import AuthenticationFailed, QuantledgerError, TooManyAttempts
 from quantledger.grpc_api.auth import set_principal
 from quantledger.grpc_api.errors import abort_with
+from quantledger.grpc_api.tls import principal_from_peer
 from quantledger.security.attempts import MAX_PEERS, AttemptLimiter
 from quantledger.security.audit import AuditLog
 from quantledger.security.principal import Principal
@@ -118,6 +121,17 @@ class TokenAuthenticator:
             except OSError as exc:  # a read-only store still authenticates
                 log.warning("cannot record the last use of token %s: %s", record.id, exc)
         return record.principal()
+
+
+class CertificateAuthenticator:
+    """The verified client certificate of a mutual-TLS server (``tls.principal_from_peer``): its name is
+    the principal, an admin when listed in ``--tls-admin``."""
+
+    def __init__(self, admins: Collection[str] = ()) -> None:
+        self._admins = frozenset(admins)
+
+    async def authenticate(self, metadata: Metadata, context: grpc.aio.ServicerContext) -> Principal | None:
+        return principal_from_peer(context, self._admins)
 
 
 class AuthenticationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -218,9 +232,14 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
 
 
 def interceptors_for(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
-    """The server's interceptors: none with ``auth = "none"`` (every call is LOCAL), else authentication."""
-    if settings.auth == "none":
-        return []
+    """The server's interceptors: none without authentication (every call is LOCAL); else one that asks
+    the API token (``auth = "tokens"``) and then, on a mutual-TLS server, the client certificate."""
     limiter = AttemptLimiter(settings.auth_failures_per_minute)
-    authenticators: list[Authenticator] = [TokenAuthenticator(TokenStore(settings.tokens_file), limiter)]
+    authenticators: list[Authenticator] = []
+    if settings.auth == "tokens":
+        authenticators.append(TokenAuthenticator(TokenStore(settings.tokens_file), limiter))
+    if settings.tls_client_ca:
+        authenticators.append(CertificateAuthenticator(settings.tls_admins))
+    if not authenticators:
+        return []
     return [AuthenticationInterceptor(authenticators, AuditLog(settings.audit_log), limiter)]

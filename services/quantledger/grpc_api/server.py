@@ -8,12 +8,18 @@ Health: every hosted service and the overall ``""`` turn SERVING once started. A
 away can turn one service NOT_SERVING (``set_service_health``): ``up`` does so for
 ``quantledger.v1.RegistryService`` while its embedded chain is down and being restarted; ``""`` stays
 SERVING then, since quantizing (QuantizeService) needs no chain.
+
+Transport (docs/SECURITY.md "Transport"): with ``tls_cert``/``tls_key`` the port serves TLS only, and
+with ``tls_client_ca`` it requires client certificates, each call running as its certificate's
+principal. SIGHUP, or a change of the files, reloads the certificates for new connections. A
+non-loopback address without TLS and authentication is refused (``security/listen_policy.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -28,11 +34,13 @@ from quantledger.errors import PortInUse
 from quantledger.grpc_api.authn import interceptors_for
 from quantledger.grpc_api.quantize_servicer import QuantizeServicer
 from quantledger.grpc_api.registry_servicer import RegistryServicer
+from quantledger.grpc_api.tls import ServerTls
 from quantledger.jobs.engine import JobEngine
 from quantledger.jobs.store import SqliteJobStore
 from quantledger.quantize.catalogue import catalogue
 from quantledger.registry.registrar import Registrar
 from quantledger.registry.wiring import make_reader, make_registrar
+from quantledger.security.listen_policy import check_grpc_listen
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 from quantledger.v1 import registry_service_pb2 as registry_pb
@@ -58,6 +66,9 @@ class QuantledgerServer:
             raise ValueError(f"unknown services {unknown}; available: {', '.join(SERVICES)}")
         self.settings = settings
         self._services = tuple(services)
+        self._listen_warning = check_grpc_listen(settings)  # InsecureListen before anything starts
+        # bad or missing files (a client CA without a certificate too): CertificateInvalid now
+        self.tls = ServerTls(settings) if settings.tls or settings.tls_client_ca else None
         # grpc sets SO_REUSEPORT by default: a second server on a busy port would start and the kernel
         # would split connections between the two; without it a busy port is an error
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors_for(settings))
@@ -67,8 +78,20 @@ class QuantledgerServer:
         self._stopped = asyncio.Event()
         self.port = 0
 
+    @property
+    def tls_mode(self) -> str:
+        """What the start-up announcement says about TLS."""
+        return self.tls.describe() if self.tls is not None else "off"
+
+    def reload_certificates(self, why: str) -> None:
+        """Read the TLS files again now (SIGHUP); new connections get what they hold if it passes the checks."""
+        if self.tls is not None:
+            self.tls.reload(why)
+
     async def start(self) -> int:
         settings = self.settings
+        if self._listen_warning:
+            log.warning("%s", self._listen_warning)
         settings.ensure_dirs()
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         if "quantize" in self._services:
@@ -98,7 +121,10 @@ class QuantledgerServer:
         reflection.enable_server_reflection(names, self._server)
         address = f"{settings.host}:{settings.port}"
         try:
-            self.port = self._server.add_insecure_port(address)
+            if self.tls is not None:
+                self.port = self._server.add_secure_port(address, self.tls.credentials())
+            else:
+                self.port = self._server.add_insecure_port(address)
         except RuntimeError:  # grpc raises when it cannot bind
             self.port = 0
         if self.port == 0:
@@ -165,17 +191,32 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.stop()))
+    handled = [signal.SIGTERM, signal.SIGINT]
+    if server.tls is not None:  # SIGHUP: read the certificate files again
+        reload = functools.partial(server.reload_certificates, "SIGHUP")
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(asyncio.to_thread(reload)))
+        handled.append(signal.SIGHUP)
     address = f"{settings.host}:{port}"
     if as_json:
-        body = {"serving": list(services), "address": address, "data_dir": str(settings.home), **(announce or {})}
-        print(json.dumps(body | {"authentication": settings.auth}), flush=True)
+        body = {
+            "serving": list(services),
+            "address": address,
+            "data_dir": str(settings.home),
+            "tls": server.tls_mode,
+            "authentication": settings.auth,
+            **(announce or {}),
+        }
+        print(json.dumps(body), flush=True)
     else:
         extra = "".join(f", {key} {value}" for key, value in (announce or {}).items())
-        print(f"quantledger serving {', '.join(services)} on {address} (data dir {settings.home}{extra})")
+        print(
+            f"quantledger serving {', '.join(services)} on {address} (data dir {settings.home}{extra}); "
+            f"TLS: {server.tls_mode}"
+        )
         print(f"authentication: {settings.auth}{AUTH_NOTES[settings.auth]}", flush=True)
     try:
         await server.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in handled:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
