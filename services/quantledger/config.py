@@ -26,12 +26,36 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigInvalid(f"{name} must be an integer, got {quote_client(raw)}", variable=name) from exc
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(raw: str, name: str) -> float | None:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"`` or plain seconds, as seconds; "" / "0" / "off": None."""
+    text = raw.strip().lower()
+    if text in ("", "0", "off", "none"):
+        return None
+    number, unit = (text[:-1], text[-1]) if text[-1] in _DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigInvalid(
+            f"{name} must be a duration such as 30d, 12h, 90m or 45s, got {quote_client(raw)}", variable=name
+        )
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the services read from their environment."""
 
     home: pathlib.Path
     allowed_roots: tuple[pathlib.Path, ...]
+    # where a client's output_dir may lie; None: under allowed_roots (a principal's output_dirs set it)
+    output_roots: tuple[pathlib.Path, ...] | None = None
+    # outputs of jobs that ended longer ago than this are deleted (QUANTLEDGER_RETAIN, --retain); None: kept
+    retain_seconds: float | None = None
     max_parallel_jobs: int = 1
     disk_reserve_bytes: int = 256 << 20
     host: str = "127.0.0.1"
@@ -46,6 +70,11 @@ class Settings:
     stage_timeout_seconds: float = 6 * 3600.0
     job_timeout_seconds: float = 48 * 3600.0
     validation_timeout_seconds: float = 60.0
+
+    @property
+    def output_dir_roots(self) -> tuple[pathlib.Path, ...]:
+        """The roots a client's output_dir must lie under."""
+        return self.output_roots if self.output_roots is not None else self.allowed_roots
 
     @property
     def database(self) -> pathlib.Path:
@@ -100,6 +129,7 @@ class Settings:
             "stage_timeout_seconds": max(1, _env_int("QUANTLEDGER_STAGE_TIMEOUT_SECONDS", 6 * 3600)),
             "job_timeout_seconds": max(1, _env_int("QUANTLEDGER_JOB_TIMEOUT_SECONDS", 48 * 3600)),
             "validation_timeout_seconds": max(1, _env_int("QUANTLEDGER_VALIDATION_TIMEOUT_SECONDS", 60)),
+            "retain_seconds": parse_duration(os.environ.get("QUANTLEDGER_RETAIN", ""), "QUANTLEDGER_RETAIN"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ async def register_outputs(host: StageHost, registrar: Registrar | None, job: Jo
     timeline = host.timeline(job)
     timeline.begin(Stage.REGISTERING, steps, "steps")
     host.touch(job)
-    attach = partial(attach_provenance, registering=registrar is not None, roots=host.settings.allowed_roots)
+    attach = partial(attach_provenance, registering=registrar is not None, roots=host.settings_for(job).allowed_roots)
     for index, artifact in enumerate(list(job.outputs)):
         try:
             job.outputs[index] = await asyncio.to_thread(attach, job, artifact)
