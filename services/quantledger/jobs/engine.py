@@ -197,7 +197,7 @@ class JobEngine:
             existing = self._existing_for(principal, request_id, fingerprint)
             if existing is not None:
                 return existing
-        quotas.check_create(principal, self._store.owned_by(principal.name), 0)  # before any file is read
+        quotas.check_create(principal, self._store.owned_by, 0)  # before any file is read
         scope = Scope.of(principal)
         settings = scope.settings(self._settings)
         job_id = uuid.uuid4().hex
@@ -240,7 +240,7 @@ class JobEngine:
             if existing is not None:
                 return existing
         # no await from the quota check to the insert: concurrent creates cannot both pass a full quota
-        quotas.check_create(principal, self._owned_now(principal.name), predicted_bytes)
+        quotas.check_create(principal, self._owned_now, predicted_bytes)
         try:
             self._store.insert(job, fingerprint)
         except DuplicateRequestId:
@@ -322,7 +322,7 @@ class JobEngine:
         JOB_RUNNING while it is QUEUED or RUNNING (cancel it first). A job whose outputs are deleted
         already is returned as it is (idempotent)."""
         job = self.get(job_id, principal)
-        if not job.state.finished:
+        if not job.state.finished or job_id in self._tasks:  # ended, but its task still cleaning up
             raise JobRunning(
                 f"{job.name} is {job.state.value}: cancel it first, then delete its outputs", name=job.name
             )

@@ -10,7 +10,7 @@ jobs are not held up by them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from quantledger.errors import QuotaExceeded
 from quantledger.jobs.model import Job, JobState
@@ -19,13 +19,13 @@ from quantledger.security.principal import Principal
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
-def check_create(principal: Principal, owned: Iterable[Job], requested_bytes: int) -> None:
+def check_create(principal: Principal, jobs_of: Callable[[str], Iterable[Job]], requested_bytes: int) -> None:
     """QUOTA_EXCEEDED when one more job of ``requested_bytes`` predicted outputs exceeds a quota of
-    ``principal``, whose jobs are ``owned``."""
+    ``principal``; ``jobs_of(owner)`` gives an owner's jobs (asked only when there is a quota to check)."""
     quotas = principal.quotas
     if quotas.max_queued_jobs is None and quotas.max_kept_bytes is None:
         return
-    jobs = list(owned)
+    jobs = list(jobs_of(principal.name))
     if quotas.max_queued_jobs is not None:
         active = sum(1 for job in jobs if job.state in ACTIVE)
         if active + 1 > quotas.max_queued_jobs:

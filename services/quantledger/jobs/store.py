@@ -46,8 +46,7 @@ class JobStore(Protocol):
     def flush(self) -> int: ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+_JOBS_COLUMNS = """(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     owner TEXT NOT NULL DEFAULT 'local',
@@ -55,7 +54,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     fingerprint TEXT NOT NULL,
     state TEXT NOT NULL,
     doc TEXT NOT NULL
-);
+)"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs {_JOBS_COLUMNS};
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_request_id ON jobs(owner, request_id);
@@ -220,17 +221,9 @@ def _migrate_to_owners(db: sqlite3.Connection) -> None:
     if not columns or "owner" in columns:
         return
     db.executescript(
-        """
+        f"""
         BEGIN IMMEDIATE;
-        CREATE TABLE jobs_with_owners (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            owner TEXT NOT NULL DEFAULT 'local',
-            request_id TEXT,
-            fingerprint TEXT NOT NULL,
-            state TEXT NOT NULL,
-            doc TEXT NOT NULL
-        );
+        CREATE TABLE jobs_with_owners {_JOBS_COLUMNS};
         INSERT INTO jobs_with_owners (seq, id, owner, request_id, fingerprint, state, doc)
             SELECT seq, id, 'local', request_id, fingerprint, state, doc FROM jobs;
         DROP TABLE jobs;
