@@ -99,6 +99,8 @@ class RegistrationRetrier:
                 self._pending.discard(job_id)
                 continue
             job.outputs = await asyncio.to_thread(self._registrar.register, job, job.outputs)
+            latest = self._store.get(job_id)  # its outputs may have been deleted meanwhile: keep that
+            job.delete_time = latest.delete_time if latest is not None else job.delete_time
             self._store.save(job)
             self._notify()
             if not registration_pending(job):
