@@ -130,6 +130,24 @@ def test_cancel_from_cli(server: RunningServer, models: Models) -> None:
     assert again.returncode == 1 and json.loads(again.stdout)["error"]["reason"] == "JOB_ALREADY_FINISHED"
 
 
+def test_jobs_delete_removes_the_outputs_and_keeps_the_job(server: RunningServer, models: Models) -> None:
+    done = cli(
+        "submit", str(models.f16), "-q", "Q8_0", "--wait", "--json", "--out", str(models.root / "cli-delete"),
+        server=server,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    output = pathlib.Path(job["outputs"][0]["path"])
+    assert output.is_file()
+    deleted = cli("jobs", "delete", job["name"], "--json", server=server)
+    assert deleted.returncode == 0, deleted.stderr
+    body = json.loads(deleted.stdout)
+    assert body["delete_time"] and body["outputs"] == job["outputs"] and body["owner"] == "local"
+    assert not output.exists() and not pathlib.Path(f"{output}.provenance.json").exists()
+    shown = cli("jobs", "show", job["name"], server=server)
+    assert shown.returncode == 0 and "deleted" in shown.stdout and "owner        local" in shown.stdout
+
+
 def test_quantize_locally_without_server(models: Models, tmp_path) -> None:
     out = tmp_path / "local"
     done = cli(

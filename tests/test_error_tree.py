@@ -30,6 +30,8 @@ WIRE_FORMS = {
         "InsufficientDisk": ("RESOURCE_EXHAUSTED", "INSUFFICIENT_DISK"),
         "JobNotFound": ("NOT_FOUND", "JOB_NOT_FOUND"),
         "JobAlreadyFinished": ("FAILED_PRECONDITION", "JOB_ALREADY_FINISHED"),
+        "JobRunning": ("FAILED_PRECONDITION", "JOB_RUNNING"),
+        "QuotaExceeded": ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"),
         "RequestIdConflict": ("ALREADY_EXISTS", "REQUEST_ID_CONFLICT"),
         "OutputExists": ("ALREADY_EXISTS", "OUTPUT_EXISTS"),
         "Interrupted": ("ABORTED", "INTERRUPTED"),

@@ -50,12 +50,36 @@ def _env_names(name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(raw: str, name: str) -> float | None:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"`` or plain seconds, as seconds; "" / "0" / "off": None."""
+    text = raw.strip().lower()
+    if text in ("", "0", "off", "none"):
+        return None
+    number, unit = (text[:-1], text[-1]) if text[-1] in _DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigInvalid(
+            f"{name} must be a duration such as 30d, 12h, 90m or 45s, got {quote_client(raw)}", variable=name
+        )
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the services read from their environment."""
 
     home: pathlib.Path
     allowed_roots: tuple[pathlib.Path, ...]
+    # where a client's output_dir may lie; None: under allowed_roots (a principal's output_dirs set it)
+    output_roots: tuple[pathlib.Path, ...] | None = None
+    # outputs of jobs that ended longer ago than this are deleted (QUANTLEDGER_RETAIN, --retain); None: kept
+    retain_seconds: float | None = None
     max_parallel_jobs: int = 1
     disk_reserve_bytes: int = 256 << 20
     host: str = "127.0.0.1"
@@ -87,6 +111,11 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert or self.tls_key)
+
+    @property
+    def output_dir_roots(self) -> tuple[pathlib.Path, ...]:
+        """The roots a client's output_dir must lie under."""
+        return self.output_roots if self.output_roots is not None else self.allowed_roots
 
     @property
     def database(self) -> pathlib.Path:
@@ -156,6 +185,7 @@ class Settings:
             "tls_client_ca": os.environ.get("QUANTLEDGER_TLS_CLIENT_CA", "").strip(),
             "tls_admins": _env_names("QUANTLEDGER_TLS_ADMINS"),
             "insecure_listen": _env_bool("QUANTLEDGER_INSECURE_LISTEN"),
+            "retain_seconds": parse_duration(os.environ.get("QUANTLEDGER_RETAIN", ""), "QUANTLEDGER_RETAIN"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         auth = str(values.get("auth") or os.environ.get("QUANTLEDGER_AUTH") or "none").strip().lower()

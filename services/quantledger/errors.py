@@ -24,8 +24,10 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     ├── InvalidArgument                   INVALID_ARGUMENT     INVALID_ARGUMENT
     ├── ConfigInvalid                     FAILED_PRECONDITION  CONFIG_INVALID
     ├── InsufficientDisk                  RESOURCE_EXHAUSTED   INSUFFICIENT_DISK
+    ├── QuotaExceeded                     RESOURCE_EXHAUSTED   QUOTA_EXCEEDED
     ├── JobNotFound                       NOT_FOUND            JOB_NOT_FOUND
     ├── JobAlreadyFinished                FAILED_PRECONDITION  JOB_ALREADY_FINISHED
+    ├── JobRunning                        FAILED_PRECONDITION  JOB_RUNNING
     ├── RequestIdConflict                 ALREADY_EXISTS       REQUEST_ID_CONFLICT
     ├── OutputExists                      ALREADY_EXISTS       OUTPUT_EXISTS
     ├── Interrupted                       ABORTED              INTERRUPTED
@@ -138,6 +140,14 @@ class InsufficientDisk(QuantledgerError):
     reason = "INSUFFICIENT_DISK"
 
 
+class QuotaExceeded(QuantledgerError):
+    """A principal's quota refuses a new job; metadata names the quota, its limit, the amount in use and
+    the amount the job would add (nothing is created)."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "QUOTA_EXCEEDED"
+
+
 class JobNotFound(QuantledgerError):
     code = "NOT_FOUND"
     reason = "JOB_NOT_FOUND"
@@ -146,6 +156,13 @@ class JobNotFound(QuantledgerError):
 class JobAlreadyFinished(QuantledgerError):
     code = "FAILED_PRECONDITION"
     reason = "JOB_ALREADY_FINISHED"
+
+
+class JobRunning(QuantledgerError):
+    """The job has not ended (QUEUED or RUNNING): its outputs cannot be deleted; cancel it first."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "JOB_RUNNING"
 
 
 class RequestIdConflict(QuantledgerError):

@@ -27,7 +27,7 @@ from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommen
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
 from quantledger.cli.tokens_command import add_tokens_parser, cmd_tokens
-from quantledger.config import AUTH_MODES, DEFAULT_PORT, Settings
+from quantledger.config import AUTH_MODES, DEFAULT_PORT, Settings, parse_duration
 from quantledger.errors import QuantledgerError
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
@@ -111,6 +111,12 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="listen beyond loopback without TLS and authentication (logs a warning on every start)",
     )
+    parser.add_argument(
+        "--retain",
+        default=None,
+        metavar="DURATION",
+        help="delete outputs of jobs that ended longer ago than this (30d, 12h, 90m, 45s; default: keep)",
+    )
 
 
 def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
@@ -184,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
     submit.add_argument("--request-id", default="", help="idempotency key: a retry returns the same job")
 
-    jobs = commands.add_parser("jobs", help="list, show, watch or cancel jobs")
+    jobs = commands.add_parser("jobs", help="list, show, watch, cancel jobs or delete their outputs")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     listing = job_commands.add_parser("list", help="list jobs, newest first")
     _add_common(listing)
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("show", "show one job"),
         ("watch", "follow a job until it ends"),
         ("cancel", "cancel a job"),
+        ("delete", "delete an ended job's output files (the job stays listed)"),
     ):
         sub = job_commands.add_parser(action, help=text)
         _add_common(sub)
@@ -340,7 +347,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if action == "watch":
         final = follow(stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=name)), args, lines=True)
         return _finish_job(final, args, printed=args.json)
-    job = stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=name))
+    if action == "delete":
+        job = stub.DeleteQuantizeJob(pb.DeleteQuantizeJobRequest(name=name))
+    else:
+        job = stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=name))
     if args.json:
         print_json(job)
     else:
@@ -408,6 +418,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         tls_admins=tuple(args.tls_admin) if args.tls_admin else None,
         auth=args.auth,
         insecure_listen=args.insecure_listen,
+        retain_seconds=parse_duration(args.retain, "--retain") if args.retain is not None else None,
     )
 
 

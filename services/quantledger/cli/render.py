@@ -156,6 +156,10 @@ def print_job(job: pb.QuantizeJob, stream: TextIO | None = None) -> None:
         )
     out(f"  quant types  {', '.join(job.quant_types)}\n")
     out(f"  output dir   {job.output_dir}\n")
+    if job.owner:
+        out(f"  owner        {job.owner}\n")
+    if job.HasField("delete_time"):
+        out(f"  deleted      {job.delete_time.ToDatetime().isoformat(timespec='seconds')}Z (outputs below are gone)\n")
     if job.state == pb.QuantizeJob.STATE_RUNNING:
         p = job.progress
         out(

@@ -203,6 +203,8 @@ def job_to_proto(job: Job) -> pb.QuantizeJob:
         request_id=job.request_id,
         source_info=source_info_to_proto(job.source_info),
         output_dir=job.output_dir,
+        owner=job.owner,
+        delete_time=_timestamp(job.delete_time),
     )
 
 

@@ -1,4 +1,8 @@
-"""gRPC surface of the job engine; no business rules here."""
+"""gRPC surface of the job engine; no business rules here.
+
+Every RPC passes the call's principal (``current_principal()``, set by the authentication layer) to the
+engine, which decides what that principal may see and do.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from quantledger.grpc_api.auth import current_principal
 from quantledger.grpc_api.converters import (
     create_request_from_proto,
     estimate_to_proto,
@@ -32,39 +37,47 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
         self, request: pb.CreateQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
         spec, request_id = create_request_from_proto(request)
-        return job_to_proto(await self._engine.create(spec, request_id, context.time_remaining()))
+        job = await self._engine.create(spec, request_id, context.time_remaining(), current_principal())
+        return job_to_proto(job)
 
     @maps_domain_errors
     async def GetQuantizeJob(
         self, request: pb.GetQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
-        return job_to_proto(self._engine.get(JobName.parse(request.name).id))
+        return job_to_proto(self._engine.get(JobName.parse(request.name).id, current_principal()))
 
     @maps_domain_errors
     async def ListQuantizeJobs(
         self, request: pb.ListQuantizeJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListQuantizeJobsResponse:
-        jobs, token = self._engine.list_jobs(request.page_size, request.page_token)
+        jobs, token = self._engine.list_jobs(request.page_size, request.page_token, current_principal())
         return pb.ListQuantizeJobsResponse(jobs=[job_to_proto(j) for j in jobs], next_page_token=token)
 
     @maps_domain_errors
     async def CancelQuantizeJob(
         self, request: pb.CancelQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
-        return job_to_proto(await self._engine.cancel(JobName.parse(request.name).id))
+        return job_to_proto(await self._engine.cancel(JobName.parse(request.name).id, current_principal()))
 
     @maps_domain_errors
     async def WatchQuantizeJob(
         self, request: pb.WatchQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.QuantizeJob]:
-        async for job in self._engine.watch(JobName.parse(request.name).id):
+        async for job in self._engine.watch(JobName.parse(request.name).id, current_principal()):
             yield job_to_proto(job)
 
     @maps_domain_errors
     async def EstimateQuantizeJob(
         self, request: pb.EstimateQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.EstimateQuantizeJobResponse:
-        return estimate_to_proto(await self._engine.estimate(spec_from_proto(request.job), context.time_remaining()))
+        spec = spec_from_proto(request.job)
+        return estimate_to_proto(await self._engine.estimate(spec, context.time_remaining(), current_principal()))
+
+    @maps_domain_errors
+    async def DeleteQuantizeJob(
+        self, request: pb.DeleteQuantizeJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.QuantizeJob:
+        return job_to_proto(self._engine.delete(JobName.parse(request.name).id, current_principal()))
 
     @maps_domain_errors
     async def ListQuantTypes(

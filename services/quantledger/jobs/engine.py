@@ -8,6 +8,12 @@ jobs' states: the scheduler, the API the servicers call, and how a job ends. A r
 lives in memory and reaches the store every couple of seconds; state changes reach it at once.
 Cancel kills the worker's process group and removes partial files; shutdown does the same to every
 running job and marks it INTERRUPTED; a restart after a kill -9 marks jobs left RUNNING the same way.
+
+Every call names the ``Principal`` it runs as. A job belongs to the principal that created it: others
+see no such job (JOB_NOT_FOUND, the answer for a name that does not exist), an admin sees every job.
+Quotas are applied at create and by the scheduler (jobs/quotas.py); deleting outputs, by a client or
+by retention (``QUANTLEDGER_RETAIN``), is jobs/deletion.py. Create, cancel, delete and expiry are
+written to the audit log.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from quantledger.errors import (
     InvalidArgument,
     JobAlreadyFinished,
     JobNotFound,
+    JobRunning,
     JobTimeout,
     QuantledgerError,
     RequestIdConflict,
@@ -37,11 +44,13 @@ from quantledger.errors import (
 )
 from quantledger.hf.cache import ConversionCache
 from quantledger.hf.pipeline import classify
-from quantledger.jobs.model import Job, JobError, JobSpec, JobState, Progress, Stage
+from quantledger.jobs import quotas
+from quantledger.jobs.deletion import delete_outputs
+from quantledger.jobs.model import Job, JobError, JobSpec, JobState, Progress, Scope, Stage
 from quantledger.jobs.pipeline import JobRun, run_stages
 from quantledger.jobs.progress import JobTimeline
 from quantledger.jobs.registration import RegistrationRetrier
-from quantledger.jobs.stages import describe_hf_job, estimate_hf
+from quantledger.jobs.stages import describe_hf_job, estimate_hf, typical_output_bytes
 from quantledger.jobs.store import DuplicateRequestId, JobStore
 from quantledger.paging import PageSize, PageTokens
 from quantledger.quantize.catalogue import QuantType, catalogue
@@ -50,6 +59,8 @@ from quantledger.quantize.plan import PARTIAL_SUFFIX, QuantizePlan, make_plan
 from quantledger.quantize.runner import WorkerProcess
 from quantledger.registry.registrar import Registrar
 from quantledger.registry.stage import HashingStopped
+from quantledger.security.audit import AuditLog
+from quantledger.security.principal import LOCAL, Principal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +69,7 @@ JOB_PAGES = PageSize(default=50, largest=1000)
 MAX_REQUEST_ID_LENGTH = 128
 STORE_FLUSH_SECONDS = 2.0
 VALIDATION_THREADS = 4
+RETENTION_CHECK_SECONDS = 3600.0  # at most; a short retention is checked more often (a tenth of it)
 
 
 class JobEngine:
@@ -85,6 +97,8 @@ class JobEngine:
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._expirer: asyncio.Task[None] | None = None
+        self.audit = AuditLog(settings.audit_log)
         # checking a request's files (paths, headers, model folders) runs here, never on the shared
         # default executor: a client whose files are slow to read cannot starve other RPCs
         self._validation = concurrent.futures.ThreadPoolExecutor(VALIDATION_THREADS, thread_name_prefix="validate")
@@ -105,6 +119,9 @@ class JobEngine:
         self.cache.remove_partials()  # conversions a dead server left half-written (no job runs yet)
         self._scheduler = asyncio.create_task(self._schedule(), name="quantledger-scheduler")
         self._flusher = asyncio.create_task(self._flush_store(), name="quantledger-store-flush")
+        if self._settings.retain_seconds is not None:
+            self.expire_outputs()
+            self._expirer = asyncio.create_task(self._expire_periodically(), name="quantledger-retention")
         if self._registrations is not None:
             self._registrations.collect_pending()
             self._retrier = asyncio.create_task(self._registrations.run(), name="quantledger-registrar")
@@ -130,7 +147,7 @@ class JobEngine:
     async def shutdown(self) -> None:
         """Stop every running job cleanly (worker killed, partial files removed, job INTERRUPTED)."""
         self._stopping = True
-        for background in (self._scheduler, self._retrier, self._flusher):
+        for background in (self._scheduler, self._retrier, self._flusher, self._expirer):
             if background is not None:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -165,8 +182,11 @@ class JobEngine:
                 limit_seconds=f"{limit:.1f}",
             ) from None
 
-    async def create(self, spec: JobSpec, request_id: str = "", deadline: float | None = None) -> Job:
-        """Validate ``spec`` completely, then queue a job (or return the one ``request_id`` made).
+    async def create(
+        self, spec: JobSpec, request_id: str = "", deadline: float | None = None, principal: Principal = LOCAL
+    ) -> Job:
+        """Validate ``spec`` completely, then queue a job of ``principal`` (or return the one its
+        ``request_id`` made). Its roots replace the server's; its quotas are checked last (QUOTA_EXCEEDED).
 
         ``deadline`` is the time the client gives the call, in seconds from now (None: no deadline)."""
         if len(request_id) > MAX_REQUEST_ID_LENGTH:
@@ -174,19 +194,21 @@ class JobEngine:
         spec.check_bounds()
         fingerprint = spec.fingerprint()
         if request_id:
-            existing = self._existing_for(request_id, fingerprint)
+            existing = self._existing_for(principal, request_id, fingerprint)
             if existing is not None:
                 return existing
+        quotas.check_create(principal, self._store.owned_by, 0)  # before any file is read
+        scope = Scope.of(principal)
+        settings = scope.settings(self._settings)
         job_id = uuid.uuid4().hex
-        hf = await self._validated(deadline, classify, spec.source, self._settings.allowed_roots)
+        hf = await self._validated(deadline, classify, spec.source, settings.allowed_roots)
         if hf is not None:
-            job = await self._validated(deadline, describe_hf_job, self._settings, spec, request_id, job_id, hf)
-            return await self._queue(job, fingerprint)
+            job = await self._validated(deadline, describe_hf_job, settings, spec, request_id, job_id, hf)
+            assert job.source_info is not None
+            return await self._queue(job, fingerprint, principal, scope, typical_output_bytes(job.source_info, spec))
         if spec.options.lora_dir:
             raise InvalidArgument("lora_dir needs a Hugging Face source (a model folder or repo id), not a GGUF")
-        plan = await self._validated(
-            deadline, make_plan, spec, self._settings, self._settings.artifacts / job_id, job_id
-        )
+        plan = await self._validated(deadline, make_plan, spec, settings, settings.artifacts / job_id, job_id)
         predicted = await self._estimate(plan)
         if not predicted.fits_on_disk:
             raise InsufficientDisk(
@@ -208,22 +230,35 @@ class JobEngine:
                 eta_seconds=predicted.seconds,
             ),
         )
-        return await self._queue(job, fingerprint)
+        return await self._queue(job, fingerprint, principal, scope, sum(o.size_bytes for o in predicted.outputs))
 
-    async def _queue(self, job: Job, fingerprint: str) -> Job:
+    async def _queue(self, job: Job, fingerprint: str, principal: Principal, scope: Scope, predicted_bytes: int) -> Job:
+        job.owner = principal.name
+        job.scope = scope
+        if job.request_id:  # a retry that raced this one past the first check
+            existing = self._existing_for(principal, job.request_id, fingerprint)
+            if existing is not None:
+                return existing
+        # no await from the quota check to the insert: concurrent creates cannot both pass a full quota
+        quotas.check_create(principal, self._owned_now, predicted_bytes)
         try:
             self._store.insert(job, fingerprint)
         except DuplicateRequestId:
-            existing = self._existing_for(job.request_id, fingerprint)
+            existing = self._existing_for(principal, job.request_id, fingerprint)
             if existing is None:  # pragma: no cover - the row that clashed cannot vanish
                 raise
             return existing
-        log.info("created %s: %s -> %s", job.name, job.spec.source, ",".join(job.spec.quant_types))
+        log.info("created %s for %s: %s -> %s", job.name, job.owner, job.spec.source, ",".join(job.spec.quant_types))
+        self.audit.record("job.create", principal.name, job=job.name, source=job.spec.source)
         self._notify()
         return copy.deepcopy(job)
 
-    def _existing_for(self, request_id: str, fingerprint: str) -> Job | None:
-        found = self._store.find_by_request_id(request_id)
+    def _owned_now(self, owner: str) -> list[Job]:
+        """The jobs of ``owner``, running ones as they are now (their finished outputs count)."""
+        return [copy.deepcopy(self._live[j.id]) if j.id in self._live else j for j in self._store.owned_by(owner)]
+
+    def _existing_for(self, principal: Principal, request_id: str, fingerprint: str) -> Job | None:
+        found = self._store.find_by_request_id(principal.name, request_id)
         if found is None:
             return None
         job, stored_fingerprint = found
@@ -232,23 +267,27 @@ class JobEngine:
                 f"request_id {request_id!r} was used for {job.name} with another request body",
                 job=job.name,
             )
-        return self.get(job.id)
+        return self.get(job.id, principal)
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, principal: Principal = LOCAL) -> Job:
+        """The job, when ``principal`` owns it or is an admin; JOB_NOT_FOUND otherwise, word for word what a
+        name that does not exist gets (so another principal's job ids tell nothing)."""
         live = self._live.get(job_id)
-        if live is not None:
-            return copy.deepcopy(live)
-        job = self._store.get(job_id)
-        if job is None:
+        job = copy.deepcopy(live) if live is not None else self._store.get(job_id)
+        if job is None or not principal.owns(job.owner):
             raise JobNotFound(f"no job jobs/{job_id}", name=f"jobs/{job_id}")
         return job
 
-    def list_jobs(self, page_size: int, page_token: str) -> tuple[list[Job], str]:
-        """Jobs newest first, one page, and the token of the next page ("" after the last)."""
+    def list_jobs(self, page_size: int, page_token: str, principal: Principal = LOCAL) -> tuple[list[Job], str]:
+        """``principal``'s jobs (an admin: everyone's) newest first, one page, and the token of the next
+        page ("" after the last). A token continues only the listing it came from: one principal's token
+        is INVALID_ARGUMENT for another."""
         limit = JOB_PAGES.of(page_size)
-        jobs, next_seq = self._store.page(limit, self.page_tokens.decode("jobs", page_token))
+        listing = "jobs" if principal.admin else f"jobs?owner={principal.name}"
+        owner = None if principal.admin else principal.name
+        jobs, next_seq = self._store.page(limit, self.page_tokens.decode(listing, page_token), owner)
         jobs = [copy.deepcopy(self._live[j.id]) if j.id in self._live else j for j in jobs]
-        return jobs, (self.page_tokens.encode("jobs", next_seq) if next_seq is not None else "")
+        return jobs, (self.page_tokens.encode(listing, next_seq) if next_seq is not None else "")
 
     def list_quant_types(self, page_size: int, page_token: str) -> tuple[list[QuantType], str]:
         """The installed llama.cpp's types, one page (0 = all of them), and the next page's token."""
@@ -259,44 +298,109 @@ class JobEngine:
         end = len(types) if page_size == 0 else min(len(types), start + page_size)
         return list(types[start:end]), (self.page_tokens.encode("quant-types", end) if end < len(types) else "")
 
-    async def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
+    async def cancel(self, job_id: str, principal: Principal = LOCAL) -> Job:
+        job = self.get(job_id, principal)
         if job.state.finished:
             raise JobAlreadyFinished(f"{job.name} already ended ({job.state.value}); nothing to cancel", name=job.name)
+        self.audit.record("job.cancel", principal.name, job=job.name, owner=job.owner)
         task = self._tasks.get(job_id)
         if task is None:
             self._finish(job, JobState.CANCELLED, _cancelled())
             self._notify()
-            return self.get(job_id)
+            return self.get(job_id, principal)
         self._stop_reason[job_id] = "cancel"
         worker = self._workers.get(job_id)
         if worker is not None:
             worker.kill()
         task.cancel()
         await asyncio.wait([task], timeout=10)
-        return self.get(job_id)
+        return self.get(job_id, principal)
 
-    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+    def delete(self, job_id: str, principal: Principal = LOCAL) -> Job:
+        """Delete the output files of an ended job (jobs/deletion.py); the job stays, with ``delete_time``.
+
+        JOB_RUNNING while it is QUEUED or RUNNING (cancel it first). A job whose outputs are deleted
+        already is returned as it is (idempotent)."""
+        job = self.get(job_id, principal)
+        if not job.state.finished or job_id in self._tasks:  # ended, but its task still cleaning up
+            raise JobRunning(
+                f"{job.name} is {job.state.value}: cancel it first, then delete its outputs", name=job.name
+            )
+        if job.delete_time is None:
+            self._delete_outputs(job, principal.name, "job.delete")
+        return self.get(job_id, principal)
+
+    def expire_outputs(self, now: float | None = None) -> list[str]:
+        """Delete the outputs of jobs that ended longer than ``retain_seconds`` ago; their names."""
+        retain = self._settings.retain_seconds
+        if retain is None:
+            return []
+        cutoff = (time.time() if now is None else now) - retain
+        expired = []
+        for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+            for job in self._store.with_state(state):
+                if job.delete_time is None and job.end_time is not None and job.end_time < cutoff and job.outputs:
+                    self._delete_outputs(job, "retention", "job.expire", retain_seconds=retain)
+                    expired.append(job.name)
+        return expired
+
+    def _delete_outputs(self, job: Job, principal: str, event: str, **fields: object) -> None:
+        done = delete_outputs(job)
+        self._remove_partials(job)
+        default_dir = self._settings.artifacts / job.id
+        if pathlib.Path(job.output_dir) == default_dir:
+            with contextlib.suppress(OSError):  # the service's own folder for the job, once it is empty
+                default_dir.rmdir()
+        job.delete_time = time.time()
+        job.version += 1
+        self._store.save(job)
+        log.info("%s: outputs deleted (%s), %d bytes freed", job.name, event, done.freed_bytes)
+        self.audit.record(
+            event,
+            principal,
+            job=job.name,
+            owner=job.owner,
+            files=len(done.removed),
+            freed_bytes=done.freed_bytes,
+            left_in_place=done.kept,
+            **fields,
+        )
+        self._notify()
+
+    async def _expire_periodically(self) -> None:
+        retain = self._settings.retain_seconds
+        assert retain is not None
+        period = min(RETENTION_CHECK_SECONDS, max(0.5, retain / 10))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.expire_outputs()  # on the loop: it saves jobs and wakes watchers
+            except Exception:  # keep checking in later rounds
+                log.exception("expiring old outputs failed")
+
+    async def watch(self, job_id: str, principal: Principal = LOCAL) -> AsyncIterator[Job]:
         """Yield the job now and after every change, until it has ended."""
         assert self._changed is not None, "engine not started"
-        job = self.get(job_id)
+        job = self.get(job_id, principal)
         yield job
         while not job.state.finished:
             changed = self._changed
             if self._version(job_id) == job.version:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=5)
-            latest = self.get(job_id)
+            latest = self.get(job_id, principal)
             if latest.version != job.version:
                 job = latest
                 yield job
 
-    async def estimate(self, spec: JobSpec, deadline: float | None = None) -> Estimate:
+    async def estimate(self, spec: JobSpec, deadline: float | None = None, principal: Principal = LOCAL) -> Estimate:
+        """Predict a job of ``principal`` (checked against its roots) without making it."""
         spec.check_bounds()
-        hf = await self._validated(deadline, classify, spec.source, self._settings.allowed_roots)
+        settings = Scope.of(principal).settings(self._settings)
+        hf = await self._validated(deadline, classify, spec.source, settings.allowed_roots)
         if hf is not None:
-            return await self._validated(deadline, estimate_hf, self._settings, spec, hf, self._store)
-        plan = await self._validated(deadline, make_plan, spec, self._settings, self._settings.artifacts / "<job id>")
+            return await self._validated(deadline, estimate_hf, settings, spec, hf, self._store)
+        plan = await self._validated(deadline, make_plan, spec, settings, settings.artifacts / "<job id>")
         return await self._estimate(plan)
 
     # ---------------------------------------------------------------- internals
@@ -328,6 +432,10 @@ class JobEngine:
         worker = WorkerProcess(request, log_path, timeout=self._settings.stage_timeout_seconds)
         self._workers[job.id] = worker
         return worker
+
+    def settings_for(self, job: Job) -> Settings:
+        """The settings ``job`` runs under: the server's, with its owner's roots (``Job.scope``)."""
+        return job.scope.settings(self._settings)
 
     def timeline(self, job: Job) -> JobTimeline:
         """The progress bookkeeping of running ``job`` (its stages' shares and ETAs)."""
@@ -363,9 +471,9 @@ class JobEngine:
             self._wakeup.clear()
             free = self._settings.max_parallel_jobs - len(self._tasks)
             if free > 0:
-                for job in self._store.with_state(JobState.QUEUED)[:free]:
-                    if job.id not in self._tasks:
-                        self._start(job)
+                queued = [job for job in self._store.with_state(JobState.QUEUED) if job.id not in self._tasks]
+                for job in quotas.startable(queued, self._live.values(), free):
+                    self._start(job)
             await self._wakeup.wait()
 
     def _start(self, job: Job) -> None:

@@ -6,10 +6,13 @@ import dataclasses
 import enum
 import hashlib
 import json
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from quantledger.config import Settings
 from quantledger.errors import InvalidArgument
+from quantledger.security.principal import Principal
 
 
 class JobState(enum.StrEnum):
@@ -276,6 +279,35 @@ class TypedError(Protocol):
     metadata: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What a job's owner may touch and run, fixed when the job is created (so a restart runs it the same).
+
+    Empty roots mean the server's own (``QUANTLEDGER_ALLOWED_ROOTS``); ``max_running_jobs`` None is no limit.
+    """
+
+    allowed_roots: tuple[str, ...] = ()
+    output_dirs: tuple[str, ...] = ()
+    max_running_jobs: int | None = None
+
+    @classmethod
+    def of(cls, principal: Principal) -> Scope:
+        return cls(
+            allowed_roots=tuple(str(r) for r in principal.allowed_roots or ()),
+            output_dirs=tuple(str(d) for d in principal.output_dirs or ()),
+            max_running_jobs=principal.quotas.max_running_jobs,
+        )
+
+    def settings(self, server: Settings) -> Settings:
+        """The server's settings with this scope's roots in place of the server's."""
+        changes: dict[str, Any] = {}
+        if self.allowed_roots:
+            changes["allowed_roots"] = tuple(pathlib.Path(r) for r in self.allowed_roots)
+        if self.output_dirs:
+            changes["output_roots"] = tuple(pathlib.Path(d) for d in self.output_dirs)
+        return dataclasses.replace(server, **changes) if changes else server
+
+
 @dataclass
 class Job:
     id: str
@@ -292,6 +324,15 @@ class Job:
     source_info: SourceInfo | None = None
     output_dir: str = ""
     version: int = 0
+    owner: str = "local"  # the principal that created the job (jobs stored before owners: "local")
+    scope: Scope = field(default_factory=Scope)
+    # when the job's output files were deleted (DeleteQuantizeJob or retention); the record stays
+    delete_time: float | None = None
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of this job's outputs still on disk (0 once they are deleted)."""
+        return 0 if self.delete_time is not None else sum(a.total_size_bytes for a in self.outputs)
 
     @property
     def name(self) -> str:
@@ -325,4 +366,15 @@ class Job:
             source_info=SourceInfo.from_dict(data["source_info"]) if data.get("source_info") else None,
             output_dir=data.get("output_dir", ""),
             version=data.get("version", 0),
+            owner=data.get("owner") or "local",
+            scope=_scope_from_dict(data.get("scope") or {}),
+            delete_time=data.get("delete_time"),
         )
+
+
+def _scope_from_dict(data: dict[str, Any]) -> Scope:
+    return Scope(
+        allowed_roots=tuple(data.get("allowed_roots") or ()),
+        output_dirs=tuple(data.get("output_dirs") or ()),
+        max_running_jobs=data.get("max_running_jobs"),
+    )

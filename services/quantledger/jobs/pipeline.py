@@ -43,7 +43,7 @@ class JobRun:
 
 async def run_stages(host: StageHost, registrar: Registrar | None, job: Job, run: JobRun) -> None:
     """Every stage of ``job``, from its source to registered outputs."""
-    settings = host.settings
+    settings = host.settings_for(job)
     source: GgufSource | None = None
     stem: str | None = None
     hf = await asyncio.to_thread(classify, job.spec.source, settings.allowed_roots)

@@ -38,7 +38,7 @@ async def register_outputs(host: StageHost, registrar: Registrar | None, job: Jo
     timeline = host.timeline(job)
     timeline.begin(Stage.REGISTERING, steps, "steps")
     host.touch(job)
-    attach = partial(attach_provenance, registering=registrar is not None, roots=host.settings.allowed_roots)
+    attach = partial(attach_provenance, registering=registrar is not None, roots=host.settings_for(job).allowed_roots)
     for index, artifact in enumerate(list(job.outputs)):
         try:
             job.outputs[index] = await asyncio.to_thread(attach, job, artifact)
@@ -99,6 +99,8 @@ class RegistrationRetrier:
                 self._pending.discard(job_id)
                 continue
             job.outputs = await asyncio.to_thread(self._registrar.register, job, job.outputs)
+            latest = self._store.get(job_id)  # its outputs may have been deleted meanwhile: keep that
+            job.delete_time = latest.delete_time if latest is not None else job.delete_time
             self._store.save(job)
             self._notify()
             if not registration_pending(job):

@@ -24,6 +24,7 @@ from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, pr
 from quantledger.jobs.model import Job, JobError, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
 from quantledger.jobs.store import JobStore
 from quantledger.json_files import read_hf_config
+from quantledger.quantize.catalogue import QuantType
 from quantledger.quantize.estimate import (
     WORKER_STARTUP_SECONDS,
     Estimate,
@@ -48,7 +49,7 @@ def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore
     figures need the converted intermediate, which only the job makes), time from throughput."""
     job = describe_hf_job(settings, spec, "", "<job id>", hf, check_disk=False)
     assert job.source_info is not None
-    parameters = job.source_info.parameter_count or job.source_info.size_bytes // 2
+    parameters = _parameters(job.source_info)
     outputs = []
     for quant_type in requested_types(spec):
         bpw = quant_type.typical_bits_per_weight or 8.5
@@ -56,7 +57,7 @@ def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore
         outputs.append(
             OutputPrediction(
                 quant_type=quant_type.name,
-                size_bytes=int(parameters * bpw / 8),
+                size_bytes=_typical_size(parameters, quant_type),
                 bits_per_weight=bpw,
                 fallback_tensor_count=0,
                 seconds=WORKER_STARTUP_SECONDS + parameters * 2 / throughput,
@@ -71,6 +72,20 @@ def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore
         source_info=job.source_info,
         output_dir=job.output_dir,
     )
+
+
+def typical_output_bytes(info: SourceInfo, spec: JobSpec) -> int:
+    """Predicted bytes of every output of a Hugging Face job (typical bits per weight of each type)."""
+    parameters = _parameters(info)
+    return sum(_typical_size(parameters, t) for t in requested_types(spec))
+
+
+def _parameters(info: SourceInfo) -> int:
+    return info.parameter_count or info.size_bytes // 2
+
+
+def _typical_size(parameters: int, quant_type: QuantType) -> int:
+    return int(parameters * (quant_type.typical_bits_per_weight or 8.5) / 8)
 
 
 def builtin_converts(architecture: str) -> bool:
@@ -96,6 +111,10 @@ class StageHost(Protocol):
 
     @property
     def store(self) -> JobStore: ...
+
+    def settings_for(self, job: Job) -> Settings:
+        """The settings ``job`` runs under: the server's, with its owner's roots (``Job.scope``)."""
+        ...
 
     def touch(self, job: Job, *, save: bool = True) -> None: ...
 
@@ -178,7 +197,7 @@ async def prepare_intermediate(
     if options.lora_dir:
         from quantledger.convert.lora import load_lora
 
-        lora_dir = resolve_allowed(options.lora_dir, host.settings.allowed_roots, what="lora_dir")
+        lora_dir = resolve_allowed(options.lora_dir, host.settings_for(job).allowed_roots, what="lora_dir")
         lora_digest = (await asyncio.to_thread(load_lora, lora_dir)).sha256
     out_type = (options.intermediate_type or "F16").upper()
     assert job.source_info is not None
@@ -267,7 +286,7 @@ async def _convert(
         "output": str(temp),
         "out_type": out_type,
         "metadata": general_metadata(hf, materialized, config),
-        "lora_dir": str(resolve_allowed(job.spec.options.lora_dir, host.settings.allowed_roots))
+        "lora_dir": str(resolve_allowed(job.spec.options.lora_dir, host.settings_for(job).allowed_roots))
         if job.spec.options.lora_dir
         else "",
         "fallback_python": fallback or "",  # llama.cpp's converter for an architecture the built-in one lacks
@@ -300,9 +319,8 @@ async def evaluate_outputs(host: StageHost, job: Job, plan: QuantizePlan) -> Non
     timeline.begin(Stage.EVALUATING, 0, "chunks")
     host.touch(job)
     options = job.spec.options
-    eval_text = (
-        str(resolve_allowed(options.eval_text_path, host.settings.allowed_roots)) if options.eval_text_path else ""
-    )
+    roots = host.settings_for(job).allowed_roots
+    eval_text = str(resolve_allowed(options.eval_text_path, roots)) if options.eval_text_path else ""
     count = len(job.outputs)
     per_output = 0  # chunks (or texts) of one output, known from the first evaluation that reports them
     known = {f.name for f in dataclasses.fields(Quality)} - {"error"}

@@ -186,10 +186,11 @@ def check_options(spec: JobSpec, settings: Settings) -> None:
 
 
 def resolve_output_dir(raw: str, settings: Settings) -> pathlib.Path:
-    """A client's output_dir, as a real path: under the allowed roots and never the service's own data
+    """A client's output_dir, as a real path: under the allowed roots (or the output roots, where a
+    principal has its own) and never the service's own data
     directory or anything in it (artifacts of every job, keys, the conversion cache, logs, the chain, the
     job database): the default artifacts/<job id> is chosen by the service, not named by a client."""
-    output_dir = resolve_allowed(raw, settings.allowed_roots, what="output_dir")
+    output_dir = resolve_allowed(raw, settings.output_dir_roots, what="output_dir")
     home = real_path(str(settings.home))
     if output_dir == home or home in output_dir.parents:
         raise PathNotAllowed(

@@ -83,6 +83,10 @@ class WorkerProcess:
             ) from None
         except BaseException:
             self.kill()
+            # reaped before the error reaches the caller (a SIGKILLed worker exits at once), so its
+            # transport is closed even when the event loop ends right after a cancel
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._process.wait())
             raise
         if self.killed:
             raise asyncio.CancelledError("worker killed")

@@ -70,6 +70,11 @@ class QuantizeServiceStub:
                 request_serializer=quantledger_dot_v1_dot_quantize__service__pb2.ListQuantTypesRequest.SerializeToString,
                 response_deserializer=quantledger_dot_v1_dot_quantize__service__pb2.ListQuantTypesResponse.FromString,
                 _registered_method=True)
+        self.DeleteQuantizeJob = channel.unary_unary(
+                '/quantledger.v1.QuantizeService/DeleteQuantizeJob',
+                request_serializer=quantledger_dot_v1_dot_quantize__service__pb2.DeleteQuantizeJobRequest.SerializeToString,
+                response_deserializer=quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.FromString,
+                _registered_method=True)
 
 
 class QuantizeServiceServicer:
@@ -87,14 +92,15 @@ class QuantizeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetQuantizeJob(self, request, context):
-        """Returns one job. JOB_NOT_FOUND (NOT_FOUND) when no job has that name.
+        """Returns one job. JOB_NOT_FOUND (NOT_FOUND) when no job has that name, and also when the job
+        belongs to another principal (only admins see every job), so a job id tells nothing about others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListQuantizeJobs(self, request, context):
-        """Lists jobs, newest first, one page at a time.
+        """Lists the caller's jobs (an admin: every job), newest first, one page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +135,18 @@ class QuantizeServiceServicer:
 
     def ListQuantTypes(self, request, context):
         """Lists the quantization types the installed llama.cpp offers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteQuantizeJob(self, request, context):
+        """Deletes the output files of an ended job: every output file, the provenance JSON beside it and
+        any partial file; only files the job recorded, at their recorded path and size. The job itself
+        stays (its history and the on-chain records are kept) with delete_time set, and is returned.
+        JOB_RUNNING (FAILED_PRECONDITION) while the job is QUEUED or RUNNING: cancel it first. A job
+        whose outputs are already deleted is returned unchanged. Only the job's owner or an admin may
+        delete; for anyone else the job does not exist (JOB_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +189,11 @@ def add_QuantizeServiceServicer_to_server(servicer, server):
                     servicer.ListQuantTypes,
                     request_deserializer=quantledger_dot_v1_dot_quantize__service__pb2.ListQuantTypesRequest.FromString,
                     response_serializer=quantledger_dot_v1_dot_quantize__service__pb2.ListQuantTypesResponse.SerializeToString,
+            ),
+            'DeleteQuantizeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteQuantizeJob,
+                    request_deserializer=quantledger_dot_v1_dot_quantize__service__pb2.DeleteQuantizeJobRequest.FromString,
+                    response_serializer=quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -363,6 +386,33 @@ class QuantizeService:
             '/quantledger.v1.QuantizeService/ListQuantTypes',
             quantledger_dot_v1_dot_quantize__service__pb2.ListQuantTypesRequest.SerializeToString,
             quantledger_dot_v1_dot_quantize__service__pb2.ListQuantTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteQuantizeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantledger.v1.QuantizeService/DeleteQuantizeJob',
+            quantledger_dot_v1_dot_quantize__service__pb2.DeleteQuantizeJobRequest.SerializeToString,
+            quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.FromString,
             options,
             channel_credentials,
             insecure,

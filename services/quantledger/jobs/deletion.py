@@ -1,0 +1,108 @@
+"""Deleting a finished job's output files (DeleteQuantizeJob and retention), and nothing else.
+
+Only the files the job recorded are removed: each output file at its recorded path, if it is still a
+regular file of its recorded size, and the provenance JSON the job wrote beside it, if it is still a
+regular file with its recorded SHA-256. Each file is unlinked through a descriptor of its directory
+opened without following any symlink, so a directory swapped for a link since the job ran sends the
+deletion nowhere. A file that is gone already is fine; one that no longer matches its record (replaced
+by another file) is left where it is and reported. The job record stays, with ``delete_time`` set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pathlib
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from quantledger.jobs.model import Artifact, Job
+from quantledger.registry.provenance import SUFFIX as PROVENANCE_SUFFIX
+from registry_client.atomic_files import open_directory
+
+log = logging.getLogger(__name__)
+PROVENANCE_MAX_BYTES = 1 << 20  # a provenance JSON is a few KiB; anything larger is not the one we wrote
+
+
+@dataclass
+class Deletion:
+    """What deleting a job's outputs did."""
+
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # paths that no longer match the record: left alone
+    freed_bytes: int = 0
+
+
+def delete_outputs(job: Job) -> Deletion:
+    """Remove every output file of ``job`` and the provenance JSON beside it (see the module docstring)."""
+    done = Deletion()
+    for artifact in job.outputs:
+        for path, size in _files_of(artifact):
+            _remove(path, done, partial(_size_matches, size), size)
+        provenance = _provenance_of(artifact)
+        if provenance is not None:
+            path, digest = provenance
+            _remove(path, done, partial(_digest_matches, path, digest), 0)
+    return done
+
+
+def _files_of(artifact: Artifact) -> list[tuple[str, int]]:
+    if artifact.files:
+        return [(f.path, f.size_bytes) for f in artifact.files]
+    return [(artifact.path, artifact.size_bytes)] if artifact.path else []
+
+
+def _provenance_of(artifact: Artifact) -> tuple[str, str] | None:
+    """The provenance JSON the job wrote for ``artifact``: only ever the one beside its first file."""
+    entry = artifact.registry
+    if entry is None or not entry.provenance_path or not artifact.path:
+        return None
+    if entry.provenance_path != artifact.path + PROVENANCE_SUFFIX:
+        return None
+    return entry.provenance_path, entry.provenance_sha256
+
+
+def _size_matches(size: int, st: os.stat_result) -> bool:
+    return st.st_size == size
+
+
+def _digest_matches(path: str, digest: str, st: os.stat_result) -> bool:
+    if st.st_size > PROVENANCE_MAX_BYTES:
+        return False
+    if not digest:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as handle:
+        return hashlib.sha256(handle.read(PROVENANCE_MAX_BYTES + 1)).hexdigest() == digest
+
+
+def _remove(path: str, done: Deletion, matches: Callable[[os.stat_result], bool], size: int) -> None:
+    target = pathlib.Path(path)
+    try:
+        directory = open_directory(target.parent, resolve=False)
+    except OSError:  # the directory is gone, or a link now stands in its path
+        if os.path.lexists(path):
+            done.kept.append(path)
+        return
+    try:
+        try:
+            st = os.stat(target.name, dir_fd=directory, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode) or not matches(st):
+            log.warning("%s does not match the job's record; left in place", path)
+            done.kept.append(path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target.name, dir_fd=directory)
+            done.removed.append(path)
+            done.freed_bytes += size
+    finally:
+        os.close(directory)
