@@ -2,12 +2,15 @@
 
 ``AuditLog.record(event, principal, **fields)`` writes ``{"time", "event", "principal", **fields}``
 as one line with one ``write`` on a descriptor opened ``O_APPEND`` (unbuffered, so nothing waits for a
-flush, and lines of several processes never interleave). Strings are cut to ``MAX_FIELD_CHARS`` and
-JSON escapes control characters, so a client's strings can neither forge a line nor make one huge.
+flush, and lines of several processes never interleave). Strings are cut to ``MAX_FIELD_CHARS``,
+lists to ``MAX_LIST_ITEMS``, and JSON escapes control characters, so a client's strings can neither
+forge a line nor make one huge.
 Nothing secret belongs in a field: authentication refusals record the token's id, never the token.
 
-Events so far: ``authentication_refused`` (peer, method, reason, token_id when the token was well
-formed; ``suppressed``: refusals over the attempt limit not written since the last one of that peer).
+Events: ``authentication_refused`` (peer, method, reason, token_id when the token was well formed;
+``suppressed``: refusals over the attempt limit not written since the last one of that peer), and from
+the job engine ``job.create``, ``job.cancel``, ``job.delete`` (files removed, freed bytes, files left in
+place) and ``job.expire`` (principal "retention").
 """
 
 from __future__ import annotations
@@ -20,13 +23,19 @@ import time
 from typing import Any
 
 MAX_FIELD_CHARS = 500
+MAX_LIST_ITEMS = 64
 
 
 def _bounded(value: Any) -> Any:
+    """A JSON scalar, or a list of them (at most MAX_LIST_ITEMS, then a note); anything else as its str."""
     if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
         return value[:MAX_FIELD_CHARS] + f"… ({len(value)} characters)"
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if isinstance(value, (list, tuple)):
+        items = [v if isinstance(v, (str, int, float, bool)) or v is None else str(v) for v in value]
+        shown = [_bounded(v) for v in items[:MAX_LIST_ITEMS]]
+        return shown + ([f"… ({len(items)} items)"] if len(items) > MAX_LIST_ITEMS else [])
     return _bounded(str(value))
 
 
