@@ -46,6 +46,10 @@ class Settings:
     stage_timeout_seconds: float = 6 * 3600.0
     job_timeout_seconds: float = 48 * 3600.0
     validation_timeout_seconds: float = 60.0
+    # request limits (docs/SECURITY.md "Request limits"): the largest request message a server accepts
+    # (RESOURCE_EXHAUSTED beyond), and how many WatchQuantizeJob streams one principal may hold open
+    max_message_bytes: int = 4 << 20
+    max_watch_streams: int = 16
 
     @property
     def database(self) -> pathlib.Path:
@@ -100,6 +104,8 @@ class Settings:
             "stage_timeout_seconds": max(1, _env_int("QUANTLEDGER_STAGE_TIMEOUT_SECONDS", 6 * 3600)),
             "job_timeout_seconds": max(1, _env_int("QUANTLEDGER_JOB_TIMEOUT_SECONDS", 48 * 3600)),
             "validation_timeout_seconds": max(1, _env_int("QUANTLEDGER_VALIDATION_TIMEOUT_SECONDS", 60)),
+            "max_message_bytes": max(1024, _env_int("QUANTLEDGER_MAX_MESSAGE_BYTES", 4 << 20)),
+            "max_watch_streams": max(1, _env_int("QUANTLEDGER_MAX_WATCH_STREAMS", 16)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

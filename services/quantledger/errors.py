@@ -24,6 +24,7 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     ├── InvalidArgument                   INVALID_ARGUMENT     INVALID_ARGUMENT
     ├── ConfigInvalid                     FAILED_PRECONDITION  CONFIG_INVALID
     ├── InsufficientDisk                  RESOURCE_EXHAUSTED   INSUFFICIENT_DISK
+    ├── TooManyStreams                    RESOURCE_EXHAUSTED   TOO_MANY_STREAMS
     ├── JobNotFound                       NOT_FOUND            JOB_NOT_FOUND
     ├── JobAlreadyFinished                FAILED_PRECONDITION  JOB_ALREADY_FINISHED
     ├── RequestIdConflict                 ALREADY_EXISTS       REQUEST_ID_CONFLICT
@@ -129,6 +130,14 @@ class ConfigInvalid(QuantledgerError):
 class InsufficientDisk(QuantledgerError):
     code = "RESOURCE_EXHAUSTED"
     reason = "INSUFFICIENT_DISK"
+
+
+class TooManyStreams(QuantledgerError):
+    """The caller already holds as many open WatchQuantizeJob streams as one principal may
+    (QUANTLEDGER_MAX_WATCH_STREAMS); close one, or watch fewer jobs at once."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "TOO_MANY_STREAMS"
 
 
 class JobNotFound(QuantledgerError):

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from quantledger.grpc_api.auth import current_principal
 from quantledger.grpc_api.converters import (
     create_request_from_proto,
     estimate_to_proto,
@@ -17,6 +18,7 @@ from quantledger.grpc_api.errors import maps_domain_errors
 from quantledger.jobs.engine import JobEngine
 from quantledger.quantize.catalogue import library_versions
 from quantledger.resource_names import JobName
+from quantledger.security.streams import StreamLimits
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 
@@ -24,8 +26,9 @@ from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     """Each RPC: request to domain values, one engine call, the answer to proto; errors by the decorator."""
 
-    def __init__(self, engine: JobEngine) -> None:
+    def __init__(self, engine: JobEngine, streams: StreamLimits | None = None) -> None:
         self._engine = engine
+        self._streams = streams or StreamLimits(engine.settings.max_watch_streams)
 
     @maps_domain_errors
     async def CreateQuantizeJob(
@@ -57,8 +60,10 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     async def WatchQuantizeJob(
         self, request: pb.WatchQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.QuantizeJob]:
-        async for job in self._engine.watch(JobName.parse(request.name).id):
-            yield job_to_proto(job)
+        job_id = JobName.parse(request.name).id
+        with self._streams.hold(current_principal().name):
+            async for job in self._engine.watch(job_id):
+                yield job_to_proto(job)
 
     @maps_domain_errors
     async def EstimateQuantizeJob(

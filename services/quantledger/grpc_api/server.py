@@ -55,7 +55,13 @@ class QuantledgerServer:
         self._services = tuple(services)
         # grpc sets SO_REUSEPORT by default: a second server on a busy port would start and the kernel
         # would split connections between the two; without it a busy port is an error
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # a request larger than max_message_bytes is RESOURCE_EXHAUSTED before any servicer runs
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ]
+        )
         self._health = health.aio.HealthServicer()
         self._engine: JobEngine | None = None
         self._stopping = False
