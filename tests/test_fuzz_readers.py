@@ -20,6 +20,7 @@ the count for a longer local hunt (a different count draws different examples).
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import json
 import os
@@ -166,8 +167,8 @@ def mutated_json(draw: st.DrawFn, pool: list[bytes]) -> bytes:
         for _ in range(draw(st.integers(1, 4))):
             path = draw(st.sampled_from(list(_paths(value))))
             op = draw(st.sampled_from(("value", "value", "delete", "deep", "wrap", "key")))
-            if op == "value":
-                value = _replace(value, path, draw(_JSON_VALUES))
+            if op == "value":  # a copy: the drawn list or object must not be changed by a later edit
+                value = _replace(value, path, copy.deepcopy(draw(_JSON_VALUES)))
             elif op == "delete":
                 value = _replace(value, path, None, delete=True)
             elif op == "deep":
@@ -178,9 +179,8 @@ def mutated_json(draw: st.DrawFn, pool: list[bytes]) -> bytes:
                     target = target[step]  # type: ignore[index]
                 value = _replace(value, path, [target])
             elif op == "key" and isinstance(value, dict):
-                value[draw(st.sampled_from(("", "\u0000", "k" * 300, "architectures", "model", "r")))] = draw(
-                    _JSON_VALUES
-                )
+                key = draw(st.sampled_from(("", "\u0000", "k" * 300, "architectures", "model", "r")))
+                value[key] = copy.deepcopy(draw(_JSON_VALUES))
         raw = json.dumps(value).encode()
     if draw(st.booleans()):
         raw = draw(mutated_bytes([raw]))
