@@ -11,10 +11,10 @@ never more than ``EXAMPLE_SECONDS`` (Hypothesis ``deadline``, and a hard ``SIGAL
 ``HANG_SECONDS`` so a hang fails instead of stalling the run), never more than ``EXAMPLE_BYTES`` of
 Python heap at its peak (tracemalloc, numpy's buffers included; memory-mapped file pages are not heap).
 
-Budget (docs/SECURITY.md, "Fuzzing"): ``MAX_EXAMPLES`` per target (nine targets), derandomized
+Budget (docs/SECURITY.md, "Fuzzing"): ``MAX_EXAMPLES`` (100) per target, eight targets, derandomized
 (Hypothesis ``derandomize=True``: the same examples on every run, no example database), so CI is
-reproducible; the whole file takes about 20 s of CPU (22-45 s wall on two shared, busy cores). ``QUANTLEDGER_FUZZ_EXAMPLES`` raises
-the count for a longer local hunt (a different count draws different examples).
+reproducible; the whole file takes about 20 s of CPU (22-45 s wall on two shared, busy cores).
+``QUANTLEDGER_FUZZ_EXAMPLES`` raises the count for a longer local hunt (other examples).
 """
 
 from __future__ import annotations
