@@ -210,3 +210,12 @@ def same_file(handle: BinaryIO, other: os.stat_result) -> bool:
     """Whether ``other`` describes the file open as ``handle``."""
     mine = os.fstat(handle.fileno())
     return (mine.st_dev, mine.st_ino) == (other.st_dev, other.st_ino)
+
+
+def read_capped(handle: BinaryIO, limit: int) -> bytes:
+    """The file's bytes, at most ``limit + 1`` of them (one more than allowed tells a file past the cap).
+
+    Sized by the file, never by ``limit``: ``BufferedReader.read(n)`` allocates ``n`` bytes up front, so
+    reading a small file with a 64 MiB cap would cost 64 MiB of heap per call."""
+    size = os.fstat(handle.fileno()).st_size
+    return handle.read(min(max(size, 0), limit) + 1)

@@ -116,6 +116,10 @@ class Settings:
     def output_dir_roots(self) -> tuple[pathlib.Path, ...]:
         """The roots a client's output_dir must lie under."""
         return self.output_roots if self.output_roots is not None else self.allowed_roots
+    # request limits (docs/SECURITY.md "Request limits"): the largest request message a server accepts
+    # (RESOURCE_EXHAUSTED beyond), and how many WatchQuantizeJob streams one principal may hold open
+    max_message_bytes: int = 4 << 20
+    max_watch_streams: int = 16
 
     @property
     def database(self) -> pathlib.Path:
@@ -186,6 +190,8 @@ class Settings:
             "tls_admins": _env_names("QUANTLEDGER_TLS_ADMINS"),
             "insecure_listen": _env_bool("QUANTLEDGER_INSECURE_LISTEN"),
             "retain_seconds": parse_duration(os.environ.get("QUANTLEDGER_RETAIN", ""), "QUANTLEDGER_RETAIN"),
+            "max_message_bytes": max(1024, _env_int("QUANTLEDGER_MAX_MESSAGE_BYTES", 4 << 20)),
+            "max_watch_streams": max(1, _env_int("QUANTLEDGER_MAX_WATCH_STREAMS", 16)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         auth = str(values.get("auth") or os.environ.get("QUANTLEDGER_AUTH") or "none").strip().lower()

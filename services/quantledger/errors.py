@@ -25,6 +25,7 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     ├── ConfigInvalid                     FAILED_PRECONDITION  CONFIG_INVALID
     ├── InsufficientDisk                  RESOURCE_EXHAUSTED   INSUFFICIENT_DISK
     ├── QuotaExceeded                     RESOURCE_EXHAUSTED   QUOTA_EXCEEDED
+    ├── TooManyStreams                    RESOURCE_EXHAUSTED   TOO_MANY_STREAMS
     ├── JobNotFound                       NOT_FOUND            JOB_NOT_FOUND
     ├── JobAlreadyFinished                FAILED_PRECONDITION  JOB_ALREADY_FINISHED
     ├── JobRunning                        FAILED_PRECONDITION  JOB_RUNNING
@@ -146,6 +147,12 @@ class QuotaExceeded(QuantledgerError):
 
     code = "RESOURCE_EXHAUSTED"
     reason = "QUOTA_EXCEEDED"
+class TooManyStreams(QuantledgerError):
+    """The caller already holds as many open WatchQuantizeJob streams as one principal may
+    (QUANTLEDGER_MAX_WATCH_STREAMS); close one, or watch fewer jobs at once."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "TOO_MANY_STREAMS"
 
 
 class JobNotFound(QuantledgerError):

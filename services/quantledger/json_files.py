@@ -11,7 +11,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-from quantledger.client_files import folder_file, folder_has
+from quantledger.client_files import folder_file, folder_has, read_capped
 from quantledger.errors import QuantledgerError, SourceInvalid
 from registry_client.bounded_json import JsonRefused, parse_bounded_json
 
@@ -31,7 +31,7 @@ def read_json_object(
     not one, or not a regular file inside its folder."""
     folder, name = (path.parent.parent, f"{path.parent.name}/{path.name}") if subfolders else (path.parent, path.name)
     with folder_file(folder, name, subfolders=subfolders, error=error) as handle:
-        raw = handle.read(max_bytes + 1)
+        raw = read_capped(handle, max_bytes)
     if len(raw) > max_bytes:
         raise error(f"{path.name} is larger than {max_bytes} bytes")
     try:

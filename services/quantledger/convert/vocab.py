@@ -9,7 +9,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantledger.client_files import folder_file, folder_has
+from quantledger.client_files import folder_file, folder_has, read_capped
 from quantledger.convert.model_checks import MAX_TOKEN_TYPES, MAX_VOCAB_SIZE, config_int
 from quantledger.errors import SourceInvalid, quote_client
 from quantledger.json_files import read_json_object as _json
@@ -67,7 +67,7 @@ def sentencepiece_vocab(folder: pathlib.Path) -> Vocab:
 
     processor = SentencePieceProcessor()
     with folder_file(folder, "tokenizer.model") as handle:
-        proto = handle.read(MAX_TOKENIZER_MODEL_BYTES + 1)
+        proto = read_capped(handle, MAX_TOKENIZER_MODEL_BYTES)
     if len(proto) > MAX_TOKENIZER_MODEL_BYTES:
         raise SourceInvalid(f"tokenizer.model is larger than {MAX_TOKENIZER_MODEL_BYTES} bytes")
     try:
@@ -185,7 +185,7 @@ def wordpiece_vocab(folder: pathlib.Path, config: dict[str, Any]) -> Vocab:
         special = {content for content, _, is_special in _added_tokens(data) if is_special}
     else:
         with folder_file(folder, "vocab.txt") as handle:
-            raw = handle.read(MAX_VOCAB_TXT_BYTES + 1)
+            raw = read_capped(handle, MAX_VOCAB_TXT_BYTES)
         if len(raw) > MAX_VOCAB_TXT_BYTES:
             raise SourceInvalid(f"vocab.txt is larger than {MAX_VOCAB_TXT_BYTES} bytes")
         try:

@@ -22,6 +22,7 @@ from quantledger.grpc_api.errors import maps_domain_errors
 from quantledger.jobs.engine import JobEngine
 from quantledger.quantize.catalogue import library_versions
 from quantledger.resource_names import JobName
+from quantledger.security.streams import StreamLimits
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 
@@ -29,8 +30,9 @@ from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     """Each RPC: request to domain values, one engine call, the answer to proto; errors by the decorator."""
 
-    def __init__(self, engine: JobEngine) -> None:
+    def __init__(self, engine: JobEngine, streams: StreamLimits | None = None) -> None:
         self._engine = engine
+        self._streams = streams or StreamLimits(engine.settings.max_watch_streams)
 
     @maps_domain_errors
     async def CreateQuantizeJob(
@@ -63,8 +65,10 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     async def WatchQuantizeJob(
         self, request: pb.WatchQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.QuantizeJob]:
-        async for job in self._engine.watch(JobName.parse(request.name).id, current_principal()):
-            yield job_to_proto(job)
+        job_id, principal = JobName.parse(request.name).id, current_principal()
+        with self._streams.hold(principal.name):
+            async for job in self._engine.watch(job_id, principal):
+                yield job_to_proto(job)
 
     @maps_domain_errors
     async def EstimateQuantizeJob(

@@ -71,7 +71,14 @@ class QuantledgerServer:
         self.tls = ServerTls(settings) if settings.tls or settings.tls_client_ca else None
         # grpc sets SO_REUSEPORT by default: a second server on a busy port would start and the kernel
         # would split connections between the two; without it a busy port is an error
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors_for(settings))
+        # a request larger than max_message_bytes is RESOURCE_EXHAUSTED before any servicer runs
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ],
+            interceptors=interceptors_for(settings),
+        )
         self._health = health.aio.HealthServicer()
         self._engine: JobEngine | None = None
         self._stopping = False

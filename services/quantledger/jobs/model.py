@@ -73,23 +73,23 @@ class JobSpec:
 
     def check_bounds(self) -> None:
         """Refuse a request by its size alone, before any of its files is looked at (INVALID_ARGUMENT)."""
-        _bounded("source", self.source, MAX_PATH_LENGTH)
+        check_text("source", self.source, MAX_PATH_LENGTH)
         if len(self.quant_types) > MAX_QUANT_TYPES:
             raise InvalidArgument(f"at most {MAX_QUANT_TYPES} quant types per job", field="quant_types")
         for name in self.quant_types:
-            _bounded("quant_types", name, MAX_NAME_LENGTH)
+            check_text("quant_types", name, MAX_NAME_LENGTH)
         options = self.options
         for path_field in ("imatrix_path", "output_dir", "lora_dir", "eval_text_path"):
-            _bounded(path_field, getattr(options, path_field), MAX_PATH_LENGTH)
+            check_text(path_field, getattr(options, path_field), MAX_PATH_LENGTH)
         for name_field in ("output_tensor_type", "token_embedding_type", "intermediate_type"):
-            _bounded(name_field, getattr(options, name_field), MAX_NAME_LENGTH)
+            check_text(name_field, getattr(options, name_field), MAX_NAME_LENGTH)
         if len(options.tensor_type_overrides) > MAX_TENSOR_OVERRIDES:
             raise InvalidArgument(
                 f"at most {MAX_TENSOR_OVERRIDES} tensor type overrides per job", field="tensor_type_overrides"
             )
         for pattern, type_name in options.tensor_type_overrides:
-            _bounded("tensor_type_overrides", pattern, MAX_PATTERN_LENGTH)
-            _bounded("tensor_type_overrides", type_name, MAX_NAME_LENGTH)
+            check_text("tensor_type_overrides", pattern, MAX_PATTERN_LENGTH)
+            check_text("tensor_type_overrides", type_name, MAX_NAME_LENGTH)
 
 
 # Bounds on a request, checked before anything else (docs/SECURITY.md lists them).
@@ -100,7 +100,8 @@ MAX_TENSOR_OVERRIDES = 256
 MAX_PATTERN_LENGTH = 1000
 
 
-def _bounded(field_name: str, value: str, limit: int) -> None:
+def check_text(field_name: str, value: str, limit: int) -> None:
+    """INVALID_ARGUMENT naming ``field_name`` when a client string is longer than ``limit`` or holds a NUL."""
     if len(value) > limit:
         raise InvalidArgument(f"{field_name} is longer than {limit} characters", field=field_name)
     if "\0" in value:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from quantledger.errors import InvalidArgument
+from quantledger.jobs.model import MAX_NAME_LENGTH, MAX_PATH_LENGTH, check_text
 from quantledger.recommend.explain import explain
 from quantledger.recommend.hardware import GIB, Device, Machine, tier_machine, with_overrides
 from quantledger.recommend.memory import KV_TYPE_BYTES, is_quantized_kv
@@ -82,6 +83,26 @@ class RecommendQuery:
     max_options: int = 0
     disable_flash_attention: bool = False
     full_swa_cache: bool = False
+
+    def check_bounds(self) -> None:
+        """Refuse a query by its size alone, before any model is looked at (INVALID_ARGUMENT); the same
+        bounds as a quantize job's (jobs/model.py, docs/SECURITY.md "Request limits")."""
+        model, hardware = self.model, self.hardware
+        for name in ("gguf_path", "hf_folder", "hf_repo", "registry_file"):
+            check_text(name, getattr(model, name), MAX_PATH_LENGTH)
+        check_text("family", model.family, MAX_NAME_LENGTH)
+        if model.hyperparameters is not None:
+            check_text("architecture", model.hyperparameters.architecture, MAX_NAME_LENGTH)
+        check_text("kv_cache_type", self.kv_cache_type, MAX_NAME_LENGTH)
+        check_text("tier", hardware.tier, MAX_NAME_LENGTH)
+        if len(hardware.devices) > MAX_DEVICES:
+            raise InvalidArgument(f"at most {MAX_DEVICES} devices per query", field="devices")
+        for device in hardware.devices:
+            check_text("devices.name", device.name, MAX_DEVICE_NAME_LENGTH)
+
+
+MAX_DEVICES = 64  # GPUs of one machine; an 8-GPU server is the common top
+MAX_DEVICE_NAME_LENGTH = 256
 
 
 @dataclass
@@ -199,6 +220,7 @@ class Recommender:
 
     def prepare(self, query: RecommendQuery) -> Prepared:
         """Check ``query`` and look its answer up; cheap (no model is read), so callers may run it inline."""
+        query.check_bounds()
         machine = query.hardware.machine()
         if query.context_length is not None and not 0 < query.context_length <= MAX_CONTEXT:
             raise InvalidArgument(

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from quantledger.errors import InvalidArgument
+from quantledger.errors import InvalidArgument, quote_client
 from quantledger.paging import PageSize, PageTokens
 from quantledger.registry.verify import Verdict, verdict_for
 from quantledger.resource_names import RecordName
@@ -123,6 +123,8 @@ class RegistryReader:
             for file in files:
                 records.extend(r for r in self.client.records_of(file) if r.source_digest == digest)
         else:
-            raise InvalidArgument(f"parent {parent!r} must be files/{{sha256}} or sources/{{digest}}", field="parent")
+            raise InvalidArgument(
+                f"parent {quote_client(parent)} must be files/{{sha256}} or sources/{{digest}}", field="parent"
+            )
         offset += len(attesters) if kind == "files" else len(files)
         return records, (self._page_tokens.encode(listing, offset) if offset < total else "")
