@@ -32,6 +32,7 @@ WIRE_FORMS = {
         "JobAlreadyFinished": ("FAILED_PRECONDITION", "JOB_ALREADY_FINISHED"),
         "JobRunning": ("FAILED_PRECONDITION", "JOB_RUNNING"),
         "QuotaExceeded": ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"),
+        "TooManyStreams": ("RESOURCE_EXHAUSTED", "TOO_MANY_STREAMS"),
         "RequestIdConflict": ("ALREADY_EXISTS", "REQUEST_ID_CONFLICT"),
         "OutputExists": ("ALREADY_EXISTS", "OUTPUT_EXISTS"),
         "Interrupted": ("ABORTED", "INTERRUPTED"),

@@ -116,6 +116,7 @@ class Settings:
     def output_dir_roots(self) -> tuple[pathlib.Path, ...]:
         """The roots a client's output_dir must lie under."""
         return self.output_roots if self.output_roots is not None else self.allowed_roots
+
     # request limits (docs/SECURITY.md "Request limits"): the largest request message a server accepts
     # (RESOURCE_EXHAUSTED beyond), and how many WatchQuantizeJob streams one principal may hold open
     max_message_bytes: int = 4 << 20

@@ -147,6 +147,8 @@ class QuotaExceeded(QuantledgerError):
 
     code = "RESOURCE_EXHAUSTED"
     reason = "QUOTA_EXCEEDED"
+
+
 class TooManyStreams(QuantledgerError):
     """The caller already holds as many open WatchQuantizeJob streams as one principal may
     (QUANTLEDGER_MAX_WATCH_STREAMS); close one, or watch fewer jobs at once."""
