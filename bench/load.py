@@ -189,11 +189,13 @@ async def drive(address: str, args: argparse.Namespace, tally: Tally, tokens: tu
     async def one(index: int) -> None:
         rng = random.Random(1000 + index)
         metadata: tuple[tuple[str, str], ...] = ()
-        expect_auth = None
+        expect_auth: set[str] | None = None
         if tokens is not None:
             good, bad = tokens
             if index % 10 == 9:
-                metadata, expect_auth = (("authorization", f"Bearer {bad}"),), "UNAUTHENTICATED/TOKEN_INVALID"
+                # refused as invalid, or, once this address has spent its failed attempts, without checking
+                expect_auth = {"UNAUTHENTICATED/TOKEN_INVALID", "RESOURCE_EXHAUSTED/TOO_MANY_ATTEMPTS"}
+                metadata = (("authorization", f"Bearer {bad}"),)
             else:
                 metadata = (("authorization", f"Bearer {good}"),)
         client = Client(pb_grpc.QuantizeServiceStub(channels[index % len(channels)]), tally, args, metadata)
@@ -202,7 +204,7 @@ async def drive(address: str, args: argparse.Namespace, tally: Tally, tokens: tu
             if expect_auth is not None:
                 await client.call(
                     "list-bad-token",
-                    {expect_auth},
+                    expect_auth,
                     lambda: client.stub.ListQuantizeJobs(request, metadata=metadata, timeout=args.deadline),
                 )
                 continue

@@ -233,23 +233,31 @@ def test_the_data_dir_holds_no_token_and_the_audit_log_no_secret(secured: Runnin
 def test_failed_attempts_beyond_the_limit_are_too_many_attempts(tmp_path: pathlib.Path) -> None:
     home = tmp_path / "limited"
     home.mkdir()
-    token = create_token(home, "heidi")
+    token, neighbour = create_token(home, "heidi"), create_token(home, "ivy")
     port = free_port()
     command = [sys.executable, "-m", "quantledger.cli.main", "serve", "quantize", "--port", str(port)]
     env = {"QUANTLEDGER_AUTH": "tokens", "QUANTLEDGER_AUTH_FAILURES_PER_MINUTE": "3"}
     server = start_server(home, [home], port=port, command=command, extra_env=env)
     try:
         wrong = f"{token[:-4]}zzzz"
-        for attempt in (wrong, "malformed", None):  # hashed or not, each failure counts
+        # failures that need no hash (malformed, none, an unknown id) spend the address's attempts
+        for attempt in ("malformed", None, f"qlt_{'0' * 16}_{A_WRONG_SECRET}"):
             assert refusal(server, attempt) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
-        # over the limit nothing new is checked: neither a guess nor a valid token not seen before
-        for attempt in (wrong, None, f"qlt_{'0' * 16}_{A_WRONG_SECRET}", token):
+        for attempt in ("malformed", None):
+            assert refusal(server, attempt) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS")
+        call(server, neighbour)  # a valid token from the same address still gets in
+        # guesses at a real token's secret spend that token's own attempts from this address, so the
+        # neighbours' failures above lock out neither the guesser nor a valid token
+        for _ in range(3):
+            assert refusal(server, wrong) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+        # over that limit nothing new is checked: neither a guess nor the valid token not seen before
+        for attempt in (wrong, token):
             assert refusal(server, attempt) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS")
     finally:
         server.stop()
     entries = audit_entries(home)
-    assert [e["reason"] for e in entries] == ["TOKEN_INVALID"] * 3 + ["TOO_MANY_ATTEMPTS"]
-    assert entries[-1]["suppressed"] == 0  # the next ones of the minute are counted, not written
+    assert [e["reason"] for e in entries] == ["TOKEN_INVALID"] * 3 + ["TOO_MANY_ATTEMPTS"] + ["TOKEN_INVALID"] * 3
+    assert entries[3]["suppressed"] == 0  # the next ones of the minute are counted, not written
     assert all(token.split("_", 2)[2] not in json.dumps(e) for e in entries)
 
 
@@ -302,3 +310,33 @@ def test_the_interceptor_sets_the_principal_in_the_handlers_own_task(tmp_path: p
 def test_an_unknown_auth_mode_is_config_invalid(tmp_path: pathlib.Path) -> None:
     started = cli(tmp_path, "serve", "quantize", "--port", str(free_port()), env={"QUANTLEDGER_AUTH": "maybe"})
     assert started.returncode == 1 and "CONFIG_INVALID" in started.stderr
+
+
+def test_concurrent_first_calls_with_one_token_share_one_check(tmp_path: pathlib.Path) -> None:
+    """Fifty clients starting at once with one valid token: none is refused, though the attempt limit is 3
+    (each would otherwise take an attempt while the first hash runs)."""
+    home = tmp_path / "crowd"
+    home.mkdir()
+    token = create_token(home, "crowd")
+    port = free_port()
+    command = [sys.executable, "-m", "quantledger.cli.main", "serve", "quantize", "--port", str(port)]
+    env = {"QUANTLEDGER_AUTH": "tokens", "QUANTLEDGER_AUTH_FAILURES_PER_MINUTE": "3"}
+    server = start_server(home, [home], port=port, command=command, extra_env=env)
+
+    async def crowd() -> list[object]:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.QuantizeServiceStub(channel)
+            calls = [
+                stub.ListQuantTypes(
+                    pb.ListQuantTypesRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=60
+                )
+                for _ in range(50)
+            ]
+            return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    try:
+        answers = asyncio.run(crowd())
+    finally:
+        server.stop()
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert refused == [], {(a.code(), error_reason(a)) for a in refused}

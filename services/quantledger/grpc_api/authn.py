@@ -20,16 +20,22 @@ call's token wins and a call without one runs as its certificate. The interface:
 (``context.peer()``) and its TLS identity (``context.auth_context()``). Return the principal, None when
 the call carries no credential of this kind, or raise a ``QuantledgerError`` for one that is refused.
 
-``TokenAuthenticator`` reads ``authorization: Bearer <token>``. Failed attempts are limited per peer
-host (``security/attempts.py``, ``Settings.auth_failures_per_minute``): an attempt that needs the hash
-takes one from the peer's bucket first, and an empty bucket is RESOURCE_EXHAUSTED / TOO_MANY_ATTEMPTS
-without hashing. A secret is compared in constant time: ``hmac.compare_digest`` on the scrypt hash
-(or on the SHA-256 of a secret already verified once), in ``security/tokens.py``.
+``TokenAuthenticator`` reads ``authorization: Bearer <token>``. Failed attempts are limited
+(``security/attempts.py``, ``Settings.auth_failures_per_minute`` per bucket): an attempt that needs the
+hash (a real token's id with a secret not verified before) takes one from the bucket of its peer host
+and token id first; one that fails without a hash (no token, a malformed one, an unknown id) is charged
+to the bucket of its peer host. An empty bucket is RESOURCE_EXHAUSTED / TOO_MANY_ATTEMPTS without
+hashing. So guessing one token's secret from one address is slow, and another client's failures from
+that address (clients behind one NAT, a misconfigured neighbour) never lock out a valid token.
+Concurrent first calls with one token share one check (one hash, one attempt). A secret is compared in
+constant time: ``hmac.compare_digest`` on the scrypt hash (or on the SHA-256 of a secret already
+verified once), in ``security/tokens.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import time
@@ -47,7 +53,7 @@ from quantledger.grpc_api.tls import principal_from_peer
 from quantledger.security.attempts import MAX_PEERS, AttemptLimiter
 from quantledger.security.audit import AuditLog
 from quantledger.security.principal import Principal
-from quantledger.security.tokens import INVALID_MESSAGE, TokenStore, TokenVerifier, token_id
+from quantledger.security.tokens import INVALID_MESSAGE, TokenRecord, TokenStore, TokenVerifier, token_id
 
 log = logging.getLogger(__name__)
 # methods every client may call without credentials: health and server reflection
@@ -77,6 +83,11 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+def hashed_attempts_key(peer: str, token: str) -> str:
+    """The attempt bucket of a check that needs the hash: the peer host and the token's id."""
+    return f"{peer} {token_id(token)}"
+
+
 def bearer_token(metadata: Metadata) -> str | None:
     """The token of an ``authorization: Bearer …`` entry, if any."""
     for key, value in metadata:
@@ -93,6 +104,23 @@ class TokenAuthenticator:
     def __init__(self, store: TokenStore, limiter: AttemptLimiter) -> None:
         self._verifier = TokenVerifier(store)
         self._limiter = limiter
+        # checks under way, by token: concurrent first calls with one token share one hash and one attempt
+        self._checking: dict[str, asyncio.Future[TokenRecord]] = {}
+
+    async def _verify_once(self, peer: str, token: str) -> TokenRecord:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        shared = self._checking.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        hashed = hashed_attempts_key(peer, token)
+        if not self._limiter.take(hashed):
+            raise TooManyAttempts(TOO_MANY_MESSAGE)
+        check = asyncio.ensure_future(asyncio.to_thread(self._verifier.verify, token))
+        self._checking[key] = check
+        check.add_done_callback(lambda _: self._checking.pop(key, None))
+        record = await asyncio.shield(check)
+        self._limiter.give_back(hashed)
+        return record
 
     async def authenticate(self, metadata: Metadata, context: grpc.aio.ServicerContext) -> Principal | None:
         token = bearer_token(metadata)
@@ -103,14 +131,13 @@ class TokenAuthenticator:
         try:
             record = self._verifier.check_known(token)  # one stat and one SHA-256 for a token seen before
             if record is None:
+                # the id is a real token's: the hash is limited per (peer, token id), so one address's
+                # failures with other or malformed tokens never lock out a valid token from that address
                 taken = True
-                if not self._limiter.take(peer):
-                    raise TooManyAttempts(TOO_MANY_MESSAGE)
-                record = await asyncio.to_thread(self._verifier.verify, token)  # raises when refused
-                self._limiter.give_back(peer)
+                record = await self._verify_once(peer, token)  # raises when refused
         except AuthenticationFailed:
-            # refused before any hash (malformed, unknown id; revoked or expired after a remembered match),
-            # or by the hash: a failed attempt either way (verify took its attempt already)
+            # refused before any hash (malformed, unknown id; revoked or expired after a remembered match):
+            # charged to the peer; refused by the hash: charged to (peer, id) already
             if not taken and not self._limiter.take(peer):
                 raise TooManyAttempts(TOO_MANY_MESSAGE) from None
             raise
