@@ -84,12 +84,14 @@ def team(
     tmp_path_factory: pytest.TempPathFactory, models: Models
 ) -> Iterator[tuple[RunningServer, dict[str, User], pathlib.Path]]:
     home = tmp_path_factory.mktemp("team-home")
+    outputs = tmp_path_factory.mktemp("team-out")
+    (outputs / "carol-root").mkdir()
     tokens = {
         "alice": create_token(home, "alice", "--max-queued", "1"),
         "bob": create_token(home, "bob"),
+        "carol": create_token(home, "carol", "--root", str(outputs / "carol-root")),
         "root": create_token(home, "root", "--admin"),
     }
-    outputs = tmp_path_factory.mktemp("team-out")
     port = free_port()
     command = [sys.executable, "-m", "quantledger.cli.main", "serve", "quantize", "--port", str(port)]
     env = {"QUANTLEDGER_AUTH": "tokens", "HF_TOKEN": HF_TOKEN, "QUANTLEDGER_MAX_PARALLEL_JOBS": "1"}
@@ -137,6 +139,16 @@ def test_a_tokens_quota_refuses_with_its_figures(team, models: Models) -> None:
         users["bob"].create(models.f16, outputs / "bob")  # another principal is not held by alice's quota
     finally:
         alice.stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=first.name), metadata=alice.metadata, timeout=30)
+
+
+def test_a_principals_own_roots_replace_the_servers(team, models: Models) -> None:
+    _server, users, outputs = team
+    carol = users["carol"]
+    code, reason, _ = carol.refusal(lambda: carol.create(models.f16, outputs / "carol-root" / "out"))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PATH_NOT_ALLOWED")  # the server's root, not hers
+    own = outputs / "carol-root" / "tiny.gguf"
+    own.write_bytes(models.f16.read_bytes())
+    assert carol.wait(carol.create(own, outputs / "carol-root" / "out").name).state == Job.STATE_SUCCEEDED
 
 
 def test_no_secret_is_written_to_any_file(team, models: Models) -> None:

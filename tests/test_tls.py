@@ -429,3 +429,38 @@ def test_the_chain_beyond_loopback_only_with_insecure_listen(tmp_path: pathlib.P
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert "INSECURE: the embedded chain's JSON-RPC listens on 0.0.0.0" in err
+
+
+def test_tokens_over_tls_refuse_without_a_token_and_serve_with_one(tmp_path: pathlib.Path, pki: Pki) -> None:
+    """The multi-user setup beyond loopback: TLS and API tokens on one server; the CLI with --tls-ca and
+    --token-file gets in, a TLS client without a token is UNAUTHENTICATED / TOKEN_INVALID."""
+    from conftest import error_reason
+
+    home = tmp_path / "tls-tokens"
+    home.mkdir()
+    made = subprocess.run(
+        [sys.executable, "-m", "quantledger.cli.main", "tokens", "create", "erin"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "QUANTLEDGER_HOME": str(home)},
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token_file = tmp_path / "erin.token"
+    token_file.write_text(made.stdout)
+    server, _cert, _key = tls_server(home, pki, [home], "--auth", "tokens")
+    try:
+        with grpc.secure_channel(server.address, pki.credentials(), options=[]) as channel:
+            stub = pb_grpc.QuantizeServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ListQuantTypes(pb.ListQuantTypesRequest(), timeout=30)
+            assert (caught.value.code(), error_reason(caught.value)) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "TOKEN_INVALID",
+            )
+            reply = stub.ListQuantTypes(
+                pb.ListQuantTypesRequest(), metadata=[("authorization", f"Bearer {made.stdout.strip()}")], timeout=30
+            )
+            assert reply.quant_types
+        listed = cli("--tls-ca", str(pki.server_ca), "--token-file", str(token_file), "jobs", "list", "--json",
+                     "--server", server.address)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+    finally:
+        server.stop()
