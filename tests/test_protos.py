@@ -38,7 +38,8 @@ def test_protos_pass_buf_lint_and_format(tmp_path) -> None:
     googleapis = tmp_path / "third_party" / "google" / "rpc"
     googleapis.mkdir(parents=True)
     shutil.copy(pathlib.Path(google.rpc.status_pb2.__file__).with_name("status.proto"), googleapis)
-    annotations = tmp_path / "third_party" / "google" / "api"  # google.api.http (AIP-127), from googleapis-common-protos
+    # google.api.http (AIP-127): annotations.proto and http.proto, from googleapis-common-protos
+    annotations = tmp_path / "third_party" / "google" / "api"
     annotations.mkdir(parents=True)
     for name in ("annotations.proto", "http.proto"):
         shutil.copy(pathlib.Path(google.rpc.status_pb2.__file__).parents[1] / "api" / name, annotations)
