@@ -228,3 +228,14 @@ def test_a_busy_http_port_is_port_in_use(tmp_path: pathlib.Path) -> None:
         )
     assert started.returncode != 0
     assert "PORT_IN_USE" in started.stdout + started.stderr and str(busy) in started.stdout + started.stderr
+
+
+def test_the_route_table_in_the_docs_is_the_annotations() -> None:
+    """docs/API.md lists every route the server builds from the protos, and no other."""
+    from conftest import REPO
+
+    from quantledger.http_api.bindings import bindings
+
+    doc = (REPO / "docs" / "API.md").read_text().split("## HTTP/JSON API", 1)[1].split("\n## ", 1)[0]
+    documented = {line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")}
+    assert documented == {f"{b.verb} {b.template}" for b in bindings()}
