@@ -13,6 +13,10 @@ Transport (docs/SECURITY.md "Transport"): with ``tls_cert``/``tls_key`` the port
 with ``tls_client_ca`` it requires client certificates, each call running as its certificate's
 principal. SIGHUP, or a change of the files, reloads the certificates for new connections. A
 non-loopback address without TLS and authentication is refused (``security/listen_policy.py``).
+
+Beside gRPC, ``serve`` can start a ``Companion`` on the same loop (the CLI passes the HTTP/JSON API,
+``http_api/serving.py``); it reaches the hosted servicer objects (``servicers``) and the one
+authentication (``authentication``) through the server, so both surfaces share every rule.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ class Companion(Protocol):
     gRPC server serves, stopped after it has stopped."""
 
     async def start(self) -> dict[str, str]:
-        """Start serving; what the start-up announcement adds (say, ``{"http": "127.0.0.1:8080"}``)."""
+        """Start serving; what the start-up announcement adds (say, ``{"http": "http://127.0.0.1:8080"}``)."""
         ...
 
     async def stop(self) -> None: ...
