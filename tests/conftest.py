@@ -96,6 +96,7 @@ def start_server(
         QUANTLEDGER_HOME=str(home),
         QUANTLEDGER_ALLOWED_ROOTS=os.pathsep.join(str(r) for r in roots),
         QUANTLEDGER_LOG_LEVEL="INFO",
+        QUANTLEDGER_HTTP_PORT="0",  # many servers at once: tests that need HTTP pass a free port in extra_env
     )
     env.update(extra_env or {})
     log = home / f"server-{port}.log"

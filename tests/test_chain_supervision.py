@@ -81,6 +81,8 @@ def up(tmp_path: pathlib.Path, models) -> Iterator[tuple[subprocess.Popen[str], 
         str(port),
         "--chain-port",
         str(chain_port),
+        "--http-port",
+        "0",
         "--json",
     ]
     with open(home / "up.log", "a") as log:

@@ -219,8 +219,8 @@ def test_up_accepts_its_flags_announces_json_and_stops_on_sigint(tmp_path) -> No
     port = free_port()
     env = dict(os.environ, QUANTLEDGER_HOME=str(tmp_path / "home"))
     argv = [QUANTLEDGER or "quantledger", "up", "--host", "127.0.0.1", "--port", str(port)]
-    chain_port = free_port()
-    argv += ["--chain-port", str(chain_port), "--json"]
+    chain_port, http_port = free_port(), free_port()
+    argv += ["--chain-port", str(chain_port), "--http-port", str(http_port), "--json"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -228,6 +228,7 @@ def test_up_accepts_its_flags_announces_json_and_stops_on_sigint(tmp_path) -> No
         assert announcement["address"] == f"127.0.0.1:{port}" and "quantize" in announcement["serving"]
         assert announcement["serving"] == ["quantize", "recommend", "registry"]
         assert announcement["chain_url"] == f"http://127.0.0.1:{chain_port}"
+        assert announcement["http"] == f"http://127.0.0.1:{http_port}"
         wait_serving(announcement["address"], process)
         # the embedded chain answers JSON-RPC and holds the registry that up deployed
         from registry_client.client import RegistryClient

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -43,6 +44,9 @@ class Compose:
             "50051": str(free_port()),
             "50052": str(free_port()),
             "50053": str(free_port()),
+            "8080": str(free_port()),  # the HTTP/JSON API of each service
+            "8081": str(free_port()),
+            "8082": str(free_port()),
         }
         self.mounts = {"/data": tmp_path / "data", "/models": models.root, "/chain": tmp_path / "chain"}
         for directory in ("data", "chain"):
@@ -56,9 +60,9 @@ class Compose:
             value = ":".join(
                 str(outside) + p[len(inside) :] if p == inside or p.startswith(inside + "/") else p for p in parts
             )
-        for inside, outside in self.ports.items():
-            value = value.replace(inside, outside)
-        return value
+        # every published port at once, whole numbers only (a free port may contain another's digits)
+        ports = re.compile(r"(?<!\d)(" + "|".join(self.ports) + r")(?!\d)")
+        return ports.sub(lambda match: self.ports[match.group(1)], value)
 
     def env(self, name: str) -> dict[str, str]:
         env = dict(os.environ)

@@ -6,8 +6,8 @@ a package is covered the moment it exists:
 - ``registry_client`` is the lowest layer: it never imports ``quantledger`` (nor grpc);
 - a package imports only packages on its own layer or below (``LAYERS``, lowest first); the one
   exception is the job vocabulary (``UPWARD_ALLOWED``);
-- domain packages (everything but ``grpc_api``, ``cli`` and ``v1``) import no grpc, no generated API,
-  no CLI and no HTTP framework; only ``grpc_api`` and ``cli`` import ``quantledger.v1``.
+- domain packages (everything but ``grpc_api``, ``http_api``, ``cli`` and ``v1``) import no grpc, no
+  generated API, no CLI and no HTTP framework; only the API packages and ``cli`` import ``quantledger.v1``.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ LAYERS: tuple[str, ...] = (
     "quantledger.recommend",
     "quantledger.jobs",
     "quantledger.grpc_api",
+    "quantledger.http_api",
     "quantledger.cli",
 )
 # Generated from protos/: imported by the API and the CLI only, imports nothing but itself.
 GENERATED = "quantledger.v1"
-API_PACKAGES = frozenset({"quantledger.grpc_api", "quantledger.cli", GENERATED})
+API_PACKAGES = frozenset({"quantledger.grpc_api", "quantledger.http_api", "quantledger.cli", GENERATED})
 # Modules of a higher layer that lower ones may import, with the reason.
 UPWARD_ALLOWED: dict[str, str] = {
     "quantledger.jobs.model": "the job vocabulary (Job, JobSpec, Artifact, SourceInfo) every stage reads and fills",

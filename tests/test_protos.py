@@ -38,6 +38,11 @@ def test_protos_pass_buf_lint_and_format(tmp_path) -> None:
     googleapis = tmp_path / "third_party" / "google" / "rpc"
     googleapis.mkdir(parents=True)
     shutil.copy(pathlib.Path(google.rpc.status_pb2.__file__).with_name("status.proto"), googleapis)
+    # google.api.http (AIP-127): annotations.proto and http.proto, from googleapis-common-protos
+    annotations = tmp_path / "third_party" / "google" / "api"
+    annotations.mkdir(parents=True)
+    for name in ("annotations.proto", "http.proto"):
+        shutil.copy(pathlib.Path(google.rpc.status_pb2.__file__).parents[1] / "api" / name, annotations)
     lint = yaml.safe_load((REPO / "protos" / "buf.yaml").read_text())["lint"]
     workspace = {"version": "v2", "modules": [{"path": "api", "lint": lint}, {"path": "third_party"}]}
     (tmp_path / "buf.yaml").write_text(yaml.safe_dump(workspace))

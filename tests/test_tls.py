@@ -464,3 +464,29 @@ def test_tokens_over_tls_refuse_without_a_token_and_serve_with_one(tmp_path: pat
         assert listed.returncode == 0, listed.stderr
     finally:
         server.stop()
+
+
+def test_the_http_api_serves_https_with_the_servers_certificate(tmp_path: pathlib.Path, pki: Pki) -> None:
+    """--http-port on a TLS server: HTTPS with the same certificate, plaintext HTTP refused; with client
+    certificates alone (no tokens) HTTP calls cannot authenticate (TOKEN_INVALID), health stays open."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    http_port = free_port()
+    extra = ("--http-port", str(http_port), "--tls-client-ca", str(pki.client_ca))
+    server, _, _ = tls_server(tmp_path / "home", pki, [tmp_path], *extra, client=pki.alice)
+    trusted = ssl.create_default_context(cafile=str(pki.server_ca))
+    base = f"https://localhost:{http_port}"
+    try:
+        with urllib.request.urlopen(f"{base}/api/v1/health", context=trusted, timeout=30) as answer:
+            assert json.loads(answer.read()) == {"status": "SERVING"}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/v1/quantize/types", context=trusted, timeout=30)
+        assert refused.value.code == 401
+        assert json.loads(refused.value.read())["details"][0]["reason"] == "TOKEN_INVALID"
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext to the TLS port
+            urllib.request.urlopen(f"http://localhost:{http_port}/api/v1/health", timeout=30)
+        assert f"http https://127.0.0.1:{http_port}" in server.output()
+    finally:
+        server.stop()

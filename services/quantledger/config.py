@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from quantledger.errors import ConfigInvalid, quote_client
 
 DEFAULT_PORT = 50051
+DEFAULT_HTTP_PORT = 8080  # the HTTP/JSON API beside gRPC; 0 turns it off
 DEFAULT_CHAIN_PORT = 8545
 AUTH_MODES = ("none", "tokens")
 
@@ -84,6 +85,7 @@ class Settings:
     disk_reserve_bytes: int = 256 << 20
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    http_port: int = DEFAULT_HTTP_PORT
     chain_port: int = DEFAULT_CHAIN_PORT
     chain_url: str = ""
     conversion_cache_bytes: int = 20 << 30
@@ -176,6 +178,7 @@ class Settings:
             "disk_reserve_bytes": max(0, _env_int("QUANTLEDGER_DISK_RESERVE_BYTES", 256 << 20)),
             "host": os.environ.get("QUANTLEDGER_HOST") or "127.0.0.1",
             "port": _env_int("QUANTLEDGER_PORT", DEFAULT_PORT),
+            "http_port": max(0, _env_int("QUANTLEDGER_HTTP_PORT", DEFAULT_HTTP_PORT)),
             "chain_port": _env_int("QUANTLEDGER_CHAIN_PORT", DEFAULT_CHAIN_PORT),
             "chain_url": os.environ.get("QUANTLEDGER_CHAIN_URL", ""),
             "conversion_cache_bytes": max(0, _env_int("QUANTLEDGER_CONVERSION_CACHE_BYTES", 20 << 30)),

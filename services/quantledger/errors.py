@@ -26,6 +26,7 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     ├── InsufficientDisk                  RESOURCE_EXHAUSTED   INSUFFICIENT_DISK
     ├── QuotaExceeded                     RESOURCE_EXHAUSTED   QUOTA_EXCEEDED
     ├── TooManyStreams                    RESOURCE_EXHAUSTED   TOO_MANY_STREAMS
+    ├── RequestTooLarge                   RESOURCE_EXHAUSTED   REQUEST_TOO_LARGE
     ├── JobNotFound                       NOT_FOUND            JOB_NOT_FOUND
     ├── JobAlreadyFinished                FAILED_PRECONDITION  JOB_ALREADY_FINISHED
     ├── JobRunning                        FAILED_PRECONDITION  JOB_RUNNING
@@ -155,6 +156,14 @@ class TooManyStreams(QuantledgerError):
 
     code = "RESOURCE_EXHAUSTED"
     reason = "TOO_MANY_STREAMS"
+
+
+class RequestTooLarge(QuantledgerError):
+    """An HTTP request body larger than QUANTLEDGER_MAX_MESSAGE_BYTES (gRPC refuses such a message
+    before any servicer runs; the HTTP surface refuses it with 413 before reading further)."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "REQUEST_TOO_LARGE"
 
 
 class JobNotFound(QuantledgerError):

@@ -80,6 +80,9 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool = False, client: b
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="gRPC port (default 50051)")
+    parser.add_argument(
+        "--http-port", type=int, default=None, help="HTTP/JSON API port on the same host (default 8080; 0: off)"
+    )
     parser.add_argument("--chain-port", type=int, default=None, help="JSON-RPC port of the embedded chain (8545)")
     parser.add_argument("--chain-url", default=None, help="JSON-RPC URL of an external chain")
     parser.add_argument("--max-parallel-jobs", type=int, default=None, help="jobs run at once (default 1)")
@@ -409,6 +412,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
         host=args.host,
         port=args.port,
+        http_port=args.http_port,
         chain_port=args.chain_port,
         chain_url=args.chain_url,
         max_parallel_jobs=args.max_parallel_jobs,

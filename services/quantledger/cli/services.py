@@ -163,7 +163,12 @@ def run_services(settings: Settings, services: Sequence[str], *, as_json: bool, 
 
             supervisor.listen(changed)
 
-        asyncio.run(serve(settings, services, as_json=as_json, announce=announce, on_started=follow_chain))
+        from quantledger.http_api.serving import http_companion
+
+        companion = http_companion if settings.http_port else None
+        asyncio.run(
+            serve(settings, services, as_json=as_json, announce=announce, on_started=follow_chain, companion=companion)
+        )
     finally:
         if supervisor is not None:
             supervisor.stop()

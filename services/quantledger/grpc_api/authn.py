@@ -180,19 +180,26 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
             return handler
         return self._wrap(handler, details.method)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> None:
+    async def principal_for(self, context: grpc.aio.ServicerContext, method: str) -> Principal:
+        """The principal of a call, or the QuantledgerError refusing it (written to the audit log first).
+        The HTTP surface calls this too, with a context of its own (``peer()``, ``invocation_metadata()``)."""
         metadata = tuple(context.invocation_metadata() or ())
         try:
             for authenticator in self._authenticators:
                 principal = await authenticator.authenticate(metadata, context)
                 if principal is not None:
-                    set_principal(principal)
-                    return
+                    return principal
             if not self._limiter.take(peer_host(context.peer())):
                 raise TooManyAttempts(TOO_MANY_MESSAGE)
             raise AuthenticationFailed(INVALID_MESSAGE)
         except QuantledgerError as exc:
             self._refused(context, method, metadata, exc)
+            raise
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        try:
+            set_principal(await self.principal_for(context, method))
+        except QuantledgerError as exc:
             await abort_with(context, exc)
 
     def _refused(

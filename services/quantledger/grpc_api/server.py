@@ -13,6 +13,10 @@ Transport (docs/SECURITY.md "Transport"): with ``tls_cert``/``tls_key`` the port
 with ``tls_client_ca`` it requires client certificates, each call running as its certificate's
 principal. SIGHUP, or a change of the files, reloads the certificates for new connections. A
 non-loopback address without TLS and authentication is refused (``security/listen_policy.py``).
+
+Beside gRPC, ``serve`` can start a ``Companion`` on the same loop (the CLI passes the HTTP/JSON API,
+``http_api/serving.py``); it reaches the hosted servicer objects (``servicers``) and the one
+authentication (``authentication``) through the server, so both surfaces share every rule.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,7 +36,7 @@ from grpc_reflection.v1alpha import reflection
 
 from quantledger.config import Settings
 from quantledger.errors import PortInUse
-from quantledger.grpc_api.authn import interceptors_for
+from quantledger.grpc_api.authn import AuthenticationInterceptor, interceptors_for
 from quantledger.grpc_api.quantize_servicer import QuantizeServicer
 from quantledger.grpc_api.registry_servicer import RegistryServicer
 from quantledger.grpc_api.tls import ServerTls
@@ -57,6 +62,17 @@ AUTH_NOTES = {
 REGISTRY_SERVICE_NAME = registry_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
 
+class Companion(Protocol):
+    """Another surface served beside gRPC on the same event loop (the HTTP/JSON API): started once the
+    gRPC server serves, stopped after it has stopped."""
+
+    async def start(self) -> dict[str, str]:
+        """Start serving; what the start-up announcement adds (say, ``{"http": "http://127.0.0.1:8080"}``)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
 class QuantledgerServer:
     """The gRPC server and the engines behind it."""
 
@@ -72,18 +88,30 @@ class QuantledgerServer:
         # grpc sets SO_REUSEPORT by default: a second server on a busy port would start and the kernel
         # would split connections between the two; without it a busy port is an error
         # a request larger than max_message_bytes is RESOURCE_EXHAUSTED before any servicer runs
+        interceptors = interceptors_for(settings)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
             ],
-            interceptors=interceptors_for(settings),
+            interceptors=interceptors,
         )
+        # what the HTTP/JSON surface shares with gRPC: the one authentication (its limiter and audit log)
+        # and the servicer objects themselves, by service full name
+        self.authentication: AuthenticationInterceptor | None = next(
+            (i for i in interceptors if isinstance(i, AuthenticationInterceptor)), None
+        )
+        self.servicers: dict[str, Any] = {}
         self._health = health.aio.HealthServicer()
         self._engine: JobEngine | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
         self.port = 0
+
+    @property
+    def stopping(self) -> bool:
+        """Whether shutdown has begun (health is NOT_SERVING from then on)."""
+        return self._stopping
 
     @property
     def tls_mode(self) -> str:
@@ -108,8 +136,10 @@ class QuantledgerServer:
                 await _attach_registry(registrar)
             self._engine = JobEngine(settings, SqliteJobStore(str(settings.database)), registrar)
             await self._engine.start()
-            pb_grpc.add_QuantizeServiceServicer_to_server(QuantizeServicer(self._engine), self._server)
+            quantize = QuantizeServicer(self._engine)
+            pb_grpc.add_QuantizeServiceServicer_to_server(quantize, self._server)
             names.append(pb.DESCRIPTOR.services_by_name["QuantizeService"].full_name)
+            self.servicers[names[-1]] = quantize
         if "recommend" in self._services:  # imported here: a quantize-only server does without it
             from quantledger.grpc_api.recommend_servicer import RecommendServicer
             from quantledger.recommend.wiring import make_recommender
@@ -118,12 +148,15 @@ class QuantledgerServer:
 
             store = self._engine.store if self._engine is not None else SqliteJobStore(str(settings.database))
             recommender = await asyncio.to_thread(make_recommender, settings, store)
-            recommend_pb_grpc.add_RecommendServiceServicer_to_server(RecommendServicer(recommender), self._server)
+            recommend = RecommendServicer(recommender)
+            recommend_pb_grpc.add_RecommendServiceServicer_to_server(recommend, self._server)
             names.append(recommend_pb.DESCRIPTOR.services_by_name["RecommendService"].full_name)
+            self.servicers[names[-1]] = recommend
         if "registry" in self._services:
             servicer = RegistryServicer(make_reader(settings))
             registry_pb_grpc.add_RegistryServiceServicer_to_server(servicer, self._server)
             names.append(REGISTRY_SERVICE_NAME)
+            self.servicers[REGISTRY_SERVICE_NAME] = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(names, self._server)
         address = f"{settings.host}:{settings.port}"
@@ -188,11 +221,21 @@ async def serve(
     as_json: bool = False,
     announce: dict[str, str] | None = None,
     on_started: Callable[[QuantledgerServer], None] | None = None,
+    companion: Callable[[QuantledgerServer], Companion] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully; announce the address on stdout.
-    ``on_started`` is called (on the event loop) once the server serves, before the announcement."""
+    ``on_started`` is called (on the event loop) once the server serves, before the announcement;
+    ``companion`` makes a surface served beside gRPC (the HTTP/JSON API), started before the announcement."""
     server = QuantledgerServer(settings, services)
     port = await server.start()
+    beside: Companion | None = None
+    if companion is not None:
+        beside = companion(server)
+        try:
+            announce = {**(announce or {}), **await beside.start()}
+        except BaseException:
+            await server.stop()
+            raise
     if on_started is not None:
         on_started(server)
     loop = asyncio.get_running_loop()
@@ -224,6 +267,8 @@ async def serve(
     try:
         await server.wait()
     finally:
+        if beside is not None:
+            await beside.stop()
         for signum in handled:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)

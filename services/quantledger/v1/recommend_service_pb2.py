@@ -22,39 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&quantledger/v1/recommend_service.proto\x12\x0equantledger.v1\"\x9f\x04\n\tModelSpec\x12\x13\n\tgguf_path\x18\x01 \x01(\tH\x00\x12\x13\n\thf_folder\x18\x02 \x01(\tH\x00\x12\x11\n\x07hf_repo\x18\x03 \x01(\tH\x00\x12\x17\n\rregistry_file\x18\x04 \x01(\tH\x00\x12\x44\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32).quantledger.v1.ModelSpec.HyperparametersH\x00\x12<\n\x0b\x64\x65scription\x18\x06 \x01(\x0b\x32%.quantledger.v1.ModelSpec.DescriptionH\x00\x1a\xf6\x01\n\x0fHyperparameters\x12\x0f\n\x07n_layer\x18\x01 \x01(\x05\x12\x0e\n\x06n_embd\x18\x02 \x01(\x05\x12\x0c\n\x04n_ff\x18\x03 \x01(\x05\x12\x0e\n\x06n_head\x18\x04 \x01(\x05\x12\x11\n\tn_head_kv\x18\x05 \x01(\x05\x12\x0f\n\x07n_vocab\x18\x06 \x01(\x05\x12\x10\n\x08head_dim\x18\x07 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x08 \x01(\x05\x12\x17\n\x0ftied_embeddings\x18\t \x01(\x08\x12\x10\n\x08n_expert\x18\n \x01(\x05\x12\x15\n\rn_expert_used\x18\x0b \x01(\x05\x12\x14\n\x0c\x61rchitecture\x18\x0c \x01(\t\x1a\x36\n\x0b\x44\x65scription\x12\x17\n\x0fparameter_count\x18\x01 \x01(\x03\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\tB\x07\n\x05model\"\xb8\x01\n\x06\x44\x65vice\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.quantledger.v1.Device.Kind\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\"\n\x1a\x62\x61ndwidth_bytes_per_second\x18\x03 \x01(\x01\x12\x0c\n\x04name\x18\x04 \x01(\t\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_CUDA\x10\x01\x12\x0e\n\nKIND_METAL\x10\x02\"\xb5\x01\n\x08Hardware\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x11\n\tram_bytes\x18\x02 \x01(\x03\x12\r\n\x05\x63ores\x18\x03 \x01(\x05\x12\'\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x16.quantledger.v1.Device\x12\x16\n\x0eunified_memory\x18\x05 \x01(\x08\x12&\n\x1e\x63pu_bandwidth_bytes_per_second\x18\x06 \x01(\x01\x12\x10\n\x08\x63pu_only\x18\x07 \x01(\x08\"\x85\x03\n\x10RecommendRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.quantledger.v1.ModelSpec\x12*\n\x08hardware\x18\x02 \x01(\x0b\x32\x18.quantledger.v1.Hardware\x12\x1b\n\x0e\x63ontext_length\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x15\n\rkv_cache_type\x18\x05 \x01(\t\x12.\n\npreference\x18\x06 \x01(\x0e\x32\x1a.quantledger.v1.Preference\x12\x16\n\x0emax_size_bytes\x18\x07 \x01(\x03\x12\x19\n\x11max_kl_divergence\x18\x08 \x01(\x01\x12\x0f\n\x07imatrix\x18\t \x01(\x08\x12\x13\n\x0bmax_options\x18\n \x01(\x05\x12\x1f\n\x17\x64isable_flash_attention\x18\x0b \x01(\x08\x12\x16\n\x0e\x66ull_swa_cache\x18\x0c \x01(\x08\x42\x11\n\x0f_context_length\"Z\n\x0b\x44\x65viceUsage\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\nbytes_used\x18\x02 \x01(\x03\x12\x17\n\x0f\x62ytes_available\x18\x03 \x01(\x03\x12\x0e\n\x06layers\x18\x04 \x01(\x05\"Y\n\x10PredictedQuality\x12\x1a\n\x12mean_kl_divergence\x18\x01 \x01(\x01\x12\x19\n\x11perplexity_change\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\"\xac\x03\n\x0fRecommendOption\x12\x12\n\nquant_type\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x17\n\x0f\x62its_per_weight\x18\x03 \x01(\x01\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x15\n\rkv_cache_type\x18\x05 \x01(\t\x12\x17\n\x0f\x66lash_attention\x18\x06 \x01(\x08\x12\x12\n\ngpu_layers\x18\x07 \x01(\x05\x12\x14\n\x0ctotal_layers\x18\x08 \x01(\x05\x12,\n\x07\x64\x65vices\x18\t \x03(\x0b\x32\x1b.quantledger.v1.DeviceUsage\x12\x16\n\x0ekv_cache_bytes\x18\n \x01(\x03\x12\x1c\n\x14\x63ompute_buffer_bytes\x18\x0b \x01(\x03\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x31\n\x07quality\x18\r \x01(\x0b\x32 .quantledger.v1.PredictedQuality\x12\x0c\n\x04\x66its\x18\x0e \x01(\x08\x12\x15\n\rneeds_imatrix\x18\x0f \x01(\x08\x12\x0f\n\x07reasons\x18\x10 \x03(\t\"\xb6\x01\n\x11RecommendResponse\x12\x30\n\x07options\x18\x01 \x03(\x0b\x32\x1f.quantledger.v1.RecommendOption\x12\x15\n\rmodel_summary\x18\x02 \x01(\t\x12\x18\n\x10hardware_summary\x18\x03 \x01(\t\x12\x17\n\x0fparameter_count\x18\x04 \x01(\x03\x12\x13\n\x0b\x65xact_sizes\x18\x05 \x01(\x08\x12\x10\n\x08\x61ny_fits\x18\x06 \x01(\x08*\x84\x01\n\nPreference\x12\x1a\n\x16PREFERENCE_UNSPECIFIED\x10\x00\x12\x16\n\x12PREFERENCE_QUALITY\x10\x01\x12\x17\n\x13PREFERENCE_BALANCED\x10\x02\x12\x14\n\x10PREFERENCE_SPEED\x10\x03\x12\x13\n\x0fPREFERENCE_SIZE\x10\x04\x32\x64\n\x10RecommendService\x12P\n\tRecommend\x12 .quantledger.v1.RecommendRequest\x1a!.quantledger.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&quantledger/v1/recommend_service.proto\x12\x0equantledger.v1\x1a\x1cgoogle/api/annotations.proto\"\x9f\x04\n\tModelSpec\x12\x13\n\tgguf_path\x18\x01 \x01(\tH\x00\x12\x13\n\thf_folder\x18\x02 \x01(\tH\x00\x12\x11\n\x07hf_repo\x18\x03 \x01(\tH\x00\x12\x17\n\rregistry_file\x18\x04 \x01(\tH\x00\x12\x44\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32).quantledger.v1.ModelSpec.HyperparametersH\x00\x12<\n\x0b\x64\x65scription\x18\x06 \x01(\x0b\x32%.quantledger.v1.ModelSpec.DescriptionH\x00\x1a\xf6\x01\n\x0fHyperparameters\x12\x0f\n\x07n_layer\x18\x01 \x01(\x05\x12\x0e\n\x06n_embd\x18\x02 \x01(\x05\x12\x0c\n\x04n_ff\x18\x03 \x01(\x05\x12\x0e\n\x06n_head\x18\x04 \x01(\x05\x12\x11\n\tn_head_kv\x18\x05 \x01(\x05\x12\x0f\n\x07n_vocab\x18\x06 \x01(\x05\x12\x10\n\x08head_dim\x18\x07 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x08 \x01(\x05\x12\x17\n\x0ftied_embeddings\x18\t \x01(\x08\x12\x10\n\x08n_expert\x18\n \x01(\x05\x12\x15\n\rn_expert_used\x18\x0b \x01(\x05\x12\x14\n\x0c\x61rchitecture\x18\x0c \x01(\t\x1a\x36\n\x0b\x44\x65scription\x12\x17\n\x0fparameter_count\x18\x01 \x01(\x03\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\tB\x07\n\x05model\"\xb8\x01\n\x06\x44\x65vice\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.quantledger.v1.Device.Kind\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\"\n\x1a\x62\x61ndwidth_bytes_per_second\x18\x03 \x01(\x01\x12\x0c\n\x04name\x18\x04 \x01(\t\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_CUDA\x10\x01\x12\x0e\n\nKIND_METAL\x10\x02\"\xb5\x01\n\x08Hardware\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x11\n\tram_bytes\x18\x02 \x01(\x03\x12\r\n\x05\x63ores\x18\x03 \x01(\x05\x12\'\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x16.quantledger.v1.Device\x12\x16\n\x0eunified_memory\x18\x05 \x01(\x08\x12&\n\x1e\x63pu_bandwidth_bytes_per_second\x18\x06 \x01(\x01\x12\x10\n\x08\x63pu_only\x18\x07 \x01(\x08\"\x85\x03\n\x10RecommendRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.quantledger.v1.ModelSpec\x12*\n\x08hardware\x18\x02 \x01(\x0b\x32\x18.quantledger.v1.Hardware\x12\x1b\n\x0e\x63ontext_length\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x15\n\rkv_cache_type\x18\x05 \x01(\t\x12.\n\npreference\x18\x06 \x01(\x0e\x32\x1a.quantledger.v1.Preference\x12\x16\n\x0emax_size_bytes\x18\x07 \x01(\x03\x12\x19\n\x11max_kl_divergence\x18\x08 \x01(\x01\x12\x0f\n\x07imatrix\x18\t \x01(\x08\x12\x13\n\x0bmax_options\x18\n \x01(\x05\x12\x1f\n\x17\x64isable_flash_attention\x18\x0b \x01(\x08\x12\x16\n\x0e\x66ull_swa_cache\x18\x0c \x01(\x08\x42\x11\n\x0f_context_length\"Z\n\x0b\x44\x65viceUsage\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\nbytes_used\x18\x02 \x01(\x03\x12\x17\n\x0f\x62ytes_available\x18\x03 \x01(\x03\x12\x0e\n\x06layers\x18\x04 \x01(\x05\"Y\n\x10PredictedQuality\x12\x1a\n\x12mean_kl_divergence\x18\x01 \x01(\x01\x12\x19\n\x11perplexity_change\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\"\xac\x03\n\x0fRecommendOption\x12\x12\n\nquant_type\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x17\n\x0f\x62its_per_weight\x18\x03 \x01(\x01\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x15\n\rkv_cache_type\x18\x05 \x01(\t\x12\x17\n\x0f\x66lash_attention\x18\x06 \x01(\x08\x12\x12\n\ngpu_layers\x18\x07 \x01(\x05\x12\x14\n\x0ctotal_layers\x18\x08 \x01(\x05\x12,\n\x07\x64\x65vices\x18\t \x03(\x0b\x32\x1b.quantledger.v1.DeviceUsage\x12\x16\n\x0ekv_cache_bytes\x18\n \x01(\x03\x12\x1c\n\x14\x63ompute_buffer_bytes\x18\x0b \x01(\x03\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x31\n\x07quality\x18\r \x01(\x0b\x32 .quantledger.v1.PredictedQuality\x12\x0c\n\x04\x66its\x18\x0e \x01(\x08\x12\x15\n\rneeds_imatrix\x18\x0f \x01(\x08\x12\x0f\n\x07reasons\x18\x10 \x03(\t\"\xb6\x01\n\x11RecommendResponse\x12\x30\n\x07options\x18\x01 \x03(\x0b\x32\x1f.quantledger.v1.RecommendOption\x12\x15\n\rmodel_summary\x18\x02 \x01(\t\x12\x18\n\x10hardware_summary\x18\x03 \x01(\t\x12\x17\n\x0fparameter_count\x18\x04 \x01(\x03\x12\x13\n\x0b\x65xact_sizes\x18\x05 \x01(\x08\x12\x10\n\x08\x61ny_fits\x18\x06 \x01(\x08*\x84\x01\n\nPreference\x12\x1a\n\x16PREFERENCE_UNSPECIFIED\x10\x00\x12\x16\n\x12PREFERENCE_QUALITY\x10\x01\x12\x17\n\x13PREFERENCE_BALANCED\x10\x02\x12\x14\n\x10PREFERENCE_SPEED\x10\x03\x12\x13\n\x0fPREFERENCE_SIZE\x10\x04\x32\x82\x01\n\x10RecommendService\x12n\n\tRecommend\x12 .quantledger.v1.RecommendRequest\x1a!.quantledger.v1.RecommendResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/api/v1/recommend:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quantledger.v1.recommend_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREFERENCE']._serialized_start=2167
-  _globals['_PREFERENCE']._serialized_end=2299
-  _globals['_MODELSPEC']._serialized_start=59
-  _globals['_MODELSPEC']._serialized_end=602
-  _globals['_MODELSPEC_HYPERPARAMETERS']._serialized_start=291
-  _globals['_MODELSPEC_HYPERPARAMETERS']._serialized_end=537
-  _globals['_MODELSPEC_DESCRIPTION']._serialized_start=539
-  _globals['_MODELSPEC_DESCRIPTION']._serialized_end=593
-  _globals['_DEVICE']._serialized_start=605
-  _globals['_DEVICE']._serialized_end=789
-  _globals['_DEVICE_KIND']._serialized_start=730
-  _globals['_DEVICE_KIND']._serialized_end=789
-  _globals['_HARDWARE']._serialized_start=792
-  _globals['_HARDWARE']._serialized_end=973
-  _globals['_RECOMMENDREQUEST']._serialized_start=976
-  _globals['_RECOMMENDREQUEST']._serialized_end=1365
-  _globals['_DEVICEUSAGE']._serialized_start=1367
-  _globals['_DEVICEUSAGE']._serialized_end=1457
-  _globals['_PREDICTEDQUALITY']._serialized_start=1459
-  _globals['_PREDICTEDQUALITY']._serialized_end=1548
-  _globals['_RECOMMENDOPTION']._serialized_start=1551
-  _globals['_RECOMMENDOPTION']._serialized_end=1979
-  _globals['_RECOMMENDRESPONSE']._serialized_start=1982
-  _globals['_RECOMMENDRESPONSE']._serialized_end=2164
-  _globals['_RECOMMENDSERVICE']._serialized_start=2301
-  _globals['_RECOMMENDSERVICE']._serialized_end=2401
+  _globals['_RECOMMENDSERVICE'].methods_by_name['Recommend']._loaded_options = None
+  _globals['_RECOMMENDSERVICE'].methods_by_name['Recommend']._serialized_options = b'\202\323\344\223\002\026\"\021/api/v1/recommend:\001*'
+  _globals['_PREFERENCE']._serialized_start=2197
+  _globals['_PREFERENCE']._serialized_end=2329
+  _globals['_MODELSPEC']._serialized_start=89
+  _globals['_MODELSPEC']._serialized_end=632
+  _globals['_MODELSPEC_HYPERPARAMETERS']._serialized_start=321
+  _globals['_MODELSPEC_HYPERPARAMETERS']._serialized_end=567
+  _globals['_MODELSPEC_DESCRIPTION']._serialized_start=569
+  _globals['_MODELSPEC_DESCRIPTION']._serialized_end=623
+  _globals['_DEVICE']._serialized_start=635
+  _globals['_DEVICE']._serialized_end=819
+  _globals['_DEVICE_KIND']._serialized_start=760
+  _globals['_DEVICE_KIND']._serialized_end=819
+  _globals['_HARDWARE']._serialized_start=822
+  _globals['_HARDWARE']._serialized_end=1003
+  _globals['_RECOMMENDREQUEST']._serialized_start=1006
+  _globals['_RECOMMENDREQUEST']._serialized_end=1395
+  _globals['_DEVICEUSAGE']._serialized_start=1397
+  _globals['_DEVICEUSAGE']._serialized_end=1487
+  _globals['_PREDICTEDQUALITY']._serialized_start=1489
+  _globals['_PREDICTEDQUALITY']._serialized_end=1578
+  _globals['_RECOMMENDOPTION']._serialized_start=1581
+  _globals['_RECOMMENDOPTION']._serialized_end=2009
+  _globals['_RECOMMENDRESPONSE']._serialized_start=2012
+  _globals['_RECOMMENDRESPONSE']._serialized_end=2194
+  _globals['_RECOMMENDSERVICE']._serialized_start=2332
+  _globals['_RECOMMENDSERVICE']._serialized_end=2462
 # @@protoc_insertion_point(module_scope)

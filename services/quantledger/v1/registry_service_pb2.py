@@ -22,36 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%quantledger/v1/registry_service.proto\x12\x0equantledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n\x10ProvenanceRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ile_sha256\x18\x02 \x01(\t\x12\x10\n\x08\x61ttester\x18\x03 \x01(\t\x12\x15\n\rsource_digest\x18\x04 \x01(\t\x12\x17\n\x0fsource_revision\x18\x05 \x01(\t\x12\x19\n\x11provenance_sha256\x18\x06 \x01(\t\x12\x12\n\nquant_type\x18\x07 \x01(\t\x12\x14\n\x0ctool_version\x18\x08 \x01(\t\x12\x11\n\tfile_type\x18\t \x01(\x05\x12\r\n\x05\x66lags\x18\n \x03(\t\x12\x1b\n\x13original_size_bytes\x18\x0b \x01(\x03\x12\x1c\n\x14quantized_size_bytes\x18\x0c \x01(\x03\x12\x19\n\x11\x63ompression_ratio\x18\r \x01(\x01\x12/\n\x0b\x61ttest_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x06status\x18\x10 \x01(\x0e\x32\'.quantledger.v1.ProvenanceRecord.Status\"F\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATUS_VALID\x10\x01\x12\x12\n\x0eSTATUS_REVOKED\x10\x02\" \n\x10GetRecordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x13VerifyDigestRequest\x12\x13\n\x0b\x66ile_sha256\x18\x01 \x01(\t\x12\x10\n\x08\x61ttester\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xe4\x02\n\x14VerifyDigestResponse\x12=\n\x07verdict\x18\x01 \x01(\x0e\x32,.quantledger.v1.VerifyDigestResponse.Verdict\x12\x37\n\rvalid_records\x18\x02 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x39\n\x0frevoked_records\x18\x03 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x10\n\x08\x63hain_id\x18\x04 \x01(\x04\x12\x10\n\x08\x63ontract\x18\x05 \x01(\t\"u\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_VALID\x10\x01\x12\x13\n\x0fVERDICT_REVOKED\x10\x02\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x03\x12\x14\n\x10VERDICT_MISMATCH\x10\x04\"K\n\x12ListRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x13ListRecordsResponse\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x18\n\x16GetRegistryInfoRequest\"_\n\x0cRegistryInfo\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\x04\x12\x11\n\tchain_url\x18\x02 \x01(\t\x12\x10\n\x08\x63ontract\x18\x03 \x01(\t\x12\x18\n\x10\x63ontract_version\x18\x04 \x01(\t2\xee\x02\n\x0fRegistryService\x12O\n\tGetRecord\x12 .quantledger.v1.GetRecordRequest\x1a .quantledger.v1.ProvenanceRecord\x12Y\n\x0cVerifyDigest\x12#.quantledger.v1.VerifyDigestRequest\x1a$.quantledger.v1.VerifyDigestResponse\x12V\n\x0bListRecords\x12\".quantledger.v1.ListRecordsRequest\x1a#.quantledger.v1.ListRecordsResponse\x12W\n\x0fGetRegistryInfo\x12&.quantledger.v1.GetRegistryInfoRequest\x1a\x1c.quantledger.v1.RegistryInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%quantledger/v1/registry_service.proto\x12\x0equantledger.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n\x10ProvenanceRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ile_sha256\x18\x02 \x01(\t\x12\x10\n\x08\x61ttester\x18\x03 \x01(\t\x12\x15\n\rsource_digest\x18\x04 \x01(\t\x12\x17\n\x0fsource_revision\x18\x05 \x01(\t\x12\x19\n\x11provenance_sha256\x18\x06 \x01(\t\x12\x12\n\nquant_type\x18\x07 \x01(\t\x12\x14\n\x0ctool_version\x18\x08 \x01(\t\x12\x11\n\tfile_type\x18\t \x01(\x05\x12\r\n\x05\x66lags\x18\n \x03(\t\x12\x1b\n\x13original_size_bytes\x18\x0b \x01(\x03\x12\x1c\n\x14quantized_size_bytes\x18\x0c \x01(\x03\x12\x19\n\x11\x63ompression_ratio\x18\r \x01(\x01\x12/\n\x0b\x61ttest_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x06status\x18\x10 \x01(\x0e\x32\'.quantledger.v1.ProvenanceRecord.Status\"F\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATUS_VALID\x10\x01\x12\x12\n\x0eSTATUS_REVOKED\x10\x02\" \n\x10GetRecordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x13VerifyDigestRequest\x12\x13\n\x0b\x66ile_sha256\x18\x01 \x01(\t\x12\x10\n\x08\x61ttester\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xe4\x02\n\x14VerifyDigestResponse\x12=\n\x07verdict\x18\x01 \x01(\x0e\x32,.quantledger.v1.VerifyDigestResponse.Verdict\x12\x37\n\rvalid_records\x18\x02 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x39\n\x0frevoked_records\x18\x03 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x10\n\x08\x63hain_id\x18\x04 \x01(\x04\x12\x10\n\x08\x63ontract\x18\x05 \x01(\t\"u\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_VALID\x10\x01\x12\x13\n\x0fVERDICT_REVOKED\x10\x02\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x03\x12\x14\n\x10VERDICT_MISMATCH\x10\x04\"K\n\x12ListRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x13ListRecordsResponse\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x18\n\x16GetRegistryInfoRequest\"_\n\x0cRegistryInfo\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\x04\x12\x11\n\tchain_url\x18\x02 \x01(\t\x12\x10\n\x08\x63ontract\x18\x03 \x01(\t\x12\x18\n\x10\x63ontract_version\x18\x04 \x01(\t2\xda\x04\n\x0fRegistryService\x12\x82\x01\n\tGetRecord\x12 .quantledger.v1.GetRecordRequest\x1a .quantledger.v1.ProvenanceRecord\"1\x82\xd3\xe4\x93\x02+\x12)/api/v1/registry/{name=files/*/records/*}\x12\x8e\x01\n\x0cVerifyDigest\x12#.quantledger.v1.VerifyDigestRequest\x1a$.quantledger.v1.VerifyDigestResponse\"3\x82\xd3\xe4\x93\x02-\x12+/api/v1/registry/files/{file_sha256}:verify\x12\xb8\x01\n\x0bListRecords\x12\".quantledger.v1.ListRecordsRequest\x1a#.quantledger.v1.ListRecordsResponse\"`\x82\xd3\xe4\x93\x02Z\x12)/api/v1/registry/{parent=files/*}/recordsZ-\x12+/api/v1/registry/{parent=sources/*}/records\x12v\n\x0fGetRegistryInfo\x12&.quantledger.v1.GetRegistryInfoRequest\x1a\x1c.quantledger.v1.RegistryInfo\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/registry/infob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quantledger.v1.registry_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVENANCERECORD']._serialized_start=91
-  _globals['_PROVENANCERECORD']._serialized_end=626
-  _globals['_PROVENANCERECORD_STATUS']._serialized_start=556
-  _globals['_PROVENANCERECORD_STATUS']._serialized_end=626
-  _globals['_GETRECORDREQUEST']._serialized_start=628
-  _globals['_GETRECORDREQUEST']._serialized_end=660
-  _globals['_VERIFYDIGESTREQUEST']._serialized_start=662
-  _globals['_VERIFYDIGESTREQUEST']._serialized_end=742
-  _globals['_VERIFYDIGESTRESPONSE']._serialized_start=745
-  _globals['_VERIFYDIGESTRESPONSE']._serialized_end=1101
-  _globals['_VERIFYDIGESTRESPONSE_VERDICT']._serialized_start=984
-  _globals['_VERIFYDIGESTRESPONSE_VERDICT']._serialized_end=1101
-  _globals['_LISTRECORDSREQUEST']._serialized_start=1103
-  _globals['_LISTRECORDSREQUEST']._serialized_end=1178
-  _globals['_LISTRECORDSRESPONSE']._serialized_start=1180
-  _globals['_LISTRECORDSRESPONSE']._serialized_end=1277
-  _globals['_GETREGISTRYINFOREQUEST']._serialized_start=1279
-  _globals['_GETREGISTRYINFOREQUEST']._serialized_end=1303
-  _globals['_REGISTRYINFO']._serialized_start=1305
-  _globals['_REGISTRYINFO']._serialized_end=1400
-  _globals['_REGISTRYSERVICE']._serialized_start=1403
-  _globals['_REGISTRYSERVICE']._serialized_end=1769
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetRecord']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetRecord']._serialized_options = b'\202\323\344\223\002+\022)/api/v1/registry/{name=files/*/records/*}'
+  _globals['_REGISTRYSERVICE'].methods_by_name['VerifyDigest']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['VerifyDigest']._serialized_options = b'\202\323\344\223\002-\022+/api/v1/registry/files/{file_sha256}:verify'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListRecords']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListRecords']._serialized_options = b'\202\323\344\223\002Z\022)/api/v1/registry/{parent=files/*}/recordsZ-\022+/api/v1/registry/{parent=sources/*}/records'
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetRegistryInfo']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetRegistryInfo']._serialized_options = b'\202\323\344\223\002\027\022\025/api/v1/registry/info'
+  _globals['_PROVENANCERECORD']._serialized_start=121
+  _globals['_PROVENANCERECORD']._serialized_end=656
+  _globals['_PROVENANCERECORD_STATUS']._serialized_start=586
+  _globals['_PROVENANCERECORD_STATUS']._serialized_end=656
+  _globals['_GETRECORDREQUEST']._serialized_start=658
+  _globals['_GETRECORDREQUEST']._serialized_end=690
+  _globals['_VERIFYDIGESTREQUEST']._serialized_start=692
+  _globals['_VERIFYDIGESTREQUEST']._serialized_end=772
+  _globals['_VERIFYDIGESTRESPONSE']._serialized_start=775
+  _globals['_VERIFYDIGESTRESPONSE']._serialized_end=1131
+  _globals['_VERIFYDIGESTRESPONSE_VERDICT']._serialized_start=1014
+  _globals['_VERIFYDIGESTRESPONSE_VERDICT']._serialized_end=1131
+  _globals['_LISTRECORDSREQUEST']._serialized_start=1133
+  _globals['_LISTRECORDSREQUEST']._serialized_end=1208
+  _globals['_LISTRECORDSRESPONSE']._serialized_start=1210
+  _globals['_LISTRECORDSRESPONSE']._serialized_end=1307
+  _globals['_GETREGISTRYINFOREQUEST']._serialized_start=1309
+  _globals['_GETREGISTRYINFOREQUEST']._serialized_end=1333
+  _globals['_REGISTRYINFO']._serialized_start=1335
+  _globals['_REGISTRYINFO']._serialized_end=1430
+  _globals['_REGISTRYSERVICE']._serialized_start=1433
+  _globals['_REGISTRYSERVICE']._serialized_end=2035
 # @@protoc_insertion_point(module_scope)

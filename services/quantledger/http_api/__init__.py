@@ -1,0 +1,1 @@
+"""The HTTP/JSON API: routes from the protos' google.api.http annotations over the gRPC servicers."""
