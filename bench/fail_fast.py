@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import pathlib
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 import psutil
@@ -30,7 +28,8 @@ import psutil
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import start_server, wait_for_job  # noqa: E402
+from conftest import free_port, start_server, wait_for_job  # noqa: E402
+from hostile import dropping_listener  # noqa: E402
 
 from quantledger.testing.synthetic_model import write_llama_gguf  # noqa: E402
 from quantledger.v1 import quantize_service_pb2 as pb  # noqa: E402
@@ -70,24 +69,11 @@ def cancel_once(stub, model: pathlib.Path, out: pathlib.Path, home: pathlib.Path
 
 
 def unreachable(drop: bool) -> tuple[float, int]:
-    accepted: list[int] = []
-    with socket.create_server(("127.0.0.1", 0)) as listener:
+    with contextlib.ExitStack() as stack:
         if drop:
-
-            def serve() -> None:
-                while True:
-                    try:
-                        connection, _ = listener.accept()
-                    except OSError:
-                        return
-                    accepted.append(1)
-                    connection.close()
-
-            threading.Thread(target=serve, daemon=True).start()
-            port = listener.getsockname()[1]
+            port, accepted = stack.enter_context(dropping_listener())
         else:
-            port = listener.getsockname()[1]
-            listener.close()
+            port, accepted = free_port(), []
         started = time.perf_counter()
         with contextlib.suppress(errors.RegistryUnavailable):
             RegistryClient.web3_for(f"http://127.0.0.1:{port}", timeout=2)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import grpc  # noqa: E402
 import psutil  # noqa: E402
-from conftest import error_reason, free_port, wait_serving  # noqa: E402
+from conftest import error_reason, free_port, up_argv, wait_serving  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from quantledger.testing.synthetic_model import write_llama_gguf  # noqa: E402
@@ -253,17 +253,7 @@ def main() -> int:
         (root / "bench-out").mkdir()
         port, chain_port = free_port(), free_port()
         env = {**os.environ, "QUANTLEDGER_HOME": str(home), "QUANTLEDGER_ALLOWED_ROOTS": f"{root}{os.pathsep}{home}"}
-        argv = [
-            sys.executable,
-            "-m",
-            "quantledger.cli.main",
-            "up",
-            "--port",
-            str(port),
-            "--chain-port",
-            str(chain_port),
-            "--json",
-        ]
+        argv = up_argv(port, chain_port)
         with open(base / "up.log", "w") as log:
             up = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=home)
         try:

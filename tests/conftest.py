@@ -29,6 +29,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def up_argv(port: int, chain_port: int) -> list[str]:
+    """`quantledger up` on these ports, announcing itself in JSON, without the HTTP surface (its default
+    port 8080 would be shared by every `up` a test run starts)."""
+    return [
+        sys.executable,
+        "-m",
+        "quantledger.cli.main",
+        "up",
+        "--port",
+        str(port),
+        "--chain-port",
+        str(chain_port),
+        "--http-port",
+        "0",
+        "--json",
+    ]
+
+
 @dataclass
 class RunningServer:
     """A `quantledger serve quantize` child process."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import socket
 import subprocess
 import tempfile
 import threading
@@ -91,3 +92,23 @@ def fill(directory: pathlib.Path) -> pathlib.Path:
                 while handle.write(b"\0" * block):
                     pass
     return pathlib.Path(name)
+
+
+@contextlib.contextmanager
+def dropping_listener() -> Iterator[tuple[int, list[int]]]:
+    """A loopback port whose server accepts every connection and closes it at once: (port, a list that
+    grows by one per connection accepted)."""
+    accepted: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def drop_every_connection() -> None:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:
+                    return
+                accepted.append(1)
+                connection.close()
+
+        threading.Thread(target=drop_every_connection, daemon=True).start()
+        yield listener.getsockname()[1], accepted

@@ -9,7 +9,6 @@ import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 import grpc
 import psutil
 import pytest
-from conftest import free_port, wait_serving
+from conftest import free_port, up_argv, wait_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quantledger.v1 import quantize_service_pb2 as qpb
@@ -72,19 +71,7 @@ def up(tmp_path: pathlib.Path, models) -> Iterator[tuple[subprocess.Popen[str], 
         "QUANTLEDGER_REGISTRY_RETRY_SECONDS": "1",
         "QUANTLEDGER_ALLOWED_ROOTS": os.pathsep.join([str(models.root), str(home)]),
     }
-    argv = [
-        sys.executable,
-        "-m",
-        "quantledger.cli.main",
-        "up",
-        "--port",
-        str(port),
-        "--chain-port",
-        str(chain_port),
-        "--http-port",
-        "0",
-        "--json",
-    ]
+    argv = up_argv(port, chain_port)
     with open(home / "up.log", "a") as log:
         process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=home)
     assert process.stdout is not None

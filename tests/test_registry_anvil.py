@@ -12,16 +12,15 @@ import json
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from conftest import REPO, free_port
 from eth_account import Account
+from hostile import dropping_listener
 
 from registry_client import errors
 from registry_client.client import RegistryClient
@@ -126,21 +125,8 @@ def test_a_chain_url_with_nothing_listening_is_a_typed_error() -> None:
 
 def test_a_chain_that_drops_the_connection_is_tried_once_not_retried() -> None:
     """No retry storm: one connection, then the typed error (how fast: bench/fail_fast.py)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        accepted: list[int] = []
-
-        def drop_every_connection() -> None:
-            while True:
-                try:
-                    connection, _ = listener.accept()
-                except OSError:
-                    return
-                accepted.append(1)
-                connection.close()
-
-        threading.Thread(target=drop_every_connection, daemon=True).start()
-        with pytest.raises(errors.RegistryUnavailable):
-            RegistryClient.web3_for(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=2)
+    with dropping_listener() as (port, accepted), pytest.raises(errors.RegistryUnavailable):
+        RegistryClient.web3_for(f"http://127.0.0.1:{port}", timeout=2)
     assert len(accepted) == 1
 
 

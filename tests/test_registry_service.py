@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import grpc
 import psutil
 import pytest
-from conftest import REPO, RunningServer, free_port, wait_serving
+from conftest import REPO, RunningServer, free_port, up_argv, wait_serving
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -53,17 +53,7 @@ class Up:
             "QUANTLEDGER_ALLOWED_ROOTS": os.pathsep.join(str(r) for r in roots),
             "QUANTLEDGER_REGISTRY_RETRY_SECONDS": "1",
         }
-        argv = [
-            sys.executable,
-            "-m",
-            "quantledger.cli.main",
-            "up",
-            "--port",
-            str(self.port),
-            "--chain-port",
-            str(self.chain_port),
-            "--json",
-        ]
+        argv = up_argv(self.port, self.chain_port)
         with open(home / "up.log", "a") as log:
             self.process = subprocess.Popen(
                 argv, env={**os.environ, **self.env}, stdout=subprocess.PIPE, text=True, stderr=log, cwd=home
