@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from quantledger.client_files import read_capped
 from quantledger.jobs.model import Artifact, Job
 from quantledger.registry.provenance import SUFFIX as PROVENANCE_SUFFIX
 from registry_client.atomic_files import open_directory
@@ -46,7 +47,7 @@ def delete_outputs(job: Job) -> Deletion:
         provenance = _provenance_of(artifact)
         if provenance is not None:
             path, digest = provenance
-            _remove(path, done, partial(_digest_matches, path, digest), 0)
+            _remove(path, done, partial(_digest_matches, digest), 0)
     return done
 
 
@@ -66,24 +67,28 @@ def _provenance_of(artifact: Artifact) -> tuple[str, str] | None:
     return entry.provenance_path, entry.provenance_sha256
 
 
-def _size_matches(size: int, st: os.stat_result) -> bool:
+# each check gets the file's lstat and (directory fd, name): it reads the file only through that directory
+Matches = Callable[[os.stat_result, int, str], bool]
+
+
+def _size_matches(size: int, st: os.stat_result, directory: int, name: str) -> bool:
     return st.st_size == size
 
 
-def _digest_matches(path: str, digest: str, st: os.stat_result) -> bool:
+def _digest_matches(digest: str, st: os.stat_result, directory: int, name: str) -> bool:
     if st.st_size > PROVENANCE_MAX_BYTES:
         return False
     if not digest:
         return True
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
     except OSError:
         return False
     with os.fdopen(fd, "rb") as handle:
-        return hashlib.sha256(handle.read(PROVENANCE_MAX_BYTES + 1)).hexdigest() == digest
+        return hashlib.sha256(read_capped(handle, PROVENANCE_MAX_BYTES)).hexdigest() == digest
 
 
-def _remove(path: str, done: Deletion, matches: Callable[[os.stat_result], bool], size: int) -> None:
+def _remove(path: str, done: Deletion, matches: Matches, size: int) -> None:
     target = pathlib.Path(path)
     try:
         directory = open_directory(target.parent, resolve=False)
@@ -96,7 +101,7 @@ def _remove(path: str, done: Deletion, matches: Callable[[os.stat_result], bool]
             st = os.stat(target.name, dir_fd=directory, follow_symlinks=False)
         except FileNotFoundError:
             return
-        if not stat.S_ISREG(st.st_mode) or not matches(st):
+        if not stat.S_ISREG(st.st_mode) or not matches(st, directory, target.name):
             log.warning("%s does not match the job's record; left in place", path)
             done.kept.append(path)
             return
