@@ -239,3 +239,10 @@ def test_the_route_table_in_the_docs_is_the_annotations() -> None:
     doc = (REPO / "docs" / "API.md").read_text().split("## HTTP/JSON API", 1)[1].split("\n## ", 1)[0]
     documented = {line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")}
     assert documented == {f"{b.verb} {b.template}" for b in bindings()}
+
+
+def test_a_deeply_nested_body_is_invalid_argument_and_the_server_keeps_serving(http: Http) -> None:
+    """JSON from outside is bounded in depth before it is parsed (registry_client.bounded_json)."""
+    deep = b"[" * 5_000 + b"]" * 5_000  # 10 kB, within the message limit
+    assert refused(http.request("POST", "/api/v1/quantize/jobs", raw=deep)) == (400, "INVALID_ARGUMENT")
+    assert http.ok("GET", "/api/v1/health") is not None

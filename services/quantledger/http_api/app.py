@@ -36,6 +36,7 @@ from quantledger.http_api.bindings import Binding, bindings
 from quantledger.http_api.dispatch import CallAborted, HttpContext, grpc_peer, internal_error
 from quantledger.http_api.openapi import openapi_document
 from quantledger.security.principal import LOCAL, Principal
+from registry_client.bounded_json import JsonRefused, parse_bounded_json
 
 log = logging.getLogger(__name__)
 NDJSON = "application/x-ndjson"
@@ -106,10 +107,10 @@ async def build_request(binding: Binding, request: Request, limit: int) -> Messa
     bound = {v.field for v in binding.variables}
     if binding.body:
         raw = await read_body(request, limit)
-        try:
-            data = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidArgument("the request body is not JSON") from None
+        try:  # depth bounded before parsing, like every JSON from outside (registry_client.bounded_json)
+            data = parse_bounded_json(raw or b"{}", max_bytes=limit)
+        except JsonRefused as exc:
+            raise InvalidArgument(f"the request body is not acceptable JSON: {exc}") from None
         if binding.body == "*":
             _parse(data, message, "request body")
         else:
