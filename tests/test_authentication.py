@@ -340,3 +340,25 @@ def test_concurrent_first_calls_with_one_token_share_one_check(tmp_path: pathlib
         server.stop()
     refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
     assert refused == [], {(a.code(), error_reason(a)) for a in refused}
+
+
+def test_a_damaged_token_store_refuses_calls_with_config_invalid(tmp_path: pathlib.Path) -> None:
+    """Fail closed and say why: a store that does not parse is CONFIG_INVALID, never UNKNOWN or a guess."""
+    home = tmp_path / "damaged"
+    home.mkdir()
+    token = create_token(home, "judy")
+    port = free_port()
+    command = [sys.executable, "-m", "quantledger.cli.main", "serve", "quantize", "--port", str(port)]
+    server = start_server(home, [home], port=port, command=command, extra_env={"QUANTLEDGER_AUTH": "tokens"})
+    try:
+        assert call(server, token).quant_types
+        store = home / "keys" / "api-tokens.json"
+        store.write_text('{"tokens": [{"id": ')  # cut short, as by a full disk or a bad hand edit
+        assert refusal(server, token) == (grpc.StatusCode.FAILED_PRECONDITION, "CONFIG_INVALID")
+        with server.channel() as channel:  # health stays open
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop()
+    listed = cli(home, "tokens", "list")
+    assert listed.returncode == 1 and "CONFIG_INVALID" in listed.stderr and "damaged" in listed.stderr

@@ -43,6 +43,7 @@ from typing import Any
 
 from quantledger.errors import (
     AuthenticationFailed,
+    ConfigInvalid,
     InvalidArgument,
     TokenExpired,
     TokenNameTaken,
@@ -186,8 +187,16 @@ class TokenStore:
         except FileNotFoundError:
             return {}
         with os.fdopen(fd, "rb") as source:
-            body = json.loads(source.read())
-        return {record.id: record for record in map(TokenRecord.from_json, body["tokens"])}
+            raw = source.read()
+        try:
+            body = json.loads(raw)
+            return {record.id: record for record in map(TokenRecord.from_json, body["tokens"])}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged file: refuse, never guess
+            raise ConfigInvalid(
+                f"the token store {self.path} is damaged ({type(exc).__name__}); restore it from a backup, "
+                "or move it away and make new tokens",
+                path=str(self.path),
+            ) from None
 
     def stat_key(self) -> tuple[int, int, int] | None:
         """What changes whenever the file is replaced or written (None: no file)."""
