@@ -37,15 +37,6 @@ def _env_bool(name: str) -> bool:
     raise ConfigInvalid(f"{name} must be 1 or 0 (true or false), got {quote_client(raw)}", variable=name)
 
 
-def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if raw not in choices:
-        raise ConfigInvalid(f"{name} must be one of {', '.join(choices)}, got {quote_client(raw)}", variable=name)
-    return raw
-
-
 def _env_names(name: str) -> tuple[str, ...]:
     """A comma-separated list of names (blank entries dropped)."""
     return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())

@@ -131,12 +131,6 @@ def weights_summary(folder: str | os.PathLike[str]) -> tuple[int, int]:
     return sum(e.n_elements for e in entries), sum(e.end - e.start for e in entries)
 
 
-def predict_gguf_bytes(info: HfModelInfo, out_type: str) -> int:
-    """An upper bound of the converted file's size, for the disk check."""
-    per_element = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 34 / 32}[out_type.upper()]
-    return int(info.parameter_count * per_element) + (32 << 20)
-
-
 def _as_float32(array: np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
     return bf16_bits_to_float32(array) if dtype == "BF16" else array.astype(np.float32, copy=False)
 

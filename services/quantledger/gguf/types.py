@@ -64,10 +64,3 @@ def ggml_types() -> dict[int, GgmlType]:
 def ggml_types_by_name() -> dict[str, GgmlType]:
     """The same table keyed by upper-case name."""
     return {t.name: t for t in ggml_types().values()}
-
-
-def ggml_type_count() -> int:
-    """GGML_TYPE_COUNT of the installed llama.cpp: the "not set" value of type options."""
-    import llama_cpp
-
-    return int(llama_cpp.GGML_TYPE_COUNT)
