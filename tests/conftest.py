@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from servers import S3Server, TemporalServer, seaweedfs, temporal_dev
 
 from quantledger.testing.synthetic_model import write_llama_gguf
 from quantledger.v1 import quantize_service_pb2 as pb
@@ -201,3 +202,17 @@ def job_error_reason(job: pb.QuantizeJob) -> str:
     from quantledger.cli.render import error_reason as reason_of
 
     return reason_of(job)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS's S3 gateway for the session, started on first use."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalServer]:
+    """Temporal's dev server (SQLite) for the session, started on first use."""
+    with temporal_dev(tmp_path_factory.mktemp("temporal")) as server:
+        yield server

@@ -16,6 +16,7 @@ DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 8080  # the HTTP/JSON API beside gRPC; 0 turns it off
 DEFAULT_CHAIN_PORT = 8545
 AUTH_MODES = ("none", "tokens")
+BACKENDS = ("embedded", "temporal")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -100,6 +101,16 @@ class Settings:
     auth_failures_per_minute: int = 10  # failed authentications a peer may make per minute (and at once)
     # listen on a non-loopback address without TLS and authentication (refused otherwise)
     insecure_listen: bool = False
+    # where QuantizeService runs jobs (docs/SCALE_OUT.md): "embedded" (SQLite and local workers) or
+    # "temporal" (workflows on the Temporal frontend at temporal_address, artifacts in artifacts_uri)
+    backend: str = "embedded"
+    temporal_address: str = ""
+    temporal_namespace: str = "default"
+    temporal_tls_ca: str = ""  # TLS to Temporal: a CA file (Temporal Cloud's is public: TLS without one)
+    temporal_tls_cert: str = ""  # mutual TLS to Temporal: the client certificate and its key
+    temporal_tls_key: str = ""
+    artifacts_uri: str = ""  # s3://BUCKET/PREFIX
+    heartbeat_timeout_seconds: float = 30.0  # a distributed step silent this long is retried elsewhere
 
     @property
     def tls(self) -> bool:
@@ -187,6 +198,14 @@ class Settings:
             "retain_seconds": parse_duration(os.environ.get("QUANTLEDGER_RETAIN", ""), "QUANTLEDGER_RETAIN"),
             "max_message_bytes": max(1024, _env_int("QUANTLEDGER_MAX_MESSAGE_BYTES", 4 << 20)),
             "max_watch_streams": max(1, _env_int("QUANTLEDGER_MAX_WATCH_STREAMS", 16)),
+            "backend": (os.environ.get("QUANTLEDGER_BACKEND") or "embedded").strip().lower(),
+            "temporal_address": os.environ.get("QUANTLEDGER_TEMPORAL", "").strip(),
+            "temporal_namespace": os.environ.get("QUANTLEDGER_TEMPORAL_NAMESPACE", "").strip() or "default",
+            "temporal_tls_ca": os.environ.get("QUANTLEDGER_TEMPORAL_TLS_CA", "").strip(),
+            "temporal_tls_cert": os.environ.get("QUANTLEDGER_TEMPORAL_TLS_CERT", "").strip(),
+            "temporal_tls_key": os.environ.get("QUANTLEDGER_TEMPORAL_TLS_KEY", "").strip(),
+            "artifacts_uri": os.environ.get("QUANTLEDGER_ARTIFACTS", "").strip(),
+            "heartbeat_timeout_seconds": max(1, _env_int("QUANTLEDGER_HEARTBEAT_TIMEOUT_SECONDS", 30)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         auth = str(values.get("auth") or os.environ.get("QUANTLEDGER_AUTH") or "none").strip().lower()
@@ -196,4 +215,9 @@ class Settings:
                 variable="QUANTLEDGER_AUTH",
             )
         values["auth"] = auth
+        if values["backend"] not in BACKENDS:
+            raise ConfigInvalid(
+                f"the backend must be one of {', '.join(BACKENDS)}, got {quote_client(values['backend'])}",
+                variable="QUANTLEDGER_BACKEND",
+            )
         return cls(**values)  # type: ignore[arg-type]

@@ -48,7 +48,13 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     ├── TokenNameTaken                    ALREADY_EXISTS       TOKEN_NAME_TAKEN
     ├── TokenNotFound                     NOT_FOUND            TOKEN_NOT_FOUND
     ├── CertificateInvalid                FAILED_PRECONDITION  CERTIFICATE_INVALID
-    └── InsecureListen                    FAILED_PRECONDITION  INSECURE_LISTEN
+    ├── InsecureListen                    FAILED_PRECONDITION  INSECURE_LISTEN
+    ├── BackendUnavailable                UNAVAILABLE          BACKEND_UNAVAILABLE
+    ├── ArtifactStoreUnavailable          UNAVAILABLE          ARTIFACT_STORE_UNAVAILABLE
+    ├── ArtifactStoreDenied               PERMISSION_DENIED    ARTIFACT_STORE_DENIED
+    ├── ArtifactBucketNotFound            FAILED_PRECONDITION  ARTIFACT_BUCKET_NOT_FOUND
+    ├── ArtifactDigestMismatch            DATA_LOSS            ARTIFACT_DIGEST_MISMATCH
+    └── WorkerLost                        UNAVAILABLE          WORKER_LOST
 """
 
 from __future__ import annotations
@@ -299,3 +305,45 @@ class InsecureListen(QuantledgerError):
 
     code = "FAILED_PRECONDITION"
     reason = "INSECURE_LISTEN"
+
+
+class BackendUnavailable(QuantledgerError):
+    """The distributed job backend (Temporal) did not answer: nothing was created or changed."""
+
+    code = "UNAVAILABLE"
+    reason = "BACKEND_UNAVAILABLE"
+
+
+class WorkerLost(QuantledgerError):
+    """A distributed job's step stopped answering (its worker died or hung) on every attempt Temporal made."""
+
+    code = "UNAVAILABLE"
+    reason = "WORKER_LOST"
+
+
+class ArtifactStoreUnavailable(QuantledgerError):
+    """The S3 artifact store did not answer (or failed a request); retried where a step can be."""
+
+    code = "UNAVAILABLE"
+    reason = "ARTIFACT_STORE_UNAVAILABLE"
+
+
+class ArtifactStoreDenied(QuantledgerError):
+    """The S3 artifact store refused the credentials (or there are none)."""
+
+    code = "PERMISSION_DENIED"
+    reason = "ARTIFACT_STORE_DENIED"
+
+
+class ArtifactBucketNotFound(QuantledgerError):
+    """The artifact store's bucket does not exist."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "ARTIFACT_BUCKET_NOT_FOUND"
+
+
+class ArtifactDigestMismatch(QuantledgerError):
+    """An object's bytes are not those recorded for it (changed or damaged in the store); never an output."""
+
+    code = "DATA_LOSS"
+    reason = "ARTIFACT_DIGEST_MISMATCH"

@@ -27,7 +27,7 @@ from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommen
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
 from quantledger.cli.tokens_command import add_tokens_parser, cmd_tokens
-from quantledger.config import AUTH_MODES, DEFAULT_PORT, Settings, parse_duration
+from quantledger.config import AUTH_MODES, BACKENDS, DEFAULT_PORT, Settings, parse_duration
 from quantledger.errors import QuantledgerError
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
@@ -122,6 +122,28 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_backend_flags(parser: argparse.ArgumentParser, *, worker: bool = False) -> None:
+    """Where distributed jobs run (docs/SCALE_OUT.md): Temporal and the artifact store."""
+    group = parser.add_argument_group("distributed backend (docs/SCALE_OUT.md)")
+    if not worker:
+        group.add_argument(
+            "--backend",
+            default=None,
+            choices=BACKENDS,
+            help="embedded: SQLite and local workers (default, $QUANTLEDGER_BACKEND); temporal: Temporal and S3",
+        )
+    group.add_argument(
+        "--temporal", default=None, metavar="HOST:PORT", help="Temporal frontend ($QUANTLEDGER_TEMPORAL)"
+    )
+    group.add_argument("--temporal-namespace", default=None, metavar="NAME", help="Temporal namespace (default)")
+    group.add_argument("--temporal-tls-ca", default=None, metavar="FILE", help="CA of Temporal's TLS certificate")
+    group.add_argument("--temporal-tls-cert", default=None, metavar="FILE", help="client certificate for Temporal")
+    group.add_argument("--temporal-tls-key", default=None, metavar="FILE", help="key of --temporal-tls-cert")
+    group.add_argument(
+        "--artifacts", default=None, metavar="s3://BUCKET/PREFIX", help="artifact store ($QUANTLEDGER_ARTIFACTS)"
+    )
+
+
 def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
     parser.add_argument(
         "source",
@@ -186,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="services to run in one server (chain runs alone)",
     )
     _add_serve_flags(serve)
+    _add_backend_flags(serve)
+
+    worker = commands.add_parser(
+        "worker", help="run distributed jobs' steps for a pool of frontends (Temporal + S3)", allow_abbrev=False
+    )
+    _add_common(worker, client=False)
+    _add_backend_flags(worker, worker=True)
+    worker.add_argument("--max-parallel", type=int, default=1, help="steps this machine runs at once (default 1)")
+    worker.add_argument("--threads", type=int, default=0, help="llama.cpp threads of a step whose job says 0")
+    worker.add_argument("--chain-url", default=None, help="JSON-RPC URL of the chain outputs are registered on")
 
     submit = commands.add_parser("submit", help="create a quantization job")
     _add_common(submit)
@@ -408,8 +440,21 @@ def cmd_quant_types(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ local commands
 
 
+def _backend_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "backend": getattr(args, "backend", None),
+        "temporal_address": getattr(args, "temporal", None),
+        "temporal_namespace": getattr(args, "temporal_namespace", None),
+        "temporal_tls_ca": getattr(args, "temporal_tls_ca", None),
+        "temporal_tls_cert": getattr(args, "temporal_tls_cert", None),
+        "temporal_tls_key": getattr(args, "temporal_tls_key", None),
+        "artifacts_uri": getattr(args, "artifacts", None),
+    }
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
+        **_backend_overrides(args),
         host=args.host,
         port=args.port,
         http_port=args.http_port,
@@ -438,6 +483,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_services(settings, list(dict.fromkeys(args.service)), as_json=args.json, embedded_chain=False)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from quantledger.distributed.worker import run_worker
+
+    overrides = {**_backend_overrides(args), "backend": "temporal", "chain_url": args.chain_url}
+    settings = Settings.from_env(**overrides)
+    if args.max_parallel < 1 or args.threads < 0:
+        raise CommandFailed("INVALID_ARGUMENT", "--max-parallel must be at least 1 and --threads at least 0")
+    return asyncio.run(run_worker(settings, max_parallel=args.max_parallel, threads=args.threads))
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from quantledger.cli.local import quantize_locally
 
@@ -455,6 +512,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "up": cmd_serve,
     "serve": cmd_serve,
+    "worker": cmd_worker,
     "submit": cmd_submit,
     "jobs": cmd_jobs,
     "estimate": cmd_estimate,

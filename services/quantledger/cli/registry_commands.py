@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import re
 import sys
 from typing import Any
@@ -20,7 +21,7 @@ from quantledger.cli.channels import open_channel
 from quantledger.cli.render import human_bytes, print_json, to_json
 from quantledger.config import Settings
 from quantledger.errors import SourceNotFound
-from quantledger.gguf.reader import read_gguf_header
+from quantledger.gguf.reader import GgufHeader, read_gguf_header
 from quantledger.hashing import sha256_file
 from quantledger.v1 import registry_service_pb2 as pb
 from quantledger.v1 import registry_service_pb2_grpc as pb_grpc
@@ -45,7 +46,7 @@ def add_registry_parser(commands: Any, add_common: Any) -> None:
     show.add_argument("--attester", default="", help="attester address (with a SHA-256)")
     verify = actions.add_parser("verify", help="hash a local file and ask who vouches for it")
     add_common(verify)
-    verify.add_argument("file", help="a GGUF file")
+    verify.add_argument("file", help="a GGUF file, or an output's s3://BUCKET/KEY")
     verify.add_argument("--attester", default="", help="only this attester's record counts")
     revoke = actions.add_parser("revoke", help="revoke your own record of a file (signs a transaction)")
     add_common(revoke)
@@ -109,8 +110,30 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.file.startswith("s3://"):
+        return _verify_object(args)
     header = read_gguf_header(args.file)  # refuses a non-GGUF file before hashing it
     digest = sha256_file(args.file)
+    return _verify_digest(args, header, digest)
+
+
+def _verify_object(args: argparse.Namespace) -> int:
+    """An output in an S3 artifact store (its ``s3://`` URI): downloaded to a temporary file (hashed on the
+    way, credentials from the standard AWS chain), checked like a local file, then removed."""
+    import tempfile
+
+    from quantledger.artifacts.store import ArtifactStore
+
+    bucket_uri, _, key = args.file.removeprefix("s3://").partition("/")
+    store = ArtifactStore.from_uri(f"s3://{bucket_uri}")
+    with tempfile.TemporaryDirectory(prefix="quantledger-verify-") as folder:
+        local = pathlib.Path(folder) / pathlib.PurePosixPath(key).name
+        stored = store.get_file(key, local, expected_sha256=None)
+        header = read_gguf_header(str(local))
+        return _verify_digest(args, header, stored.sha256)
+
+
+def _verify_digest(args: argparse.Namespace, header: GgufHeader, digest: str) -> int:
     response = _stub(args).VerifyDigest(
         pb.VerifyDigestRequest(file_sha256=digest, attester=args.attester, size_bytes=header.file_size)
     )

@@ -6,7 +6,9 @@ engine, which decides what that principal may see and do.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -26,11 +28,23 @@ from quantledger.security.streams import StreamLimits
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from quantledger.distributed.frontend import TemporalBackend
+
+T = TypeVar("T")
+
+
+async def _resolved(value: T | Awaitable[T]) -> T:
+    """The embedded engine answers reads at once, the distributed backend after a round trip."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
 
 class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     """Each RPC: request to domain values, one engine call, the answer to proto; errors by the decorator."""
 
-    def __init__(self, engine: JobEngine, streams: StreamLimits | None = None) -> None:
+    def __init__(self, engine: JobEngine | TemporalBackend, streams: StreamLimits | None = None) -> None:
         self._engine = engine
         self._streams = streams or StreamLimits(engine.settings.max_watch_streams)
 
@@ -46,13 +60,15 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     async def GetQuantizeJob(
         self, request: pb.GetQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
-        return job_to_proto(self._engine.get(JobName.parse(request.name).id, current_principal()))
+        return job_to_proto(await _resolved(self._engine.get(JobName.parse(request.name).id, current_principal())))
 
     @maps_domain_errors
     async def ListQuantizeJobs(
         self, request: pb.ListQuantizeJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListQuantizeJobsResponse:
-        jobs, token = self._engine.list_jobs(request.page_size, request.page_token, current_principal())
+        jobs, token = await _resolved(
+            self._engine.list_jobs(request.page_size, request.page_token, current_principal())
+        )
         return pb.ListQuantizeJobsResponse(jobs=[job_to_proto(j) for j in jobs], next_page_token=token)
 
     @maps_domain_errors
@@ -81,7 +97,7 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
     async def DeleteQuantizeJob(
         self, request: pb.DeleteQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
-        return job_to_proto(self._engine.delete(JobName.parse(request.name).id, current_principal()))
+        return job_to_proto(await _resolved(self._engine.delete(JobName.parse(request.name).id, current_principal())))
 
     @maps_domain_errors
     async def ListQuantTypes(

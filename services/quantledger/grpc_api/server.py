@@ -28,7 +28,7 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -51,6 +51,9 @@ from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 from quantledger.v1 import registry_service_pb2 as registry_pb
 from quantledger.v1 import registry_service_pb2_grpc as registry_pb_grpc
 from registry_client.errors import RegistryError
+
+if TYPE_CHECKING:  # the distributed backend's modules (temporalio, boto3) load only when it is chosen
+    from quantledger.distributed.frontend import TemporalBackend
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 5.0
@@ -104,6 +107,9 @@ class QuantledgerServer:
         self.servicers: dict[str, Any] = {}
         self._health = health.aio.HealthServicer()
         self._engine: JobEngine | None = None
+        self._backend: TemporalBackend | None = None
+        self._flows: Any = None  # the workflow worker of a temporal frontend
+        self._flows_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
         self.port = 0
@@ -131,12 +137,7 @@ class QuantledgerServer:
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         if "quantize" in self._services:
             await asyncio.to_thread(catalogue)  # probe llama.cpp's types once, before the first request
-            registrar = make_registrar(settings)
-            if registrar is not None:
-                await _attach_registry(registrar)
-            self._engine = JobEngine(settings, SqliteJobStore(str(settings.database)), registrar)
-            await self._engine.start()
-            quantize = QuantizeServicer(self._engine)
+            quantize = QuantizeServicer(await self._start_backend())
             pb_grpc.add_QuantizeServiceServicer_to_server(quantize, self._server)
             names.append(pb.DESCRIPTOR.services_by_name["QuantizeService"].full_name)
             self.servicers[names[-1]] = quantize
@@ -176,6 +177,28 @@ class QuantledgerServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
+    async def _start_backend(self) -> JobEngine | TemporalBackend:
+        """The jobs' backend: the embedded engine (SQLite, local workers), or Temporal and an artifact
+        store (``--backend temporal``), whose workflows this frontend also hosts."""
+        settings = self.settings
+        if settings.backend == "temporal":
+            from quantledger.distributed.connection import connect_temporal, open_store
+            from quantledger.distributed.frontend import TemporalBackend
+            from quantledger.distributed.worker import workflow_worker
+
+            client = await connect_temporal(settings)
+            self._backend = TemporalBackend(settings, client, open_store(settings))
+            await self._backend.start()
+            self._flows = workflow_worker(client)
+            self._flows_task = asyncio.create_task(self._flows.run(), name="quantledger-workflows")
+            return self._backend
+        registrar = make_registrar(settings)
+        if registrar is not None:
+            await _attach_registry(registrar)
+        self._engine = JobEngine(settings, SqliteJobStore(str(settings.database)), registrar)
+        await self._engine.start()
+        return self._engine
+
     async def set_service_health(self, name: str, serving: bool) -> None:
         """Health of one hosted service (say, RegistryService while its chain is down); ignored once stopping,
         when every service is NOT_SERVING for good."""
@@ -196,6 +219,10 @@ class QuantledgerServer:
             await self._health.enter_graceful_shutdown()
             if self._engine is not None:
                 await self._engine.shutdown()
+            if self._flows is not None:
+                await self._flows.shutdown()
+            if self._backend is not None:
+                await self._backend.shutdown()
             await self._server.stop(GRACE_SECONDS)
         finally:
             self._stopped.set()

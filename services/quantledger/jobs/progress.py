@@ -43,10 +43,12 @@ def evaluate_rate(store: JobStore) -> float:
 class JobTimeline:
     """The stages of one running job: which one runs, how far it is, and what the others will take."""
 
-    def __init__(self, job: Job, store: JobStore) -> None:
+    def __init__(self, job: Job, store: JobStore, *, since: float | None = None) -> None:
+        """``since``: when the job started (epoch seconds), for a timeline taken up by another process (a
+        distributed job's next step); by default now."""
         self._job = job
         self._store = store
-        self._started = time.monotonic()
+        self._started = time.monotonic() - (max(0.0, time.time() - since) if since is not None else 0.0)
         self._stage_started = self._started
         self._stage_done_at_begin = 0
         self._stage_prior = 0.0

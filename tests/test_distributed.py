@@ -1,0 +1,343 @@
+"""The distributed backend on real servers: Temporal's dev server, SeaweedFS's S3, an embedded chain, two
+frontends (`serve quantize --backend temporal`) and two workers (`quantledger worker`), all on loopback.
+
+Clients cannot tell the modes apart: the same RPCs, the same outputs (byte for byte those of an embedded
+run), one registry record per output. Faults: a worker killed with kill -9 mid-quantize (the step is
+retried on the other worker; the type finished before is not redone), a cancel mid-quantize (no object
+of the job left in the bucket), Temporal itself restarted mid-job, Temporal or S3 away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import boto3
+import grpc
+import pytest
+from conftest import Models, RunningServer, error_reason, free_port, job_error_reason, start_server, wait_for_job
+from servers import S3Server, TemporalServer
+
+from quantledger.v1 import quantize_service_pb2 as pb
+from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
+
+pytestmark = [pytest.mark.chain, pytest.mark.distributed]
+PREFIX = "ql-test"
+
+
+@dataclass
+class Cluster:
+    tmp: object
+    models: Models
+    temporal: TemporalServer
+    s3: S3Server
+    chain_url: str
+    chain_key_file: str
+    registry_address: str
+    frontends: list[RunningServer] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def artifacts(self) -> str:
+        return f"s3://{self.s3.bucket}/{PREFIX}"
+
+    def env(self, home: object) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.s3.env)
+        env.update(
+            QUANTLEDGER_HOME=str(home),
+            QUANTLEDGER_ALLOWED_ROOTS=str(self.models.root),
+            QUANTLEDGER_LOG_LEVEL="INFO",
+            QUANTLEDGER_HEARTBEAT_TIMEOUT_SECONDS="3",
+            QUANTLEDGER_REGISTRY_ADDRESS=self.registry_address,
+            QUANTLEDGER_CHAIN_KEY_FILE=self.chain_key_file,
+        )
+        return env
+
+    def start_frontend(self, name: str, services: tuple[str, ...] = ("quantize",)) -> RunningServer:
+        home = self.tmp / name  # type: ignore[operator]
+        port = free_port()
+        argv = [
+            sys.executable, "-m", "quantledger.cli.main", "serve", *services, "--port", str(port),
+            "--chain-url", self.chain_url,
+            "--http-port", "0", "--backend", "temporal", "--temporal", self.temporal.address,
+            "--artifacts", self.artifacts,
+        ]  # fmt: skip
+        env = self.env(home)
+        env.pop("QUANTLEDGER_HOME")
+        extra = {k: v for k, v in env.items() if k.startswith(("AWS_", "QUANTLEDGER_"))}
+        server = start_server(home, [self.models.root], port=port, command=argv, extra_env=extra)
+        self.frontends.append(server)
+        return server
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        home = self.tmp / name  # type: ignore[operator]
+        home.mkdir(parents=True, exist_ok=True)
+        log = home / "worker.log"
+        argv = [
+            sys.executable, "-m", "quantledger.cli.main", "worker", "--temporal", self.temporal.address,
+            "--artifacts", self.artifacts, "--chain-url", self.chain_url, "--max-parallel", "1",
+        ]  # fmt: skip
+        with open(log, "ab") as sink:
+            process = subprocess.Popen(argv, env=self.env(home), stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while b"quantledger worker:" not in log.read_bytes():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"worker did not start:\n{log.read_text()}"
+            time.sleep(0.1)
+        self.workers.append(process)
+        return process
+
+    def s3_client(self):  # type: ignore[no-untyped-def]
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3.endpoint,
+            aws_access_key_id=self.s3.access_key,
+            aws_secret_access_key=self.s3.secret_key,
+            region_name="us-east-1",
+        )
+
+    def objects(self, prefix: str) -> dict[str, dict]:  # type: ignore[type-arg]
+        listed = self.s3_client().list_objects_v2(Bucket=self.s3.bucket, Prefix=f"{PREFIX}/{prefix}")
+        return {o["Key"]: o for o in listed.get("Contents", [])}
+
+    def read_object(self, uri: str) -> bytes:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        return self.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _start_chain(home: object) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = dict(os.environ, QUANTLEDGER_HOME=str(home))
+    argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "chain", "--chain-port", str(port), "--json"]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    process.stdout.close()
+    return process, json.loads(line)["url"]
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, models: Models, temporal_server: TemporalServer, s3_server: S3Server
+) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("distributed")
+    chain_home = tmp / "chain"
+    chain, url = _start_chain(chain_home)
+    from quantledger.config import Settings
+    from quantledger.registry.wiring import make_registrar
+
+    registrar = make_registrar(Settings.from_env(home=chain_home, chain_url=url))
+    assert registrar is not None
+    address = registrar.client().address  # deployed once: every worker registers on this one
+    made = Cluster(tmp, models, temporal_server, s3_server, url, str(chain_home / "keys" / "admin.key"), address)
+    made.processes.append(chain)
+    try:
+        made.start_frontend("frontend-a", ("quantize", "registry"))  # A also answers the registry's reads
+        made.start_frontend("frontend-b")
+        for name in ("worker-1", "worker-2"):
+            made.start_worker(name)
+        yield made
+    finally:
+        for frontend in made.frontends:
+            frontend.stop()
+        for process in [*made.workers, *made.processes]:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        for process in [*made.workers, *made.processes]:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+            if process.poll() is None:
+                process.kill()
+
+
+def _stub(server: RunningServer) -> Iterator[pb_grpc.QuantizeServiceStub]:
+    with server.channel() as channel:
+        yield pb_grpc.QuantizeServiceStub(channel)
+
+
+@contextlib.contextmanager
+def _stubs(cluster: Cluster) -> Iterator[tuple[pb_grpc.QuantizeServiceStub, pb_grpc.QuantizeServiceStub]]:
+    with cluster.frontends[0].channel() as a, cluster.frontends[1].channel() as b:
+        yield pb_grpc.QuantizeServiceStub(a), pb_grpc.QuantizeServiceStub(b)
+
+
+def _create(
+    stub: pb_grpc.QuantizeServiceStub, source: str, types: list[str], request_id: str = "", **options: object
+) -> pb.QuantizeJob:
+    job = pb.QuantizeJob(source=source, quant_types=types, options=pb.QuantizeOptions(**options))  # type: ignore[arg-type]
+    return stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job, request_id=request_id), timeout=120)
+
+
+def _ended(job: pb.QuantizeJob) -> bool:
+    return job.state not in (pb.QuantizeJob.STATE_QUEUED, pb.QuantizeJob.STATE_RUNNING)
+
+
+def _watch_until(stub: pb_grpc.QuantizeServiceStub, name: str, predicate, timeout: float = 300) -> pb.QuantizeJob:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = stub.GetQuantizeJob(pb.GetQuantizeJobRequest(name=name), timeout=30)
+        if predicate(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"{name} did not get there: {job}")
+
+
+def test_a_job_made_through_one_frontend_is_watched_through_the_other(
+    cluster: Cluster, server: RunningServer, models: Models
+) -> None:
+    """Watch on frontend B streams a job created on A to SUCCEEDED; its outputs are byte-identical to an
+    embedded-mode run of the same job, in the bucket, each with one registry record."""
+    with _stubs(cluster) as (a, b):
+        job = _create(a, str(models.f16), ["Q8_0", "Q4_0"])
+        assert not _ended(job)
+        seen = list(b.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name), timeout=300))
+    done = seen[-1]
+    assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
+    assert [o.quant_type for o in done.outputs] == ["Q8_0", "Q4_0"]
+    fractions = [s.progress.fraction for s in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    with server.channel() as channel:  # the same job in embedded mode
+        embedded_stub = pb_grpc.QuantizeServiceStub(channel)
+        embedded = embedded_stub.CreateQuantizeJob(
+            pb.CreateQuantizeJobRequest(job=pb.QuantizeJob(source=str(models.f16), quant_types=["Q8_0", "Q4_0"]))
+        )
+        embedded = wait_for_job(embedded_stub, embedded.name)
+    assert [o.sha256 for o in done.outputs] == [o.sha256 for o in embedded.outputs]
+    for output in done.outputs:
+        assert output.path.startswith(f"{cluster.artifacts}/jobs/{done.name.split('/')[1]}/")
+        assert hashlib.sha256(cluster.read_object(output.path)).hexdigest() == output.sha256
+        assert output.registry.state == pb.RegistryRecord.STATE_REGISTERED and output.registry.tx_hash
+        provenance = cluster.read_object(output.registry.provenance_path)
+        assert hashlib.sha256(provenance).hexdigest() == output.registry.provenance_sha256
+        assert json.loads(provenance)["subject"][0]["digest"]["sha256"] == output.sha256
+    from registry_client.client import RegistryClient
+
+    client = RegistryClient.connect(cluster.chain_url, address=cluster.registry_address)
+    for output in done.outputs:
+        assert len(client.records_of(output.sha256)) == 1
+    verify = [sys.executable, "-m", "quantledger.cli.main", "registry", "verify", done.outputs[1].path, "--json"]
+    verify += ["--server", cluster.frontends[0].address]
+    checked = subprocess.run(verify, env=cluster.env(cluster.tmp), capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["verdict"] == "VERDICT_VALID"
+
+
+def test_a_worker_killed_mid_quantize_is_replaced_without_the_user(cluster: Cluster, models: Models) -> None:
+    """kill -9 of the worker running a quantize: the step times out on heartbeats, runs on the other
+    worker, the job SUCCEEDS; the type finished before the kill is not redone."""
+    with _stubs(cluster) as (a, b):
+        job = _create(a, str(models.large), ["Q8_0", "Q4_K_M"], skip_quality=True)
+        running = _watch_until(
+            b, job.name, lambda j: j.progress.current_quant_type == "Q4_K_M" and j.progress.tensors_done >= 3
+        )
+        assert [o.quant_type for o in running.outputs] == ["Q8_0"]
+        first = cluster.objects(f"jobs/{job.name.split('/')[1]}/")
+        victim = _worker_running(cluster, job.name)
+        victim.kill()  # kill -9 of the worker process; its llama.cpp child dies with it (PR_SET_PDEATHSIG)
+        victim.wait(timeout=10)
+        cluster.workers.remove(victim)
+        done = _watch_until(b, job.name, _ended)
+    assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
+    assert [o.quant_type for o in done.outputs] == ["Q8_0", "Q4_K_M"]
+    after = cluster.objects(f"jobs/{job.name.split('/')[1]}/")
+    q8_key = next(k for k in first if k.endswith("Q8_0.gguf"))
+    assert after[q8_key]["LastModified"] == first[q8_key]["LastModified"]  # not uploaded again
+    assert done.outputs[0].sha256 == running.outputs[0].sha256
+    cluster.start_worker(f"worker-{len(cluster.workers) + 10}")  # back to two for the next tests
+
+
+def _worker_running(cluster: Cluster, name: str) -> subprocess.Popen[bytes]:
+    """The worker process whose identity Temporal shows on the job's running step."""
+    import asyncio
+
+    from temporalio.client import Client
+
+    async def identity() -> str:
+        client = await Client.connect(cluster.temporal.address)
+        description = await client.get_workflow_handle(name.split("/")[1]).describe()
+        return description.raw_description.pending_activities[0].last_worker_identity
+
+    pid = int(asyncio.run(identity()).split("@")[0])
+    return next(w for w in cluster.workers if w.pid == pid)
+
+
+def test_cancel_mid_quantize_leaves_no_object_of_the_job(cluster: Cluster, models: Models) -> None:
+    with _stubs(cluster) as (a, b):
+        job = _create(a, str(models.large), ["Q4_K_M"], skip_quality=True)
+        _watch_until(b, job.name, lambda j: j.progress.tensors_done >= 2)
+        cancelled = b.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=job.name), timeout=30)
+    assert cancelled.state == pb.QuantizeJob.STATE_CANCELLED
+    assert job_error_reason(cancelled) == "JOB_CANCELLED"
+    job_prefix = f"{PREFIX}/jobs/{job.name.split('/')[1]}/"
+    assert cluster.objects(f"jobs/{job.name.split('/')[1]}/") == {}
+    uploads = cluster.s3_client().list_multipart_uploads(Bucket=cluster.s3.bucket, Prefix=job_prefix)
+    assert not uploads.get("Uploads")
+
+
+def test_twenty_jobs_across_both_frontends_all_succeed_once(cluster: Cluster, models: Models) -> None:
+    """20 small jobs submitted concurrently through both frontends end SUCCEEDED, none lost or duplicated;
+    the same request_id sent to the two frontends is one job."""
+    with _stubs(cluster) as (a, b):
+        stubs = [a, b]
+
+        def submit(i: int) -> str:
+            stub = stubs[i % 2]
+            return _create(stub, str(models.f16), ["Q8_0"], skip_quality=True, request_id=f"batch-{i}").name
+
+        def resubmit(i: int) -> str:  # the same request through the other frontend
+            stub = stubs[(i + 1) % 2]
+            return _create(stub, str(models.f16), ["Q8_0"], skip_quality=True, request_id=f"batch-{i}").name
+
+        with ThreadPoolExecutor(8) as pool:
+            names = list(pool.map(submit, range(20)))
+            again = list(pool.map(resubmit, range(20)))
+        assert again == names and len(set(names)) == 20
+        ended = [_watch_until(b, n, _ended) for n in names]
+        assert all(j.state == pb.QuantizeJob.STATE_SUCCEEDED for j in ended), [j.error for j in ended]
+        listed = set()
+        token = ""
+        while True:
+            page = a.ListQuantizeJobs(pb.ListQuantizeJobsRequest(page_size=7, page_token=token), timeout=30)
+            listed.update(j.name for j in page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+        assert set(names) <= listed
+
+
+def test_a_temporal_restart_mid_job_does_not_stop_it(cluster: Cluster, models: Models) -> None:
+    with _stubs(cluster) as (a, b):
+        job = _create(a, str(models.large), ["Q8_0"], skip_quality=True)
+        _watch_until(b, job.name, lambda j: j.progress.tensors_done >= 2)
+        cluster.temporal.stop()
+        with pytest.raises(grpc.RpcError) as refused:
+            _create(a, str(models.f16), ["Q8_0"])
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(refused.value) == "BACKEND_UNAVAILABLE"
+        cluster.temporal.start()
+        done = _watch_until(b, job.name, _ended)
+    assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
+
+
+def test_bad_store_credentials_stop_a_frontend_at_start(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = cluster.env(tmp_path)
+    env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    argv = [
+        sys.executable, "-m", "quantledger.cli.main", "serve", "quantize", "--port", str(free_port()),
+        "--http-port", "0", "--backend", "temporal", "--temporal", cluster.temporal.address,
+        "--artifacts", cluster.artifacts,
+    ]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "ARTIFACT_STORE_DENIED" in done.stderr
