@@ -12,153 +12,35 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import signal
+import pathlib
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-import boto3
 import grpc
 import pytest
-from conftest import Models, RunningServer, error_reason, free_port, job_error_reason, start_server, wait_for_job
+from cluster import PREFIX, Cluster, running_cluster
+from conftest import Models, RunningServer, error_reason, free_port, job_error_reason, wait_for_job
 from servers import S3Server, TemporalServer
 
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.chain, pytest.mark.distributed]
-PREFIX = "ql-test"
-
-
-@dataclass
-class Cluster:
-    tmp: object
-    models: Models
-    temporal: TemporalServer
-    s3: S3Server
-    chain_url: str
-    chain_key_file: str
-    registry_address: str
-    frontends: list[RunningServer] = field(default_factory=list)
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def artifacts(self) -> str:
-        return f"s3://{self.s3.bucket}/{PREFIX}"
-
-    def env(self, home: object) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.s3.env)
-        env.update(
-            QUANTLEDGER_HOME=str(home),
-            QUANTLEDGER_ALLOWED_ROOTS=str(self.models.root),
-            QUANTLEDGER_LOG_LEVEL="INFO",
-            QUANTLEDGER_HEARTBEAT_TIMEOUT_SECONDS="3",
-            QUANTLEDGER_REGISTRY_ADDRESS=self.registry_address,
-            QUANTLEDGER_CHAIN_KEY_FILE=self.chain_key_file,
-        )
-        return env
-
-    def start_frontend(self, name: str, services: tuple[str, ...] = ("quantize",)) -> RunningServer:
-        home = self.tmp / name  # type: ignore[operator]
-        port = free_port()
-        argv = [
-            sys.executable, "-m", "quantledger.cli.main", "serve", *services, "--port", str(port),
-            "--chain-url", self.chain_url,
-            "--http-port", "0", "--backend", "temporal", "--temporal", self.temporal.address,
-            "--artifacts", self.artifacts,
-        ]  # fmt: skip
-        env = self.env(home)
-        env.pop("QUANTLEDGER_HOME")
-        extra = {k: v for k, v in env.items() if k.startswith(("AWS_", "QUANTLEDGER_"))}
-        server = start_server(home, [self.models.root], port=port, command=argv, extra_env=extra)
-        self.frontends.append(server)
-        return server
-
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        home = self.tmp / name  # type: ignore[operator]
-        home.mkdir(parents=True, exist_ok=True)
-        log = home / "worker.log"
-        argv = [
-            sys.executable, "-m", "quantledger.cli.main", "worker", "--temporal", self.temporal.address,
-            "--artifacts", self.artifacts, "--chain-url", self.chain_url, "--max-parallel", "1",
-        ]  # fmt: skip
-        with open(log, "ab") as sink:
-            process = subprocess.Popen(argv, env=self.env(home), stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while b"quantledger worker:" not in log.read_bytes():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"worker did not start:\n{log.read_text()}"
-            time.sleep(0.1)
-        self.workers.append(process)
-        return process
-
-    def s3_client(self):  # type: ignore[no-untyped-def]
-        return boto3.client(
-            "s3",
-            endpoint_url=self.s3.endpoint,
-            aws_access_key_id=self.s3.access_key,
-            aws_secret_access_key=self.s3.secret_key,
-            region_name="us-east-1",
-        )
-
-    def objects(self, prefix: str) -> dict[str, dict]:  # type: ignore[type-arg]
-        listed = self.s3_client().list_objects_v2(Bucket=self.s3.bucket, Prefix=f"{PREFIX}/{prefix}")
-        return {o["Key"]: o for o in listed.get("Contents", [])}
-
-    def read_object(self, uri: str) -> bytes:
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        return self.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def _start_chain(home: object) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = dict(os.environ, QUANTLEDGER_HOME=str(home))
-    argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "chain", "--chain-port", str(port), "--json"]
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    process.stdout.close()
-    return process, json.loads(line)["url"]
 
 
 @pytest.fixture(scope="module")
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, models: Models, temporal_server: TemporalServer, s3_server: S3Server
 ) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("distributed")
-    chain_home = tmp / "chain"
-    chain, url = _start_chain(chain_home)
-    from quantledger.config import Settings
-    from quantledger.registry.wiring import make_registrar
-
-    registrar = make_registrar(Settings.from_env(home=chain_home, chain_url=url))
-    assert registrar is not None
-    address = registrar.client().address  # deployed once: every worker registers on this one
-    made = Cluster(tmp, models, temporal_server, s3_server, url, str(chain_home / "keys" / "admin.key"), address)
-    made.processes.append(chain)
-    try:
+    with running_cluster(tmp_path_factory.mktemp("distributed"), models, temporal_server, s3_server) as made:
         made.start_frontend("frontend-a", ("quantize", "registry"))  # A also answers the registry's reads
         made.start_frontend("frontend-b")
         for name in ("worker-1", "worker-2"):
             made.start_worker(name)
         yield made
-    finally:
-        for frontend in made.frontends:
-            frontend.stop()
-        for process in [*made.workers, *made.processes]:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        for process in [*made.workers, *made.processes]:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=20)
-            if process.poll() is None:
-                process.kill()
 
 
 def _stub(server: RunningServer) -> Iterator[pb_grpc.QuantizeServiceStub]:
@@ -341,3 +223,67 @@ def test_bad_store_credentials_stop_a_frontend_at_start(cluster: Cluster, tmp_pa
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "ARTIFACT_STORE_DENIED" in done.stderr
+
+
+def test_a_source_object_changed_in_the_store_fails_the_job_and_is_never_an_output(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
+    """The bucket holds a source under the right digest but with other bytes: the download is refused
+    (ARTIFACT_DIGEST_MISMATCH), retried once, and the job fails without outputs."""
+    from quantledger.hf.manifest import build_manifest
+    from quantledger.testing.synthetic_model import write_llama_gguf
+
+    source = cluster.models.root / "tampered-f16.gguf"
+    write_llama_gguf(source, n_embd=256, n_ff=512, n_layer=1, seed=77)
+    manifest = build_manifest(source.parent, [source.name])
+    key = f"{PREFIX}/sources/{manifest.root_digest}/{source.name}"
+    marker = {source.name: manifest.files[0].sha256}
+    client = cluster.s3_client()
+    client.put_object(Bucket=cluster.s3.bucket, Key=key, Body=b"GGUF" + b"\0" * 1000)
+    client.put_object(
+        Bucket=cluster.s3.bucket,
+        Key=f"{PREFIX}/sources/{manifest.root_digest}/.complete.json",
+        Body=json.dumps(marker).encode(),
+    )
+    with _stubs(cluster) as (a, _b):
+        job = _create(a, str(source), ["Q8_0"], skip_quality=True)
+        done = _watch_until(a, job.name, _ended)
+    assert done.state == pb.QuantizeJob.STATE_FAILED
+    assert job_error_reason(done) == "ARTIFACT_DIGEST_MISMATCH"
+    assert list(done.outputs) == []
+    assert cluster.objects(f"jobs/{job.name.split('/')[1]}/") == {}
+    assert _attempts(cluster, job.name) == 2  # the download was tried again once
+
+
+def _attempts(cluster: Cluster, name: str) -> int:
+    """How many times Temporal started the job's quantize step."""
+    import asyncio
+
+    from temporalio.client import Client
+
+    async def count() -> int:
+        client = await Client.connect(cluster.temporal.address)
+        history = await client.get_workflow_handle(name.split("/")[1]).fetch_history()
+        for event in history.events:
+            if event.HasField("activity_task_failed_event_attributes"):
+                started = event.activity_task_failed_event_attributes.started_event_id
+                return next(
+                    e.activity_task_started_event_attributes.attempt for e in history.events if e.event_id == started
+                )
+        return 0
+
+    return asyncio.run(count())
+
+
+def test_a_worker_says_insufficient_disk_before_a_step(tmp_path: pathlib.Path) -> None:
+    from quantledger.artifacts.store import ArtifactStore
+    from quantledger.config import Settings
+    from quantledger.distributed.activities import WorkerContext
+    from quantledger.errors import InsufficientDisk
+
+    settings = Settings.from_env(home=tmp_path, disk_reserve_bytes=1 << 60)
+    context = WorkerContext(settings, ArtifactStore.from_uri("s3://unused-bucket/x"), None)
+    with pytest.raises(InsufficientDisk) as refused:
+        context.make_room(1 << 20)
+    assert refused.value.metadata["needed"] == str(1 << 20)
+    assert int(refused.value.metadata["free"]) == 0

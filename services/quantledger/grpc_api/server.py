@@ -1,8 +1,8 @@
 """One grpc.aio server hosting the quantledger services, health and reflection.
 
 SIGTERM or SIGINT shut it down gracefully: health turns NOT_SERVING, running jobs are stopped
-(worker killed, partial files removed, job marked INTERRUPTED), then the server stops with a grace
-period for calls in flight.
+(worker killed, partial files removed; they resume at the next start), then the server stops with a
+grace period for calls in flight.
 
 Health: every hosted service and the overall ``""`` turn SERVING once started. A dependency that goes
 away can turn one service NOT_SERVING (``set_service_health``): ``up`` does so for

@@ -7,7 +7,8 @@ jobs/registration.py (REGISTERING, and the retry of PENDING registrations); this
 jobs' states: the scheduler, the API the servicers call, and how a job ends. A running job's progress
 lives in memory and reaches the store every couple of seconds; state changes reach it at once.
 Cancel kills the worker's process group and removes partial files; shutdown does the same to every
-running job and marks it INTERRUPTED; a restart after a kill -9 marks jobs left RUNNING the same way.
+running job and leaves it RUNNING in the store; the next start (after a shutdown or a kill -9) queues
+such jobs again and they resume, keeping the outputs they finished (``recover_interrupted``).
 
 Every call names the ``Principal`` it runs as. A job belongs to the principal that created it: others
 see no such job (JOB_NOT_FOUND, the answer for a name that does not exist), an admin sees every job.
@@ -46,7 +47,7 @@ from quantledger.hf.cache import ConversionCache
 from quantledger.hf.pipeline import classify
 from quantledger.jobs import quotas
 from quantledger.jobs.deletion import delete_outputs
-from quantledger.jobs.model import Job, JobError, JobSpec, JobState, Progress, Scope, Stage
+from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, JobState, OutputFile, Progress, Scope, Stage
 from quantledger.jobs.pipeline import JobRun, run_stages
 from quantledger.jobs.progress import JobTimeline
 from quantledger.jobs.registration import RegistrationRetrier
@@ -127,25 +128,43 @@ class JobEngine:
             self._retrier = asyncio.create_task(self._registrations.run(), name="quantledger-registrar")
 
     def recover_interrupted(self) -> list[str]:
-        """Jobs a dead server left RUNNING become FAILED (INTERRUPTED); their partial files go."""
-        recovered = []
+        """Jobs a stopped or killed server left RUNNING are queued again to resume: outputs they finished
+        are kept (each file still there with its recorded size) and not redone, partial files go. A job
+        whose source vanished or changed meanwhile ends FAILED (INTERRUPTED) instead. The resumed ids."""
+        resumed = []
         for job in self._store.with_state(JobState.RUNNING):
             self._remove_partials(job)
-            self._finish(
-                job,
-                JobState.FAILED,
-                JobError.of(
-                    Interrupted(
-                        "the server stopped while this job was running; outputs finished before "
-                        "that are kept, resubmit for the rest"
-                    )
-                ),
+            vanished = _source_vanished(job)
+            if vanished:
+                self._finish(
+                    job,
+                    JobState.FAILED,
+                    JobError.of(
+                        Interrupted(
+                            f"the server stopped while this job was running and its source {vanished} "
+                            "meanwhile, so it cannot resume; outputs finished before are kept, resubmit for the rest"
+                        )
+                    ),
+                )
+                continue
+            kept = [a for a in job.outputs if _output_intact(a)]
+            redo = [a.quant_type for a in job.outputs if a not in kept]
+            job.outputs = kept
+            job.state = JobState.QUEUED
+            job.stage = Stage.NONE
+            job.progress.current_tensor = ""
+            job.version += 1
+            self._store.save(job)
+            log.info("%s resumes after a restart: %d outputs kept, redoing the rest", job.name, len(kept))
+            self.audit.record(
+                "job.resume", "server", job=job.name, owner=job.owner, kept=len(kept), changed=",".join(redo)
             )
-            recovered.append(job.id)
-        return recovered
+            resumed.append(job.id)
+        return resumed
 
     async def shutdown(self) -> None:
-        """Stop every running job cleanly (worker killed, partial files removed, job INTERRUPTED)."""
+        """Stop every running job cleanly (worker killed, partial files removed); each stays RUNNING in the
+        store and resumes, its finished outputs kept, when the server starts again."""
         self._stopping = True
         for background in (self._scheduler, self._retrier, self._flusher, self._expirer):
             if background is not None:
@@ -479,7 +498,7 @@ class JobEngine:
     def _start(self, job: Job) -> None:
         job.state = JobState.RUNNING
         job.stage = Stage.QUANTIZING
-        job.start_time = time.time()
+        job.start_time = job.start_time or time.time()  # a resumed job keeps its first start
         self._live[job.id] = job
         self._timelines[job.id] = JobTimeline(job, self._store)
         self._touch(job)
@@ -499,12 +518,10 @@ class JobEngine:
             await self._abandon(run.hashing)
             if self._stop_reason.get(job.id) == "cancel":
                 self._finish(job, JobState.CANCELLED, _cancelled())
-            else:
-                self._finish(
-                    job,
-                    JobState.FAILED,
-                    JobError.of(Interrupted("the server shut down while this job ran; resubmit it")),
-                )
+            else:  # shutdown: the job stays RUNNING in the store and resumes when the server starts again
+                job.progress.current_tensor = ""
+                self._store.save(job)
+                log.info("%s stopped by the shutdown; it resumes at the next start", job.name)
         except QuantledgerError as exc:
             await self._abandon(run.hashing)
             log.warning("%s failed: %s", job.name, exc.message)
@@ -563,6 +580,38 @@ class JobEngine:
         for leftover in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def _source_vanished(job: Job) -> str:
+    """How a job's source changed since it was created ("" when it is still there as it was): a GGUF or a
+    folder gone, or a file of its manifest gone or of another size. A hub source is fetched again."""
+    info = job.source_info
+    if info is None or info.kind == "hf_hub" or not info.path:
+        return ""
+    path = pathlib.Path(info.path)
+    if not path.exists():
+        return f"{info.path} is gone"
+    if info.manifest:
+        folder = path if path.is_dir() else path.parent
+        for item in info.manifest:
+            try:
+                size = (folder / item.path).stat().st_size
+            except OSError:
+                return f"file {item.path} is gone"
+            if size != item.size_bytes:
+                return f"file {item.path} changed ({size} bytes, {item.size_bytes} before)"
+    return ""
+
+
+def _output_intact(artifact: Artifact) -> bool:
+    """Whether every file of a finished output is still there with the size recorded for it."""
+    for recorded in artifact.files or (OutputFile(artifact.path, artifact.size_bytes, artifact.sha256),):
+        try:
+            if pathlib.Path(recorded.path).stat().st_size != recorded.size_bytes:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _cancelled() -> JobError:

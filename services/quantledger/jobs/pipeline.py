@@ -49,8 +49,11 @@ async def run_stages(host: StageHost, registrar: Registrar | None, job: Job, run
     hf = await asyncio.to_thread(classify, job.spec.source, settings.allowed_roots)
     if hf is not None:
         source, stem = await prepare_intermediate(host, job, hf, run.pins)
+    # a job resumed after a restart keeps the outputs it finished (engine.recover_interrupted checked them)
+    kept = frozenset(pathlib.Path(f.path) for a in job.outputs for f in (a.files or (a,)))
+    finished = {a.quant_type for a in job.outputs}
     plan = await asyncio.to_thread(
-        partial(make_plan, source=source, stem=stem),
+        partial(make_plan, source=source, stem=stem, kept=kept),
         job.spec,
         settings,
         pathlib.Path(job.output_dir),
@@ -60,6 +63,8 @@ async def run_stages(host: StageHost, registrar: Registrar | None, job: Job, run
     run.identity.append(asyncio.create_task(asyncio.to_thread(source_manifest, job, run.stop_hashing)))
     timeline = host.timeline(job)
     for index, output in enumerate(plan.outputs):
+        if output.quant_type.name in finished:
+            continue
         result_events, seconds = await quantize_output(host, job, plan, index, output)
         timeline.hash_total += sum(p.stat().st_size for p in output.partial_paths if p.is_file())
         run.hashing.append(asyncio.create_task(complete_output(host, job, plan, output, result_events, seconds)))

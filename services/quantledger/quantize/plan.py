@@ -210,11 +210,13 @@ def make_plan(
     *,
     source: GgufSource | None = None,
     stem: str | None = None,
+    kept: frozenset[pathlib.Path] = frozenset(),
 ) -> QuantizePlan:
     """Validate ``spec`` and return what to run; raises the error a client should see.
 
     ``tag`` (the job id) names the job's partial files. ``source`` is given for a Hugging Face job
     (the converted intermediate; ``spec.source`` then names the HF model) and ``stem`` names its outputs.
+    ``kept`` are the files of outputs this job finished before a restart: they exist and are its own.
     """
     types = requested_types(spec)
     check_options(spec, settings)
@@ -264,6 +266,8 @@ def make_plan(
     outputs = tuple(PlannedOutput(t, output_dir, f"{base_name}-{t.name}", tag, split_count) for t in types)
     for output in outputs:
         for path in output.paths:
+            if path in kept:
+                continue
             if path in source.shards:
                 raise InvalidArgument(f"output {path} would overwrite the source")
             refuse_another_jobs_output(path)
