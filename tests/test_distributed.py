@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -287,3 +288,51 @@ def test_a_worker_says_insufficient_disk_before_a_step(tmp_path: pathlib.Path) -
         context.make_room(1 << 20)
     assert refused.value.metadata["needed"] == str(1 << 20)
     assert int(refused.value.metadata["free"]) == 0
+
+
+def test_a_hugging_face_folder_is_converted_by_a_worker_into_the_same_bytes(
+    cluster: Cluster, server: RunningServer
+) -> None:
+    """A HF folder the frontend can read is stored once by its manifest's root digest, converted on a worker
+    (the intermediate kept in the bucket's cache/), and quantized to the bytes embedded mode makes."""
+    from hf_models import write_causal_folder
+
+    folder = write_causal_folder(cluster.models.root / "hf-llama", "LlamaForCausalLM")
+    with _stubs(cluster) as (a, b):
+        job = _create(a, str(folder), ["Q8_0"], skip_quality=True)
+        done = _watch_until(b, job.name, _ended)
+    assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
+    assert done.source_info.root_digest and done.source_info.kind == "hf_folder"
+    assert cluster.objects(f"sources/{done.source_info.root_digest}/hf-llama/config.json")
+    assert any(k.endswith(".gguf") for k in cluster.objects("cache/"))
+    with server.channel() as channel:
+        stub = pb_grpc.QuantizeServiceStub(channel)
+        embedded = stub.CreateQuantizeJob(
+            pb.CreateQuantizeJobRequest(
+                job=pb.QuantizeJob(
+                    source=str(folder), quant_types=["Q8_0"], options=pb.QuantizeOptions(skip_quality=True)
+                )
+            )
+        )
+        embedded = wait_for_job(stub, embedded.name)
+    assert embedded.source_info.root_digest == done.source_info.root_digest
+    assert [o.sha256 for o in done.outputs] == [o.sha256 for o in embedded.outputs]
+    assert pathlib.PurePosixPath(done.outputs[0].path).name == pathlib.Path(embedded.outputs[0].path).name
+
+
+def test_a_frontend_stopped_mid_watch_loses_nothing(cluster: Cluster, models: Models) -> None:
+    """Watch through frontend B, B is killed: the client watches on through A to the end; B comes back."""
+    victim = cluster.frontends[1]
+    with _stubs(cluster) as (a, b):
+        job = _create(a, str(models.large), ["Q8_0"], skip_quality=True)
+        stream = b.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name), timeout=300)
+        first = next(stream)
+        assert first.name == job.name
+        victim.stop(signal.SIGKILL)
+        with pytest.raises(grpc.RpcError):
+            list(stream)
+        rest = list(a.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name), timeout=300))
+    assert rest[-1].state == pb.QuantizeJob.STATE_SUCCEEDED
+    assert rest[0].progress.fraction >= first.progress.fraction
+    cluster.frontends.remove(victim)
+    cluster.start_frontend("frontend-b2")

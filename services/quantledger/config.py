@@ -111,6 +111,7 @@ class Settings:
     temporal_tls_key: str = ""
     artifacts_uri: str = ""  # s3://BUCKET/PREFIX
     heartbeat_timeout_seconds: float = 30.0  # a distributed step silent this long is retried elsewhere
+    scratch_dir: str = ""  # a worker's scratch space (default: <home>/scratch); workers may share a home
 
     @property
     def tls(self) -> bool:
@@ -206,6 +207,7 @@ class Settings:
             "temporal_tls_key": os.environ.get("QUANTLEDGER_TEMPORAL_TLS_KEY", "").strip(),
             "artifacts_uri": os.environ.get("QUANTLEDGER_ARTIFACTS", "").strip(),
             "heartbeat_timeout_seconds": max(1, _env_int("QUANTLEDGER_HEARTBEAT_TIMEOUT_SECONDS", 30)),
+            "scratch_dir": os.environ.get("QUANTLEDGER_SCRATCH", "").strip(),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         auth = str(values.get("auth") or os.environ.get("QUANTLEDGER_AUTH") or "none").strip().lower()

@@ -218,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-parallel", type=int, default=1, help="steps this machine runs at once (default 1)")
     worker.add_argument("--threads", type=int, default=0, help="llama.cpp threads of a step whose job says 0")
     worker.add_argument("--chain-url", default=None, help="JSON-RPC URL of the chain outputs are registered on")
+    worker.add_argument(
+        "--scratch",
+        default=None,
+        metavar="DIR",
+        help="scratch space for steps (default: $QUANTLEDGER_SCRATCH or <home>/scratch)",
+    )
 
     submit = commands.add_parser("submit", help="create a quantization job")
     _add_common(submit)
@@ -488,7 +494,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from quantledger.distributed.worker import run_worker
 
-    overrides = {**_backend_overrides(args), "backend": "temporal", "chain_url": args.chain_url}
+    overrides = {
+        **_backend_overrides(args),
+        "backend": "temporal",
+        "chain_url": args.chain_url,
+        "scratch_dir": args.scratch,
+    }
     settings = Settings.from_env(**overrides)
     if args.max_parallel < 1 or args.threads < 0:
         raise CommandFailed("INVALID_ARGUMENT", "--max-parallel must be at least 1 and --threads at least 0")

@@ -66,7 +66,9 @@ class WorkerContext:
         self.store = store
         self.registrar = registrar
         self.threads = threads
-        self.scratch = settings.home / "scratch"
+        self.scratch = (
+            pathlib.Path(settings.scratch_dir).resolve() if settings.scratch_dir else settings.home / "scratch"
+        )
         self.scratch.mkdir(parents=True, exist_ok=True)
         (settings.home / "logs").mkdir(parents=True, exist_ok=True)
         # measured rates (ETAs) of this worker, and the HF conversions it made (also in the store's cache/)

@@ -187,6 +187,9 @@ class QuantledgerServer:
             from quantledger.distributed.worker import workflow_worker
 
             client = await connect_temporal(settings)
+            registrar = make_registrar(settings)  # workers register; the frontend finds (or deploys) the registry
+            if registrar is not None:
+                await _attach_registry(registrar)
             self._backend = TemporalBackend(settings, client, open_store(settings))
             await self._backend.start()
             self._flows = workflow_worker(client)
