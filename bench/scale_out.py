@@ -7,6 +7,7 @@
   Create to SUCCEEDED. The source is uploaded by the first distributed run (content-addressed): later runs
   show the steady state. Targets: <= 1.10 on the large model, <= 1.5 s extra on the tiny one.
 - throughput: 12 small jobs with one worker, then with two: jobs per minute, and what limits it.
+- cancel: CancelQuantizeJob mid-quantize until the job is CANCELLED (target <= 2 s).
 - s3: upload+hash and download+verify of a 512 MiB file through the artifact store against
   `cp` + `openssl dgst -sha256` of the same file (target >= 0.7).
 
@@ -109,6 +110,34 @@ def overhead(tmp: pathlib.Path, size_gb: float, runs: int) -> None:
         )
 
 
+def cancel_latency(tmp: pathlib.Path, runs: int) -> None:
+    """Seconds from CancelQuantizeJob to the job CANCELLED (its worker's llama.cpp killed, the upload
+    aborted), mid-quantize of a ~200 MB model (target <= 2 s)."""
+    models, _tiny, large = _models(tmp / "models", 0.2)
+    with _stack(tmp) as (temporal, s3), running_cluster(tmp / "cluster", models, temporal, s3) as cluster:
+        frontend = cluster.start_frontend("frontend")
+        cluster.start_worker("worker")
+        seconds = []
+        with frontend.channel() as channel:
+            stub = pb_grpc.QuantizeServiceStub(channel)
+            for _ in range(runs):
+                job = stub.CreateQuantizeJob(
+                    pb.CreateQuantizeJobRequest(
+                        job=pb.QuantizeJob(
+                            source=str(large), quant_types=["Q4_K_M"], options=pb.QuantizeOptions(skip_quality=True)
+                        )
+                    ),
+                    timeout=300,
+                )
+                while stub.GetQuantizeJob(pb.GetQuantizeJobRequest(name=job.name)).progress.tensors_done < 2:
+                    time.sleep(0.05)
+                started = time.perf_counter()
+                done = stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=job.name), timeout=60)
+                seconds.append(time.perf_counter() - started)
+                assert done.state == pb.QuantizeJob.STATE_CANCELLED, done
+    print(f"cancel mid-quantize -> CANCELLED: median {statistics.median(seconds):.2f} s, max {max(seconds):.2f} s")
+
+
 def throughput(tmp: pathlib.Path, jobs: int = 12) -> None:
     models, _tiny, _large = _models(tmp / "models", 0.01)
     sources = []
@@ -194,7 +223,7 @@ def _cp_and_hash(source: pathlib.Path, target: pathlib.Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["overhead", "throughput", "s3", "all"], default="all")
+    parser.add_argument("--part", choices=["overhead", "throughput", "cancel", "s3", "all"], default="all")
     parser.add_argument("--size-gb", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -206,6 +235,8 @@ def main() -> None:
             overhead(tmp / "overhead-part", args.size_gb, args.runs)
         if args.part in ("throughput", "all"):
             throughput(tmp / "throughput-part")
+        if args.part in ("cancel", "all"):
+            cancel_latency(tmp / "cancel-part", args.runs)
 
 
 if __name__ == "__main__":
