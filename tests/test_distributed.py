@@ -30,6 +30,7 @@ from quantledger.v1 import quantize_service_pb2 as pb
 from quantledger.v1 import quantize_service_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.chain, pytest.mark.distributed]
+TYPES = ["Q8_0", "Q4_K_M"]  # Q8_0 of the ~200 MB model takes a second, Q4_K_M several: the kill lands in it
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +117,13 @@ def test_a_job_made_through_one_frontend_is_watched_through_the_other(
     assert json.loads(checked.stdout)["verdict"] == "VERDICT_VALID"
 
 
-def test_a_worker_killed_mid_quantize_is_replaced_without_the_user(cluster: Cluster, models: Models) -> None:
+def test_a_worker_killed_mid_quantize_is_replaced_without_the_user(
+    cluster: Cluster, models: Models, server: RunningServer
+) -> None:
     """kill -9 of the worker running a quantize: the step times out on heartbeats, runs on the other
     worker, the job SUCCEEDS; the type finished before the kill is not redone."""
     with _stubs(cluster) as (a, b):
-        job = _create(a, str(models.large), ["Q8_0", "Q4_K_M"], skip_quality=True)
+        job = _create(a, str(models.large), TYPES, skip_quality=True)
         running = _watch_until(
             b, job.name, lambda j: j.progress.current_quant_type == "Q4_K_M" and j.progress.tensors_done >= 3
         )
@@ -132,12 +135,23 @@ def test_a_worker_killed_mid_quantize_is_replaced_without_the_user(cluster: Clus
         cluster.workers.remove(victim)
         done = _watch_until(b, job.name, _ended)
     assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
-    assert [o.quant_type for o in done.outputs] == ["Q8_0", "Q4_K_M"]
+    assert [o.quant_type for o in done.outputs] == TYPES
     after = cluster.objects(f"jobs/{job.name.split('/')[1]}/")
     q8_key = next(k for k in first if k.endswith("Q8_0.gguf"))
     assert after[q8_key]["LastModified"] == first[q8_key]["LastModified"]  # not uploaded again
     assert done.outputs[0].sha256 == running.outputs[0].sha256
     cluster.start_worker(f"worker-{len(cluster.workers) + 10}")  # back to two for the next tests
+    with server.channel() as channel:  # the same job in embedded mode: the same bytes
+        stub = pb_grpc.QuantizeServiceStub(channel)
+        spec = pb.QuantizeJob(
+            source=str(models.large), quant_types=TYPES, options=pb.QuantizeOptions(skip_quality=True)
+        )
+        embedded = wait_for_job(stub, stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=spec)).name)
+    assert [o.sha256 for o in done.outputs] == [o.sha256 for o in embedded.outputs]
+    from registry_client.client import RegistryClient
+
+    client = RegistryClient.connect(cluster.chain_url, address=cluster.registry_address)
+    assert [len(client.records_of(o.sha256)) for o in done.outputs] == [1, 1]  # the retried step registered once
 
 
 def _worker_running(cluster: Cluster, name: str) -> subprocess.Popen[bytes]:
