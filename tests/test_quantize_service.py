@@ -229,3 +229,28 @@ def test_time_estimate_is_calibrated_by_jobs_run_here(stub, models: Models) -> N
     assert after.throughput_bytes_per_second == pytest.approx(models.large.stat().st_size / seconds, rel=0.02)
     # and the estimate of the same job again covers the quantization time that job took
     assert after.duration.ToTimedelta().total_seconds() >= seconds
+
+
+def test_types_are_read_as_llama_quantize_reads_them(stub, models: Models) -> None:
+    """An alias (Q4_K is Q4_K_M, as llama-quantize's table says) and a numeric ftype id name their type; the
+    outputs carry the type's own name, and two names of one type are refused as a duplicate."""
+    q8_id = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    job = pb.QuantizeJob(
+        source=str(models.f16),
+        quant_types=["q4_k", str(q8_id)],
+        options=pb.QuantizeOptions(skip_quality=True),
+    )
+    done = wait_for_job(stub, stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job)).name)
+    assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
+    assert [o.quant_type for o in done.outputs] == ["Q4_K_M", "Q8_0"]
+    assert [o.file_type for o in done.outputs] == [llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, q8_id]
+    assert read_gguf_header(done.outputs[0].path).file_type == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    twice = pb.QuantizeJob(source=str(models.f16), quant_types=["Q4_K", "Q4_K_M"])
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=twice))
+    assert error_reason(refused.value) == "INVALID_ARGUMENT" and "Q4_K_M" in (refused.value.details() or "")
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.CreateQuantizeJob(
+            pb.CreateQuantizeJobRequest(job=pb.QuantizeJob(source=str(models.f16), quant_types=["999"]))
+        )
+    assert error_reason(unknown.value) == "UNKNOWN_QUANT_TYPE"

@@ -18,6 +18,7 @@ from quantledger.gguf.reader import read_gguf_header
 from quantledger.hashing import sha256_file
 from quantledger.jobs.model import Artifact, Job, OutputFile, Stage
 from quantledger.jobs.stages import StageHost
+from quantledger.quantize.catalogue import lookup
 from quantledger.quantize.estimate import throughput_for
 from quantledger.quantize.llama_log import fallback_count
 from quantledger.quantize.plan import PlannedOutput, QuantizePlan, refuse_another_jobs_output
@@ -125,7 +126,7 @@ async def complete_output(
         file_type=output.quant_type.file_type,
         files=tuple(files),
     )
-    order = {name: i for i, name in enumerate(job.spec.quant_types)}
+    order = {lookup(name).name: i for i, name in enumerate(job.spec.quant_types)}  # aliases by their type
     job.outputs = sorted([*job.outputs, artifact], key=lambda a: order.get(a.quant_type, len(order)))
     host.touch(job)
 

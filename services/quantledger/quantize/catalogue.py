@@ -161,9 +161,21 @@ def _by_name() -> dict[str, QuantType]:
     return {t.name: t for t in catalogue()}
 
 
+# Names llama-quantize also accepts for a type (its QUANT_OPTIONS table): the K-quant family names stand
+# for their medium mix.
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+
+
 def lookup(name: str) -> QuantType:
-    """The type called ``name`` (case-insensitive); UnknownQuantType names the valid ones."""
-    found = _by_name().get(name.strip().upper())
+    """The type called ``name`` (case-insensitive), as llama-quantize reads a type: its name, an alias
+    (``Q4_K`` is Q4_K_M) or its numeric ftype id (``15``); UnknownQuantType names the valid ones."""
+    wanted = name.strip().upper()
+    wanted = ALIASES.get(wanted, wanted)
+    if wanted.isdigit() and len(wanted) <= 4:
+        by_id = {t.file_type: t for t in catalogue()}
+        if int(wanted) in by_id:
+            return by_id[int(wanted)]
+    found = _by_name().get(wanted)
     if found is None and name.strip().upper() in unsupported_names():
         raise UnknownQuantType(
             f"{name!r} is declared by llama-cpp-python but this llama.cpp build cannot write it",
