@@ -14,6 +14,7 @@ import pytest
 from conftest import Models, RunningServer
 
 from quantledger.cli import main as cli_main  # imported once, before any test redirects sys.stdout
+from quantledger.gguf.reader import read_gguf_header
 
 QUANTLEDGER = shutil.which("quantledger") or ""
 
@@ -190,6 +191,30 @@ def test_quantize_locally_without_server(models: Models, tmp_path) -> None:
         env={"QUANTLEDGER_HOME": str(tmp_path / "home")},
     )
     assert bad.returncode == 1 and "REQUANTIZE_REFUSED" in bad.stderr
+
+
+def test_a_tensor_type_file_is_read_in_order_and_the_first_matching_pattern_wins(models: Models, tmp_path) -> None:
+    """One REGEX=TYPE per line, as llama-quantize reads it, after the --override flags; of two patterns that
+    match a tensor the first wins (llama.cpp's rule)."""
+    types = tmp_path / "types.txt"
+    types.write_text("ffn_down=q8_0\n\nffn_.*=q5_0\n")
+    out = tmp_path / "typed"
+    done = cli(
+        "quantize", str(models.f16), "-q", "Q4_0", "--override", "blk\\.1\\.ffn_up=f16",
+        "--tensor-type-file", str(types), "--no-quality", "--out", str(out), "--json",
+        env={"QUANTLEDGER_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header = read_gguf_header(json.loads(done.stdout)["outputs"][0]["path"])
+    kinds = {t.name: t.type_name for t in header.tensors}
+    assert kinds["blk.0.ffn_down.weight"] == kinds["blk.1.ffn_down.weight"] == "Q8_0"  # the first line wins
+    assert kinds["blk.0.ffn_up.weight"] == kinds["blk.0.ffn_gate.weight"] == "Q5_0"
+    assert kinds["blk.1.ffn_up.weight"] == "F16"  # the flag comes before the file
+    assert kinds["blk.0.attn_q.weight"] == "Q4_0"
+    broken = tmp_path / "broken.txt"
+    broken.write_text("ffn_down=q8_0\nno type here\n")
+    bad = cli("quantize", str(models.f16), "-q", "Q4_0", "--tensor-type-file", str(broken), "--out", str(out))
+    assert bad.returncode == 1 and "line 2" in bad.stderr and "INVALID_ARGUMENT" in bad.stderr
 
 
 @pytest.mark.slow

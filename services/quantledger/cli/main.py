@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pathlib
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -159,6 +160,12 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
     parser.add_argument(
         "--override", action="append", default=[], metavar="REGEX=GGML_TYPE", help="per-tensor type; repeat"
     )
+    parser.add_argument(
+        "--tensor-type-file",
+        default="",
+        metavar="FILE",
+        help="per-tensor types, one REGEX=GGML_TYPE per line as llama-quantize reads them (after --override)",
+    )
     parser.add_argument("--keep-split", action="store_true", help="split outputs like a split source")
     parser.add_argument("--imatrix", default="", metavar="FILE", help="importance matrix (GGUF or .dat)")
     parser.add_argument(
@@ -268,14 +275,30 @@ def _source_argument(source: str) -> str:
     return source if names_hub_model(source) else local_path(source)
 
 
+def _tensor_type_lines(path: str) -> list[tuple[str, str]]:
+    """The ``REGEX=GGML_TYPE`` lines of a tensor-type file (blank lines skipped), each with where it is."""
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandFailed("INVALID_ARGUMENT", f"--tensor-type-file {path}: {exc}", "INVALID_ARGUMENT") from None
+    return [
+        (f"--tensor-type-file {path} line {n}", line.strip())
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.strip()
+    ]
+
+
 def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
+    """The job of a submit/estimate/quantize command. Overrides keep their order (llama.cpp gives a tensor
+    the type of the first pattern that matches it): the ``--override`` flags, then the file's lines."""
     overrides = []
-    for item in args.override:
+    entries = [(f"--override {item!r}", item) for item in args.override]
+    if args.tensor_type_file:
+        entries += _tensor_type_lines(args.tensor_type_file)
+    for where, item in entries:
         pattern, sep, type_name = item.rpartition("=")
         if not sep or not pattern or not type_name:
-            raise CommandFailed(
-                "INVALID_ARGUMENT", f"--override {item!r}: expected REGEX=GGML_TYPE", "INVALID_ARGUMENT"
-            )
+            raise CommandFailed("INVALID_ARGUMENT", f"{where}: expected REGEX=GGML_TYPE", "INVALID_ARGUMENT")
         overrides.append(pb.TensorTypeOverride(pattern=pattern, type=type_name))
     return pb.QuantizeJob(
         source=_source_argument(args.source),
