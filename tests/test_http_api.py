@@ -5,6 +5,7 @@ Server-Sent Events or JSON lines; authentication, ownership and limits are the g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -12,8 +13,10 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from http import client as http_client
 from typing import Any
 
 import pytest
@@ -179,7 +182,7 @@ def test_openapi_lists_every_rpc(http: Http) -> None:
     assert rpcs <= set(operations), rpcs - set(operations)
     assert operations["quantledger.v1.QuantizeService.CancelQuantizeJob"] == (
         "post",
-        "/api/v1/quantize/jobs/{name_1}:cancel",
+        "/api/v1/quantize/jobs/{job}:cancel",
     )
     create = document["paths"]["/api/v1/quantize/jobs"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"] == {
@@ -246,3 +249,89 @@ def test_a_deeply_nested_body_is_invalid_argument_and_the_server_keeps_serving(h
     deep = b"[" * 5_000 + b"]" * 5_000  # 10 kB, within the message limit
     assert refused(http.request("POST", "/api/v1/quantize/jobs", raw=deep)) == (400, "INVALID_ARGUMENT")
     assert http.ok("GET", "/api/v1/health") is not None
+
+
+UPLOAD_LIMIT = 3 << 20  # more than tiny-f16.gguf, less than large-f16.gguf
+
+
+@pytest.fixture(scope="module")
+def uploads_server(tmp_path_factory: pytest.TempPathFactory, models: Models) -> Iterator[tuple[RunningServer, Http]]:
+    """A server whose allowed roots do not hold its data dir: uploaded files are readable by their owner's
+    jobs all the same."""
+    home = tmp_path_factory.mktemp("uploads-home")
+    port, http_port = free_port(), free_port()
+    command = [sys.executable, "-m", "quantledger.cli.main", "serve", "quantize"]
+    command += ["--port", str(port), "--http-port", str(http_port)]
+    env = {"QUANTLEDGER_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
+    running = start_server(home, [models.large.parent / "no-such-root"], port=port, command=command, extra_env=env)
+    yield running, Http(f"http://127.0.0.1:{http_port}")
+    running.stop()
+
+
+def post_file(base: str, filename: str, body: Any, chunked: bool = False) -> tuple[int, Any]:
+    """POST /api/v1/uploads with ``body`` (bytes, or an iterator of chunks sent without a length)."""
+    connection = http_client.HTTPConnection(base.removeprefix("http://"), timeout=120)
+    try:
+        connection.request(
+            "POST",
+            f"/api/v1/uploads?filename={urllib.parse.quote(filename)}",
+            body=body,
+            headers={"content-type": "application/octet-stream"},
+            encode_chunked=chunked,
+        )
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+
+
+def kept_files(home: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in (home / "uploads").rglob("*") if p.is_file())
+
+
+def test_an_uploaded_file_is_kept_once_by_its_digest_and_is_a_source(
+    uploads_server: tuple[RunningServer, Http], models: Models
+) -> None:
+    server, api = uploads_server
+    data = models.f16.read_bytes()
+    assert refused(
+        api.request("POST", "/api/v1/quantize/estimate", {"source": str(models.f16), "quant_types": ["Q8_0"]})
+    ) == (
+        403,
+        "PATH_NOT_ALLOWED",
+    )  # the file itself is outside this server's roots
+    status, first = post_file(api.base, "tiny-f16.gguf", data)
+    assert status == 200, first
+    assert first["sha256"] == hashlib.sha256(data).hexdigest() and first["size_bytes"] == len(data)
+    assert pathlib.Path(first["path"]).read_bytes() == data
+    status, again = post_file(api.base, "tiny-f16.gguf", iter([data[:100_000], data[100_000:]]), chunked=True)
+    assert status == 200 and again == first  # the same bytes: the same file, kept once
+    assert kept_files(server.home) == [pathlib.Path(first["path"])]
+    job = api.ok("POST", "/api/v1/quantize/jobs", {"source": first["path"], "quant_types": ["Q8_0"]})
+    _, snapshots = api.stream(f"/api/v1/quantize/{job['name']}:watch")
+    assert snapshots[-1]["state"] == "STATE_SUCCEEDED", snapshots[-1]
+
+
+def test_an_upload_over_the_limit_is_413_and_leaves_nothing_on_disk(
+    uploads_server: tuple[RunningServer, Http], models: Models
+) -> None:
+    server, api = uploads_server
+    before = kept_files(server.home)
+    too_large = models.large.read_bytes()[: UPLOAD_LIMIT + 1]
+    status, declared = post_file(api.base, "big.gguf", too_large)  # a Content-Length past the limit
+    assert (status, reason(declared)) == (413, "REQUEST_TOO_LARGE")
+    chunks = (too_large[i : i + (1 << 20)] for i in range(0, len(too_large), 1 << 20))
+    status, streamed = post_file(api.base, "big.gguf", chunks, chunked=True)  # no length: cut off on the way
+    assert (status, reason(streamed)) == (413, "REQUEST_TOO_LARGE")
+    assert kept_files(server.home) == before
+    for bad in ("../escape.gguf", ".hidden", "a/b.gguf", ""):
+        status, answer = post_file(api.base, bad, b"GGUF")
+        assert (status, reason(answer)) == (400, "INVALID_ARGUMENT"), bad
+    assert kept_files(server.home) == before
+    assert api.ok("GET", "/api/v1/health")["status"] == "SERVING"
+
+
+def test_openapi_describes_the_upload_route(uploads_server: tuple[RunningServer, Http]) -> None:
+    operation = uploads_server[1].ok("GET", "/api/openapi.json")["paths"]["/api/v1/uploads"]["post"]
+    assert "application/octet-stream" in operation["requestBody"]["content"]
+    assert "413" in operation["responses"]

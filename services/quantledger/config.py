@@ -6,6 +6,7 @@ turns it into exit status 1 and the reason, like any other error.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 from dataclasses import dataclass
@@ -126,6 +127,8 @@ class Settings:
     # (RESOURCE_EXHAUSTED beyond), and how many WatchQuantizeJob streams one principal may hold open
     max_message_bytes: int = 4 << 20
     max_watch_streams: int = 16
+    # the largest file the HTTP API's upload route takes (POST /api/v1/uploads: a source or imatrix file)
+    max_upload_bytes: int = 64 << 30
 
     @property
     def database(self) -> pathlib.Path:
@@ -134,6 +137,15 @@ class Settings:
     @property
     def artifacts(self) -> pathlib.Path:
         return self.home / "artifacts"
+
+    @property
+    def uploads(self) -> pathlib.Path:
+        """Files sent over HTTP (``POST /api/v1/uploads``), one folder per owner (``uploads_for``)."""
+        return self.home / "uploads"
+
+    def uploads_for(self, owner: str) -> pathlib.Path:
+        """The folder of ``owner``'s uploads: a job of that owner may read it whatever its allowed roots."""
+        return self.uploads / hashlib.sha256(owner.encode()).hexdigest()[:16]
 
     @property
     def chain_dir(self) -> pathlib.Path:
@@ -199,6 +211,7 @@ class Settings:
             "retain_seconds": parse_duration(os.environ.get("QUANTLEDGER_RETAIN", ""), "QUANTLEDGER_RETAIN"),
             "max_message_bytes": max(1024, _env_int("QUANTLEDGER_MAX_MESSAGE_BYTES", 4 << 20)),
             "max_watch_streams": max(1, _env_int("QUANTLEDGER_MAX_WATCH_STREAMS", 16)),
+            "max_upload_bytes": max(1, _env_int("QUANTLEDGER_MAX_UPLOAD_BYTES", 64 << 30)),
             "backend": (os.environ.get("QUANTLEDGER_BACKEND") or "embedded").strip().lower(),
             "temporal_address": os.environ.get("QUANTLEDGER_TEMPORAL", "").strip(),
             "temporal_namespace": os.environ.get("QUANTLEDGER_TEMPORAL_NAMESPACE", "").strip() or "default",

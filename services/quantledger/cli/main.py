@@ -462,6 +462,8 @@ def cmd_quant_types(args: argparse.Namespace) -> int:
         bpw = f"{t.typical_bits_per_weight:.2f}" if t.typical_bits_per_weight else "-"
         imatrix = "yes" if t.requires_imatrix else ""
         print(f"{t.name:<10} {t.file_type:>5}  {t.family:<8} {bpw:>5}  {imatrix:<7}  {t.description}")
+        if t.use_for:
+            print(f"{'':<40}use it for: {t.use_for}")
     print(f"({response.llama_cpp_build}, through {response.llama_cpp_version})")
     return 0
 

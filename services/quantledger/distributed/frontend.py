@@ -413,7 +413,9 @@ class TemporalBackend:
         while not job.state.finished:
             await asyncio.sleep(WATCH_POLL_SECONDS)
             latest = await self.get(job_id, principal)
-            if latest.version != job.version or latest.state != job.state:
+            # versions only grow; a lower one is a stale read (a step just ended and its heartbeats left
+            # the description before the workflow wrote the memo): showing it would turn progress back
+            if latest.version > job.version or latest.state != job.state:
                 job = latest
                 yield job
 

@@ -239,6 +239,7 @@ def quant_type_to_proto(quant_type: QuantType) -> pb.QuantType:
         requires_imatrix=quant_type.requires_imatrix,
         typical_bits_per_weight=quant_type.typical_bits_per_weight,
         description=quant_type.description,
+        use_for=quant_type.use_for,
     )
 
 

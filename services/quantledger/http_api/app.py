@@ -8,6 +8,9 @@ nested fields dotted, repeated ones repeated). The call runs as the principal th
 the very servicer object gRPC uses. Answers are the proto JSON mapping with proto field names, as the
 CLI's ``--json`` prints; errors are the google.rpc.Status JSON with its HTTP status (dispatch.py).
 
+``POST /api/v1/uploads?filename=NAME`` takes a file as the raw body (not an RPC: gRPC clients name a
+path on the server) and answers its server path, SHA-256 and size, for a job's source or imatrix.
+
 ``WatchQuantizeJob`` streams: Server-Sent Events (one ``data:`` line of JSON per snapshot) by default,
 JSON lines with ``Accept: application/x-ndjson``. An error before the first snapshot is an ordinary
 error answer; one after it is a last event (``event: error``) or line (``{"error": …}``).
@@ -25,16 +28,20 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from quantledger.config import Settings
 from quantledger.errors import InvalidArgument, QuantledgerError, RequestTooLarge
 from quantledger.grpc_api.auth import set_principal
 from quantledger.grpc_api.authn import AuthenticationInterceptor
 from quantledger.http_api.bindings import Binding, bindings
+from quantledger.http_api.console import SecurityHeaders, console_routes
 from quantledger.http_api.dispatch import CallAborted, HttpContext, grpc_peer, internal_error
 from quantledger.http_api.openapi import openapi_document
+from quantledger.jobs import uploads
 from quantledger.security.principal import LOCAL, Principal
 from registry_client.bounded_json import JsonRefused, parse_bounded_json
 
@@ -42,11 +49,21 @@ log = logging.getLogger(__name__)
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 FORWARDED_HEADERS = ("authorization",)  # what becomes gRPC metadata (keys lower-case, as gRPC has them)
+QUANTIZE_SERVICE = "quantledger.v1.QuantizeService"
+UPLOAD_PATH = "/api/v1/uploads"
+# an upload is authorized as creating a job is: whoever may create jobs may send their files
+UPLOAD_AUTHORIZED_AS = f"/{QUANTIZE_SERVICE}/CreateQuantizeJob"
 
 
 def to_json(message: Message) -> dict[str, Any]:
     """The proto JSON mapping with proto field names (what the CLI prints with --json)."""
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _context(request: Request) -> HttpContext:
+    """The gRPC-shaped context of one HTTP request: its peer and the headers that are gRPC metadata."""
+    metadata = [(k, request.headers[k]) for k in FORWARDED_HEADERS if k in request.headers]
+    return HttpContext(grpc_peer(request.client and (request.client.host, request.client.port)), metadata)
 
 
 def error_response(error: CallAborted) -> JSONResponse:
@@ -132,49 +149,79 @@ async def build_request(binding: Binding, request: Request, limit: int) -> Messa
 
 
 class HttpApi:
-    """The routes of the hosted services over the servicer objects (``servicers`` by service full name)."""
+    """The routes of the hosted services over the servicer objects (``servicers`` by service full name),
+    the upload route when QuantizeService is one of them, and the web console (console.py)."""
 
     def __init__(
         self,
         servicers: Mapping[str, Any],
         authentication: AuthenticationInterceptor | None,
-        max_body_bytes: int,
+        settings: Settings,
         healthy: Callable[[], bool] = lambda: True,
     ) -> None:
         self._servicers = dict(servicers)
         self._authentication = authentication
-        self._limit = max_body_bytes
+        self._settings = settings
+        self._limit = settings.max_message_bytes
         self._healthy = healthy
         self.bindings = [b for b in bindings() if b.service in self._servicers]
+        self.uploads = QUANTIZE_SERVICE in self._servicers
 
     def app(self) -> Starlette:
-        routes = [
+        routes: list[BaseRoute] = [
             Route("/api/v1/health", self._health, methods=["GET"]),
             Route("/api/openapi.json", self._openapi, methods=["GET"]),
             *(Route(b.path, self._endpoint(b), methods=[b.verb], name=b.method.full_name) for b in self.bindings),
         ]
-        return Starlette(routes=routes)
+        if self.uploads:
+            routes.append(Route(UPLOAD_PATH, self._upload, methods=["POST"], name="upload"))
+        routes += console_routes()
+        return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+
+    async def _upload(self, request: Request) -> Response:
+        """``POST /api/v1/uploads?filename=NAME`` with the file as the body (jobs/uploads.py)."""
+        context = _context(request)
+        try:
+            principal = await self._principal(context, UPLOAD_AUTHORIZED_AS)
+            declared = request.headers.get("content-length", "")
+            upload = await uploads.receive(
+                self._settings,
+                principal.name,
+                request.query_params.get("filename", ""),
+                request.stream(),
+                int(declared) if declared.isdigit() else None,
+            )
+        except QuantledgerError as exc:
+            return error_response(CallAborted.of(exc))
+        except CallAborted as aborted:
+            return error_response(aborted)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody reads it; the partial file is gone (uploads.receive)
+        except Exception:
+            log.exception("an upload failed")
+            return error_response(internal_error())
+        log.info("upload %s (%d bytes) by %s", upload.path, upload.size_bytes, principal.name)
+        return JSONResponse({"path": str(upload.path), "sha256": upload.sha256, "size_bytes": upload.size_bytes})
 
     async def _health(self, request: Request) -> Response:
         serving = self._healthy()
         return JSONResponse({"status": "SERVING" if serving else "NOT_SERVING"}, status_code=200 if serving else 503)
 
     async def _openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(self.bindings))
+        return JSONResponse(openapi_document(self.bindings, uploads=self.uploads))
 
-    async def _principal(self, context: HttpContext, binding: Binding) -> Principal:
+    async def _principal(self, context: HttpContext, grpc_method: str) -> Principal:
         if self._authentication is None:
             return LOCAL  # no authentication configured: every call is the local admin, as over gRPC
-        return await self._authentication.principal_for(context, binding.grpc_method)
+        return await self._authentication.principal_for(context, grpc_method)
 
     def _endpoint(self, binding: Binding) -> Callable[[Request], Any]:
         method = getattr(self._servicers[binding.service], binding.method.name)
 
         async def endpoint(request: Request) -> Response:
-            metadata = [(k, request.headers[k]) for k in FORWARDED_HEADERS if k in request.headers]
-            context = HttpContext(grpc_peer(request.client and (request.client.host, request.client.port)), metadata)
+            context = _context(request)
             try:
-                principal = await self._principal(context, binding)
+                principal = await self._principal(context, binding.grpc_method)
                 set_principal(principal)
                 message = await build_request(binding, request, self._limit)
                 if binding.streaming:

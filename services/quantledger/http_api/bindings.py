@@ -3,8 +3,8 @@
 Nothing here names a route: each RPC's ``HttpRule`` (and its ``additional_bindings``) is read from the
 generated descriptors at start-up, so the HTTP surface, its OpenAPI document and the protos cannot
 drift. A path template such as ``/api/v1/quantize/{name=jobs/*}:cancel`` becomes a Starlette path
-``/api/v1/quantize/jobs/{name_1:segment}:cancel``; the matched segments are put back together into
-the request field (``name = "jobs/<id>"``).
+``/api/v1/quantize/jobs/{job:segment}:cancel`` (each ``*`` named after the collection it follows); the
+matched segments are put back together into the request field (``name = "jobs/<id>"``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ class PathVariable:
     pattern: str  # "jobs/{}" for {name=jobs/*}; "{}" for {file_sha256}
     params: tuple[str, ...]  # the Starlette path parameters, in order
 
+    @property
+    def braced(self) -> tuple[str, ...]:
+        return tuple(f"{{{p}}}" for p in self.params)
+
     def value(self, matched: dict[str, str]) -> str:
         return self.pattern.format(*(matched[p] for p in self.params))
 
@@ -78,8 +82,20 @@ class Binding:
 
     @property
     def openapi_path(self) -> str:
-        """The path as OpenAPI writes it (``{name_1}``, without the convertor)."""
+        """The path as OpenAPI writes it (``{job}``, without the convertor)."""
         return self.path.replace(":segment}", "}")
+
+
+def _param_name(field: str, collection: str, taken: list[str]) -> str:
+    """The path parameter of one ``*``: the collection it follows, singular (``jobs/*``: ``job``), else the
+    field (``{file_sha256}``); ``_2``, ``_3`` … should a name repeat."""
+    base = collection[:-1] if collection.endswith("s") and len(collection) > 1 else collection
+    base = (base or field).replace(".", "_").replace("-", "_")
+    name, count = base, 1
+    while name in taken:
+        count += 1
+        name = f"{base}_{count}"
+    return name
 
 
 def compile_template(template: str) -> tuple[str, tuple[PathVariable, ...]]:
@@ -95,7 +111,7 @@ def compile_template(template: str) -> tuple[str, tuple[PathVariable, ...]]:
         pattern: list[str] = []
         for segment in sub.split("/"):
             if segment == "*":
-                param = f"{field.replace('.', '_')}_{len(params) + 1}"
+                param = _param_name(field, parts[-1] if parts else "", params)
                 params.append(param)
                 parts.append(f"{{{param}:segment}}")
                 pattern.append("{}")

@@ -82,7 +82,46 @@ def _query_parameters(binding: Binding) -> list[dict[str, Any]]:
     ]
 
 
-def openapi_document(bindings: Sequence[Binding]) -> dict[str, Any]:
+def _upload_operation() -> dict[str, Any]:
+    """``POST /api/v1/uploads`` (app.py): not an RPC, so described here."""
+    return {
+        "operationId": "quantledger.http.Upload",
+        "tags": ["Uploads"],
+        "summary": "Upload a source or imatrix file; name the answered path in a job",
+        "parameters": [{"name": "filename", "in": "query", "required": True, "schema": {"type": "string"}}],
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        "responses": {
+            "200": {
+                "description": "where the file is on the server, and its SHA-256 computed as it arrived",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "path": {"type": "string"},
+                                "sha256": {"type": "string"},
+                                "size_bytes": {"type": "integer"},
+                            },
+                        }
+                    }
+                },
+            },
+            "413": {
+                "description": "REQUEST_TOO_LARGE: the file passes QUANTLEDGER_MAX_UPLOAD_BYTES (nothing is kept)",
+                "content": {"application/json": {"schema": _ref("google.rpc.Status")}},
+            },
+            "default": {
+                "description": "google.rpc.Status with a google.rpc.ErrorInfo (reason, domain quantledger.v1)",
+                "content": {"application/json": {"schema": _ref("google.rpc.Status")}},
+            },
+        },
+    }
+
+
+def openapi_document(bindings: Sequence[Binding], uploads: bool = False) -> dict[str, Any]:
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
     for binding in bindings:
@@ -93,10 +132,10 @@ def openapi_document(bindings: Sequence[Binding]) -> dict[str, Any]:
                 "in": "path",
                 "required": True,
                 "schema": {"type": "string"},
-                "description": f"segment {index + 1} of {variable.field} ({variable.pattern.replace('{}', '*')})",
+                "description": f"the {param} in {variable.field} = {variable.pattern.format(*variable.braced)}",
             }
             for variable in binding.variables
-            for index, param in enumerate(variable.params)
+            for param in variable.params
         ]
         parameters += _query_parameters(binding)
         response = schemas.message(method.output_type)
@@ -126,6 +165,8 @@ def openapi_document(bindings: Sequence[Binding]) -> dict[str, Any]:
                 body = schemas.field(method.input_type.fields_by_name[binding.body])
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         paths.setdefault(binding.openapi_path, {})[binding.verb.lower()] = operation
+    if uploads:
+        paths["/api/v1/uploads"] = {"post": _upload_operation()}
     schemas.found["google.rpc.Status"] = {
         "type": "object",
         "properties": {

@@ -62,9 +62,7 @@ class HttpCompanion:
     def __init__(self, server: QuantledgerServer) -> None:
         settings = server.settings
         self._server = server
-        self.api = HttpApi(
-            server.servicers, server.authentication, settings.max_message_bytes, lambda: not server.stopping
-        )
+        self.api = HttpApi(server.servicers, server.authentication, settings, lambda: not server.stopping)
         self._socket: socket.socket | None = None
         self._uvicorn: _EmbeddedUvicorn | None = None
         self._task: asyncio.Task[None] | None = None

@@ -290,6 +290,7 @@ class Scope:
     allowed_roots: tuple[str, ...] = ()
     output_dirs: tuple[str, ...] = ()
     max_running_jobs: int | None = None
+    owner: str = ""  # whose uploads (Settings.uploads_for) the job may read besides its roots
 
     @classmethod
     def of(cls, principal: Principal) -> Scope:
@@ -297,13 +298,17 @@ class Scope:
             allowed_roots=tuple(str(r) for r in principal.allowed_roots or ()),
             output_dirs=tuple(str(d) for d in principal.output_dirs or ()),
             max_running_jobs=principal.quotas.max_running_jobs,
+            owner=principal.name,
         )
 
     def settings(self, server: Settings) -> Settings:
-        """The server's settings with this scope's roots in place of the server's."""
+        """The server's settings with this scope's roots in place of the server's, and the owner's uploads."""
+        roots = tuple(pathlib.Path(r) for r in self.allowed_roots) or server.allowed_roots
         changes: dict[str, Any] = {}
-        if self.allowed_roots:
-            changes["allowed_roots"] = tuple(pathlib.Path(r) for r in self.allowed_roots)
+        if self.owner:
+            roots = (*roots, server.uploads_for(self.owner))
+        if roots != server.allowed_roots:
+            changes["allowed_roots"] = roots
         if self.output_dirs:
             changes["output_roots"] = tuple(pathlib.Path(d) for d in self.output_dirs)
         return dataclasses.replace(server, **changes) if changes else server
@@ -368,14 +373,15 @@ class Job:
             output_dir=data.get("output_dir", ""),
             version=data.get("version", 0),
             owner=data.get("owner") or "local",
-            scope=_scope_from_dict(data.get("scope") or {}),
+            scope=_scope_from_dict(data.get("scope") or {}, data.get("owner") or "local"),
             delete_time=data.get("delete_time"),
         )
 
 
-def _scope_from_dict(data: dict[str, Any]) -> Scope:
+def _scope_from_dict(data: dict[str, Any], owner: str) -> Scope:
     return Scope(
         allowed_roots=tuple(data.get("allowed_roots") or ()),
         output_dirs=tuple(data.get("output_dirs") or ()),
         max_running_jobs=data.get("max_running_jobs"),
+        owner=data.get("owner") or owner,
     )

@@ -57,6 +57,47 @@ _KNOWN: dict[str, tuple[float, str]] = {
     "Q2_0": (0.0, "2-bit, blocks of 64"),
 }
 
+# when to pick each type, in a line (the console's wizard and `quant-types` show it): the community's
+# rules of thumb (llama.cpp's quantize README and perplexity tables), not a measurement of this model
+_USE_FOR: dict[str, str] = {
+    "F32": "a conversion intermediate or a reference; twice the size of F16 for no gain at inference",
+    "F16": "the unquantized reference: quality baselines, or GPUs with memory to spare",
+    "BF16": "the unquantized reference for models trained in bfloat16",
+    "Q8_0": "practically lossless at half of F16: baselines, or when memory is plentiful",
+    "Q6_K": "near-lossless at three quarters of Q8_0's size",
+    "Q5_K_M": "high quality when a little more memory than Q4_K_M is free",
+    "Q5_K_S": "close to Q5_K_M, slightly smaller",
+    "Q4_K_M": "the usual default: the best balance of size and quality",
+    "Q4_K_S": "a little smaller than Q4_K_M at a little lower quality",
+    "Q3_K_L": "tight memory: noticeably lower quality than 4-bit",
+    "Q3_K_M": "tight memory: clearly lower quality than 4-bit",
+    "Q3_K_S": "very tight memory; prefer IQ3_S or IQ3_M with an importance matrix",
+    "Q2_K": "the smallest K-quant: large quality loss, for big models on small machines",
+    "Q2_K_S": "like Q2_K, smaller; needs an importance matrix",
+    "Q4_0": "legacy: old runtimes and some ARM fast paths; otherwise prefer Q4_K_M",
+    "Q4_1": "legacy: prefer Q4_K_M",
+    "Q5_0": "legacy: prefer Q5_K_M",
+    "Q5_1": "legacy: prefer Q5_K_M",
+    "IQ4_XS": "about Q4_K_S's quality in less space; best with an importance matrix",
+    "IQ4_NL": "4-bit in blocks of 32, for back ends that want them; best with an importance matrix",
+    "IQ3_M": "better than Q3_K_M at a similar size, with an importance matrix",
+    "IQ3_S": "better than Q3_K_S at a similar size, with an importance matrix",
+    "IQ3_XS": "3-bit on tight memory, with an importance matrix",
+    "IQ3_XXS": "the smallest 3-bit, with an importance matrix",
+    "IQ2_M": "large models (70B and up) on small machines; quality loss is large",
+    "IQ2_S": "large models on small machines; needs an importance matrix",
+    "IQ2_XS": "large models on very small machines; needs an importance matrix",
+    "IQ2_XXS": "large models on very small machines; needs an importance matrix",
+    "IQ1_M": "extreme compression of very large models; needs an importance matrix",
+    "IQ1_S": "the most extreme compression; needs an importance matrix, quality suffers badly",
+    "TQ1_0": "only models trained ternary (BitNet b1.58); others break",
+    "TQ2_0": "only models trained ternary (BitNet b1.58), faster than TQ1_0 on some CPUs",
+    "MXFP4_MOE": "mixture-of-experts models released in MXFP4 (such as gpt-oss)",
+    "NVFP4": "NVIDIA Blackwell GPUs' FP4",
+    "Q1_0": "experimental 1-bit; for trying, not for shipping",
+    "Q2_0": "experimental 2-bit; for trying, not for shipping",
+}
+
 
 @dataclass(frozen=True)
 class QuantType:
@@ -68,6 +109,7 @@ class QuantType:
     requires_imatrix: bool
     typical_bits_per_weight: float
     description: str
+    use_for: str = ""
 
 
 def _family(name: str) -> str:
@@ -145,6 +187,7 @@ def catalogue() -> tuple[QuantType, ...]:
                 requires_imatrix=outcome[ftype] == "imatrix",
                 typical_bits_per_weight=bpw,
                 description=description,
+                use_for=_USE_FOR.get(name, ""),
             )
         )
     return tuple(sorted(types, key=lambda t: t.file_type))

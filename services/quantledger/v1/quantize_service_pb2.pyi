@@ -437,17 +437,19 @@ class ListQuantTypesResponse(_message.Message):
     def __init__(self, quant_types: _Optional[_Iterable[_Union[QuantType, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., llama_cpp_version: _Optional[str] = ..., llama_cpp_build: _Optional[str] = ...) -> None: ...
 
 class QuantType(_message.Message):
-    __slots__ = ("name", "file_type", "family", "requires_imatrix", "typical_bits_per_weight", "description")
+    __slots__ = ("name", "file_type", "family", "requires_imatrix", "typical_bits_per_weight", "description", "use_for")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FILE_TYPE_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_IMATRIX_FIELD_NUMBER: _ClassVar[int]
     TYPICAL_BITS_PER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    USE_FOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     file_type: int
     family: str
     requires_imatrix: bool
     typical_bits_per_weight: float
     description: str
-    def __init__(self, name: _Optional[str] = ..., file_type: _Optional[int] = ..., family: _Optional[str] = ..., requires_imatrix: _Optional[bool] = ..., typical_bits_per_weight: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
+    use_for: str
+    def __init__(self, name: _Optional[str] = ..., file_type: _Optional[int] = ..., family: _Optional[str] = ..., requires_imatrix: _Optional[bool] = ..., typical_bits_per_weight: _Optional[float] = ..., description: _Optional[str] = ..., use_for: _Optional[str] = ...) -> None: ...
