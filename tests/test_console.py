@@ -313,3 +313,22 @@ def test_pages_fit_the_window_without_scrolling_sideways(page: Console, size: tu
         assert overflow <= 1, (name, size, overflow)
         page.shot(f"{name}-{size[0]}")
     assert page.errors() == []
+
+
+def test_the_registry_routes_answer_for_a_registered_output(
+    console: tuple[RunningServer, Http], finished_job: dict[str, Any]
+) -> None:
+    """Every RegistryService route over plain HTTP, on the record the console's job made."""
+    api = console[1]
+    output = finished_job["job"]["outputs"][0]
+    info = api.ok("GET", "/api/v1/registry/info")
+    assert info["contract"].lower() == output["registry"]["contract"].lower()
+    [record] = api.ok("GET", f"/api/v1/registry/files/{output['sha256']}/records")["records"]
+    assert record["quant_type"] == output["quant_type"] and record["status"] == "STATUS_VALID"
+    assert api.ok("GET", f"/api/v1/registry/{record['name']}") == record
+    by_source = api.ok("GET", f"/api/v1/registry/sources/{record['source_digest']}/records?page_size=50")["records"]
+    assert record["name"] in [r["name"] for r in by_source]
+    verdict = api.ok("GET", f"/api/v1/registry/files/{output['sha256']}:verify?size_bytes={output['size_bytes']}")
+    assert verdict["verdict"] == "VERDICT_VALID"
+    wrong_size = api.ok("GET", f"/api/v1/registry/files/{output['sha256']}:verify?size_bytes=1")
+    assert wrong_size["verdict"] == "VERDICT_MISMATCH"

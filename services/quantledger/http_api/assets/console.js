@@ -183,6 +183,7 @@ function showGlobal(error) {
 }
 
 function fieldOf(error, fallback) {
+  if (error.field) return error.field; // an upload's refusal concerns the field of its file
   const named = error.metadata.field;
   const field = named && (FIELD_ALIASES[named] || named.replace(/^options\./, ""));
   return (field && document.getElementById(`${field}-error`) && field) || REASON_FIELD[error.reason] || fallback;
@@ -211,7 +212,7 @@ async function showCatalogue() {
 // ---------------------------------------------------------------- new job wizard
 
 let estimated = null; // the request the shown estimate answers
-let uploaded = null; // { file, path } of the last upload
+const uploaded = new Map(); // File → its path on the server
 
 async function fillTypeTable() {
   const answer = await quantTypes();
@@ -238,20 +239,30 @@ function syncSourceKind() {
   $("#source").placeholder = kind === "hub" ? "meta-llama/Llama-3.2-1B@main" : "/models/llama-3.2-1b-f16.gguf";
 }
 
+async function uploadOnce(file, field) { // the same File is sent once; its server path is kept
+  if (uploaded.has(file)) return uploaded.get(file);
+  const bar = $("#upload-progress");
+  bar.hidden = false;
+  try {
+    const answer = await upload(file, (fraction) => { bar.value = fraction; });
+    uploaded.set(file, answer.path);
+    return answer.path;
+  } catch (error) {
+    error.field = field;
+    throw error;
+  } finally {
+    bar.hidden = true;
+  }
+}
+
 async function sourceValue() {
   if (sourceKind() !== "upload") return $("#source").value.trim();
   const file = $("#source-file").files[0];
   if (!file) throw Object.assign(new ApiError(400, { message: "choose a GGUF file to upload" }), { reason: "SOURCE_NOT_FOUND" });
-  if (uploaded && uploaded.file === file) return uploaded.path;
-  const bar = $("#upload-progress");
-  bar.hidden = false;
-  const answer = await upload(file, (fraction) => { bar.value = fraction; });
-  bar.value = 1;
-  uploaded = { file, path: answer.path };
-  return answer.path;
+  return uploadOnce(file, "source");
 }
 
-function jobFromForm(source) {
+function jobFromForm(source, imatrix) {
   const options = {};
   const text = (id) => $(`#opt-${id}`).value.trim();
   for (const id of ["output_dir", "imatrix_path", "output_tensor_type", "token_embedding_type", "intermediate_type"]) {
@@ -262,6 +273,7 @@ function jobFromForm(source) {
   for (const id of ["skip_quality", "allow_requantize", "leave_output_tensor", "pure", "overwrite"]) {
     if ($(`#opt-${id}`).checked) options[id] = true;
   }
+  if (imatrix) options.imatrix_path = imatrix;
   if ($("#lora").value.trim()) options.lora_dir = $("#lora").value.trim();
   const quant_types = [...document.querySelectorAll('input[name="quant_type"]:checked')].map((c) => c.value);
   return { source, quant_types, options };
@@ -293,7 +305,9 @@ async function runEstimate() {
   clearErrors(form);
   $("#create").disabled = true;
   try {
-    const job = jobFromForm(await sourceValue());
+    const source = await sourceValue();
+    const imatrixFile = $("#opt-imatrix_file").files[0];
+    const job = jobFromForm(source, imatrixFile ? await uploadOnce(imatrixFile, "imatrix_path") : "");
     const answer = await call("POST", "/api/v1/quantize/estimate", job);
     showEstimate(answer);
     estimated = JSON.stringify(job);
