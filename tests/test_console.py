@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import Models, RunningServer, free_port, start_server
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -95,6 +95,18 @@ class Console:
         """What the page wrote to the browser console at level SEVERE (script errors, failed loads)."""
         return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
 
+    def click(self, selector: str) -> None:
+        """Click what ``selector`` finds, found again should a live update redraw it in between."""
+
+        def clicked() -> bool:
+            try:
+                self.find(selector).click()
+            except (StaleElementReferenceException, NoSuchElementException):
+                return False
+            return True
+
+        self.wait(clicked)
+
     def card(self, name: str) -> WebElement:
         return self.find(f'article.card[data-name="{name}"]')
 
@@ -166,8 +178,7 @@ def test_a_job_cancelled_from_its_card_shows_cancelled(
 ) -> None:
     job = console[1].ok("POST", "/api/v1/quantize/jobs", {"source": str(models.large), "quant_types": ["Q4_K_M"]})
     page.open("jobs")
-    card = page.card(job["name"])
-    card.find_element(By.CSS_SELECTOR, "button.cancel").click()
+    page.click(f'article.card[data-name="{job["name"]}"] button.cancel')  # the card redraws as the job moves
     page.wait(lambda: page.card_state(job["name"]) == "STATE_CANCELLED")
     assert "CANCELLED" in page.card(job["name"]).text
     assert console[1].ok("GET", f"/api/v1/quantize/{job['name']}")["state"] == "STATE_CANCELLED"
