@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from quantledger import __version__
 from quantledger.cli.arguments import in_flag_terms, local_path, names_hub_model
 from quantledger.cli.channels import ClientTransport, add_transport_flags, open_channel, unavailable_message
+from quantledger.cli.imatrix_command import add_imatrix_parser, cmd_imatrix
 from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommend
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recommend_parser(commands, _add_common)
     add_registry_parser(commands, _add_common)
     add_tokens_parser(commands, _add_common)
+    add_imatrix_parser(commands, _add_common)
     quantize = commands.add_parser("quantize", help="quantize locally with the same engine, no server")
     _add_common(quantize)
     _add_job_inputs(quantize, out_required=True)
@@ -554,6 +556,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "estimate": cmd_estimate,
     "quant-types": cmd_quant_types,
     "quantize": cmd_quantize,
+    "imatrix": cmd_imatrix,
     "recommend": cmd_recommend,
     "registry": cmd_registry,
     "tokens": cmd_tokens,

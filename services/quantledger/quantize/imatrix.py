@@ -416,11 +416,13 @@ def write_imatrix_gguf(
     dataset: str = "synthetic",
     chunk_size: int = 512,
     chunk_count: int | None = None,
+    entry_counts: Mapping[str, npt.ArrayLike] | None = None,
 ) -> None:
     """Write an imatrix in the GGUF format of ``llama-imatrix``.
 
     ``entries`` are the raw ``in_sum2`` sums: a 1-D vector per dense tensor or an ``(n_expert, ne0)``
-    array for stacked experts. Every expert gets the activation count ``counts``, so
+    array for stacked experts. Every expert gets the activation count ``counts`` (or, with
+    ``entry_counts``, its own: one count per matrix of each entry, as llama-imatrix records them), so
     :func:`load_imatrix` yields ``entries[name] / float32(counts)`` (or all ones when ``counts`` is 0).
     ``chunk_count`` defaults to ``ceil(counts / chunk_size)``.
     """
@@ -443,7 +445,10 @@ def write_imatrix_gguf(
     tensors: list[tuple[str, tuple[int, ...], int, bytes]] = []
     for name, _, arr in prepared:
         n_mat, ne0 = arr.shape
-        count_arr = np.full((n_mat, 1), float(counts), dtype="<f4")
+        if entry_counts is not None:
+            count_arr = np.asarray(entry_counts[name], dtype="<f4").reshape(n_mat, 1)
+        else:
+            count_arr = np.full((n_mat, 1), float(counts), dtype="<f4")
         for suffix, shape, blob in ((SUFFIX_SUMS, (ne0, n_mat), arr), (SUFFIX_COUNTS, (1, n_mat), count_arr)):
             dims = shape[: n_dims_written(shape)]  # ggml_n_dims: trailing 1s are not written
             tensors.append((name + suffix, dims, GGML_TYPE_F32, blob.tobytes()))
@@ -457,13 +462,15 @@ def write_imatrix_dat(
     ncall: int = 1,
     dataset: str = "synthetic",
     chunk_count: int | None = None,
+    entry_ncall: Mapping[str, int] | None = None,
 ) -> None:
     """Write an imatrix in the legacy binary ``.dat`` format.
 
     ``entries`` are the stored values (``mean(x^2) * ncall`` in files from ``llama-imatrix``); 2-D
     expert arrays are flattened. :func:`load_imatrix` yields ``entries[name] / float32(ncall)`` when
     ``ncall > 0`` and the values unchanged otherwise. The trailer records ``chunk_count`` (default
-    ``max(ncall, 0)``) and ``dataset``.
+    ``max(ncall, 0)``) and ``dataset``. ``entry_ncall`` gives entries their own ``ncall`` (llama-imatrix
+    writes each entry's count of chunks).
     """
     if not -(2**31) <= ncall <= INT32_MAX:
         raise ValueError("ncall must fit in an int32")
@@ -472,8 +479,9 @@ def write_imatrix_dat(
     if not 0 <= chunk_count <= INT32_MAX:
         raise ValueError("chunk_count must be a non-negative int32")
     parts = [struct.pack("<i", len(entries))]
-    for _, raw_name, arr in _prepare_entries(entries):
-        parts.append(struct.pack("<i", len(raw_name)) + raw_name + struct.pack("<ii", ncall, arr.size))
+    for name, raw_name, arr in _prepare_entries(entries):
+        calls = entry_ncall[name] if entry_ncall is not None else ncall
+        parts.append(struct.pack("<i", len(raw_name)) + raw_name + struct.pack("<ii", calls, arr.size))
         parts.append(arr.tobytes())
     ds = dataset.encode("utf-8")
     parts.append(struct.pack("<ii", chunk_count, len(ds)) + ds)

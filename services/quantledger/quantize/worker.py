@@ -6,6 +6,7 @@ stdout/stderr are left to the parent to collect. The parent starts it in a new p
 cancel can kill it (and any thread llama.cpp started) at once; the worker asks the kernel to kill it
 if the parent dies, so a killed server leaves no orphan writing files.
 
+Other modes (``"mode"``): convert, fetch, evaluate, calibrate (an importance matrix, calibrate.py).
 The request is one run, or ``{"runs": [run, ...]}`` for several (dry runs of every type of a job
 share one process). Run fields: source, output, ftype, dry_run, threads, allow_requantize, quantize_output_tensor,
 pure, keep_split, output_tensor_type, token_embedding_type (ggml type ids, -1 for llama.cpp's
@@ -294,6 +295,56 @@ def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
     emit({"event": "quality", **dataclasses.asdict(report)})
 
 
+def calibrate(request: dict[str, Any], emit: _Emitter) -> None:
+    """Compute an importance matrix (stage CALIBRATING): ``calibrate_progress`` events (chunks done,
+    total) follow the work, then one ``imatrix`` event naming the file written."""
+    import hashlib
+
+    from quantledger.quantize.calibrate import (
+        calibration_label,
+        compute_imatrix,
+        default_calibration_text,
+        save_imatrix,
+    )
+
+    text, name = default_calibration_text(), "quantledger-calibration"
+    if request.get("calibration_path"):
+        with open(request["calibration_path"], encoding="utf-8") as handle:
+            text, name = handle.read(), os.path.basename(request["calibration_path"])
+
+    def progress(done: int, total: int) -> None:
+        emit({"event": "calibrate_progress", "done": done, "total": total, "unit": "chunks"})
+
+    collected = compute_imatrix(
+        request["model"],
+        text,
+        n_ctx=int(request.get("n_ctx") or 512),
+        chunks=int(request.get("chunks") or 0),
+        threads=int(request.get("threads") or 0),
+        dataset=calibration_label(name, text),
+        process_output=bool(request.get("process_output")),
+        progress=progress,
+    )
+    output = request["output"]
+    save_imatrix(collected, output, request.get("output_format") or "gguf")
+    with open(output, "rb") as binary:
+        digest = hashlib.file_digest(binary, "sha256").hexdigest()
+    emit(
+        {
+            "event": "imatrix",
+            "path": output,
+            "sha256": digest,
+            "size_bytes": os.path.getsize(output),
+            "entries": len(collected.sums),
+            "chunks": collected.chunks,
+            "chunk_size": collected.chunk_size,
+            "tokens": collected.tokens,
+            "dataset": collected.dataset,
+            "calibration_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argparse.ArgumentParser(description="quantledger quantization worker")
     args.add_argument("--events-fd", type=int, required=True)
@@ -306,9 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             probe([int(f) for f in request["probe_ftypes"]], emit)
             return 0
         mode = request.get("mode", "quantize")
-        if mode in ("convert", "evaluate", "fetch"):
+        if mode in ("convert", "evaluate", "fetch", "calibrate"):
             try:
-                {"convert": convert, "evaluate": evaluate, "fetch": fetch}[mode](request, emit)
+                {"convert": convert, "evaluate": evaluate, "fetch": fetch, "calibrate": calibrate}[mode](request, emit)
             except QuantledgerError as exc:  # typed: the parent re-raises it with its reason
                 emit({"event": "error", "reason": exc.reason, "message": exc.message})
                 return 4
