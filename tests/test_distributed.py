@@ -182,6 +182,26 @@ def test_cancel_mid_quantize_leaves_no_object_of_the_job(cluster: Cluster, model
     assert not uploads.get("Uploads")
 
 
+def test_imatrix_auto_is_refused_clearly_by_the_distributed_backend(cluster: Cluster, models: Models) -> None:
+    """Not supported there yet (docs/IMATRIX.md): a typed refusal naming the way around, never a job that
+    quantizes without the matrix it was asked for."""
+    with _stubs(cluster) as (a, _):
+        for call in (a.CreateQuantizeJob, a.EstimateQuantizeJob):
+            job = pb.QuantizeJob(
+                source=str(models.f16), quant_types=["Q2_K"], options=pb.QuantizeOptions(imatrix_path="auto")
+            )
+            request = (
+                pb.CreateQuantizeJobRequest(job=job)
+                if call is a.CreateQuantizeJob
+                else pb.EstimateQuantizeJobRequest(job=job)
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=60)
+            assert (
+                error_reason(refused.value) == "INVALID_ARGUMENT" and "quantledger imatrix" in refused.value.details()
+            )
+
+
 def test_twenty_jobs_across_both_frontends_all_succeed_once(cluster: Cluster, models: Models) -> None:
     """20 small jobs submitted concurrently through both frontends end SUCCEEDED, none lost or duplicated;
     the same request_id sent to the two frontends is one job."""

@@ -139,6 +139,11 @@ class Settings:
         return self.home / "artifacts"
 
     @property
+    def imatrix_cache(self) -> pathlib.Path:
+        """Importance matrices jobs computed (imatrix_path "auto"), by source, text and parameters."""
+        return self.home / "imatrix-cache"
+
+    @property
     def uploads(self) -> pathlib.Path:
         """Files sent over HTTP (``POST /api/v1/uploads``), one folder per owner (``uploads_for``)."""
         return self.home / "uploads"

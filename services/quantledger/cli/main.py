@@ -168,7 +168,20 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
         help="per-tensor types, one REGEX=GGML_TYPE per line as llama-quantize reads them (after --override)",
     )
     parser.add_argument("--keep-split", action="store_true", help="split outputs like a split source")
-    parser.add_argument("--imatrix", default="", metavar="FILE", help="importance matrix (GGUF or .dat)")
+    parser.add_argument(
+        "--imatrix",
+        default="",
+        metavar="FILE|auto",
+        help="importance matrix (GGUF or .dat), or auto: computed by the job for types below 5 bits (docs/IMATRIX.md)",
+    )
+    parser.add_argument(
+        "--calibration",
+        default="",
+        metavar="FILE",
+        help="calibration text of --imatrix auto (default: the shipped one)",
+    )
+    parser.add_argument("--calibration-chunks", type=int, default=0, help="chunks of it to run (default: all)")
+    parser.add_argument("--calibration-ctx", type=int, default=0, help="tokens per chunk (default 512)")
     parser.add_argument(
         "--out",
         default="",
@@ -314,7 +327,12 @@ def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
             token_embedding_type=args.token_embedding_type,
             tensor_type_overrides=overrides,
             keep_split=args.keep_split,
-            imatrix_path=os.path.abspath(args.imatrix) if args.imatrix else "",
+            imatrix_path=("auto" if args.imatrix.lower() == "auto" else os.path.abspath(args.imatrix))
+            if args.imatrix
+            else "",
+            calibration_path=os.path.abspath(args.calibration) if args.calibration else "",
+            calibration_chunks=args.calibration_chunks,
+            calibration_ctx=args.calibration_ctx,
             output_dir=os.path.abspath(args.out) if args.out else "",
             overwrite=args.overwrite,
             lora_dir=os.path.abspath(args.lora) if args.lora else "",

@@ -97,6 +97,17 @@ def reaching_temporal(address: str) -> Iterator[None]:
         ) from None
 
 
+def refuse_imatrix_auto(spec: JobSpec) -> None:
+    """imatrix_path "auto" runs only in embedded mode so far: a distributed job would need a calibrating
+    activity and the matrix cache in the bucket (docs/IMATRIX.md "Not yet")."""
+    if spec.options.imatrix_auto:
+        raise InvalidArgument(
+            'imatrix_path "auto" is not supported by the distributed backend yet: compute the matrix with '
+            "`quantledger imatrix` and pass the file as imatrix_path",
+            field="imatrix_path",
+        )
+
+
 class TemporalBackend:
     """QuantizeService's domain calls on Temporal and an artifact store."""
 
@@ -133,6 +144,7 @@ class TemporalBackend:
         if len(request_id) > MAX_REQUEST_ID_LENGTH:
             raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
         spec.check_bounds()
+        refuse_imatrix_auto(spec)
         fingerprint = spec.fingerprint()
         job_id = job_id_for(principal.name, request_id) if request_id else uuid.uuid4().hex
         if request_id:
@@ -315,6 +327,7 @@ class TemporalBackend:
         """Predict a job of ``principal`` without making it (the disk figures are this frontend's: each
         worker checks its own scratch space before a step)."""
         spec.check_bounds()
+        refuse_imatrix_auto(spec)
         settings = Scope.of(principal).settings(self.settings)
         hf = await self._validated(deadline, classify, spec.source, settings.allowed_roots)
         if hf is not None:

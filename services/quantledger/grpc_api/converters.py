@@ -68,6 +68,9 @@ def options_from_proto(message: pb.QuantizeOptions) -> Options:
         skip_quality=message.skip_quality,
         intermediate_type=message.intermediate_type,
         eval_text_path=message.eval_text_path,
+        calibration_path=message.calibration_path,
+        calibration_chunks=message.calibration_chunks,
+        calibration_ctx=message.calibration_ctx,
     )
 
 
@@ -89,6 +92,9 @@ def options_to_proto(options: Options) -> pb.QuantizeOptions:
         skip_quality=options.skip_quality,
         intermediate_type=options.intermediate_type,
         eval_text_path=options.eval_text_path,
+        calibration_path=options.calibration_path,
+        calibration_chunks=options.calibration_chunks,
+        calibration_ctx=options.calibration_ctx,
     )
 
 
@@ -197,6 +203,7 @@ def job_to_proto(job: Job) -> pb.QuantizeJob:
         ),
         outputs=[artifact_to_proto(a) for a in job.outputs],
         error=status_of(job.error) if job.error else None,
+        imatrix=pb.ComputedImatrix(**dataclasses.asdict(job.imatrix)) if job.imatrix is not None else None,
         create_time=_timestamp(job.create_time),
         start_time=_timestamp(job.start_time),
         end_time=_timestamp(job.end_time),

@@ -35,6 +35,10 @@ class Stage(enum.StrEnum):
     HASHING = "HASHING"
     EVALUATING = "EVALUATING"
     REGISTERING = "REGISTERING"
+    CALIBRATING = "CALIBRATING"  # computing the job's importance matrix (imatrix_path "auto")
+
+
+IMATRIX_AUTO = "auto"  # imatrix_path: compute one when a requested type needs or gains from it
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,28 @@ class Options:
     skip_quality: bool = False
     intermediate_type: str = ""
     eval_text_path: str = ""
+    # the importance matrix of imatrix_path "auto": the calibration text (default: the shipped one),
+    # how many chunks of it (0: all) and how many tokens a chunk (0: 512)
+    calibration_path: str = ""
+    calibration_chunks: int = 0
+    calibration_ctx: int = 0
+
+    @property
+    def imatrix_auto(self) -> bool:
+        return self.imatrix_path.strip().lower() == IMATRIX_AUTO
+
+
+@dataclass(frozen=True)
+class ComputedImatrix:
+    """The importance matrix a job computed (or found in the cache) for imatrix_path "auto"."""
+
+    path: str
+    sha256: str
+    dataset: str
+    calibration_sha256: str
+    chunks: int
+    chunk_size: int
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +105,7 @@ class JobSpec:
         for name in self.quant_types:
             check_text("quant_types", name, MAX_NAME_LENGTH)
         options = self.options
-        for path_field in ("imatrix_path", "output_dir", "lora_dir", "eval_text_path"):
+        for path_field in ("imatrix_path", "output_dir", "lora_dir", "eval_text_path", "calibration_path"):
             check_text(path_field, getattr(options, path_field), MAX_PATH_LENGTH)
         for name_field in ("output_tensor_type", "token_embedding_type", "intermediate_type"):
             check_text(name_field, getattr(options, name_field), MAX_NAME_LENGTH)
@@ -302,9 +328,11 @@ class Scope:
         )
 
     def settings(self, server: Settings) -> Settings:
-        """The server's settings with this scope's roots in place of the server's, and the owner's uploads."""
+        """The server's settings with this scope's roots in place of the server's, the computed importance
+        matrices and the owner's uploads."""
         roots = tuple(pathlib.Path(r) for r in self.allowed_roots) or server.allowed_roots
         changes: dict[str, Any] = {}
+        roots = (*roots, server.imatrix_cache)  # matrices jobs computed: every job may read them
         if self.owner:
             roots = (*roots, server.uploads_for(self.owner))
         if roots != server.allowed_roots:
@@ -334,6 +362,14 @@ class Job:
     scope: Scope = field(default_factory=Scope)
     # when the job's output files were deleted (DeleteQuantizeJob or retention); the record stays
     delete_time: float | None = None
+    imatrix: ComputedImatrix | None = None  # what imatrix_path "auto" computed
+
+    @property
+    def imatrix_file(self) -> str:
+        """The importance matrix the outputs were made with: the client's file, the computed one, or ""."""
+        if self.spec.options.imatrix_auto:
+            return self.imatrix.path if self.imatrix is not None else ""
+        return self.spec.options.imatrix_path
 
     @property
     def kept_bytes(self) -> int:
@@ -375,6 +411,7 @@ class Job:
             owner=data.get("owner") or "local",
             scope=_scope_from_dict(data.get("scope") or {}, data.get("owner") or "local"),
             delete_time=data.get("delete_time"),
+            imatrix=ComputedImatrix(**data["imatrix"]) if data.get("imatrix") else None,
         )
 
 

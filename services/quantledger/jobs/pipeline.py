@@ -1,4 +1,4 @@
-"""The stages of one job in their order: source → quantize each type → hash → evaluate → register.
+"""The stages of one job in their order: source → [calibrate] → quantize each type → hash → evaluate → register.
 
 ``run_stages`` is what a running job does; the engine (jobs/engine.py) decides how it ends (SUCCEEDED,
 FAILED, CANCELLED) and cleans up what ``JobRun`` holds.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import pathlib
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from functools import partial
 from typing import Any
 
 from quantledger.hf.pipeline import classify
+from quantledger.jobs.calibration import calibrate
 from quantledger.jobs.model import Job, Stage
 from quantledger.jobs.output_stage import complete_output, quantize_output
 from quantledger.jobs.progress import HASH_BYTES_PER_SECOND
@@ -59,8 +61,20 @@ async def run_stages(host: StageHost, registrar: Registrar | None, job: Job, run
         pathlib.Path(job.output_dir),
         job.id,
     )
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
     run.identity.append(asyncio.create_task(asyncio.to_thread(source_manifest, job, run.stop_hashing)))
+    if plan.calibrate:  # imatrix_path "auto": compute the matrix (or take it from the cache), then plan with it
+        computed = await calibrate(host, job, plan, run.identity[0])
+        options = dataclasses.replace(
+            job.spec.options, imatrix_path=computed.path, calibration_path="", calibration_chunks=0, calibration_ctx=0
+        )
+        plan = await asyncio.to_thread(
+            partial(make_plan, source=source, stem=stem, kept=kept),
+            dataclasses.replace(job.spec, options=options),
+            settings,
+            pathlib.Path(job.output_dir),
+            job.id,
+        )
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
     timeline = host.timeline(job)
     for index, output in enumerate(plan.outputs):
         if output.quant_type.name in finished:

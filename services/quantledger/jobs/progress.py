@@ -14,30 +14,33 @@ succeeds.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from quantledger.jobs.model import Job, Stage
 from quantledger.jobs.store import JobStore
-from quantledger.quantize.estimate import WORKER_STARTUP_SECONDS, throughput_for
-from quantledger.quantize.plan import requested_types
+from quantledger.quantize.estimate import (
+    WORKER_STARTUP_SECONDS,
+    calibrate_seconds,
+    evaluate_rate,
+    throughput_for,
+)
+from quantledger.quantize.plan import gains_from_imatrix, requested_types
 
 # Estimates of stages before this server measured them.
 FETCH_BYTES_PER_SECOND = 100e6  # hashing a local folder; a download is slower and shows its own rate
 CONVERT_BYTES_PER_SECOND = 100e6
 HASH_BYTES_PER_SECOND = 500e6  # OpenSSL SHA-256 reaches about 1 GB/s per core; the disk read halves it
-EVALUATE_BYTES_PER_SECOND = 20e6  # reference tensor bytes per second, for each output evaluated
 REGISTER_SECONDS = 2.0
-# Key of evaluation samples in the store's throughput table (reference tensor bytes, seconds per output).
-EVALUATE_SAMPLE = "@evaluate"
 MAX_RUNNING_FRACTION = 0.99
-ORDER = (Stage.FETCHING, Stage.CONVERTING, Stage.QUANTIZING, Stage.HASHING, Stage.EVALUATING, Stage.REGISTERING)
-
-
-def evaluate_rate(store: JobStore) -> float:
-    """Reference tensor bytes evaluated per second for one output: measured here, or the default."""
-    measured = store.throughputs(EVALUATE_SAMPLE)
-    return statistics.median(measured) if measured else EVALUATE_BYTES_PER_SECOND
+ORDER = (
+    Stage.FETCHING,
+    Stage.CONVERTING,
+    Stage.CALIBRATING,
+    Stage.QUANTIZING,
+    Stage.HASHING,
+    Stage.EVALUATING,
+    Stage.REGISTERING,
+)
 
 
 class JobTimeline:
@@ -73,6 +76,8 @@ class JobTimeline:
             types = requested_types(job.spec)
         except Exception:  # a type this llama.cpp lost since the job was made: the job fails on its own
             types = []
+        if job.spec.options.imatrix_auto and job.imatrix is None and any(gains_from_imatrix(t) for t in types):
+            later[Stage.CALIBRATING] = calibrate_seconds(per_output, self._store)
         later[Stage.QUANTIZING] = sum(
             WORKER_STARTUP_SECONDS + per_output / throughput_for(t, self._store)[0] for t in types
         )

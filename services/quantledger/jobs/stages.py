@@ -29,10 +29,17 @@ from quantledger.quantize.estimate import (
     WORKER_STARTUP_SECONDS,
     Estimate,
     OutputPrediction,
+    calibrate_seconds,
     free_bytes,
     throughput_for,
 )
-from quantledger.quantize.plan import QuantizePlan, check_options, requested_types, resolve_output_dir
+from quantledger.quantize.plan import (
+    QuantizePlan,
+    check_options,
+    gains_from_imatrix,
+    requested_types,
+    resolve_output_dir,
+)
 from quantledger.quantize.runner import WorkerProcess
 from quantledger.quantize.sources import GgufSource, open_source, resolve_allowed
 
@@ -71,7 +78,13 @@ def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore
         disk_bytes_free=free_bytes(pathlib.Path(job.output_dir), settings.disk_reserve_bytes),
         source_info=job.source_info,
         output_dir=job.output_dir,
+        calibrate_seconds=calibrate_seconds(parameters * 2, store) if wants_matrix(spec) else 0.0,
     )
+
+
+def wants_matrix(spec: JobSpec) -> bool:
+    """imatrix_path "auto" and a requested type that gains from a matrix (quantize.plan.gains_from_imatrix)."""
+    return spec.options.imatrix_auto and any(gains_from_imatrix(t) for t in requested_types(spec))
 
 
 def typical_output_bytes(info: SourceInfo, spec: JobSpec) -> int:
@@ -313,7 +326,7 @@ async def evaluate_outputs(host: StageHost, job: Job, plan: QuantizePlan) -> Non
     An output whose evaluation fails (the worker crashed inside llama.cpp, ran past its time bound, or
     refused the evaluation data) stays as it is, its quality report carrying the error; the others are
     still evaluated. Cancel and shutdown still stop the stage. The gate is ``check_quality_gate``."""
-    from quantledger.jobs.progress import EVALUATE_SAMPLE
+    from quantledger.quantize.estimate import EVALUATE_SAMPLE
 
     timeline = host.timeline(job)
     timeline.begin(Stage.EVALUATING, 0, "chunks")

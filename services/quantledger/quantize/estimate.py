@@ -59,6 +59,7 @@ class Estimate:
     disk_bytes_free: int
     source_info: SourceInfo
     output_dir: str
+    calibrate_seconds: float = 0.0  # computing the importance matrix (imatrix_path "auto"), before the outputs
 
     @property
     def fits_on_disk(self) -> bool:
@@ -66,7 +67,14 @@ class Estimate:
 
     @property
     def seconds(self) -> float:
-        return sum(o.seconds for o in self.outputs)
+        return self.calibrate_seconds + sum(o.seconds for o in self.outputs)
+
+
+EVALUATE_BYTES_PER_SECOND = 20e6  # reference tensor bytes per second, for each output evaluated
+# Key of evaluation samples in the store's throughput table (reference tensor bytes, seconds per output).
+EVALUATE_SAMPLE = "@evaluate"
+# a matrix from the shipped text (~25 chunks of 512 tokens) costs about this many evaluations of one output
+CALIBRATE_EVALUATIONS = 3.0
 
 
 def throughput_for(quant_type: QuantType, store: JobStore | None) -> tuple[float, bool]:
@@ -153,9 +161,10 @@ async def estimate(plan: QuantizePlan, store: JobStore | None, log_path: str, di
         raise SourceInvalid(f"llama.cpp cannot quantize {plan.source.path.name}: {detail}") from exc
     runs = _split_runs(result.events)
     needing = [o.quant_type.name for o, events in zip(plan.outputs, runs, strict=True) if _needs_imatrix(events)]
-    if needing and plan.imatrix_path is None:
+    if needing and plan.imatrix_path is None and not plan.calibrate:
         raise ImatrixRequired(
-            f"for this model llama.cpp needs an importance matrix for {', '.join(needing)}: pass imatrix_path",
+            f"for this model llama.cpp needs an importance matrix for {', '.join(needing)}: pass imatrix_path "
+            '(a file, or "auto" to compute one)',
             quant_types=",".join(needing),
         )
     predictions = []
@@ -180,4 +189,17 @@ async def estimate(plan: QuantizePlan, store: JobStore | None, log_path: str, di
         disk_bytes_free=free_bytes(plan.output_dir, disk_reserve),
         source_info=plan.source.info,
         output_dir=str(plan.output_dir),
+        calibrate_seconds=calibrate_seconds(tensor_bytes, store) if plan.calibrate else 0.0,
     )
+
+
+def evaluate_rate(store: JobStore | None) -> float:
+    """Reference tensor bytes evaluated per second for one output: measured here, or the default."""
+    measured = store.throughputs(EVALUATE_SAMPLE) if store is not None else []
+    return statistics.median(measured) if measured else EVALUATE_BYTES_PER_SECOND
+
+
+def calibrate_seconds(tensor_bytes: int, store: JobStore | None) -> float:
+    """What computing a job's importance matrix from the shipped text takes: about three evaluations of
+    one output, at this server's measured evaluation rate where it has one."""
+    return WORKER_STARTUP_SECONDS + CALIBRATE_EVALUATIONS * tensor_bytes / evaluate_rate(store)

@@ -34,10 +34,17 @@ from quantledger.quantize.catalogue import QuantType, lookup
 from quantledger.quantize.sources import GgufSource, open_source, resolve_allowed
 from quantledger.registry.provenance import SUFFIX as PROVENANCE_SUFFIX
 
+IMATRIX_GAIN_BITS = 5.0
+MAX_CALIBRATION_CHUNKS = 10_000
+MIN_CALIBRATION_CTX, MAX_CALIBRATION_CTX = 16, 32_768
 MAX_TYPES_PER_JOB = 64
 MAX_THREADS = 256
 # integer options: (lowest, highest, what the bounds mean)
-_INT_RANGES: dict[str, tuple[int, int, str]] = {"threads": (0, MAX_THREADS, "0 means all cores")}
+_INT_RANGES: dict[str, tuple[int, int, str]] = {
+    "threads": (0, MAX_THREADS, "0 means all cores"),
+    "calibration_chunks": (0, MAX_CALIBRATION_CHUNKS, "0 means every chunk of the text"),
+    "calibration_ctx": (0, MAX_CALIBRATION_CTX, "0 means 512 tokens"),
+}
 
 
 PARTIAL_SUFFIX = ".partial"
@@ -94,6 +101,9 @@ class QuantizePlan:
     output_dir: pathlib.Path
     imatrix_path: pathlib.Path | None
     base_request: dict[str, Any]
+    # imatrix_path "auto" and a type that gains from a matrix: stage CALIBRATING computes it (or finds it
+    # cached), then the job is planned again with the file (jobs/calibration.py)
+    calibrate: bool = False
 
     def worker_request(self, output: PlannedOutput, *, dry_run: bool = False) -> dict[str, Any]:
         request = dict(self.base_request)
@@ -171,7 +181,17 @@ def check_options(spec: JobSpec, settings: Settings) -> None:
     for name in ("output_tensor_type", "token_embedding_type"):
         if getattr(options, name):
             _ggml_type_id(getattr(options, name), name)
-    for name, what in (("imatrix_path", "imatrix"), ("eval_text_path", "eval_text_path")):
+    checked = [("eval_text_path", "eval_text_path"), ("calibration_path", "calibration_path")]
+    if not options.imatrix_auto:
+        checked.append(("imatrix_path", "imatrix"))
+    elif 0 < options.calibration_ctx < MIN_CALIBRATION_CTX:
+        raise InvalidArgument(
+            f"calibration_ctx must be 0 (512) or {MIN_CALIBRATION_CTX} to {MAX_CALIBRATION_CTX} tokens",
+            field="calibration_ctx",
+        )
+    if (options.calibration_path or options.calibration_chunks or options.calibration_ctx) and not options.imatrix_auto:
+        raise InvalidArgument('calibration_* options need imatrix_path "auto"', field="calibration_path")
+    for name, what in checked:
         if getattr(options, name):  # inside the roots and a regular file (client_files)
             open_client_file(getattr(options, name), settings.allowed_roots, what=what).close()
     if options.output_dir:
@@ -233,7 +253,8 @@ def make_plan(
 
     imatrix_path: pathlib.Path | None = None
     metadata_overrides: list[list[Any]] = []
-    if options.imatrix_path:
+    calibrate = options.imatrix_auto and any(gains_from_imatrix(t) for t in types)
+    if options.imatrix_path and not options.imatrix_auto:
         imatrix_path = resolve_allowed(options.imatrix_path, settings.allowed_roots, what="imatrix")
         from quantledger.quantize.imatrix import check_covers, load_imatrix
 
@@ -250,9 +271,9 @@ def make_plan(
                 ["quantize.imatrix.dataset", imatrix.datasets[0].encode()[:127].decode(errors="ignore")]
             )
     needing = [t.name for t in types if t.requires_imatrix]
-    if needing and imatrix_path is None:
+    if needing and imatrix_path is None and not calibrate:
         raise ImatrixRequired(
-            f"{', '.join(needing)} need an importance matrix: pass imatrix_path (llama-imatrix output)",
+            f'{", ".join(needing)} need an importance matrix: pass imatrix_path (a file, or "auto" to compute one)',
             quant_types=",".join(needing),
         )
 
@@ -297,7 +318,13 @@ def make_plan(
         "imatrix": str(imatrix_path) if imatrix_path else None,
         "metadata": metadata_overrides,
     }
-    return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request)
+    return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request, calibrate)
+
+
+def gains_from_imatrix(quant_type: QuantType) -> bool:
+    """Whether imatrix_path "auto" computes a matrix for this type: llama.cpp needs one, or the type has
+    fewer than 5 bits per weight (where a matrix measurably lowers the error: docs/IMATRIX.md)."""
+    return quant_type.requires_imatrix or 0 < quant_type.typical_bits_per_weight < IMATRIX_GAIN_BITS
 
 
 def refuse_another_jobs_output(path: pathlib.Path) -> None:

@@ -57,8 +57,19 @@ def _dependencies(job: Job, info: SourceInfo, imatrix_sha256: str, lora_sha256: 
         for f in info.manifest
     )
     if imatrix_sha256:
-        imatrix = job.spec.options.imatrix_path
-        dependencies.append({"name": f"imatrix:{pathlib.Path(imatrix).name}", "digest": {"sha256": imatrix_sha256}})
+        imatrix: dict[str, Any] = {
+            "name": f"imatrix:{pathlib.Path(job.imatrix_file).name}",
+            "digest": {"sha256": imatrix_sha256},
+        }
+        computed = job.imatrix
+        if computed is not None:  # computed by the job (imatrix_path "auto"): from which text, how
+            imatrix["annotations"] = {"computed": True, "dataset": computed.dataset, "chunks": computed.chunks,
+                                      "chunkSize": computed.chunk_size}  # fmt: skip
+            calibration = pathlib.Path(job.spec.options.calibration_path).name or "quantledger-calibration"
+            dependencies.append(
+                {"name": f"calibration:{calibration}", "digest": {"sha256": computed.calibration_sha256}}
+            )
+        dependencies.append(imatrix)
     if lora_sha256:
         lora = job.spec.options.lora_dir
         dependencies.append({"name": f"lora:{pathlib.Path(lora).name}", "digest": {"sha256": lora_sha256}})

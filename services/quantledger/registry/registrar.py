@@ -46,7 +46,7 @@ _TRANSIENT = (
 def flags_for(job: Job) -> int:
     options = job.spec.options
     flags = Flag(0)
-    if options.imatrix_path:
+    if job.imatrix_file:  # a client's matrix, or the one imatrix_path "auto" computed
         flags |= Flag.IMATRIX
     if options.pure:
         flags |= Flag.PURE

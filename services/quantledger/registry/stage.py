@@ -77,8 +77,8 @@ def attach_provenance(
     options = job.spec.options
     allowed = tuple(roots) if roots is not None else Settings.from_env().allowed_roots
     imatrix = ""
-    if options.imatrix_path:
-        with open_client_file(options.imatrix_path, allowed, what="imatrix") as handle:
+    if job.imatrix_file:
+        with open_client_file(job.imatrix_file, allowed, what="imatrix") as handle:
             imatrix = hashlib.file_digest(handle, "sha256").hexdigest()
     lora = ""
     if options.lora_dir:

@@ -23,7 +23,7 @@ THROUGHPUT_BASIS_MEASURED: ThroughputBasis
 THROUGHPUT_BASIS_DEFAULT: ThroughputBasis
 
 class QuantizeJob(_message.Message):
-    __slots__ = ("name", "source", "quant_types", "options", "state", "stage", "progress", "outputs", "error", "create_time", "start_time", "end_time", "request_id", "source_info", "output_dir", "owner", "delete_time")
+    __slots__ = ("name", "source", "quant_types", "options", "state", "stage", "progress", "outputs", "error", "create_time", "start_time", "end_time", "request_id", "source_info", "output_dir", "owner", "delete_time", "imatrix")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[QuantizeJob.State]
@@ -47,6 +47,7 @@ class QuantizeJob(_message.Message):
         STAGE_HASHING: _ClassVar[QuantizeJob.Stage]
         STAGE_EVALUATING: _ClassVar[QuantizeJob.Stage]
         STAGE_REGISTERING: _ClassVar[QuantizeJob.Stage]
+        STAGE_CALIBRATING: _ClassVar[QuantizeJob.Stage]
     STAGE_UNSPECIFIED: QuantizeJob.Stage
     STAGE_FETCHING: QuantizeJob.Stage
     STAGE_CONVERTING: QuantizeJob.Stage
@@ -54,6 +55,7 @@ class QuantizeJob(_message.Message):
     STAGE_HASHING: QuantizeJob.Stage
     STAGE_EVALUATING: QuantizeJob.Stage
     STAGE_REGISTERING: QuantizeJob.Stage
+    STAGE_CALIBRATING: QuantizeJob.Stage
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     QUANT_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +73,7 @@ class QuantizeJob(_message.Message):
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    IMATRIX_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     quant_types: _containers.RepeatedScalarFieldContainer[str]
@@ -88,10 +91,11 @@ class QuantizeJob(_message.Message):
     output_dir: str
     owner: str
     delete_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ..., owner: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    imatrix: ComputedImatrix
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ..., owner: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imatrix: _Optional[_Union[ComputedImatrix, _Mapping]] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
-    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path")
+    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx")
     THREADS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REQUANTIZE_FIELD_NUMBER: _ClassVar[int]
     LEAVE_OUTPUT_TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +112,9 @@ class QuantizeOptions(_message.Message):
     SKIP_QUALITY_FIELD_NUMBER: _ClassVar[int]
     INTERMEDIATE_TYPE_FIELD_NUMBER: _ClassVar[int]
     EVAL_TEXT_PATH_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_PATH_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_CTX_FIELD_NUMBER: _ClassVar[int]
     threads: int
     allow_requantize: bool
     leave_output_tensor: bool
@@ -124,7 +131,10 @@ class QuantizeOptions(_message.Message):
     skip_quality: bool
     intermediate_type: str
     eval_text_path: str
-    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ...) -> None: ...
+    calibration_path: str
+    calibration_chunks: int
+    calibration_ctx: int
+    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ...) -> None: ...
 
 class TensorTypeOverride(_message.Message):
     __slots__ = ("pattern", "type")
@@ -169,6 +179,24 @@ class Progress(_message.Message):
     stage_unit: str
     stage_eta: _duration_pb2.Duration
     def __init__(self, fraction: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_tensor: _Optional[str] = ..., current_quant_type: _Optional[str] = ..., tensors_done: _Optional[int] = ..., tensors_total: _Optional[int] = ..., outputs_done: _Optional[int] = ..., outputs_total: _Optional[int] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., bytes_per_second: _Optional[float] = ..., stage_fraction: _Optional[float] = ..., stage_done: _Optional[int] = ..., stage_total: _Optional[int] = ..., stage_unit: _Optional[str] = ..., stage_eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ComputedImatrix(_message.Message):
+    __slots__ = ("path", "sha256", "dataset", "calibration_sha256", "chunks", "chunk_size", "cached")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    sha256: str
+    dataset: str
+    calibration_sha256: str
+    chunks: int
+    chunk_size: int
+    cached: bool
+    def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., dataset: _Optional[str] = ..., calibration_sha256: _Optional[str] = ..., chunks: _Optional[int] = ..., chunk_size: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class QuantizedArtifact(_message.Message):
     __slots__ = ("quant_type", "path", "size_bytes", "sha256", "bits_per_weight", "quality", "registry", "fallback_tensor_count", "tensor_count", "source_size_bytes", "compression_ratio", "quantize_duration", "file_type", "files", "total_size_bytes")
