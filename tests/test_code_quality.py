@@ -23,3 +23,16 @@ def test_ruff_lint_and_format() -> None:
 def test_mypy_strict_on_the_package() -> None:
     typed = run("mypy")
     assert typed.returncode == 0, typed.stdout
+
+
+def test_every_bench_script_starts() -> None:
+    """Each bench script imports and parses its arguments from its own folder, as its docs run it (a script
+    named after a stdlib module, such as bench/http.py once was, shadows it for every other script)."""
+    scripts = sorted((REPO / "bench").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        assert script.stem not in sys.stdlib_module_names, script.name
+        started = subprocess.run(
+            [sys.executable, str(script), "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert started.returncode == 0 and "usage" in started.stdout, (script.name, started.stderr[-2000:])

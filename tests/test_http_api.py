@@ -339,7 +339,7 @@ def test_openapi_describes_the_upload_route(uploads_server: tuple[RunningServer,
 
 def test_the_http_listener_turns_nagle_off_for_its_connections() -> None:
     """Keep-alive answers are written in more than one piece: with Nagle's algorithm on, a client's second
-    request on a connection waited ~40 ms for its own delayed ACK (bench/http.py measured 0.14x of gRPC's
+    request on a connection waited ~40 ms for its own delayed ACK (bench/http_api.py measured 0.14x of gRPC's
     rate). Accepted connections inherit TCP_NODELAY from the listener."""
     from quantledger.http_api.serving import bind_http
 

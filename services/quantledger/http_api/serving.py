@@ -44,7 +44,7 @@ def bind_http(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     # accepted connections inherit TCP_NODELAY from the listener (Linux): without it a keep-alive
     # client's second request waits ~40 ms (Nagle's algorithm holding the answer's second write until
-    # the client's delayed ACK), which cut the HTTP rate to a seventh of gRPC's (bench/http.py)
+    # the client's delayed ACK), which cut the HTTP rate to a seventh of gRPC's (bench/http_api.py)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))

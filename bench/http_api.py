@@ -1,6 +1,6 @@
 """The HTTP/JSON API against gRPC on the same server, and Server-Sent Events fan-out.
 
-    python bench/http.py [--seconds 5] [--rounds 3] [--concurrency 16] [--watchers 100]
+    python bench/http_api.py [--seconds 5] [--rounds 3] [--concurrency 16] [--watchers 100]
 
 Starts `quantledger serve quantize recommend registry` with `--http-port` (as the tests do) in a fresh
 data dir with a tiny synthetic model and one finished job, then:
