@@ -8,7 +8,8 @@
   show the steady state. Targets: <= 1.10 on the large model, <= 1.5 s extra on the tiny one.
 - throughput: 12 small jobs with one worker, then with two: jobs per minute, and what limits it.
 - cancel: CancelQuantizeJob mid-quantize until the job is CANCELLED (target <= 2 s).
-- s3: upload+hash and download+verify of a 512 MiB file through the artifact store against
+- s3: upload+hash and download+verify of a 512 MiB file through the artifact store (rounds interleaved,
+  CPU seconds of client and server printed) against
   `cp` + `openssl dgst -sha256` of the same file (target >= 0.7).
 
 Ratios are printed; nothing is asserted (speed targets live here, not in tests).
@@ -183,6 +184,8 @@ def _submit_all(server: RunningServer, sources: list[pathlib.Path]) -> None:
 
 
 def s3_throughput(tmp: pathlib.Path, runs: int) -> None:
+    """Rounds interleave the three ways (so page-cache and write-back state is shared), every write goes to
+    a new file, and the CPU seconds of the client and of SeaweedFS are printed beside the wall time."""
     from quantledger.artifacts.store import ArtifactStore
 
     tmp.mkdir(parents=True, exist_ok=True)
@@ -190,24 +193,59 @@ def s3_throughput(tmp: pathlib.Path, runs: int) -> None:
     with open(data, "wb") as out:
         for _ in range(512):
             out.write(os.urandom(1 << 20))
-    size = data.stat().st_size
+    mb = data.stat().st_size / 1e6
+    results: dict[str, list[tuple[float, float, float]]] = {"cp": [], "upload": [], "download": []}
     with seaweedfs(tmp / "s3") as s3:
         for name, value in s3.env.items():
             os.environ[name] = value
         store = ArtifactStore.from_uri(f"s3://{s3.bucket}/bench")
-        up = _times(lambda: _timed(lambda: store.put_file("blob.bin", data)), runs)
-        digest = store.stat("blob.bin").sha256  # type: ignore[union-attr]
-        down = _times(
-            lambda: _timed(lambda: store.get_file("blob.bin", tmp / "back.bin", expected_sha256=digest)), runs
+        server = s3.process.pid
+        digest = store.put_file("blob.bin", data).sha256
+        for round_ in range(runs):
+            back, copy = tmp / f"back-{round_}.bin", tmp / f"copy-{round_}.bin"
+            results["cp"].append(_measured(lambda c=copy: _cp_and_hash(data, c), server))
+            results["upload"].append(_measured(lambda r=round_: store.put_file(f"blob-{r}.bin", data), server))
+            results["download"].append(
+                _measured(lambda b=back: store.get_file("blob.bin", b, expected_sha256=digest), server)
+            )
+            back.unlink()
+            copy.unlink()
+    base = statistics.median(wall for wall, _, _ in results["cp"])
+    print(f"512 MiB through the artifact store (SeaweedFS on loopback), {runs} interleaved rounds, medians:")
+    for label, key in (
+        ("cp + openssl dgst -sha256", "cp"),
+        ("upload + hash", "upload"),
+        ("download + verify", "download"),
+    ):
+        wall = statistics.median(w for w, _, _ in results[key])
+        client = statistics.median(c for _, c, _ in results[key])
+        weed = statistics.median(s for _, _, s in results[key])
+        print(
+            f"  {label:<26} {mb / wall:7.1f} MB/s  ratio {base / wall:.2f}   "
+            f"CPU s: client/tools {client:.2f}, SeaweedFS {weed:.2f}"
         )
-    copy = _times(lambda: _timed(lambda: _cp_and_hash(data, tmp / "copy.bin")), runs)
-    mb = size / 1e6
-    base = statistics.median(copy)
-    print(f"512 MiB through the artifact store (SeaweedFS on loopback), median of {runs}:")
-    print(f"  cp + openssl dgst -sha256: {mb / base:7.1f} MB/s")
-    for label, times in (("upload + hash", up), ("download + verify", down)):
-        median = statistics.median(times)
-        print(f"  {label:<26} {mb / median:7.1f} MB/s  ratio {base / median:.2f}")
+
+
+def _measured(fn: Callable[[], object], server: int) -> tuple[float, float, float]:
+    """(wall s, CPU s of this process and its children, CPU s of the server's process group)."""
+    before, server_before = os.times(), _group_cpu(server)
+    wall = _timed(fn)
+    after = os.times()
+    ours = sum(after[i] - before[i] for i in range(4))
+    return wall, ours, _group_cpu(server) - server_before
+
+
+def _group_cpu(group: int) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # field 5 of stat, the process group
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def _timed(fn: Callable[[], object]) -> float:
