@@ -20,6 +20,9 @@ _JOB_FLAGS = {
     "keep_split": "--keep-split", "imatrix_path": "--imatrix", "output_dir": "--out", "overwrite": "--overwrite",
     "lora_dir": "--lora", "max_kl_divergence": "--max-kld", "skip_quality": "--no-quality",
     "intermediate_type": "--intermediate-type", "eval_text_path": "--eval-text", "request_id": "--request-id",
+    "calibration_path": "--calibration", "calibration_chunks": "--calibration-chunks",
+    "calibration_ctx": "--calibration-ctx", "imatrix_include_weights": "--include-weights",
+    "imatrix_exclude_weights": "--exclude-weights", "kv_overrides": "--override-kv", "prune_layers": "--prune-layers",
 }  # fmt: skip
 _PAGE_FLAGS = {"page_size": "--page-size", "page_token": "--page-token"}
 _RECOMMEND_FLAGS = {

@@ -183,6 +183,28 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
     parser.add_argument("--calibration-chunks", type=int, default=0, help="chunks of it to run (default: all)")
     parser.add_argument("--calibration-ctx", type=int, default=0, help="tokens per chunk (default 512)")
     parser.add_argument(
+        "--include-weights",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="give the importance matrix only to tensors whose name contains NAME; repeat",
+    )
+    parser.add_argument(
+        "--exclude-weights",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="give it to every tensor except those whose name contains NAME; repeat",
+    )
+    parser.add_argument(
+        "--override-kv",
+        action="append",
+        default=[],
+        metavar="KEY=TYPE:VALUE",
+        help="set metadata in the outputs (TYPE int, float, bool or str); repeat",
+    )
+    parser.add_argument("--prune-layers", default="", metavar="L0,L1,...", help="leave these blocks out of the outputs")
+    parser.add_argument(
         "--out",
         default="",
         required=out_required,
@@ -303,6 +325,18 @@ def _tensor_type_lines(path: str) -> list[tuple[str, str]]:
     ]
 
 
+def _layer_numbers(text: str) -> list[int]:
+    """``--prune-layers 1,3`` as llama-quantize reads it: comma-separated block numbers."""
+    if not text.strip():
+        return []
+    try:
+        return [int(part, 10) for part in text.split(",")]
+    except ValueError:
+        raise CommandFailed(
+            "INVALID_ARGUMENT", f"--prune-layers {text!r}: expected comma-separated layer numbers", "INVALID_ARGUMENT"
+        ) from None
+
+
 def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
     """The job of a submit/estimate/quantize command. Overrides keep their order (llama.cpp gives a tensor
     the type of the first pattern that matches it): the ``--override`` flags, then the file's lines."""
@@ -333,6 +367,10 @@ def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
             calibration_path=os.path.abspath(args.calibration) if args.calibration else "",
             calibration_chunks=args.calibration_chunks,
             calibration_ctx=args.calibration_ctx,
+            imatrix_include_weights=args.include_weights,
+            imatrix_exclude_weights=args.exclude_weights,
+            kv_overrides=args.override_kv,
+            prune_layers=_layer_numbers(args.prune_layers),
             output_dir=os.path.abspath(args.out) if args.out else "",
             overwrite=args.overwrite,
             lora_dir=os.path.abspath(args.lora) if args.lora else "",

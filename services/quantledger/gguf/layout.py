@@ -46,14 +46,14 @@ def n_dims_written(shape: tuple[int, ...]) -> int:
 def predict_quantized_file_size(
     header: GgufHeader,
     new_types: Mapping[str, int],
-    set_values: Mapping[str, int | str],
+    set_values: Mapping[str, int | float | bool | str],
     extra_kv: Mapping[str, int] | None = None,
 ) -> int:
     """The exact size of the file ``llama_model_quantize`` writes for this source.
 
     ``new_types`` gives the ggml type of each tensor in the output (tensors not named keep their type);
     ``set_values`` the keys llama.cpp sets: ints are written as u32 (``general.quantization_version``,
-    ``general.file_type``, integer kv_overrides), strings as strings (string kv_overrides).
+    ``general.file_type``, integer kv_overrides), floats as f32, bools as bool, strings as strings.
     ``extra_kv`` adds keys set after the split keys are dropped, as key -> bytes of the typed value
     (type tag included): the split keys of a keep_split output shard.
     Raises InvalidArgument for an unknown type or one whose block size does not divide a row.
@@ -71,8 +71,10 @@ def predict_quantized_file_size(
         if isinstance(value, str):
             raw_value = value.encode("utf-8")
             keys[raw_key] = 4 + 8 + cut_at_nul(raw_value)  # type tag, length, bytes up to a NUL
+        elif isinstance(value, bool):
+            keys[raw_key] = 4 + 1  # type tag, bool
         else:
-            keys[raw_key] = 4 + 4  # type tag, u32
+            keys[raw_key] = 4 + 4  # type tag, u32 or f32
     for key in SPLIT_KEYS:
         keys.pop(key.encode(), None)
     for key, value_bytes in (extra_kv or {}).items():

@@ -71,6 +71,10 @@ def options_from_proto(message: pb.QuantizeOptions) -> Options:
         calibration_path=message.calibration_path,
         calibration_chunks=message.calibration_chunks,
         calibration_ctx=message.calibration_ctx,
+        imatrix_include_weights=tuple(message.imatrix_include_weights),
+        imatrix_exclude_weights=tuple(message.imatrix_exclude_weights),
+        kv_overrides=tuple(message.kv_overrides),
+        prune_layers=tuple(message.prune_layers),
     )
 
 
@@ -95,6 +99,10 @@ def options_to_proto(options: Options) -> pb.QuantizeOptions:
         calibration_path=options.calibration_path,
         calibration_chunks=options.calibration_chunks,
         calibration_ctx=options.calibration_ctx,
+        imatrix_include_weights=list(options.imatrix_include_weights),
+        imatrix_exclude_weights=list(options.imatrix_exclude_weights),
+        kv_overrides=list(options.kv_overrides),
+        prune_layers=list(options.prune_layers),
     )
 
 

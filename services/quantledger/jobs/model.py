@@ -66,6 +66,13 @@ class Options:
     calibration_path: str = ""
     calibration_chunks: int = 0
     calibration_ctx: int = 0
+    # llama-quantize's --include-weights / --exclude-weights: the importance matrix entries whose name
+    # contains (include) or does not contain (exclude) one of these; --override-kv KEY=TYPE:VALUE items;
+    # --prune-layers block numbers (quantize/quantize_flags.py)
+    imatrix_include_weights: tuple[str, ...] = ()
+    imatrix_exclude_weights: tuple[str, ...] = ()
+    kv_overrides: tuple[str, ...] = ()
+    prune_layers: tuple[int, ...] = ()
 
     @property
     def imatrix_auto(self) -> bool:
@@ -116,6 +123,14 @@ class JobSpec:
         for pattern, type_name in options.tensor_type_overrides:
             check_text("tensor_type_overrides", pattern, MAX_PATTERN_LENGTH)
             check_text("tensor_type_overrides", type_name, MAX_NAME_LENGTH)
+        for list_field in ("imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides"):
+            items = getattr(options, list_field)
+            if len(items) > MAX_TENSOR_OVERRIDES:
+                raise InvalidArgument(f"at most {MAX_TENSOR_OVERRIDES} items in {list_field}", field=list_field)
+            for item in items:
+                check_text(list_field, item, MAX_PATTERN_LENGTH)
+        if len(options.prune_layers) > MAX_TENSOR_OVERRIDES:
+            raise InvalidArgument(f"at most {MAX_TENSOR_OVERRIDES} prune_layers", field="prune_layers")
 
 
 # Bounds on a request, checked before anything else (docs/SECURITY.md lists them).
@@ -388,6 +403,8 @@ class Job:
         spec = data["spec"]
         options = dict(spec.get("options") or {})
         options["tensor_type_overrides"] = tuple(tuple(o) for o in options.get("tensor_type_overrides", ()))
+        for list_field in ("imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers"):
+            options[list_field] = tuple(options.get(list_field, ()))
         known = {f.name for f in dataclasses.fields(Options)}
         return cls(
             id=data["id"],

@@ -209,11 +209,26 @@ def _by_name() -> dict[str, QuantType]:
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 
+# llama-quantize's COPY: every tensor copied as it is (only_copy), the output keeping the source's file
+# type; useful with kv_overrides or prune_layers. Its file type is the source's (quantize/plan.py).
+COPY = QuantType(
+    name="COPY",
+    file_type=-1,
+    family="copy",
+    requires_imatrix=False,
+    typical_bits_per_weight=0.0,
+    description="only copy tensors, no quantizing",
+    use_for="rewriting metadata or pruning layers without changing any weight",
+)
+
+
 def lookup(name: str) -> QuantType:
     """The type called ``name`` (case-insensitive), as llama-quantize reads a type: its name, an alias
-    (``Q4_K`` is Q4_K_M) or its numeric ftype id (``15``); UnknownQuantType names the valid ones."""
+    (``Q4_K`` is Q4_K_M), its numeric ftype id (``15``) or COPY; UnknownQuantType names the valid ones."""
     wanted = name.strip().upper()
     wanted = ALIASES.get(wanted, wanted)
+    if wanted == COPY.name:
+        return COPY
     if wanted.isdigit() and len(wanted) <= 4:
         by_id = {t.file_type: t for t in catalogue()}
         if int(wanted) in by_id:
@@ -225,7 +240,7 @@ def lookup(name: str) -> QuantType:
             quant_type=name,
         )
     if found is None:
-        valid = ", ".join(t.name for t in catalogue())
+        valid = ", ".join([t.name for t in catalogue()] + [COPY.name])
         raise UnknownQuantType(f"unknown quantization type {name!r}; valid types: {valid}", quant_type=name)
     return found
 

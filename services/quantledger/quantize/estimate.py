@@ -122,13 +122,13 @@ def summarize_run(plan: QuantizePlan, output: PlannedOutput, events: list[dict[s
             target = by_name.get(event["target_type"])
             if target is not None:
                 new_types[event["name"]] = target.id
-    header = plan.source.header
-    written: dict[str, int | str] = {key: value for key, value in plan.base_request.get("metadata") or []}
+    header = plan.written_header()
+    written = plan.written_values()
     written.update({"general.quantization_version": GGML_QNT_VERSION, "general.file_type": quant_type.file_type})
     if output.split_count == 1:
         size = predict_quantized_file_size(header, new_types, written)
     else:  # llama.cpp keeps each tensor in its shard; only the first file carries the model's metadata
-        first, *rest = plan.source.shard_headers
+        first, *rest = (plan.written_header(shard) for shard in plan.source.shard_headers)
         size = predict_quantized_file_size(first, new_types, written, SPLIT_KEY_BYTES)
         for shard in rest:
             bare = dataclasses.replace(shard, metadata={}, kv_layout=())

@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +29,20 @@ from quantledger.errors import (
     SourceInvalid,
     quote_client,
 )
+from quantledger.gguf.reader import GgufHeader
 from quantledger.gguf.types import ggml_types_by_name
 from quantledger.jobs.model import JobSpec, Options
-from quantledger.quantize.catalogue import QuantType, lookup
+from quantledger.quantize.catalogue import COPY, QuantType, lookup
+from quantledger.quantize.quantize_flags import (
+    Value,
+    block_count,
+    check_prune_layers,
+    check_weight_names,
+    chosen_entries,
+    parse_kv_overrides,
+    pruned_header,
+    written_value,
+)
 from quantledger.quantize.sources import GgufSource, open_source, resolve_allowed
 from quantledger.registry.provenance import SUFFIX as PROVENANCE_SUFFIX
 
@@ -112,8 +124,26 @@ class QuantizePlan:
             output=str(output.partial_prefix if not dry_run else output.path),
             dry_run=dry_run,
             partial_count=output.split_count,
+            only_copy=output.quant_type.family == COPY.family,
         )
         return request
+
+    def written_header(self, header: GgufHeader | None = None) -> GgufHeader:
+        """``header`` (default: the source's) as llama.cpp writes it: pruned blocks gone, the rest renamed."""
+        source = self.source.header
+        return pruned_header(header or source, self.base_request.get("prune_layers") or [], block_count(source))
+
+    def written_values(self) -> dict[str, Value]:
+        """The keys every output gets beyond the source's (not the file type): what quantledger records,
+        the client's kv_overrides as llama.cpp writes them, and block_count after pruning."""
+        values: dict[str, Value] = {key: value for key, value in self.base_request.get("metadata") or []}
+        for key, kind, value in self.base_request.get("kv_overrides") or []:
+            values[key] = written_value(kind, value)
+        prune = self.base_request.get("prune_layers") or []
+        count = block_count(self.source.header)
+        if prune and count is not None:
+            values[f"{self.source.header.architecture}.block_count"] = count - len(prune)
+        return values
 
 
 def _ggml_type_id(name: str, what: str) -> int:
@@ -178,6 +208,8 @@ def check_options(spec: JobSpec, settings: Settings) -> None:
     if options.intermediate_type and options.intermediate_type.upper() not in INTERMEDIATE_TYPES:
         raise InvalidArgument(f"intermediate_type must be one of {', '.join(INTERMEDIATE_TYPES)}")
     override_patterns(options)
+    parse_kv_overrides(options.kv_overrides)
+    check_weight_names(options.imatrix_include_weights, options.imatrix_exclude_weights, bool(options.imatrix_path))
     for name in ("output_tensor_type", "token_embedding_type"):
         if getattr(options, name):
             _ggml_type_id(getattr(options, name), name)
@@ -244,7 +276,10 @@ def make_plan(
     if source is None:
         source = open_source(spec.source, settings.allowed_roots)
     check_gguf_source(source.header)
-    if source.header.is_quantized() and not options.allow_requantize:
+    prune = check_prune_layers(options.prune_layers, block_count(source.header))
+    types = [_copy_of(source) if t is COPY else t for t in types]
+    copies_only = all(t.family == COPY.family for t in types)  # llama.cpp copies: nothing is requantized
+    if source.header.is_quantized() and not options.allow_requantize and not copies_only:
         raise RequantizeRefused(
             f"{source.path.name} is already quantized (file type {source.header.file_type}); "
             "requantizing loses quality: set allow_requantize to do it anyway",
@@ -260,10 +295,11 @@ def make_plan(
 
         imatrix = load_imatrix(imatrix_path, settings.allowed_roots)
         check_covers(imatrix, {t.name: t.shape[0] for t in source.header.tensors})
+        handed = _chosen_imatrix_entries(imatrix.entries, options, types)
         # what llama-quantize records about the imatrix in the output (strings: llama.cpp keeps 127 bytes)
         metadata_overrides = [
             ["quantize.imatrix.file", imatrix_path.name.encode()[:127].decode(errors="ignore")],
-            ["quantize.imatrix.entries_count", len(imatrix.entries)],
+            ["quantize.imatrix.entries_count", handed],
             ["quantize.imatrix.chunks_count", imatrix.chunk_count],
         ]
         if imatrix.datasets:
@@ -278,9 +314,9 @@ def make_plan(
         )
 
     # llama.cpp matches overrides with std::regex (backtracking): it gets literal tensor names, resolved here
-    overrides = [
-        list(o) for o in literal_overrides(override_patterns(options), (t.name for t in source.header.tensors))
-    ]
+    # against the names it quantizes (after pruning renumbers the blocks)
+    written = pruned_header(source.header, prune, block_count(source.header))
+    overrides = [list(o) for o in literal_overrides(override_patterns(options), (t.name for t in written.tensors))]
     output_dir = resolve_output_dir(options.output_dir, settings) if options.output_dir else default_output_dir
     split_count = len(source.shards) if options.keep_split else 1
     base_name = stem or source.stem
@@ -316,9 +352,41 @@ def make_plan(
         ),
         "tensor_type_overrides": overrides,
         "imatrix": str(imatrix_path) if imatrix_path else None,
+        "imatrix_include": list(options.imatrix_include_weights),
+        "imatrix_exclude": list(options.imatrix_exclude_weights),
         "metadata": metadata_overrides,
+        "kv_overrides": [o.request() for o in parse_kv_overrides(options.kv_overrides)],
+        "prune_layers": prune,
     }
     return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request, calibrate)
+
+
+def _copy_of(source: GgufSource) -> QuantType:
+    """COPY for this source: the source's file type and bits per weight."""
+    header = source.header
+    bits = 8 * header.tensor_bytes / header.n_parameters if header.n_parameters else 0.0
+    return dataclasses.replace(COPY, file_type=max(header.file_type or 0, 0), typical_bits_per_weight=round(bits, 2))
+
+
+def _chosen_imatrix_entries(entries: Mapping[str, object], options: Options, types: Sequence[QuantType]) -> int:
+    """How many entries llama.cpp gets after imatrix_include/exclude_weights; IMATRIX_REQUIRED when they
+    leave out a tensor a requested type cannot be made without, INVALID_ARGUMENT when they leave none."""
+    include, exclude = options.imatrix_include_weights, options.imatrix_exclude_weights
+    if not include and not exclude:
+        return len(entries)
+    kept = chosen_entries(entries, include, exclude)
+    field = "imatrix_include_weights" if include else "imatrix_exclude_weights"
+    if not kept:
+        raise InvalidArgument(f"{field} leaves no importance matrix entry", field=field)
+    needing = [t.name for t in types if t.requires_imatrix]
+    left_out = sorted(set(entries) - set(kept))
+    if needing and left_out:
+        raise ImatrixRequired(
+            f"{', '.join(needing)} need importance data for every weight, and {field} leaves out "
+            f"{len(left_out)} entries such as {left_out[0]}",
+            quant_types=",".join(needing),
+        )
+    return len(kept)
 
 
 def gains_from_imatrix(quant_type: QuantType) -> bool:

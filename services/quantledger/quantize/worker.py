@@ -10,8 +10,10 @@ Other modes (``"mode"``): convert, fetch, evaluate, calibrate (an importance mat
 The request is one run, or ``{"runs": [run, ...]}`` for several (dry runs of every type of a job
 share one process). Run fields: source, output, ftype, dry_run, threads, allow_requantize, quantize_output_tensor,
 pure, keep_split, output_tensor_type, token_embedding_type (ggml type ids, -1 for llama.cpp's
-choice), tensor_type_overrides ([[pattern, ggml type id], ...]), imatrix (path or null), metadata
-([[key, int or str], ...]: keys written into the output, as llama-quantize records its imatrix).
+choice), tensor_type_overrides ([[pattern, ggml type id], ...]), imatrix (path or null), imatrix_include /
+imatrix_exclude (names: the entries handed over), metadata ([[key, int or str], ...]: keys written into
+the output, as llama-quantize records its imatrix), kv_overrides ([[key, kind, value], ...]), prune_layers
+(block numbers), only_copy (COPY).
 """
 
 from __future__ import annotations
@@ -91,24 +93,46 @@ def run(request: dict[str, Any], emit: _Emitter) -> int:
         array[len(overrides)].pattern = None
         params.tt_overrides = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keepalive.append(array)
-    metadata = request.get("metadata") or []
-    if metadata:
-        entries = (llama_cpp.llama_model_kv_override * (len(metadata) + 1))()
-        for entry, (key, value) in zip(entries, metadata, strict=False):
+    # kv_overrides: the client's [key, "int"|"float"|"bool"|"str", value] (quantize_flags.py), then the
+    # keys quantledger records (metadata: [key, int or str])
+    typed = [list(item) for item in request.get("kv_overrides") or []]
+    typed += [[key, "str" if isinstance(value, str) else "int", value] for key, value in request.get("metadata") or []]
+    if typed:
+        entries = (llama_cpp.llama_model_kv_override * (len(typed) + 1))()
+        for entry, (key, kind, value) in zip(entries, typed, strict=False):
             entry.key = str(key).encode()[:127]
-            if isinstance(value, str):
+            if kind == "str":
                 entry.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
-                entry.value.val_str = value.encode()[:127]
+                entry.value.val_str = str(value).encode()[:127]
+            elif kind == "float":
+                entry.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_FLOAT
+                entry.value.val_f64 = float(value)
+            elif kind == "bool":
+                entry.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_BOOL
+                entry.value.val_bool = bool(value)
             else:
                 entry.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT  # written as u32
                 entry.value.val_i64 = int(value)
-        entries[len(metadata)].key = b""
+        entries[len(typed)].key = b""
         params.kv_overrides = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_kv_override))
         keepalive.append(entries)
+    prune = [int(n) for n in request.get("prune_layers") or []]
+    if prune:
+        layers = (ctypes.c_int32 * (len(prune) + 1))(*prune, -1)
+        params.prune_layers = ctypes.cast(layers, ctypes.POINTER(ctypes.c_int32))
+        keepalive.append(layers)
+    params.only_copy = bool(request.get("only_copy", False))
     if request.get("imatrix"):
-        from quantledger.quantize.imatrix import ImatrixCArray, load_imatrix
+        import dataclasses
 
-        imatrix = ImatrixCArray(load_imatrix(request["imatrix"]))
+        from quantledger.quantize.imatrix import ImatrixCArray, load_imatrix
+        from quantledger.quantize.quantize_flags import chosen_entries
+
+        loaded = load_imatrix(request["imatrix"])
+        include, exclude = request.get("imatrix_include") or [], request.get("imatrix_exclude") or []
+        if include or exclude:
+            loaded = dataclasses.replace(loaded, entries=chosen_entries(loaded.entries, include, exclude))
+        imatrix = ImatrixCArray(loaded)
         params.imatrix = imatrix.pointer
         keepalive.append(imatrix)
 
