@@ -311,3 +311,44 @@ def test_revoke_writes_to_the_chain_the_server_reads(up: Up, models, tmp_path) -
         assert up.client.verify(output["sha256"], output["registry"]["attester"]) is Status.REVOKED
     missing = cli("registry", "revoke", str(tmp_path / "nope.gguf"), "--reason", "x", "--server", up.address, env=env)
     assert missing.returncode == 1 and "SOURCE_NOT_FOUND" in missing.stderr
+
+
+def test_split_outputs_are_shards_llama_cpp_loads_each_hashed_and_registered(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--split-max-tensors writes the output as llama-gguf-split does: the first shard with every key, each
+    with split.no/count/tensors.count, the tensors in order; llama.cpp loads the set from the first shard
+    with the logits of the single file; every shard is in the output's files and on chain."""
+    import llama_cpp
+
+    from quantledger.gguf.reader import read_gguf_header
+
+    whole = submit(up, models.f16, "Q8_0", out=tmp_path / "whole")["outputs"][0]
+    out = up.outputs / "split"
+    out.mkdir(parents=True, exist_ok=True)
+    flags = ["--split-max-tensors", "8", "--no-quality", "--out", str(out), "--wait", "--json"]
+    done = cli("submit", str(models.f16), "-q", "Q8_0", *flags, "--server", up.address, env=up.env)
+    assert done.returncode == 0, done.stderr
+    output = json.loads(done.stdout)["outputs"][0]
+    single = read_gguf_header(whole["path"])
+    shards = [read_gguf_header(f["path"]) for f in output["files"]]
+    n = -(-len(single.tensors) // 8)
+    assert len(shards) == n > 1
+    assert [pathlib.Path(s.path).name for s in shards] == [
+        f"tiny-Q8_0-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)
+    ]
+    assert [len(s.tensors) for s in shards[:-1]] == [8] * (n - 1)
+    assert [t.name for s in shards for t in s.tensors] == [t.name for t in single.tensors]
+    for number, shard in enumerate(shards):
+        split_keys = {"split.no": number, "split.count": n, "split.tensors.count": len(single.tensors)}
+        assert {k: shard.metadata[k] for k in split_keys} == split_keys
+        others = {k: v for k, v in shard.metadata.items() if k not in split_keys}
+        assert others == (single.metadata if number == 0 else {})
+    for f in output["files"]:
+        data = pathlib.Path(f["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == int(f["size_bytes"])
+        assert up.client.get(f["sha256"], output["registry"]["attester"]).quant_type == "Q8_0"
+    logits = []
+    for path in (whole["path"], output["files"][0]["path"]):
+        model = llama_cpp.Llama(model_path=path, n_ctx=32, n_threads=1, verbose=False, logits_all=True)
+        model.eval([1, 5, 9])
+        logits.append(model.scores[:3].copy())  # type: ignore[index]
+    assert (logits[0] == logits[1]).all()

@@ -205,6 +205,13 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
     )
     parser.add_argument("--prune-layers", default="", metavar="L0,L1,...", help="leave these blocks out of the outputs")
     parser.add_argument(
+        "--split-max-size",
+        default="",
+        metavar="N(M|G)",
+        help="write each output as shards of at most this much tensor data (decimal M/G, as llama-gguf-split)",
+    )
+    parser.add_argument("--split-max-tensors", type=int, default=0, metavar="N", help="or as shards of N tensors each")
+    parser.add_argument(
         "--out",
         default="",
         required=out_required,
@@ -337,6 +344,22 @@ def _layer_numbers(text: str) -> list[int]:
         ) from None
 
 
+def _split_size(text: str) -> int:
+    """``--split-max-size 4G`` as llama-gguf-split reads it: a positive whole number of decimal
+    megabytes (M) or gigabytes (G)."""
+    if not text:
+        return 0
+    units = {"M": 1000**2, "G": 1000**3}
+    number, unit = text[:-1], text[-1:].upper()
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise CommandFailed(
+            "INVALID_ARGUMENT",
+            f"--split-max-size {text!r}: expected a positive number and M or G, such as 4G",
+            "INVALID_ARGUMENT",
+        )
+    return int(number) * units[unit]
+
+
 def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
     """The job of a submit/estimate/quantize command. Overrides keep their order (llama.cpp gives a tensor
     the type of the first pattern that matches it): the ``--override`` flags, then the file's lines."""
@@ -371,6 +394,8 @@ def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
             imatrix_exclude_weights=args.exclude_weights,
             kv_overrides=args.override_kv,
             prune_layers=_layer_numbers(args.prune_layers),
+            split_max_bytes=_split_size(args.split_max_size),
+            split_max_tensors=args.split_max_tensors,
             output_dir=os.path.abspath(args.out) if args.out else "",
             overwrite=args.overwrite,
             lora_dir=os.path.abspath(args.lora) if args.lora else "",

@@ -58,6 +58,33 @@ def predict_quantized_file_size(
     (type tag included): the split keys of a keep_split output shard.
     Raises InvalidArgument for an unknown type or one whose block size does not divide a row.
     """
+    meta = HEADER_BYTES + predicted_kv_bytes(header, set_values, extra_kv)
+
+    table = ggml_types()
+    data = 0
+    for tensor in header.tensors:
+        name_bytes = tensor.name.encode("utf-8")
+        meta += 8 + cut_at_nul(name_bytes) + 4 + 8 * n_dims_written(tensor.shape) + 4 + 8
+        type_id = new_types.get(tensor.name, tensor.ggml_type)
+        kind = table.get(type_id)
+        if kind is None:
+            raise InvalidArgument(f"unknown ggml type {type_id} for tensor {tensor.name}")
+        type_name, block, block_bytes = kind.name, kind.block_size, kind.block_bytes
+        if tensor.shape[0] % block:
+            raise InvalidArgument(
+                f"tensor {tensor.name}: row length {tensor.shape[0]} is not a multiple of the "
+                f"{type_name} block size {block}"
+            )
+        data += pad(tensor.n_elements // block * block_bytes, DEFAULT_ALIGNMENT)
+    return pad(meta, DEFAULT_ALIGNMENT) + data
+
+
+def predicted_kv_bytes(
+    header: GgufHeader,
+    set_values: Mapping[str, int | float | bool | str],
+    extra_kv: Mapping[str, int] | None = None,
+) -> int:
+    """Bytes of the key/value section llama.cpp writes for this source (see predict_quantized_file_size)."""
     if header.metadata and not header.kv_layout:
         raise InvalidArgument("the header carries no key layout: read it with read_gguf_header")
     keys: dict[bytes, int] = {}
@@ -80,22 +107,4 @@ def predict_quantized_file_size(
     for key, value_bytes in (extra_kv or {}).items():
         keys.pop(key.encode(), None)
         keys[key.encode()] = value_bytes
-    meta = HEADER_BYTES + sum(8 + len(raw_key) + value_bytes for raw_key, value_bytes in keys.items())
-
-    table = ggml_types()
-    data = 0
-    for tensor in header.tensors:
-        name_bytes = tensor.name.encode("utf-8")
-        meta += 8 + cut_at_nul(name_bytes) + 4 + 8 * n_dims_written(tensor.shape) + 4 + 8
-        type_id = new_types.get(tensor.name, tensor.ggml_type)
-        kind = table.get(type_id)
-        if kind is None:
-            raise InvalidArgument(f"unknown ggml type {type_id} for tensor {tensor.name}")
-        type_name, block, block_bytes = kind.name, kind.block_size, kind.block_bytes
-        if tensor.shape[0] % block:
-            raise InvalidArgument(
-                f"tensor {tensor.name}: row length {tensor.shape[0]} is not a multiple of the "
-                f"{type_name} block size {block}"
-            )
-        data += pad(tensor.n_elements // block * block_bytes, DEFAULT_ALIGNMENT)
-    return pad(meta, DEFAULT_ALIGNMENT) + data
+    return sum(8 + len(raw_key) + value_bytes for raw_key, value_bytes in keys.items())

@@ -75,6 +75,8 @@ def options_from_proto(message: pb.QuantizeOptions) -> Options:
         imatrix_exclude_weights=tuple(message.imatrix_exclude_weights),
         kv_overrides=tuple(message.kv_overrides),
         prune_layers=tuple(message.prune_layers),
+        split_max_bytes=message.split_max_bytes,
+        split_max_tensors=message.split_max_tensors,
     )
 
 
@@ -103,6 +105,8 @@ def options_to_proto(options: Options) -> pb.QuantizeOptions:
         imatrix_exclude_weights=list(options.imatrix_exclude_weights),
         kv_overrides=list(options.kv_overrides),
         prune_layers=list(options.prune_layers),
+        split_max_bytes=options.split_max_bytes,
+        split_max_tensors=options.split_max_tensors,
     )
 
 

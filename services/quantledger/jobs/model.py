@@ -73,6 +73,10 @@ class Options:
     imatrix_exclude_weights: tuple[str, ...] = ()
     kv_overrides: tuple[str, ...] = ()
     prune_layers: tuple[int, ...] = ()
+    # each output split into shards as llama-gguf-split writes them: at most this many bytes of tensor
+    # data a shard (--split-max-size), or this many tensors (--split-max-tensors); 0: one file
+    split_max_bytes: int = 0
+    split_max_tensors: int = 0
 
     @property
     def imatrix_auto(self) -> bool:

@@ -8,13 +8,16 @@ renames the partial files to their final names and appends the artifact to the j
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 from quantledger.errors import QuantizeFailed
+from quantledger.gguf.format import DEFAULT_ALIGNMENT, pad
 from quantledger.gguf.reader import read_gguf_header
+from quantledger.gguf.split import shard_counts, write_shards
 from quantledger.hashing import sha256_file
 from quantledger.jobs.model import Artifact, Job, OutputFile, Stage
 from quantledger.jobs.stages import StageHost
@@ -22,6 +25,7 @@ from quantledger.quantize.catalogue import lookup
 from quantledger.quantize.estimate import throughput_for
 from quantledger.quantize.llama_log import fallback_count
 from quantledger.quantize.plan import PlannedOutput, QuantizePlan, refuse_another_jobs_output
+from registry_client.atomic_files import create_exclusive, open_directory
 
 PROGRESS_SAVE_SECONDS = 2.0
 HASH_REPORT_BYTES = 4 << 20  # hashing progress reaches the job every this many bytes
@@ -93,10 +97,13 @@ async def complete_output(
     events: list[dict[str, Any]],
     seconds: float,
 ) -> None:
-    """Hash the partial files of ``output``, rename them to their final names and record the artifact."""
+    """Hash the partial files of ``output`` (split first where the options ask), rename them to their
+    final names and record the artifact."""
     missing = [p.name for p in output.partial_paths if not p.is_file()]
     if missing:
         raise QuantizeFailed(f"llama.cpp reported success but did not write {', '.join(missing)}")
+    if output.splits_after and not output.sharded:
+        output = await asyncio.to_thread(split_output, output)
     counter = _HashCounter(host, job)
     files = []
     headers = []
@@ -129,6 +136,38 @@ async def complete_output(
     order = {lookup(name).name: i for i, name in enumerate(job.spec.quant_types)}  # aliases by their type
     job.outputs = sorted([*job.outputs, artifact], key=lambda a: order.get(a.quant_type, len(order)))
     host.touch(job)
+
+
+def split_output(output: PlannedOutput) -> PlannedOutput:
+    """Cut the file llama.cpp wrote into shards as llama-gguf-split does (gguf/split.py), each a partial
+    file created afresh beside it; the single file is removed only once every shard is written."""
+    merged = output.partial_prefix
+    header = read_gguf_header(merged)
+    counts = shard_counts(
+        [pad(t.n_bytes, DEFAULT_ALIGNMENT) for t in header.tensors], output.split_max_bytes, output.split_max_tensors
+    )
+    sharded = dataclasses.replace(output, split_count=len(counts), sharded=True)
+    dir_fd = open_directory(output.directory, resolve=False)
+    targets: list[BinaryIO] = []
+    try:
+        for path in sharded.partial_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.name, dir_fd=dir_fd)  # a leftover of an interrupted run of this job
+            targets.append(os.fdopen(create_exclusive(path.name, dir_fd), "wb"))
+        write_shards(header, counts, targets)
+        for target in targets:
+            os.fsync(target.fileno())
+    except BaseException:
+        for path in sharded.partial_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.name, dir_fd=dir_fd)
+        raise
+    finally:
+        for target in targets:
+            target.close()
+        os.close(dir_fd)
+    merged.unlink()
+    return sharded
 
 
 class _HashCounter:

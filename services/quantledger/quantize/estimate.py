@@ -12,11 +12,15 @@ import dataclasses
 import pathlib
 import shutil
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from quantledger.errors import ImatrixRequired, QuantizeFailed, SourceInvalid, UnsupportedArchitecture
-from quantledger.gguf.layout import predict_quantized_file_size
+from quantledger.gguf.format import DEFAULT_ALIGNMENT, pad
+from quantledger.gguf.layout import predict_quantized_file_size, predicted_kv_bytes, tensor_nbytes
+from quantledger.gguf.reader import GgufHeader
+from quantledger.gguf.split import predict_shard_sizes, shard_counts
 from quantledger.gguf.types import ggml_types, ggml_types_by_name
 from quantledger.jobs.model import SourceInfo
 from quantledger.jobs.store import JobStore
@@ -125,7 +129,13 @@ def summarize_run(plan: QuantizePlan, output: PlannedOutput, events: list[dict[s
     header = plan.written_header()
     written = plan.written_values()
     written.update({"general.quantization_version": GGML_QNT_VERSION, "general.file_type": quant_type.file_type})
-    if output.split_count == 1:
+    if output.splits_after:
+        size = sum(
+            _shard_sizes(
+                output, header, new_types, written, [e["name"] for e in events if e.get("event") == "tensor_done"]
+            )
+        )
+    elif output.split_count == 1:
         size = predict_quantized_file_size(header, new_types, written)
     else:  # llama.cpp keeps each tensor in its shard; only the first file carries the model's metadata
         first, *rest = (plan.written_header(shard) for shard in plan.source.shard_headers)
@@ -142,6 +152,24 @@ def summarize_run(plan: QuantizePlan, output: PlannedOutput, events: list[dict[s
         elements += tensor.n_elements
     fallbacks = fallback_count(events)
     return size, (bits / elements if elements else 0.0), fallbacks
+
+
+def _shard_sizes(
+    output: PlannedOutput,
+    header: GgufHeader,
+    new_types: dict[str, int],
+    written: Mapping[str, int | float | bool | str],
+    order: list[str],
+) -> list[int]:
+    """The shards the output stage will cut the file into (gguf/split.py), in the order llama.cpp
+    writes the tensors (the run's per-tensor events; the source's where it reported none)."""
+    rank = {name: i for i, name in enumerate(dict.fromkeys(order))}
+    tensors = sorted(header.tensors, key=lambda t: rank.get(t.name, len(rank)))
+    shaped = [(t.name, t.shape, tensor_nbytes(t.shape, new_types.get(t.name, t.ggml_type))) for t in tensors]
+    counts = shard_counts(
+        [pad(size, DEFAULT_ALIGNMENT) for _, _, size in shaped], output.split_max_bytes, output.split_max_tensors
+    )
+    return predict_shard_sizes(predicted_kv_bytes(header, written), shaped, counts)
 
 
 async def estimate(plan: QuantizePlan, store: JobStore | None, log_path: str, disk_reserve: int) -> Estimate:

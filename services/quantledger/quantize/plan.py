@@ -56,6 +56,8 @@ _INT_RANGES: dict[str, tuple[int, int, str]] = {
     "threads": (0, MAX_THREADS, "0 means all cores"),
     "calibration_chunks": (0, MAX_CALIBRATION_CHUNKS, "0 means every chunk of the text"),
     "calibration_ctx": (0, MAX_CALIBRATION_CTX, "0 means 512 tokens"),
+    "split_max_bytes": (0, 1 << 50, "0 means one file"),
+    "split_max_tensors": (0, 1 << 20, "0 means one file"),
 }
 
 
@@ -68,6 +70,8 @@ class PlannedOutput:
 
     ``split_count`` > 1 (keep_split on a split source) means llama.cpp writes one file per source
     shard, named ``{prefix}-00001-of-0000N.gguf``; ``path`` is then the first of ``paths``.
+    With ``split_max_bytes`` or ``split_max_tensors`` llama.cpp writes one file, which the output stage
+    splits (gguf/split.py) into ``split_count`` shards, ``sharded`` then set: names as above.
     """
 
     quant_type: QuantType
@@ -75,10 +79,18 @@ class PlannedOutput:
     stem: str  # "{source stem}-{TYPE}"
     tag: str
     split_count: int = 1
+    split_max_bytes: int = 0
+    split_max_tensors: int = 0
+    sharded: bool = False
+
+    @property
+    def splits_after(self) -> bool:
+        """Whether the output stage splits what llama.cpp wrote."""
+        return bool(self.split_max_bytes or self.split_max_tensors)
 
     @property
     def paths(self) -> tuple[pathlib.Path, ...]:
-        if self.split_count == 1:
+        if self.split_count == 1 and not self.sharded:
             return (self.directory / f"{self.stem}.gguf",)
         n = self.split_count
         return tuple(self.directory / f"{self.stem}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1))
@@ -95,8 +107,8 @@ class PlannedOutput:
 
     @property
     def partial_paths(self) -> tuple[pathlib.Path, ...]:
-        """The files llama.cpp writes, in the order of ``paths``."""
-        if self.split_count == 1:
+        """The files llama.cpp writes (or the split makes), in the order of ``paths``."""
+        if self.split_count == 1 and not self.sharded:
             return (self.partial_prefix,)
         n = self.split_count
         return tuple(
@@ -205,6 +217,8 @@ def check_options(spec: JobSpec, settings: Settings) -> None:
     _check_numbers(options)
     if options.max_kl_divergence and options.skip_quality:
         raise InvalidArgument("max_kl_divergence needs the quality measurement that skip_quality turns off")
+    if options.split_max_bytes and options.split_max_tensors:
+        raise InvalidArgument("split_max_bytes and split_max_tensors cannot be used together", field="split_max_bytes")
     if options.intermediate_type and options.intermediate_type.upper() not in INTERMEDIATE_TYPES:
         raise InvalidArgument(f"intermediate_type must be one of {', '.join(INTERMEDIATE_TYPES)}")
     override_patterns(options)
@@ -319,9 +333,27 @@ def make_plan(
     overrides = [list(o) for o in literal_overrides(override_patterns(options), (t.name for t in written.tensors))]
     output_dir = resolve_output_dir(options.output_dir, settings) if options.output_dir else default_output_dir
     split_count = len(source.shards) if options.keep_split else 1
+    if split_count > 1 and (options.split_max_bytes or options.split_max_tensors):
+        raise InvalidArgument(
+            "keep_split keeps the source's shards; split_max_bytes/split_max_tensors make new ones: choose one",
+            field="keep_split",
+        )
     base_name = stem or source.stem
-    outputs = tuple(PlannedOutput(t, output_dir, f"{base_name}-{t.name}", tag, split_count) for t in types)
+    outputs = tuple(
+        PlannedOutput(
+            t, output_dir, f"{base_name}-{t.name}", tag, split_count, options.split_max_bytes, options.split_max_tensors
+        )
+        for t in types
+    )
     for output in outputs:
+        if output.splits_after:  # how many shards is known once the file is written: any set is taken
+            taken = sorted(p for p in output_dir.glob(f"{output.stem}-[0-9]*-of-[0-9]*.gguf") if p not in kept)
+            if taken and not options.overwrite:
+                raise OutputExists(
+                    f"{taken[0]} already exists: remove it, choose another output_dir or set overwrite",
+                    path=str(taken[0]),
+                )
+            continue
         for path in output.paths:
             if path in kept:
                 continue

@@ -95,7 +95,7 @@ class QuantizeJob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ..., owner: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imatrix: _Optional[_Union[ComputedImatrix, _Mapping]] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
-    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx", "imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers")
+    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx", "imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers", "split_max_bytes", "split_max_tensors")
     THREADS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REQUANTIZE_FIELD_NUMBER: _ClassVar[int]
     LEAVE_OUTPUT_TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,8 @@ class QuantizeOptions(_message.Message):
     IMATRIX_EXCLUDE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     KV_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     PRUNE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_MAX_TENSORS_FIELD_NUMBER: _ClassVar[int]
     threads: int
     allow_requantize: bool
     leave_output_tensor: bool
@@ -142,7 +144,9 @@ class QuantizeOptions(_message.Message):
     imatrix_exclude_weights: _containers.RepeatedScalarFieldContainer[str]
     kv_overrides: _containers.RepeatedScalarFieldContainer[str]
     prune_layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ..., imatrix_include_weights: _Optional[_Iterable[str]] = ..., imatrix_exclude_weights: _Optional[_Iterable[str]] = ..., kv_overrides: _Optional[_Iterable[str]] = ..., prune_layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    split_max_bytes: int
+    split_max_tensors: int
+    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ..., imatrix_include_weights: _Optional[_Iterable[str]] = ..., imatrix_exclude_weights: _Optional[_Iterable[str]] = ..., kv_overrides: _Optional[_Iterable[str]] = ..., prune_layers: _Optional[_Iterable[int]] = ..., split_max_bytes: _Optional[int] = ..., split_max_tensors: _Optional[int] = ...) -> None: ...
 
 class TensorTypeOverride(_message.Message):
     __slots__ = ("pattern", "type")
