@@ -245,3 +245,27 @@ def test_cancel_while_fetching_kills_the_fetching_worker(
     assert final.progress.bytes_done < final.progress.bytes_total  # the hash had not finished
     _, alive = psutil.wait_procs(workers, timeout=NOT_HUNG)
     assert alive == [] and live_workers(hf_server) == []
+
+
+@pytest.mark.slow
+def test_the_cosine_gate_fails_an_embedder_below_it_and_keeps_the_outputs(
+    hf_server: RunningServer, folder_job: pb.QuantizeJob
+) -> None:
+    q8, q4 = folder_job.outputs
+    floor = (q8.quality.mean_cosine_similarity + q4.quality.mean_cosine_similarity) / 2
+    stub = hf_server.stub()
+    out = hf_server.home.parent / "out-cosine-gate"
+    job = wait_for_job(
+        stub,
+        create(stub, str(MINILM), ["Q8_0", "Q4_K_M"], output_dir=str(out), min_cosine_similarity=floor).name,
+    )
+    assert job.state == Job.STATE_FAILED and job_error_reason(job) == "QUALITY_GATE_FAILED"
+    assert "mean cosine similarity below" in job.error.message and "Q4_K_M (" in job.error.message
+    assert "Q8_0 (" not in job.error.message
+    assert len(job.outputs) == 2 and all(pathlib.Path(o.path).is_file() for o in job.outputs)
+    # the KL gate measures causal models only: refused once the folder is converted and its kind known
+    kl = wait_for_job(
+        stub, create(stub, str(MINILM), ["Q8_0"], output_dir=str(out) + "-kl", max_kl_divergence=0.1).name
+    )
+    assert kl.state == Job.STATE_FAILED and job_error_reason(kl) == "INVALID_ARGUMENT"
+    assert "min_cosine_similarity" in kl.error.message

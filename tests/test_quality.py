@@ -11,7 +11,7 @@ import pytest
 from conftest import Models, wait_for_job
 
 from quantledger.errors import InvalidArgument, SourceNotFound
-from quantledger.quality.evaluate import default_embedding_set, default_eval_text, evaluate_causal
+from quantledger.quality.evaluate import default_embedding_set, default_eval_text, evaluate_causal, load_reference
 from quantledger.v1 import quantize_service_pb2 as pb
 
 
@@ -45,8 +45,8 @@ def test_fewer_bits_cost_more(models: Models, quantized: dict[str, pathlib.Path]
     assert 0 < klds["Q8_0"] < klds["Q4_K_M"] < klds["Q2_K"]
 
 
-def independent_kld(reference: pathlib.Path, quantized: pathlib.Path, tokens: list[int]) -> tuple[float, float]:
-    """Mean KLD and top-1 agreement over all positions but the first half, computed directly."""
+def independent_kld(reference: pathlib.Path, quantized: pathlib.Path, tokens: list[int]) -> tuple[np.ndarray, float]:
+    """Per-position KLD and top-1 agreement over all positions but the first half, computed directly."""
 
     def log_probs(path: pathlib.Path) -> np.ndarray:
         llm = llama_cpp.Llama(
@@ -61,7 +61,7 @@ def independent_kld(reference: pathlib.Path, quantized: pathlib.Path, tokens: li
     p, q = log_probs(reference), log_probs(quantized)
     half = len(tokens) // 2
     p, q = p[half : len(tokens) - 1], q[half : len(tokens) - 1]
-    return float((np.exp(p) * (p - q)).sum(axis=1).mean()), float((p.argmax(1) == q.argmax(1)).mean())
+    return (np.exp(p) * (p - q)).sum(axis=1), float((p.argmax(1) == q.argmax(1)).mean())
 
 
 def test_matches_an_independent_computation(models: Models, quantized: dict[str, pathlib.Path]) -> None:
@@ -70,7 +70,7 @@ def test_matches_an_independent_computation(models: Models, quantized: dict[str,
     tokens = llm.tokenize(text.encode(), add_bos=False, special=False)[:128]
     tokens = [llm.token_bos(), *tokens[1:]]
     del llm
-    expected_kld, expected_top1 = independent_kld(models.f16, quantized["Q4_K_M"], tokens)
+    per_position, expected_top1 = independent_kld(models.f16, quantized["Q4_K_M"], tokens)
     # one chunk of 128 tokens: the same positions the evaluator scores
     piece = (
         llama_cpp.Llama(model_path=str(models.f16), n_ctx=64, verbose=False)
@@ -79,7 +79,9 @@ def test_matches_an_independent_computation(models: Models, quantized: dict[str,
     )
     report = evaluate_causal(models.f16, quantized["Q4_K_M"], piece, n_ctx=128, max_chunks=1)
     assert report.items_evaluated == 63
-    assert report.mean_kl_divergence == pytest.approx(expected_kld, rel=1e-3)
+    assert report.mean_kl_divergence == pytest.approx(per_position.mean(), rel=1e-3)
+    expected_error = per_position.std(ddof=1) / np.sqrt(per_position.size)
+    assert report.kl_divergence_stderr == pytest.approx(expected_error, rel=1e-2)
     assert report.top1_agreement == pytest.approx(expected_top1, abs=0.02)
 
 
@@ -122,3 +124,41 @@ def test_jobs_report_quality_and_enforce_the_gate(stub, models: Models) -> None:
 
     assert job_error_reason(failed) == "QUALITY_GATE_FAILED" and "Q2_K" in failed.error.message
     assert len(failed.outputs) == 2 and all(pathlib.Path(o.path).is_file() for o in failed.outputs)  # kept
+
+
+def test_the_reference_read_once_scores_every_output_the_same(
+    models: Models, quantized: dict[str, pathlib.Path], tmp_path
+) -> None:
+    """The unquantized model reads the text once (kept in a folder); each output's report against that
+    read is the report of a fresh evaluation, to the bit."""
+    text = default_eval_text()
+    kept = load_reference(models.f16, text, tmp_path)
+    for path in quantized.values():
+        fresh = evaluate_causal(models.f16, path, text)
+        again = evaluate_causal(models.f16, path, text, reference=kept)
+        assert again == fresh and fresh.kl_divergence_stderr > 0
+
+
+def test_evaluating_counts_tokens_of_one_reference_pass_and_one_pass_per_output(stub, models: Models) -> None:
+    job = pb.QuantizeJob(
+        source=str(models.f16),
+        quant_types=["Q8_0", "Q4_0", "Q2_K"],
+        options=pb.QuantizeOptions(output_dir=str(models.root / "q-passes")),
+    )
+    created = stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job))
+    seen = []
+    for snapshot in stub.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=created.name), timeout=300):
+        if snapshot.stage == pb.QuantizeJob.STAGE_EVALUATING and snapshot.progress.stage_total:
+            seen.append((snapshot.progress.stage_done, snapshot.progress.stage_total, snapshot.progress.stage_unit))
+        last = snapshot
+    assert last.state == pb.QuantizeJob.STATE_SUCCEEDED, last.error
+    vocab = llama_cpp.Llama(model_path=str(models.f16), vocab_only=True, verbose=False)
+    n_chunks = min(64, len(vocab.tokenize(default_eval_text().encode(), add_bos=False, special=False)) // 256)
+    tokens = n_chunks * 256  # the chunks of 256 tokens of the shipped text the evaluator may read, at most 64
+    assert {total for _, total, _ in seen} == {4 * tokens} and {unit for _, _, unit in seen} == {"tokens"}
+    done = [d for d, _, _ in seen]
+    assert done == sorted(done) and len(set(done)) > 4
+    for output in last.outputs:  # read until the mean is known to 5% of itself, or the text ends
+        q = output.quality
+        assert q.kl_divergence_stderr > 0 and q.items_evaluated % 127 == 0, q  # whole chunks of 127 scored
+        assert q.kl_divergence_stderr <= 0.05 * q.mean_kl_divergence or q.items_evaluated == n_chunks * 127, q

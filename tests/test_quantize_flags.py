@@ -144,6 +144,8 @@ def _create(stub, source: pathlib.Path, quant: str = "Q8_0", **options) -> None:
         ("Q4_0", {"imatrix_include_weights": ["ffn"]}, "INVALID_ARGUMENT", "needs imatrix_path"),
         ("Q8_0", {"split_max_bytes": 10**6, "split_max_tensors": 4}, "INVALID_ARGUMENT", "cannot be used together"),
         ("Q8_0", {"split_max_bytes": 1000}, "INVALID_ARGUMENT", "a shard would hold no tensor"),
+        ("Q8_0", {"min_cosine_similarity": 0.9}, "INVALID_ARGUMENT", "gates embedding models"),
+        ("Q8_0", {"min_cosine_similarity": 1.5}, "INVALID_ARGUMENT", "lies in 0..1"),
         (
             "Q4_0",
             {"imatrix_include_weights": ["ffn"], "imatrix_exclude_weights": ["attn"], "imatrix_path": "auto"},

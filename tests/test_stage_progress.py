@@ -42,7 +42,7 @@ def test_hashing_and_evaluation_advance_their_own_progress(stub, models: Models)
     assert hashed == sorted(hashed) and len(set(hashed)) >= 2, hashed
 
     evaluating = in_stage(snapshots, Job.STAGE_EVALUATING)
-    assert {s.progress.stage_unit for s in evaluating} == {"chunks"}
+    assert {s.progress.stage_unit for s in evaluating} == {"tokens"}
     done = [s.progress.stage_fraction for s in evaluating]
     assert done == sorted(done) and len({f for f in done if f > 0}) >= 2, done
     counted = [s for s in evaluating if s.progress.stage_done > 0]
@@ -54,4 +54,4 @@ def test_hashing_and_evaluation_advance_their_own_progress(stub, models: Models)
 
     line = io.StringIO()
     ProgressBar(line).update(counted[0])
-    assert "EVALUATING" in line.getvalue() and "chunks" in line.getvalue() and "stage" in line.getvalue()
+    assert "EVALUATING" in line.getvalue() and "tokens" in line.getvalue() and "stage" in line.getvalue()

@@ -223,6 +223,9 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
         "--lora", default="", metavar="DIR", help="PEFT LoRA adapter merged before conversion (HF sources)"
     )
     parser.add_argument("--max-kld", type=float, default=0.0, metavar="X", help="fail when an output's mean KLD > X")
+    parser.add_argument(
+        "--min-cosine", type=float, default=0.0, metavar="X", help="embedders: fail when an output's mean cosine < X"
+    )
     parser.add_argument("--no-quality", action="store_true", help="do not measure output quality")
     parser.add_argument(
         "--intermediate-type",
@@ -400,6 +403,7 @@ def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
             overwrite=args.overwrite,
             lora_dir=os.path.abspath(args.lora) if args.lora else "",
             max_kl_divergence=args.max_kld,
+            min_cosine_similarity=args.min_cosine,
             skip_quality=args.no_quality,
             intermediate_type=args.intermediate_type,
             eval_text_path=os.path.abspath(args.eval_text) if args.eval_text else "",

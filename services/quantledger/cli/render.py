@@ -115,7 +115,8 @@ def describe_quality(quality: pb.QualityReport) -> str:
             f"top-k agreement {quality.topk_retrieval_agreement:.2f} ({quality.eval_set})"
         )
     return (
-        f"KLD mean {quality.mean_kl_divergence:.5f} p99 {quality.p99_kl_divergence:.5f}, "
+        f"KLD mean {quality.mean_kl_divergence:.5f} ± {quality.kl_divergence_stderr:.5f} "
+        f"p99 {quality.p99_kl_divergence:.5f}, "
         f"top-1 {quality.top1_agreement * 100:.1f}%, perplexity {quality.perplexity_delta * 100:+.2f}% "
         f"({quality.eval_set})"
     )

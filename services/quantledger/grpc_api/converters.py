@@ -77,6 +77,7 @@ def options_from_proto(message: pb.QuantizeOptions) -> Options:
         prune_layers=tuple(message.prune_layers),
         split_max_bytes=message.split_max_bytes,
         split_max_tensors=message.split_max_tensors,
+        min_cosine_similarity=message.min_cosine_similarity,
     )
 
 
@@ -107,6 +108,7 @@ def options_to_proto(options: Options) -> pb.QuantizeOptions:
         prune_layers=list(options.prune_layers),
         split_max_bytes=options.split_max_bytes,
         split_max_tensors=options.split_max_tensors,
+        min_cosine_similarity=options.min_cosine_similarity,
     )
 
 

@@ -58,6 +58,7 @@ class Options:
     overwrite: bool = False
     lora_dir: str = ""
     max_kl_divergence: float = 0.0
+    min_cosine_similarity: float = 0.0  # the embedders' gate: an output's mean cosine below it fails the job
     skip_quality: bool = False
     intermediate_type: str = ""
     eval_text_path: str = ""
@@ -202,6 +203,7 @@ class Quality:
     topk_retrieval_agreement: float | None = None
     items_evaluated: int = 0
     eval_set: str = ""
+    kl_divergence_stderr: float | None = None  # standard error of mean_kl_divergence
     # why the evaluation of this output failed (kind is then empty); the output is kept all the same
     error: JobError | None = None
 

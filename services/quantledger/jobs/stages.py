@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import logging
 import pathlib
+import shutil
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -323,75 +324,183 @@ async def _convert(
 async def evaluate_outputs(host: StageHost, job: Job, plan: QuantizePlan) -> None:
     """Measure every output against the unquantized model (stage EVALUATING).
 
+    A causal model's outputs are measured in rounds (quality/reference.py): the unquantized model reads
+    the next chunks of the evaluation text once (two, then twice as many each round), every output not
+    yet measured closely enough reads the same chunks and merges them into its report, and an output
+    stops once its mean KL divergence is known to within STDERR_TARGET (or the text ends). Progress counts
+    tokens, an output that stops early counting its unread chunks as done. If a reference read fails,
+    each output left is measured by a worker that reads the reference itself, over the whole text.
     An output whose evaluation fails (the worker crashed inside llama.cpp, ran past its time bound, or
     refused the evaluation data) stays as it is, its quality report carrying the error; the others are
     still evaluated. Cancel and shutdown still stop the stage. The gate is ``check_quality_gate``."""
-    from quantledger.quantize.estimate import EVALUATE_SAMPLE
+    from quantledger.quality.evaluate import is_embedding_model
 
-    timeline = host.timeline(job)
-    timeline.begin(Stage.EVALUATING, 0, "chunks")
+    pending = [index for index, artifact in enumerate(job.outputs) if artifact.quality is None]
+    if not pending:  # evaluated before the server restarted
+        return
+    run = _Evaluation(host, job, plan)
+    host.timeline(job).begin(Stage.EVALUATING, 0, "tokens")
     host.touch(job)
-    options = job.spec.options
-    roots = host.settings_for(job).allowed_roots
-    eval_text = str(resolve_allowed(options.eval_text_path, roots)) if options.eval_text_path else ""
-    count = len(job.outputs)
-    per_output = 0  # chunks (or texts) of one output, known from the first evaluation that reports them
-    known = {f.name for f in dataclasses.fields(Quality)} - {"error"}
-    reference_bytes = plan.source.header.tensor_bytes
-    for index, artifact in enumerate(list(job.outputs)):
-        if artifact.quality is not None:  # evaluated before the server restarted
-            continue
-        request = {
-            "mode": "evaluate",
+    if await asyncio.to_thread(is_embedding_model, plan.source.path):
+        for index in pending:
+            await run.whole(index, passes=len(pending))
+        return
+    settings = host.settings_for(job)
+    kept = pathlib.Path(settings.scratch_dir or settings.home / "scratch") / f"reference-{job.id}"
+    shutil.rmtree(kept, ignore_errors=True)  # a read left by a run of this job before a restart
+    kept.mkdir(parents=True)
+    started = time.monotonic()
+    try:
+        await run.in_rounds(pending, kept)
+        run.record_rate((time.monotonic() - started) / len(pending))
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+class _Evaluation:
+    """The workers of one job's EVALUATING stage and its progress (see evaluate_outputs)."""
+
+    def __init__(self, host: StageHost, job: Job, plan: QuantizePlan) -> None:
+        options = job.spec.options
+        roots = host.settings_for(job).allowed_roots
+        eval_text = str(resolve_allowed(options.eval_text_path, roots)) if options.eval_text_path else ""
+        self.host, self.job, self.plan = host, job, plan
+        self.base = {
             "reference": str(plan.source.path),
-            "quantized": artifact.path,
             "threads": plan.base_request["threads"],
             "eval_text_path": eval_text,
         }
+        self.timeline = host.timeline(job)
+        self.known = {f.name for f in dataclasses.fields(Quality)} - {"error"}
+        self.done = 0  # units (tokens, texts) of the stage finished
+        self.total = 0  # units of the whole stage, once known
+        self.call_total = 0  # the current worker's own total, where the stage's is not known yet
+        self.outputs = 0  # outputs measured in rounds
 
-        def on_event(event: dict[str, Any], index: int = index) -> None:
-            nonlocal per_output
-            if event.get("event") != "eval_progress" or int(event["total"]) <= 0:
-                return
-            per_output = int(event["total"])
-            job.progress.stage_unit = str(event.get("unit") or "chunks")
-            timeline.advance(index * per_output + int(event["done"]), count * per_output)
-            host.touch(job, save=False)
+    def _advance(self, within: int) -> None:
+        if self.total:
+            self.timeline.advance(min(self.done + within, self.total), self.total)
+            self.host.touch(self.job, save=False)
 
-        started = time.monotonic()
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "reference_chunks" and not self.total:
+            self.total = (1 + self.outputs) * int(event["tokens"])
+        elif kind == "eval_progress" and int(event["total"]) > 0:
+            self.job.progress.stage_unit = str(event.get("unit") or "tokens")
+            self.call_total = int(event["total"])
+            self._advance(int(event["done"]))
+
+    def finish(self, units: int) -> None:
+        self.done += units
+        self._advance(0)
+        self.host.touch(self.job)
+
+    def record(self, index: int, quality: Quality) -> None:
+        self.job.outputs[index] = dataclasses.replace(self.job.outputs[index], quality=quality)
+
+    async def _run(self, index: int, request: dict[str, Any]) -> tuple[Quality, list[dict[str, Any]]]:
+        """One evaluate worker for output ``index``: its report (or the error it ended with) and events."""
+        artifact = self.job.outputs[index]
+        self.job.progress.current_quant_type = artifact.quant_type
         try:
-            result = await host.worker_for(job, request).run(on_event)
+            result = await self.host.worker_for(self.job, request).run(self.on_event)
             report = result.of("quality")[-1]
         except QuantledgerError as exc:
-            log.warning("%s: evaluating %s failed (%s): %s", job.name, artifact.quant_type, exc.reason, exc.message)
-            quality = Quality.failed(JobError.of(exc))
-        else:
-            quality = Quality(**{k: v for k, v in report.items() if k in known})
-            if reference_bytes >= MIN_BYTES_FOR_EVALUATE_RATE:
-                host.store.record_throughput(EVALUATE_SAMPLE, reference_bytes, time.monotonic() - started)
-        job.outputs[index] = dataclasses.replace(artifact, quality=quality)
-        if per_output:
-            timeline.advance((index + 1) * per_output, count * per_output)
-        host.touch(job)
+            log.warning(
+                "%s: evaluating %s failed (%s): %s", self.job.name, artifact.quant_type, exc.reason, exc.message
+            )
+            return Quality.failed(JobError.of(exc)), []
+        return Quality(**{k: v for k, v in report.items() if k in self.known}), result.events
+
+    def record_rate(self, seconds_per_output: float) -> None:
+        """What evaluating one output took, for the estimate of later jobs (quantize/estimate.py)."""
+        from quantledger.quantize.estimate import EVALUATE_SAMPLE
+
+        reference_bytes = self.plan.source.header.tensor_bytes
+        if reference_bytes >= MIN_BYTES_FOR_EVALUATE_RATE and seconds_per_output > 0:
+            self.host.store.record_throughput(EVALUATE_SAMPLE, reference_bytes, seconds_per_output)
+
+    async def whole(self, index: int, passes: int) -> None:
+        """Output ``index`` measured by one worker over all the data (reading the reference itself)."""
+        started = time.monotonic()
+        self.call_total = 0
+        quality, _ = await self._run(
+            index, {**self.base, "mode": "evaluate", "quantized": self.job.outputs[index].path}
+        )
+        self.record(index, quality)
+        if quality.error is None:
+            self.record_rate(time.monotonic() - started)
+        if not self.total and self.call_total:
+            self.total = passes * self.call_total
+        self.finish(self.call_total)
+
+    async def in_rounds(self, pending: list[int], kept: pathlib.Path) -> None:
+        from quantledger.quality.reference import MIN_CHUNKS
+
+        self.outputs = len(pending)
+        active = list(pending)
+        read, step, n_chunks, n_ctx = 0, MIN_CHUNKS, None, 0
+        while active and (n_chunks is None or read < n_chunks):
+            stop = read + step
+            request = {**self.base, "mode": "reference", "output": str(kept), "start": read, "stop": stop}
+            self.job.progress.current_quant_type = ""  # the unquantized model reads the text
+            try:
+                result = await self.host.worker_for(self.job, request).run(self.on_event)
+            except QuantledgerError as exc:
+                log.warning("%s: the reference read failed (%s): %s", self.job.name, exc.reason, exc.message)
+                for index in active:  # each reads the reference itself, from the start
+                    await self.whole(index, passes=1)
+                return
+            answer = result.of("reference")[-1]
+            n_chunks, stop = int(answer["chunks"]), int(answer["read"])
+            n_ctx = self.total // ((1 + self.outputs) * n_chunks) if self.total else 0
+            self.finish((stop - read) * n_ctx)
+            still = []
+            for index in active:
+                state = kept / f"output-{index}.npz"
+                evaluate = {**self.base, "mode": "evaluate", "quantized": self.job.outputs[index].path}
+                evaluate.update(reference_logits=str(kept), start=read, stop=stop, state=str(state))
+                quality, events = await self._run(index, evaluate)
+                self.record(index, quality)
+                measured = any(e.get("event") == "measured" and e.get("measured") for e in events)
+                if quality.error is None and not measured and stop < n_chunks:
+                    still.append(index)
+                    self.finish((stop - read) * n_ctx)
+                else:  # measured (or failed): the chunks it will not read count as done
+                    self.finish((n_chunks - read) * n_ctx)
+            active, read, step = still, stop, 2 * stop
 
 
 def check_quality_gate(job: Job) -> None:
-    """QUALITY_GATE_FAILED when ``max_kl_divergence`` is set and an output is above it, or its evaluation
-    failed so the gate could not be checked (the message names those outputs and why)."""
-    limit = job.spec.options.max_kl_divergence
-    if not limit:
+    """QUALITY_GATE_FAILED when ``max_kl_divergence`` is set and an output is above it (or
+    ``min_cosine_similarity`` and an output's mean cosine is below it), or its evaluation failed so the gate
+    could not be checked (the message names those outputs and why)."""
+    options = job.spec.options
+    limit, floor = options.max_kl_divergence, options.min_cosine_similarity
+    if not limit and not floor:
         return
     worse = [
         f"{a.quant_type} ({a.quality.mean_kl_divergence:.4f})"
         for a in job.outputs
-        if a.quality is not None and a.quality.mean_kl_divergence is not None and a.quality.mean_kl_divergence > limit
+        if limit and a.quality is not None and (a.quality.mean_kl_divergence or 0.0) > limit
+    ]
+    below = [
+        f"{a.quant_type} ({a.quality.mean_cosine_similarity:.4f})"
+        for a in job.outputs
+        if floor
+        and a.quality is not None
+        and a.quality.error is None
+        and (a.quality.mean_cosine_similarity or 0.0) < floor
     ]
     unchecked = [a for a in job.outputs if a.quality is None or a.quality.error is not None]
-    if not worse and not unchecked:
+    if not worse and not below and not unchecked:
         return
     problems = []
     if worse:
         problems.append(f"mean KL divergence above {limit}: {', '.join(worse)}")
+    if below:
+        problems.append(f"mean cosine similarity below {floor}: {', '.join(below)}")
     if unchecked:
         reasons = ", ".join(
             f"{a.quant_type} ({a.quality.error.reason if a.quality and a.quality.error else 'not evaluated'})"
@@ -401,6 +510,6 @@ def check_quality_gate(job: Job) -> None:
     extra = {"unchecked": ",".join(a.quant_type for a in unchecked)} if unchecked else {}
     raise QualityGateFailed(
         "; ".join(problems) + "; the outputs are kept for inspection (and registered)",
-        max_kl_divergence=str(limit),
+        **({"max_kl_divergence": str(limit)} if limit else {"min_cosine_similarity": str(floor)}),
         **extra,
     )

@@ -1,11 +1,11 @@
-"""What quantization cost, measured with llama.cpp itself.
+"""What quantization cost, measured with llama.cpp itself (docs/QUALITY.md).
 
 Causal language models: both models read the same token chunks; for the second half of each chunk
 (every position then has at least n_ctx/2 tokens of context, as llama.cpp's perplexity tool does) the
-KL divergence KL(reference || quantized) of the next-token distributions, whether the most likely next
-token agrees, and the perplexity of each model on the real next tokens. Both models stay loaded and the
-text is processed chunk by chunk, so memory is the two models plus one chunk of logits of each
-(n_ctx * vocabulary * 4 bytes) — never the whole text's distributions.
+KL divergence KL(reference || quantized) of the next-token distributions with its standard error,
+whether the most likely next token agrees, and the perplexity of each model on the real next tokens.
+The reference's read of the text is kept in a folder (quality/reference.py), so a job reads it once and
+each output costs one forward pass; a job reads it in rounds (jobs/stages.py, :func:`evaluate_more`).
 
 Embedding models: the pooled embedding of every sentence by both models, their cosine similarity
 (mean and minimum), and for each query whether the top-k retrieved sentences agree.
@@ -13,11 +13,13 @@ Embedding models: the pooled embedding of every sentence by both models, their c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import pathlib
+import tempfile
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
@@ -26,12 +28,23 @@ import numpy as np
 import numpy.typing as npt
 
 from quantledger.errors import InvalidArgument, SourceNotFound
-from quantledger.gguf.reader import read_gguf_header
+from quantledger.gguf.reader import GgufHeader, read_gguf_header
 from quantledger.jobs.model import Quality as QualityReport
+from quantledger.quality.reference import (
+    Comparison,
+    ReferenceLogits,
+    compare,
+    compute_reference,
+    start_reference,
+    text_chunks,
+)
 
 FloatArray = npt.NDArray[np.float64]
 # progress(done, total): chunks (causal) or texts (embedding) evaluated so far, of all
 Progress = Callable[[int, int], None]
+# tokens per chunk and chunks of the evaluation text a causal model reads (docs/QUALITY.md says why)
+EVAL_CTX = 256
+EVAL_CHUNKS = 64
 EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "jina-bert-v2", "modern-bert", "t5encoder"})
 
 
@@ -57,7 +70,11 @@ def _label(name: str, content: str) -> str:
 
 
 def is_embedding_model(path: str | os.PathLike[str]) -> bool:
-    header = read_gguf_header(path)
+    return is_embedding_header(read_gguf_header(path))
+
+
+def is_embedding_header(header: GgufHeader) -> bool:
+    """Whether the model pools token embeddings (measured by cosine) rather than predicting tokens."""
     architecture = header.metadata.get("general.architecture")
     if architecture in EMBEDDING_ARCHITECTURES:
         return True
@@ -70,7 +87,7 @@ def _require(path: str | os.PathLike[str]) -> str:
     return str(path)
 
 
-def _load(path: str, *, n_ctx: int, threads: int, embedding: bool = False) -> Any:
+def _load(path: str, *, n_ctx: int, threads: int, embedding: bool = False, vocab_only: bool = False) -> Any:
     import llama_cpp
 
     return llama_cpp.Llama(
@@ -81,21 +98,78 @@ def _load(path: str, *, n_ctx: int, threads: int, embedding: bool = False) -> An
         n_threads=threads or os.cpu_count() or 1,
         logits_all=not embedding,
         embedding=embedding,
+        vocab_only=vocab_only,
         verbose=False,
     )
 
 
-def _log_softmax(logits: npt.NDArray[np.float32]) -> FloatArray:
-    values: FloatArray = logits.astype(np.float64)
-    values -= values.max(axis=-1, keepdims=True)
-    result: FloatArray = values - np.log(np.exp(values).sum(axis=-1, keepdims=True))
-    return result
+def begin_reference(
+    reference_gguf: str | os.PathLike[str],
+    text: str,
+    folder: str | os.PathLike[str],
+    *,
+    n_ctx: int = EVAL_CTX,
+    max_chunks: int = EVAL_CHUNKS,
+    eval_set: str = "",
+) -> int:
+    """Cut ``text`` into the chunks the models will read (the reference's tokenizer) and record them in
+    ``folder``; returns how many there are."""
+    model = _load(_require(reference_gguf), n_ctx=n_ctx, threads=1, vocab_only=True)
+    chunks = text_chunks(model, text, n_ctx, max_chunks)
+    del model
+    start_reference(folder, chunks, eval_set or _label("text", text))
+    return int(chunks.shape[0])
 
 
-def _chunk_logits(model: Any, chunk: list[int]) -> npt.NDArray[np.float32]:
-    model.reset()
-    model.eval(chunk)
-    return np.array(model.scores[: len(chunk)], dtype=np.float32)
+def read_reference(
+    reference_gguf: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    start: int,
+    stop: int,
+    *,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> ReferenceLogits:
+    """The unquantized model reads chunks [start, stop) of the text recorded in ``folder``."""
+    n_ctx = ReferenceLogits.load(folder).n_ctx
+    model = _load(_require(reference_gguf), n_ctx=n_ctx, threads=threads)
+    found = compute_reference(model, folder, start, stop, progress=progress)
+    del model
+    return found
+
+
+def load_reference(
+    reference_gguf: str | os.PathLike[str],
+    text: str,
+    folder: str | os.PathLike[str],
+    *,
+    n_ctx: int = EVAL_CTX,
+    max_chunks: int = EVAL_CHUNKS,
+    threads: int = 0,
+    eval_set: str = "",
+    progress: Progress | None = None,
+) -> ReferenceLogits:
+    """The unquantized model's read of all of ``text`` (quality/reference.py), written into ``folder``."""
+    n_chunks = begin_reference(reference_gguf, text, folder, n_ctx=n_ctx, max_chunks=max_chunks, eval_set=eval_set)
+    return read_reference(reference_gguf, folder, 0, n_chunks, threads=threads, progress=progress)
+
+
+def causal_report(scored: Comparison, eval_set: str) -> QualityReport:
+    positions = scored.positions
+    ppl_reference = float(np.exp(scored.nll_reference / positions))
+    ppl = float(np.exp(scored.nll_quantized / positions))
+    return QualityReport(
+        kind="causal",
+        mean_kl_divergence=float(scored.kl.mean()),
+        kl_divergence_stderr=scored.kl_standard_error,
+        p99_kl_divergence=float(np.percentile(scored.kl, 99)),
+        top1_agreement=scored.top1_agree / positions,
+        perplexity_reference=ppl_reference,
+        perplexity=ppl,
+        perplexity_delta=(ppl - ppl_reference) / ppl_reference,
+        items_evaluated=positions,
+        eval_set=eval_set,
+    )
 
 
 def evaluate_causal(
@@ -103,59 +177,60 @@ def evaluate_causal(
     quantized_gguf: str | os.PathLike[str],
     text: str,
     *,
-    n_ctx: int = 256,
-    max_chunks: int = 8,
+    n_ctx: int = EVAL_CTX,
+    max_chunks: int = EVAL_CHUNKS,
     threads: int = 0,
     eval_set: str = "",
     progress: Progress | None = None,
+    reference: ReferenceLogits | None = None,
 ) -> QualityReport:
-    """KL divergence, top-1 agreement and perplexity of ``quantized_gguf`` against ``reference_gguf``;
-    ``progress`` hears of every chunk both models have read."""
-    reference_path, quantized_path = _require(reference_gguf), _require(quantized_gguf)
-    reference = _load(reference_path, n_ctx=n_ctx, threads=threads)
-    tokens = reference.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-    chunks = [tokens[i : i + n_ctx] for i in range(0, len(tokens) - n_ctx + 1, n_ctx)][:max_chunks]
-    if len(chunks) < 1:
-        raise InvalidArgument(f"the evaluation text has {len(tokens)} tokens; at least {n_ctx} are needed")
-    quantized = _load(quantized_path, n_ctx=n_ctx, threads=threads)
-    bos = reference.token_bos()
-    first = n_ctx // 2
-    kld: list[FloatArray] = []
-    agree = 0
-    nll_reference = 0.0
-    nll_quantized = 0.0
-    positions = 0
-    if progress is not None:
-        progress(0, len(chunks))
-    for done, chunk in enumerate(chunks, 1):
-        if bos >= 0:
-            chunk = [bos, *chunk[1:]]
-        ref = _log_softmax(_chunk_logits(reference, chunk)[first : n_ctx - 1])
-        quant = _log_softmax(_chunk_logits(quantized, chunk)[first : n_ctx - 1])
-        targets = np.asarray(chunk[first + 1 : n_ctx])
-        rows = np.arange(len(targets))
-        kld.append((np.exp(ref) * (ref - quant)).sum(axis=-1))
-        agree += int((ref.argmax(axis=-1) == quant.argmax(axis=-1)).sum())
-        nll_reference -= float(ref[rows, targets].sum())
-        nll_quantized -= float(quant[rows, targets].sum())
-        positions += len(targets)
-        if progress is not None:
-            progress(done, len(chunks))
-    divergences = np.maximum(np.concatenate(kld), 0.0)
-    ppl_reference = float(np.exp(nll_reference / positions))
-    ppl = float(np.exp(nll_quantized / positions))
-    del reference, quantized
-    return QualityReport(
-        kind="causal",
-        mean_kl_divergence=float(divergences.mean()),
-        p99_kl_divergence=float(np.percentile(divergences, 99)),
-        top1_agreement=agree / positions,
-        perplexity_reference=ppl_reference,
-        perplexity=ppl,
-        perplexity_delta=(ppl - ppl_reference) / ppl_reference,
-        items_evaluated=positions,
-        eval_set=eval_set or _label("text", text),
-    )
+    """KL divergence (with its standard error), top-1 agreement and perplexity of ``quantized_gguf``
+    against ``reference_gguf`` over all of ``text``, or against the ``reference`` read of it computed
+    before (one forward pass then); ``progress`` hears of the tokens read by both passes (one, given
+    ``reference``)."""
+    quantized_path = _require(quantized_gguf)
+    passes = 1 if reference is not None else 2
+
+    def counted(offset: int) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(offset + done, passes * total)
+
+    with contextlib.ExitStack() as stack:
+        if reference is None:  # kept for this output alone, in a folder gone when it is scored
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="quantledger-reference-"))
+            reference = load_reference(
+                reference_gguf, text, folder, n_ctx=n_ctx, max_chunks=max_chunks, threads=threads,
+                eval_set=eval_set, progress=counted(0),
+            )  # fmt: skip
+        quantized = _load(quantized_path, n_ctx=reference.n_ctx, threads=threads)
+        tokens = reference.read * reference.n_ctx
+        scored = compare(quantized, reference, progress=counted((passes - 1) * tokens))
+        del quantized
+    return causal_report(scored, reference.eval_set)
+
+
+def evaluate_more(
+    quantized_gguf: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    start: int,
+    stop: int,
+    state: str | os.PathLike[str],
+    *,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> tuple[QualityReport, bool]:
+    """Score ``quantized_gguf`` on chunks [start, stop) the reference read into ``folder``, merged with
+    what ``state`` kept of the chunks before (and kept there again); the report over all of them and
+    whether its mean KL is measured closely enough to stop (reference.STDERR_TARGET)."""
+    reference = ReferenceLogits.load(folder)
+    quantized = _load(_require(quantized_gguf), n_ctx=reference.n_ctx, threads=threads)
+    scored = compare(quantized, reference, start, stop, progress=progress)
+    del quantized
+    if start > 0:
+        scored = Comparison.load(state).merged(scored)
+    scored.save(state)
+    return causal_report(scored, reference.eval_set), scored.measured
 
 
 def _embeddings(path: str, texts: Sequence[str], threads: int, embedded: Callable[[], None]) -> FloatArray:

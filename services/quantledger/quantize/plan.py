@@ -32,6 +32,7 @@ from quantledger.errors import (
 from quantledger.gguf.reader import GgufHeader
 from quantledger.gguf.types import ggml_types_by_name
 from quantledger.jobs.model import JobSpec, Options
+from quantledger.quality.evaluate import is_embedding_header
 from quantledger.quantize.catalogue import COPY, QuantType, lookup
 from quantledger.quantize.quantize_flags import (
     Value,
@@ -217,6 +218,13 @@ def check_options(spec: JobSpec, settings: Settings) -> None:
     _check_numbers(options)
     if options.max_kl_divergence and options.skip_quality:
         raise InvalidArgument("max_kl_divergence needs the quality measurement that skip_quality turns off")
+    if options.min_cosine_similarity and options.skip_quality:
+        raise InvalidArgument(
+            "min_cosine_similarity needs the quality measurement that skip_quality turns off",
+            field="min_cosine_similarity",
+        )
+    if options.min_cosine_similarity > 1:
+        raise InvalidArgument("min_cosine_similarity lies in 0..1", field="min_cosine_similarity")
     if options.split_max_bytes and options.split_max_tensors:
         raise InvalidArgument("split_max_bytes and split_max_tensors cannot be used together", field="split_max_bytes")
     if options.intermediate_type and options.intermediate_type.upper() not in INTERMEDIATE_TYPES:
@@ -290,6 +298,7 @@ def make_plan(
     if source is None:
         source = open_source(spec.source, settings.allowed_roots)
     check_gguf_source(source.header)
+    _check_gate_kind(options, source.header)
     prune = check_prune_layers(options.prune_layers, block_count(source.header))
     types = [_copy_of(source) if t is COPY else t for t in types]
     copies_only = all(t.family == COPY.family for t in types)  # llama.cpp copies: nothing is requantized
@@ -391,6 +400,22 @@ def make_plan(
         "prune_layers": prune,
     }
     return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request, calibrate)
+
+
+def _check_gate_kind(options: Options, header: GgufHeader) -> None:
+    """Each quality gate on the kind of model it measures: KL divergence for causal models, cosine
+    similarity for embedders (the other figure does not exist for them, so the gate would never fire)."""
+    embedder = is_embedding_header(header)
+    if options.max_kl_divergence and embedder:
+        raise InvalidArgument(
+            "max_kl_divergence gates causal models; this is an embedding model: use min_cosine_similarity",
+            field="max_kl_divergence",
+        )
+    if options.min_cosine_similarity and not embedder:
+        raise InvalidArgument(
+            "min_cosine_similarity gates embedding models; this is a causal model: use max_kl_divergence",
+            field="min_cosine_similarity",
+        )
 
 
 def _copy_of(source: GgufSource) -> QuantType:

@@ -6,7 +6,8 @@ stdout/stderr are left to the parent to collect. The parent starts it in a new p
 cancel can kill it (and any thread llama.cpp started) at once; the worker asks the kernel to kill it
 if the parent dies, so a killed server leaves no orphan writing files.
 
-Other modes (``"mode"``): convert, fetch, evaluate, calibrate (an importance matrix, calibrate.py).
+Other modes (``"mode"``): convert, fetch, evaluate, calibrate (an importance matrix, calibrate.py),
+reference (the unquantized model's read of the evaluation text, kept for every output's evaluation).
 The request is one run, or ``{"runs": [run, ...]}`` for several (dry runs of every type of a job
 share one process). Run fields: source, output, ftype, dry_run, threads, allow_requantize, quantize_output_tensor,
 pure, keep_split, output_tensor_type, token_embedding_type (ggml type ids, -1 for llama.cpp's
@@ -276,45 +277,84 @@ def convert_with_llama_cpp(request: dict[str, Any], emit: _Emitter) -> None:
     emit({"event": "converted", "bytes_written": output.stat().st_size, "tensor_count": 0})
 
 
+def _eval_text(request: dict[str, Any]) -> tuple[str, str]:
+    """The evaluation text of a causal model and its label (name and digest prefix)."""
+    import hashlib
+
+    from quantledger.quality.evaluate import default_eval_text
+
+    text, name = default_eval_text(), "quantledger-eval-text"
+    if request.get("eval_text_path"):
+        with open(request["eval_text_path"], encoding="utf-8") as handle:
+            text, name = handle.read(), os.path.basename(request["eval_text_path"])
+    return text, f"{name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _progress_in(emit: _Emitter, unit: str) -> Callable[[int, int], None]:
+    def progress(done: int, total: int) -> None:
+        emit({"event": "eval_progress", "done": done, "total": total, "unit": unit})
+
+    return progress
+
+
+def reference(request: dict[str, Any], emit: _Emitter) -> None:
+    """The unquantized causal model reads chunks [start, stop) of the evaluation text into the folder
+    ``output``, kept for every output's evaluation (quality/reference.py); the first call (start 0) cuts
+    the text into chunks. ``eval_progress`` in tokens, then ``reference`` with the chunks read and in all."""
+    from quantledger.quality.evaluate import begin_reference, read_reference
+    from quantledger.quality.reference import SUMMARY, ReferenceLogits
+
+    folder, start = request["output"], int(request.get("start") or 0)
+    if not os.path.exists(os.path.join(folder, SUMMARY)):
+        text, label = _eval_text(request)
+        begin_reference(request["reference"], text, folder, eval_set=label)
+    kept = ReferenceLogits.load(folder)
+    n_chunks = kept.n_chunks
+    emit({"event": "reference_chunks", "chunks": n_chunks, "tokens": n_chunks * kept.n_ctx, "n_ctx": kept.n_ctx})
+    stop = min(int(request.get("stop") or n_chunks), n_chunks)
+    read_reference(
+        request["reference"], folder, start, stop, threads=int(request.get("threads") or 0),
+        progress=_progress_in(emit, "tokens"),
+    )  # fmt: skip
+    emit({"event": "reference", "read": stop, "chunks": n_chunks})
+
+
 def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
-    """Measure an output against its unquantized reference (stage EVALUATING); ``eval_progress`` events
-    (done, total, unit: "chunks" or "texts") follow the work."""
+    """Measure an output against its unquantized reference (stage EVALUATING), or, given
+    ``reference_logits`` (the folder of the reference's read), on chunks [start, stop) of it merged with
+    what ``state`` kept of the chunks before; ``eval_progress`` events (done, total, unit: "tokens" or
+    "texts") follow the work."""
     import dataclasses
     import hashlib
 
     from quantledger.quality.evaluate import (
         default_embedding_set,
-        default_eval_text,
         evaluate_causal,
         evaluate_embedding,
+        evaluate_more,
         is_embedding_model,
     )
 
     reference, quantized = request["reference"], request["quantized"]
     threads = int(request.get("threads") or 0)
 
-    def label(name: str, content: str) -> str:
-        return f"{name}:{hashlib.sha256(content.encode()).hexdigest()[:16]}"
-
-    def progress_in(unit: str) -> Callable[[int, int], None]:
-        def progress(done: int, total: int) -> None:
-            emit({"event": "eval_progress", "done": done, "total": total, "unit": unit})
-
-        return progress
-
     if is_embedding_model(reference):
         sentences, queries = default_embedding_set()
-        name = label("quantledger-embedding-set", json.dumps([sentences, queries]))
+        digest = hashlib.sha256(json.dumps([sentences, queries]).encode()).hexdigest()[:16]
         report = evaluate_embedding(
-            reference, quantized, sentences, queries, threads=threads, eval_set=name, progress=progress_in("texts")
-        )
+            reference, quantized, sentences, queries, threads=threads,
+            eval_set=f"quantledger-embedding-set:{digest}", progress=_progress_in(emit, "texts"),
+        )  # fmt: skip
+    elif request.get("reference_logits"):  # chunks [start, stop) against the kept reference, merged
+        report, measured = evaluate_more(
+            quantized, request["reference_logits"], int(request["start"]), int(request["stop"]), request["state"],
+            threads=threads, progress=_progress_in(emit, "tokens"),
+        )  # fmt: skip
+        emit({"event": "measured", "measured": measured})
     else:
-        text, name = default_eval_text(), "quantledger-eval-text"
-        if request.get("eval_text_path"):
-            with open(request["eval_text_path"], encoding="utf-8") as handle:
-                text, name = handle.read(), os.path.basename(request["eval_text_path"])
+        text, label = _eval_text(request)
         report = evaluate_causal(
-            reference, quantized, text, threads=threads, eval_set=label(name, text), progress=progress_in("chunks")
+            reference, quantized, text, threads=threads, eval_set=label, progress=_progress_in(emit, "tokens")
         )
     emit({"event": "quality", **dataclasses.asdict(report)})
 
@@ -381,9 +421,16 @@ def main(argv: list[str] | None = None) -> int:
             probe([int(f) for f in request["probe_ftypes"]], emit)
             return 0
         mode = request.get("mode", "quantize")
-        if mode in ("convert", "evaluate", "fetch", "calibrate"):
+        modes = {
+            "convert": convert,
+            "evaluate": evaluate,
+            "fetch": fetch,
+            "calibrate": calibrate,
+            "reference": reference,
+        }
+        if mode in modes:
             try:
-                {"convert": convert, "evaluate": evaluate, "fetch": fetch, "calibrate": calibrate}[mode](request, emit)
+                modes[mode](request, emit)
             except QuantledgerError as exc:  # typed: the parent re-raises it with its reason
                 emit({"event": "error", "reason": exc.reason, "message": exc.message})
                 return 4

@@ -95,7 +95,7 @@ class QuantizeJob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ..., owner: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imatrix: _Optional[_Union[ComputedImatrix, _Mapping]] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
-    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx", "imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers", "split_max_bytes", "split_max_tensors")
+    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx", "imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers", "split_max_bytes", "split_max_tensors", "min_cosine_similarity")
     THREADS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REQUANTIZE_FIELD_NUMBER: _ClassVar[int]
     LEAVE_OUTPUT_TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class QuantizeOptions(_message.Message):
     PRUNE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     SPLIT_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     SPLIT_MAX_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     threads: int
     allow_requantize: bool
     leave_output_tensor: bool
@@ -146,7 +147,8 @@ class QuantizeOptions(_message.Message):
     prune_layers: _containers.RepeatedScalarFieldContainer[int]
     split_max_bytes: int
     split_max_tensors: int
-    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ..., imatrix_include_weights: _Optional[_Iterable[str]] = ..., imatrix_exclude_weights: _Optional[_Iterable[str]] = ..., kv_overrides: _Optional[_Iterable[str]] = ..., prune_layers: _Optional[_Iterable[int]] = ..., split_max_bytes: _Optional[int] = ..., split_max_tensors: _Optional[int] = ...) -> None: ...
+    min_cosine_similarity: float
+    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ..., imatrix_include_weights: _Optional[_Iterable[str]] = ..., imatrix_exclude_weights: _Optional[_Iterable[str]] = ..., kv_overrides: _Optional[_Iterable[str]] = ..., prune_layers: _Optional[_Iterable[int]] = ..., split_max_bytes: _Optional[int] = ..., split_max_tensors: _Optional[int] = ..., min_cosine_similarity: _Optional[float] = ...) -> None: ...
 
 class TensorTypeOverride(_message.Message):
     __slots__ = ("pattern", "type")
@@ -265,7 +267,7 @@ class OutputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class QualityReport(_message.Message):
-    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity", "kind", "perplexity_reference", "perplexity", "topk_retrieval_agreement", "items_evaluated", "eval_set", "error")
+    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity", "kind", "perplexity_reference", "perplexity", "topk_retrieval_agreement", "items_evaluated", "eval_set", "error", "kl_divergence_stderr")
     MEAN_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     P99_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +281,7 @@ class QualityReport(_message.Message):
     ITEMS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
     EVAL_SET_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_STDERR_FIELD_NUMBER: _ClassVar[int]
     mean_kl_divergence: float
     p99_kl_divergence: float
     top1_agreement: float
@@ -292,7 +295,8 @@ class QualityReport(_message.Message):
     items_evaluated: int
     eval_set: str
     error: _status_pb2.Status
-    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ..., kind: _Optional[str] = ..., perplexity_reference: _Optional[float] = ..., perplexity: _Optional[float] = ..., topk_retrieval_agreement: _Optional[float] = ..., items_evaluated: _Optional[int] = ..., eval_set: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    kl_divergence_stderr: float
+    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ..., kind: _Optional[str] = ..., perplexity_reference: _Optional[float] = ..., perplexity: _Optional[float] = ..., topk_retrieval_agreement: _Optional[float] = ..., items_evaluated: _Optional[int] = ..., eval_set: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., kl_divergence_stderr: _Optional[float] = ...) -> None: ...
 
 class RegistryRecord(_message.Message):
     __slots__ = ("chain_id", "contract", "tx_hash", "attester", "state", "block_number", "provenance_path", "provenance_sha256", "error", "attempts")
