@@ -182,24 +182,35 @@ def test_cancel_mid_quantize_leaves_no_object_of_the_job(cluster: Cluster, model
     assert not uploads.get("Uploads")
 
 
-def test_imatrix_auto_is_refused_clearly_by_the_distributed_backend(cluster: Cluster, models: Models) -> None:
-    """Not supported there yet (docs/IMATRIX.md): a typed refusal naming the way around, never a job that
-    quantizes without the matrix it was asked for."""
-    with _stubs(cluster) as (a, _):
-        for call in (a.CreateQuantizeJob, a.EstimateQuantizeJob):
-            job = pb.QuantizeJob(
-                source=str(models.f16), quant_types=["Q2_K"], options=pb.QuantizeOptions(imatrix_path="auto")
-            )
-            request = (
-                pb.CreateQuantizeJobRequest(job=job)
-                if call is a.CreateQuantizeJob
-                else pb.EstimateQuantizeJobRequest(job=job)
-            )
-            with pytest.raises(grpc.RpcError) as refused:
-                call(request, timeout=60)
-            assert (
-                error_reason(refused.value) == "INVALID_ARGUMENT" and "quantledger imatrix" in refused.value.details()
-            )
+def test_imatrix_auto_calibrates_on_a_worker_and_gives_the_embedded_bytes(
+    cluster: Cluster, server: RunningServer, models: Models
+) -> None:
+    """imatrix_path "auto" through a distributed frontend: stage CALIBRATING on a worker (seen on the other
+    frontend's Watch), the matrix in the bucket, the outputs byte-identical to embedded mode's with the
+    same matrix, and the provenance naming it as computed."""
+    options = {"imatrix_path": "auto", "calibration_chunks": 2, "skip_quality": True}
+    with _stubs(cluster) as (a, b):
+        job = _create(a, str(models.f16), ["Q2_K", "Q8_0"], **options)
+        seen = list(b.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name), timeout=300))
+    done = seen[-1]
+    assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
+    assert any(s.stage == pb.QuantizeJob.STAGE_CALIBRATING for s in seen)
+    matrix = done.imatrix
+    assert matrix.path.startswith(f"{cluster.artifacts}/imatrix/{matrix.sha256}/") and matrix.chunks == 2
+    assert hashlib.sha256(cluster.read_object(matrix.path)).hexdigest() == matrix.sha256
+    with server.channel() as channel:  # embedded mode computes the same matrix and the same outputs
+        stub = pb_grpc.QuantizeServiceStub(channel)
+        request = pb.QuantizeJob(
+            source=str(models.f16), quant_types=["Q2_K", "Q8_0"], options=pb.QuantizeOptions(**options)
+        )
+        embedded = wait_for_job(stub, stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=request)).name)
+    assert embedded.state == pb.QuantizeJob.STATE_SUCCEEDED, embedded.error
+    assert embedded.imatrix.sha256 == matrix.sha256
+    assert [o.sha256 for o in done.outputs] == [o.sha256 for o in embedded.outputs]
+    provenance = json.loads(cluster.read_object(done.outputs[0].registry.provenance_path))
+    dependencies = provenance["predicate"]["buildDefinition"]["resolvedDependencies"]
+    computed = next(d for d in dependencies if d.get("name", "").startswith("imatrix:"))
+    assert computed["digest"]["sha256"] == matrix.sha256 and computed["annotations"]["computed"] is True
 
 
 def test_twenty_jobs_across_both_frontends_all_succeed_once(cluster: Cluster, models: Models) -> None:

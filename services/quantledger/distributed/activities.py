@@ -39,6 +39,7 @@ from quantledger.distributed.contract import Prepared, StepInput, StoredFile
 from quantledger.errors import ArtifactDigestMismatch, InsufficientDisk, Interrupted, QuantledgerError
 from quantledger.hf.cache import ConversionCache
 from quantledger.hf.pipeline import classify
+from quantledger.jobs.calibration import calibrate
 from quantledger.jobs.model import Job, JobSpec, OutputFile, RegistryEntry, Scope
 from quantledger.jobs.output_stage import complete_output, quantize_output
 from quantledger.jobs.progress import JobTimeline
@@ -163,6 +164,7 @@ class ActivityHost:
         return self._timeline
 
     def touch(self, job: Job, *, save: bool = True) -> None:
+        self._job = job  # the stage code's copy of the job (its stage, as CALIBRATING sets it) is what beats
         self.beat()
 
     def beat(self) -> None:
@@ -246,7 +248,7 @@ class JobActivities:
         """Check the source is in the store; a HF source is converted (or found in the cache) here."""
         started = time.time()
         context = self.context
-        async with _step(context, step) as (host, job, _work):
+        async with _step(context, step) as (host, job, work):
             for stored in step.start.source:
                 if await asyncio.to_thread(context.store.stat, stored.key) is None:
                     raise Interrupted(
@@ -254,8 +256,36 @@ class JobActivities:
                         f"({context.store.uri_for(stored.key)}); resubmit the job"
                     )
             if step.start.source_kind != "hf":
-                return Prepared(job=step.job, started=started)
-            return await self._convert(host, job, step, started)
+                prepared = Prepared(job=step.job, started=started)
+            else:
+                prepared = await self._convert(host, job, step, started)
+            if job.spec.options.imatrix_auto:
+                prepared = await self._calibrate(host, step, prepared, work)
+            return prepared
+
+    async def _calibrate(self, host: ActivityHost, step: StepInput, prepared: Prepared, work: pathlib.Path) -> Prepared:
+        """imatrix_path "auto": stage CALIBRATING on this worker (through its own matrix cache, as embedded
+        mode computes it: jobs/calibration.py) when a requested type gains from a matrix; the matrix goes to
+        the store's ``imatrix/<sha256>/`` and every later step stages it from there."""
+        job = Job.from_dict(prepared.job)
+        planning = dataclasses.replace(step, job=prepared.job, intermediate=prepared.intermediate)
+        async with self._planned(host, job, planning, work) as (local, plan):
+            if not plan.calibrate:
+                return prepared
+            info = local.source_info
+            if info is not None and not info.root_digest:  # the matrix cache is keyed by the source's digest
+                digest = await asyncio.to_thread(_sha256, plan.source.path)
+                local.source_info = dataclasses.replace(info, root_digest=digest)
+            computed = await calibrate(host, local, plan, _nothing())
+        path = pathlib.Path(computed.path)
+        files = [(path.name, path, computed.sha256)]
+        stored = await host.stoppable(
+            partial(self.context.store.put_tree_if_absent, f"imatrix/{computed.sha256}/", files)
+        )
+        imatrix = StoredFile(stored[0].key, path.name, path.stat().st_size, computed.sha256)
+        job.imatrix = dataclasses.replace(computed, path=stored[0].uri)
+        job.progress = local.progress
+        return dataclasses.replace(prepared, job=job.to_dict(), imatrix=imatrix)
 
     async def _convert(self, host: ActivityHost, job: Job, step: StepInput, started: float) -> Prepared:
         """The HF source (staged from the store, or fetched from the hub by this worker) converted to GGUF,
@@ -299,8 +329,13 @@ class JobActivities:
         evaluation text (kept staged until ``stack`` closes)."""
         start = step.start
         context = self.context
-        paths: dict[str, str] = {"imatrix_path": "", "eval_text_path": "", "lora_dir": ""}
-        for field_name, stored in (("imatrix_path", start.imatrix), ("eval_text_path", start.eval_text)):
+        paths: dict[str, str] = {"imatrix_path": "", "eval_text_path": "", "lora_dir": "", "calibration_path": ""}
+        staged_files = (
+            ("imatrix_path", step.imatrix or start.imatrix),  # the matrix prepare_source computed, or the client's
+            ("eval_text_path", start.eval_text),
+            ("calibration_path", start.calibration),
+        )
+        for field_name, stored in staged_files:
             if stored is not None:
                 where = await stack.enter_async_context(context.inputs(f"file-{stored.sha256}", [stored], host))
                 paths[field_name] = str(where / stored.name)
@@ -313,10 +348,13 @@ class JobActivities:
             output_dir="",  # make_plan puts outputs in the step folder it is given (inside the data dir)
             overwrite=True,
             threads=job.spec.options.threads or context.threads,
-            imatrix_path=paths["imatrix_path"],
+            imatrix_path=paths["imatrix_path"] or ("auto" if job.spec.options.imatrix_auto else ""),
+            calibration_path=paths["calibration_path"],
             eval_text_path=paths["eval_text_path"],
             lora_dir=paths["lora_dir"],
         )
+        if step.imatrix is not None:  # computed: the steps after CALIBRATING plan with the file (as embedded)
+            options = dataclasses.replace(options, calibration_path="", calibration_chunks=0, calibration_ctx=0)
         local = dataclasses.replace(job, spec=JobSpec(entry, job.spec.quant_types, options), scope=Scope())
         local.output_dir = str(out) if out is not None else ""
         return local
@@ -418,6 +456,7 @@ class JobActivities:
             info = job.source_info
             assert info is not None
             start = step.start
+            matrix = step.imatrix or start.imatrix  # computed by prepare_source, or the client's
             for index, artifact in enumerate(list(job.outputs)):
                 if artifact.registry is not None:
                     continue
@@ -425,7 +464,7 @@ class JobActivities:
                     job,
                     artifact,
                     info,
-                    imatrix_sha256=start.imatrix.sha256 if start.imatrix else "",
+                    imatrix_sha256=matrix.sha256 if matrix is not None else "",
                     lora_sha256=start.lora_sha256,
                 )
                 data = canonical_bytes(statement)
@@ -460,6 +499,11 @@ class JobActivities:
             freed = await host.stoppable(partial(context.store.delete_prefix, f"jobs/{job.id}/"))
             log.info("%s: outputs deleted (%s), %s bytes freed", job.name, step.by, freed)
             return {"freed_bytes": int(freed or 0)}
+
+
+async def _nothing() -> None:
+    """No source manifest to wait for: a distributed job's source digest is known before its steps."""
+    return None
 
 
 def _top_folder(name: str) -> str:

@@ -72,6 +72,7 @@ class JobStart:
     lora_sha256: str = ""  # the adapter's digest as the provenance records it (convert/lora.py)
     eval_text: StoredFile | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    calibration: StoredFile | None = None  # imatrix_path "auto" with the client's calibration text
 
 
 @dataclass
@@ -83,15 +84,18 @@ class StepInput:
     index: int = 0
     intermediate: StoredFile | None = None  # a HF source's converted GGUF, in the store's cache/
     by: str = ""  # who deletes the outputs (a principal, or "retention")
+    imatrix: StoredFile | None = None  # the matrix prepare_source computed (imatrix_path "auto")
 
 
 @dataclass
 class Prepared:
-    """What ``prepare_source`` found: the job's source details and, for a HF source, its intermediate."""
+    """What ``prepare_source`` found: the job's source details, for a HF source its intermediate, and the
+    importance matrix it computed for imatrix_path "auto"."""
 
     job: dict[str, Any]
     started: float
     intermediate: StoredFile | None = None
+    imatrix: StoredFile | None = None  # imatrix_path "auto": the matrix computed, in the store's imatrix/
 
 
 @dataclass

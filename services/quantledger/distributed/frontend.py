@@ -97,17 +97,6 @@ def reaching_temporal(address: str) -> Iterator[None]:
         ) from None
 
 
-def refuse_imatrix_auto(spec: JobSpec) -> None:
-    """imatrix_path "auto" runs only in embedded mode so far: a distributed job would need a calibrating
-    activity and the matrix cache in the bucket (docs/IMATRIX.md "Not yet")."""
-    if spec.options.imatrix_auto:
-        raise InvalidArgument(
-            'imatrix_path "auto" is not supported by the distributed backend yet: compute the matrix with '
-            "`quantledger imatrix` and pass the file as imatrix_path",
-            field="imatrix_path",
-        )
-
-
 class TemporalBackend:
     """QuantizeService's domain calls on Temporal and an artifact store."""
 
@@ -144,7 +133,6 @@ class TemporalBackend:
         if len(request_id) > MAX_REQUEST_ID_LENGTH:
             raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
         spec.check_bounds()
-        refuse_imatrix_auto(spec)
         fingerprint = spec.fingerprint()
         job_id = job_id_for(principal.name, request_id) if request_id else uuid.uuid4().hex
         if request_id:
@@ -240,7 +228,8 @@ class TemporalBackend:
         self, job: Job, fingerprint: str, settings: Settings, source: list[StoredFile], prefix: str, kind: str
     ) -> JobStart:
         options = job.spec.options
-        imatrix = await self._stage_file(options.imatrix_path, settings, "imatrix")
+        imatrix = None if options.imatrix_auto else await self._stage_file(options.imatrix_path, settings, "imatrix")
+        calibration = await self._stage_file(options.calibration_path, settings, "calibration_path")
         eval_text = await self._stage_file(options.eval_text_path, settings, "eval_text_path")
         timeouts = Timeouts(
             heartbeat_seconds=self.settings.heartbeat_timeout_seconds,
@@ -256,6 +245,7 @@ class TemporalBackend:
             source_prefix=prefix,
             source_kind=kind,
             imatrix=imatrix,
+            calibration=calibration,
             eval_text=eval_text,
             timeouts=timeouts,
         )
@@ -327,7 +317,6 @@ class TemporalBackend:
         """Predict a job of ``principal`` without making it (the disk figures are this frontend's: each
         worker checks its own scratch space before a step)."""
         spec.check_bounds()
-        refuse_imatrix_auto(spec)
         settings = Scope.of(principal).settings(self.settings)
         hf = await self._validated(deadline, classify, spec.source, settings.allowed_roots)
         if hf is not None:

@@ -103,14 +103,17 @@ class QuantizeJobWorkflow:
     async def _run_steps(self, start: JobStart) -> None:
         job = self._job
         prepared: Prepared = await self._step(contract.PREPARE, StepInput(start, job), Prepared, start)
-        job.update({k: prepared.job[k] for k in ("source_info", "progress") if k in prepared.job})
+        job.update({k: prepared.job[k] for k in ("source_info", "progress", "imatrix") if k in prepared.job})
         job["state"] = "RUNNING"
         job["stage"] = "QUANTIZING"
         job["start_time"] = prepared.started
         self._publish()
         for index in range(len(job["spec"]["quant_types"])):
             done: dict[str, Any] = await self._step(
-                contract.QUANTIZE, StepInput(start, job, index, prepared.intermediate), dict, start
+                contract.QUANTIZE,
+                StepInput(start, job, index, prepared.intermediate, imatrix=prepared.imatrix),
+                dict,
+                start,
             )
             job["outputs"].append(done["artifact"])
             job["progress"] = done["progress"]
@@ -120,19 +123,23 @@ class QuantizeJobWorkflow:
             self._publish()
             for index in range(len(job["outputs"])):
                 evaluated = await self._step(
-                    contract.EVALUATE, StepInput(start, job, index, prepared.intermediate), dict, start
+                    contract.EVALUATE,
+                    StepInput(start, job, index, prepared.intermediate, imatrix=prepared.imatrix),
+                    dict,
+                    start,
                 )
                 job["outputs"][index]["quality"] = evaluated["quality"]
                 job["progress"] = evaluated["progress"]
                 self._publish()
         job["stage"] = "REGISTERING"
         self._publish()
-        registered: dict[str, Any] = await self._step(contract.REGISTER, StepInput(start, job), dict, start)
+        registering = StepInput(start, job, imatrix=prepared.imatrix)
+        registered: dict[str, Any] = await self._step(contract.REGISTER, registering, dict, start)
         job["outputs"] = registered["outputs"]
         self._publish()
         while registered.get("pending"):  # the chain is away: try again later (a durable timer)
             await workflow.sleep(timedelta(seconds=start.timeouts.registry_retry_seconds))
-            registered = await self._step(contract.REGISTER, StepInput(start, job), dict, start)
+            registered = await self._step(contract.REGISTER, registering, dict, start)
             job["outputs"] = registered["outputs"]
             self._publish()
         if registered.get("gate_error"):

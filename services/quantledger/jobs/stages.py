@@ -397,6 +397,11 @@ class _Evaluation:
         self.host.touch(self.job)
 
     def record(self, index: int, quality: Quality) -> None:
+        """The output's report; a failed round never replaces the report of the chunks read before it."""
+        before = self.job.outputs[index].quality
+        if quality.error is not None and before is not None and before.error is None:
+            log.warning("%s: %s keeps its report of the chunks read before", self.job.name, before.eval_set)
+            return
         self.job.outputs[index] = dataclasses.replace(self.job.outputs[index], quality=quality)
 
     async def _run(self, index: int, request: dict[str, Any]) -> tuple[Quality, list[dict[str, Any]]]:
