@@ -185,17 +185,18 @@ def test_cancel_mid_quantize_leaves_no_object_of_the_job(cluster: Cluster, model
 def test_imatrix_auto_calibrates_on_a_worker_and_gives_the_embedded_bytes(
     cluster: Cluster, server: RunningServer, models: Models
 ) -> None:
-    """imatrix_path "auto" through a distributed frontend: stage CALIBRATING on a worker (seen on the other
-    frontend's Watch), the matrix in the bucket, the outputs byte-identical to embedded mode's with the
-    same matrix, and the provenance naming it as computed."""
+    """imatrix_path "auto" through a distributed frontend: the matrix computed on a worker (stage
+    CALIBRATING: too short on this model to be caught by Watch every time; test_calibrate sees it in
+    embedded mode) and put in the bucket, the outputs byte-identical to embedded mode's with the same
+    matrix, and the provenance naming it as computed."""
     options = {"imatrix_path": "auto", "calibration_chunks": 2, "skip_quality": True}
     with _stubs(cluster) as (a, b):
         job = _create(a, str(models.f16), ["Q2_K", "Q8_0"], **options)
         seen = list(b.WatchQuantizeJob(pb.WatchQuantizeJobRequest(name=job.name), timeout=300))
     done = seen[-1]
     assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
-    assert any(s.stage == pb.QuantizeJob.STAGE_CALIBRATING for s in seen)
     matrix = done.imatrix
+    assert not matrix.cached and matrix.calibration_sha256
     assert matrix.path.startswith(f"{cluster.artifacts}/imatrix/{matrix.sha256}/") and matrix.chunks == 2
     assert hashlib.sha256(cluster.read_object(matrix.path)).hexdigest() == matrix.sha256
     with server.channel() as channel:  # embedded mode computes the same matrix and the same outputs

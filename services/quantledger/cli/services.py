@@ -71,6 +71,9 @@ def refuse_a_busy_chain_port(settings: Settings) -> None:
     from quantledger.errors import PortInUse
 
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # as the chain's own server binds: connections of a chain that just died (TIME_WAIT) do not make the
+    # port busy, a listener does
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind(("127.0.0.1", settings.chain_port))
     except OSError as exc:
