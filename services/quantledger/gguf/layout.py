@@ -43,6 +43,11 @@ def n_dims_written(shape: tuple[int, ...]) -> int:
     return n
 
 
+def tensor_info_bytes(name: str, shape: tuple[int, ...]) -> int:
+    """Bytes of one tensor's info as llama.cpp writes it: name (cut at a NUL), dimensions, type, offset."""
+    return 8 + cut_at_nul(name.encode("utf-8")) + 4 + 8 * n_dims_written(shape) + 4 + 8
+
+
 def predict_quantized_file_size(
     header: GgufHeader,
     new_types: Mapping[str, int],
@@ -63,8 +68,7 @@ def predict_quantized_file_size(
     table = ggml_types()
     data = 0
     for tensor in header.tensors:
-        name_bytes = tensor.name.encode("utf-8")
-        meta += 8 + cut_at_nul(name_bytes) + 4 + 8 * n_dims_written(tensor.shape) + 4 + 8
+        meta += tensor_info_bytes(tensor.name, tensor.shape)
         type_id = new_types.get(tensor.name, tensor.ggml_type)
         kind = table.get(type_id)
         if kind is None:

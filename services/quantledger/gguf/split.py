@@ -16,24 +16,26 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from quantledger.errors import InvalidArgument
-from quantledger.gguf.format import DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, HEADER_BYTES, INT32, UINT16, pad
-from quantledger.gguf.layout import n_dims_written
+from quantledger.gguf.format import DEFAULT_ALIGNMENT, HEADER_BYTES, INT32, UINT16, pad
+from quantledger.gguf.layout import tensor_info_bytes
 from quantledger.gguf.reader import GgufHeader
-from quantledger.gguf.writer import GgufMetadata, copy_from_file, encode_string
+from quantledger.gguf.writer import GgufMetadata, TensorLayout, copy_from_file, plan_tensors, write_gguf
 
 _SPLIT_KEYS = (("split.no", 2), ("split.count", 2), ("split.tensors.count", 4))  # value bytes: u16, u16, i32
 SPLIT_KEYS_BYTES = sum(8 + len(key) + 4 + size for key, size in _SPLIT_KEYS)
 
 
-def shard_counts(padded_sizes: Sequence[int], max_bytes: int = 0, max_tensors: int = 0) -> list[int]:
-    """How many tensors (in file order) each shard takes, as llama-gguf-split groups them."""
+def shard_counts(tensor_bytes: Sequence[int], max_bytes: int = 0, max_tensors: int = 0) -> list[int]:
+    """How many tensors (in file order, of these data sizes) each shard takes, as llama-gguf-split groups
+    them: by size, each tensor counted padded to 32 bytes."""
     if bool(max_bytes) == bool(max_tensors):
         raise ValueError("give exactly one of max_bytes and max_tensors")
     counts = [0]
     current = 0
-    for index, size in enumerate(padded_sizes):
+    for index, raw in enumerate(tensor_bytes):
+        size = pad(raw, DEFAULT_ALIGNMENT)
         by_size = current + size > max_bytes
-        starts = by_size if max_bytes else 0 < index < len(padded_sizes) and index % max_tensors == 0
+        starts = by_size if max_bytes else 0 < index < len(tensor_bytes) and index % max_tensors == 0
         if starts:
             if counts[-1] == 0:
                 raise InvalidArgument(
@@ -59,10 +61,6 @@ def _split_keys(metadata: GgufMetadata, number: int, count: int, n_tensors: int)
     metadata.scalar("split.tensors.count", INT32, n_tensors)
 
 
-def _info_bytes(name: str, shape: tuple[int, ...]) -> int:
-    return 8 + len(name.encode("utf-8")) + 4 + 8 * n_dims_written(shape) + 4 + 8
-
-
 def predict_shard_sizes(
     kv_bytes: int, tensors: Sequence[tuple[str, tuple[int, ...], int]], counts: Sequence[int]
 ) -> list[int]:
@@ -74,7 +72,7 @@ def predict_shard_sizes(
         group = tensors[start : start + count]
         start += count
         meta = HEADER_BYTES + (kv_bytes if number == 0 else 0) + SPLIT_KEYS_BYTES
-        meta += sum(_info_bytes(name, shape) for name, shape, _ in group)
+        meta += sum(tensor_info_bytes(name, shape) for name, shape, _ in group)
         sizes.append(pad(meta, DEFAULT_ALIGNMENT) + sum(pad(size, DEFAULT_ALIGNMENT) for _, _, size in group))
     return sizes
 
@@ -91,7 +89,7 @@ def _raw_keys(header: GgufHeader, source_fd: int) -> tuple[bytes, int]:
 
 def write_shards(header: GgufHeader, counts: Sequence[int], targets: Sequence[BinaryIO]) -> list[int]:
     """Write the shards of the file ``header`` describes into ``targets`` (open for writing, one per
-    shard); returns each shard's size."""
+    shard) through the project's GGUF writer; returns each shard's size."""
     if header.alignment != DEFAULT_ALIGNMENT:
         raise ValueError(f"{header.path}: alignment {header.alignment}; llama.cpp's outputs use {DEFAULT_ALIGNMENT}")
     written = []
@@ -103,22 +101,15 @@ def write_shards(header: GgufHeader, counts: Sequence[int], targets: Sequence[Bi
             group = header.tensors[start : start + count]
             start += count
             metadata = GgufMetadata()
+            if number == 0:
+                metadata.encoded_pairs(raw_keys, n_keys)
             _split_keys(metadata, number, len(counts), len(header.tensors))
-            keys = (raw_keys if number == 0 else b"") + metadata.encoded()
-            offset = 0
-            infos = []
-            for tensor in group:
-                dims = n_dims_written(tensor.shape)
-                infos.append(encode_string(tensor.name) + dims.to_bytes(4, "little"))
-                infos.append(b"".join(d.to_bytes(8, "little", signed=True) for d in tensor.shape[:dims]))
-                infos.append(tensor.ggml_type.to_bytes(4, "little", signed=True) + offset.to_bytes(8, "little"))
-                offset += pad(tensor.n_bytes, DEFAULT_ALIGNMENT)
-            head = GGUF_MAGIC + GGUF_VERSION.to_bytes(4, "little") + len(group).to_bytes(8, "little")
-            head += ((n_keys if number == 0 else 0) + metadata.count).to_bytes(8, "little") + keys + b"".join(infos)
-            size = out.write(head + bytes(pad(len(head), DEFAULT_ALIGNMENT) - len(head)))
-            for tensor in group:
-                size += copy_from_file(out, fd, tensor.offset, tensor.n_bytes)
-                size += out.write(bytes(pad(tensor.n_bytes, DEFAULT_ALIGNMENT) - tensor.n_bytes))
+            layout = plan_tensors((t.name, t.shape, t.ggml_type) for t in group)
+            offsets = {t.name: t.offset for t in group}
+
+            def copy(tensor: TensorLayout, sink: BinaryIO, offsets: dict[str, int] = offsets) -> int:
+                return copy_from_file(sink, fd, offsets[tensor.name], tensor.n_bytes)
+
+            written.append(write_gguf(out, metadata, layout, copy))
             out.flush()
-            written.append(size)
     return written

@@ -59,6 +59,11 @@ class GgufMetadata:
         self._parts.append(encode_string(key) + struct.pack("<i", vtype) + payload)
         self.count += 1
 
+    def encoded_pairs(self, encoded: bytes, count: int) -> None:
+        """``count`` pairs already encoded as GGUF (another file's key/value section, copied as it is)."""
+        self._parts.append(encoded)
+        self.count += count
+
     def scalar(self, key: str, vtype: int, value: float) -> None:
         """A number of any scalar value type (UINT8 ... FLOAT64, BOOL)."""
         self.add(key, vtype, SCALARS[vtype].pack(value))

@@ -15,7 +15,6 @@ import time
 from typing import Any, BinaryIO
 
 from quantledger.errors import QuantizeFailed
-from quantledger.gguf.format import DEFAULT_ALIGNMENT, pad
 from quantledger.gguf.reader import read_gguf_header
 from quantledger.gguf.split import shard_counts, write_shards
 from quantledger.hashing import sha256_file
@@ -143,9 +142,7 @@ def split_output(output: PlannedOutput) -> PlannedOutput:
     file created afresh beside it; the single file is removed only once every shard is written."""
     merged = output.partial_prefix
     header = read_gguf_header(merged)
-    counts = shard_counts(
-        [pad(t.n_bytes, DEFAULT_ALIGNMENT) for t in header.tensors], output.split_max_bytes, output.split_max_tensors
-    )
+    counts = shard_counts([t.n_bytes for t in header.tensors], output.split_max_bytes, output.split_max_tensors)
     sharded = dataclasses.replace(output, split_count=len(counts), sharded=True)
     dir_fd = open_directory(output.directory, resolve=False)
     targets: list[BinaryIO] = []

@@ -445,7 +445,7 @@ class _Evaluation:
 
         self.outputs = len(pending)
         active = list(pending)
-        read, step, n_chunks, n_ctx = 0, MIN_CHUNKS, None, 0
+        read, step, n_chunks = 0, MIN_CHUNKS, None
         while active and (n_chunks is None or read < n_chunks):
             stop = read + step
             request = {**self.base, "mode": "reference", "output": str(kept), "start": read, "stop": stop}
@@ -458,8 +458,7 @@ class _Evaluation:
                     await self.whole(index, passes=1)
                 return
             answer = result.of("reference")[-1]
-            n_chunks, stop = int(answer["chunks"]), int(answer["read"])
-            n_ctx = self.total // ((1 + self.outputs) * n_chunks) if self.total else 0
+            n_chunks, stop, n_ctx = int(answer["chunks"]), int(answer["read"]), int(answer["n_ctx"])
             self.finish((stop - read) * n_ctx)
             still = []
             for index in active:

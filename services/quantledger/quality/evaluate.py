@@ -65,7 +65,8 @@ def default_embedding_set() -> tuple[list[str], list[str]]:
     return list(data["corpus"]), list(data["queries"])
 
 
-def _label(name: str, content: str) -> str:
+def data_label(name: str, content: str) -> str:
+    """An evaluation set's name: its own name and the first 16 hex digits of its SHA-256."""
     return f"{name}:{hashlib.sha256(content.encode()).hexdigest()[:16]}"
 
 
@@ -117,7 +118,7 @@ def begin_reference(
     model = _load(_require(reference_gguf), n_ctx=n_ctx, threads=1, vocab_only=True)
     chunks = text_chunks(model, text, n_ctx, max_chunks)
     del model
-    start_reference(folder, chunks, eval_set or _label("text", text))
+    start_reference(folder, chunks, eval_set or data_label("text", text))
     return int(chunks.shape[0])
 
 
@@ -290,5 +291,5 @@ def evaluate_embedding(
         min_cosine_similarity=float(cosines.min()),
         topk_retrieval_agreement=float(agreement),
         items_evaluated=len(texts),
-        eval_set=eval_set or _label("sentences", json.dumps([list(sentences), list(queries)])),
+        eval_set=eval_set or data_label("sentences", json.dumps([list(sentences), list(queries)])),
     )

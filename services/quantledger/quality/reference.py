@@ -41,6 +41,11 @@ Progress = Callable[[int, int], None]
 FloatArray = npt.NDArray[np.float64]
 
 
+def _scored_per_chunk(n_ctx: int) -> int:
+    """Positions scored in a chunk: from n_ctx/2 to the one before the last (its next token is known)."""
+    return n_ctx - 1 - n_ctx // 2
+
+
 def _logprobs_name(start: int) -> str:
     return f"logprobs-{start:06d}.npy"
 
@@ -70,7 +75,7 @@ class ReferenceLogits:
 
     @property
     def per_chunk(self) -> int:
-        return self.n_ctx - 1 - self.first
+        return _scored_per_chunk(self.n_ctx)
 
     @property
     def read(self) -> int:
@@ -96,9 +101,7 @@ class ReferenceLogits:
             start = int(path.stem.split("-")[1])
             logprobs = np.load(path, mmap_mode="r", allow_pickle=False)
             targets = np.load(path.with_name(f"targets-{start:06d}.npy"), allow_pickle=False)
-            ranges.append(
-                (start, start + len(targets) // (chunks.shape[1] - 1 - chunks.shape[1] // 2), logprobs, targets)
-            )
+            ranges.append((start, start + len(targets) // _scored_per_chunk(chunks.shape[1]), logprobs, targets))
         return cls(chunks, tuple(ranges), eval_set)
 
 
@@ -181,7 +184,6 @@ class Comparison:
     top1_agree: int
     nll_reference: float
     nll_quantized: float
-    chunks: int
 
     @property
     def positions(self) -> int:
@@ -204,19 +206,18 @@ class Comparison:
             self.top1_agree + other.top1_agree,
             self.nll_reference + other.nll_reference,
             self.nll_quantized + other.nll_quantized,
-            self.chunks + other.chunks,
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         with open(path, "wb") as out:
-            sums = np.array([self.top1_agree, self.nll_reference, self.nll_quantized, self.chunks], dtype=np.float64)
+            sums = np.array([self.top1_agree, self.nll_reference, self.nll_quantized], dtype=np.float64)
             np.savez(out, kl=self.kl, sums=sums)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Comparison:
         with np.load(path, allow_pickle=False) as data:
-            agree, nll_reference, nll_quantized, chunks = data["sums"].tolist()
-            return cls(data["kl"], int(agree), nll_reference, nll_quantized, int(chunks))
+            agree, nll_reference, nll_quantized = data["sums"].tolist()
+            return cls(data["kl"], int(agree), nll_reference, nll_quantized)
 
 
 def compare(
@@ -239,4 +240,4 @@ def compare(
         nll_reference -= float(targets.sum())
         if progress is not None:
             progress((index - start + 1) * n_ctx, (stop - start) * n_ctx)
-    return Comparison(np.concatenate(kl), agree, nll_reference, nll, stop - start)
+    return Comparison(np.concatenate(kl), agree, nll_reference, nll)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantledger.errors import ImatrixRequired, QuantizeFailed, SourceInvalid, UnsupportedArchitecture
-from quantledger.gguf.format import DEFAULT_ALIGNMENT, pad
 from quantledger.gguf.layout import predict_quantized_file_size, predicted_kv_bytes, tensor_nbytes
 from quantledger.gguf.reader import GgufHeader
 from quantledger.gguf.split import predict_shard_sizes, shard_counts
@@ -166,9 +165,7 @@ def _shard_sizes(
     rank = {name: i for i, name in enumerate(dict.fromkeys(order))}
     tensors = sorted(header.tensors, key=lambda t: rank.get(t.name, len(rank)))
     shaped = [(t.name, t.shape, tensor_nbytes(t.shape, new_types.get(t.name, t.ggml_type))) for t in tensors]
-    counts = shard_counts(
-        [pad(size, DEFAULT_ALIGNMENT) for _, _, size in shaped], output.split_max_bytes, output.split_max_tensors
-    )
+    counts = shard_counts([size for _, _, size in shaped], output.split_max_bytes, output.split_max_tensors)
     return predict_shard_sizes(predicted_kv_bytes(header, written), shaped, counts)
 
 

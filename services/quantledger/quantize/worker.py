@@ -279,15 +279,13 @@ def convert_with_llama_cpp(request: dict[str, Any], emit: _Emitter) -> None:
 
 def _eval_text(request: dict[str, Any]) -> tuple[str, str]:
     """The evaluation text of a causal model and its label (name and digest prefix)."""
-    import hashlib
-
-    from quantledger.quality.evaluate import default_eval_text
+    from quantledger.quality.evaluate import data_label, default_eval_text
 
     text, name = default_eval_text(), "quantledger-eval-text"
     if request.get("eval_text_path"):
         with open(request["eval_text_path"], encoding="utf-8") as handle:
             text, name = handle.read(), os.path.basename(request["eval_text_path"])
-    return text, f"{name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return text, data_label(name, text)
 
 
 def _progress_in(emit: _Emitter, unit: str) -> Callable[[int, int], None]:
@@ -316,7 +314,7 @@ def reference(request: dict[str, Any], emit: _Emitter) -> None:
         request["reference"], folder, start, stop, threads=int(request.get("threads") or 0),
         progress=_progress_in(emit, "tokens"),
     )  # fmt: skip
-    emit({"event": "reference", "read": stop, "chunks": n_chunks})
+    emit({"event": "reference", "read": stop, "chunks": n_chunks, "n_ctx": kept.n_ctx})
 
 
 def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
@@ -325,9 +323,9 @@ def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
     what ``state`` kept of the chunks before; ``eval_progress`` events (done, total, unit: "tokens" or
     "texts") follow the work."""
     import dataclasses
-    import hashlib
 
     from quantledger.quality.evaluate import (
+        data_label,
         default_embedding_set,
         evaluate_causal,
         evaluate_embedding,
@@ -340,10 +338,10 @@ def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
 
     if is_embedding_model(reference):
         sentences, queries = default_embedding_set()
-        digest = hashlib.sha256(json.dumps([sentences, queries]).encode()).hexdigest()[:16]
         report = evaluate_embedding(
             reference, quantized, sentences, queries, threads=threads,
-            eval_set=f"quantledger-embedding-set:{digest}", progress=_progress_in(emit, "texts"),
+            eval_set=data_label("quantledger-embedding-set", json.dumps([sentences, queries])),
+            progress=_progress_in(emit, "texts"),
         )  # fmt: skip
     elif request.get("reference_logits"):  # chunks [start, stop) against the kept reference, merged
         report, measured = evaluate_more(
