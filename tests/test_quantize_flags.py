@@ -146,6 +146,9 @@ def _create(stub, source: pathlib.Path, quant: str = "Q8_0", **options) -> None:
         ("Q8_0", {"split_max_bytes": 1000}, "INVALID_ARGUMENT", "a shard would hold no tensor"),
         ("Q8_0", {"min_cosine_similarity": 0.9}, "INVALID_ARGUMENT", "gates embedding models"),
         ("Q8_0", {"min_cosine_similarity": 1.5}, "INVALID_ARGUMENT", "lies in 0..1"),
+        ("Q8_0", {"min_ndcg": 0.9}, "INVALID_ARGUMENT", "gates rerankers; this is a causal model"),
+        ("Q8_0", {"min_ndcg": 1.5}, "INVALID_ARGUMENT", "lies in 0..1"),
+        ("Q8_0", {"min_ndcg": 0.9, "skip_quality": True}, "INVALID_ARGUMENT", "skip_quality turns off"),
         (
             "Q4_0",
             {"imatrix_include_weights": ["ffn"], "imatrix_exclude_weights": ["attn"], "imatrix_path": "auto"},

@@ -17,6 +17,8 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     ├── PathNotAllowed                    PERMISSION_DENIED    PATH_NOT_ALLOWED
     ├── UnsupportedArchitecture           INVALID_ARGUMENT     UNSUPPORTED_ARCHITECTURE
     ├── UnknownQuantType                  INVALID_ARGUMENT     UNKNOWN_QUANT_TYPE
+    ├── FormatUnavailable                 FAILED_PRECONDITION  FORMAT_UNAVAILABLE
+    ├── FormatNotApplicable               FAILED_PRECONDITION  FORMAT_NOT_APPLICABLE
     ├── RequantizeRefused                 FAILED_PRECONDITION  REQUANTIZE_REFUSED
     ├── ImatrixRequired                   FAILED_PRECONDITION  IMATRIX_REQUIRED
     ├── ImatrixInvalid                    INVALID_ARGUMENT     IMATRIX_INVALID
@@ -109,6 +111,22 @@ class UnsupportedArchitecture(QuantledgerError):
 class UnknownQuantType(QuantledgerError):
     code = "INVALID_ARGUMENT"
     reason = "UNKNOWN_QUANT_TYPE"
+
+
+class FormatUnavailable(QuantledgerError):
+    """An output format whose libraries this installation lacks (the message names the pip command), or
+    that this backend cannot write."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "FORMAT_UNAVAILABLE"
+
+
+class FormatNotApplicable(QuantledgerError):
+    """An output format that cannot be made of this source: a Hugging Face format of a GGUF source, or a
+    bitsandbytes format of a model with no linear layers to quantize."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "FORMAT_NOT_APPLICABLE"
 
 
 class RequantizeRefused(QuantledgerError):

@@ -24,7 +24,7 @@ _JOB_FLAGS = {
     "calibration_ctx": "--calibration-ctx", "imatrix_include_weights": "--include-weights",
     "imatrix_exclude_weights": "--exclude-weights", "kv_overrides": "--override-kv", "prune_layers": "--prune-layers",
     "split_max_bytes": "--split-max-size", "split_max_tensors": "--split-max-tensors",
-    "min_cosine_similarity": "--min-cosine",
+    "min_cosine_similarity": "--min-cosine", "min_ndcg": "--min-ndcg",
 }  # fmt: skip
 _PAGE_FLAGS = {"page_size": "--page-size", "page_token": "--page-token"}
 _RECOMMEND_FLAGS = {

@@ -226,6 +226,13 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
     parser.add_argument(
         "--min-cosine", type=float, default=0.0, metavar="X", help="embedders: fail when an output's mean cosine < X"
     )
+    parser.add_argument(
+        "--min-ndcg",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="rerankers: fail when an output's NDCG@5 against the unquantized model < X",
+    )
     parser.add_argument("--no-quality", action="store_true", help="do not measure output quality")
     parser.add_argument(
         "--intermediate-type",
@@ -404,6 +411,7 @@ def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
             lora_dir=os.path.abspath(args.lora) if args.lora else "",
             max_kl_divergence=args.max_kld,
             min_cosine_similarity=args.min_cosine,
+            min_ndcg=args.min_ndcg,
             skip_quality=args.no_quality,
             intermediate_type=args.intermediate_type,
             eval_text_path=os.path.abspath(args.eval_text) if args.eval_text else "",
@@ -551,6 +559,8 @@ def cmd_quant_types(args: argparse.Namespace) -> int:
         print(f"{t.name:<10} {t.file_type:>5}  {t.family:<8} {bpw:>5}  {imatrix:<7}  {t.description}")
         if t.use_for:
             print(f"{'':<40}use it for: {t.use_for}")
+        if not t.available:
+            print(f"{'':<40}not installed: {t.requires}")
     print(f"({response.llama_cpp_build}, through {response.llama_cpp_version})")
     return 0
 

@@ -56,6 +56,11 @@ def add_recommend_parser(commands: Any, add_common: Any) -> None:
     parser.add_argument("--imatrix", action="store_true", help="an importance matrix will be used")
     parser.add_argument("--swa-full", action="store_true", help="full-size cache in sliding-window layers too")
     parser.add_argument("--options", type=int, default=0, help="options to show (default 5)")
+    parser.add_argument(
+        "--hf-formats",
+        action="store_true",
+        help="also rate the Hugging Face formats (HF_BNB_NF4, …) under transformers",
+    )
     parser.add_argument("--local", action="store_true", help="answer in this process, without a server")
 
 
@@ -122,6 +127,7 @@ def build_request(args: argparse.Namespace) -> pb.RecommendRequest:
         imatrix=args.imatrix,
         max_options=args.options,
         full_swa_cache=args.swa_full,
+        hf_formats=args.hf_formats,
     )
 
 
@@ -160,6 +166,15 @@ def print_recommendation(response: pb.RecommendResponse) -> None:
         print(("Recommended: " if best.fits else "Nothing fits; closest: ") + best.quant_type)
         for reason in best.reasons:
             print(f"  - {reason}")
+    if response.hf_formats:
+        print("\nHugging Face formats under transformers:")
+        print(f"{'':2}{'FORMAT':<12} {'WEIGHTS':>9} {'KV':>9} {'MEMORY':>9} {'DEVICE':<7} {'KLD':>7}  NOTE")
+        for f in response.hf_formats:
+            print(
+                f"{'✓' if f.fits else '✗':<2}{f.format:<12} {human_bytes(f.weight_bytes):>9} "
+                f"{human_bytes(f.kv_cache_bytes):>9} {human_bytes(f.memory_bytes):>9} {f.device:<7} "
+                f"{f.quality.mean_kl_divergence:>7.4f}  {f.note}"
+            )
     sizes = "exact (from the tensor list)" if response.exact_sizes else "derived from the configuration"
     print(f"\nsizes {sizes}; speed and quality are predictions")
 

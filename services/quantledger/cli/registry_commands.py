@@ -21,8 +21,9 @@ from quantledger.cli.channels import open_channel
 from quantledger.cli.render import human_bytes, print_json, to_json
 from quantledger.config import Settings
 from quantledger.errors import SourceNotFound
-from quantledger.gguf.reader import GgufHeader, read_gguf_header
+from quantledger.gguf.reader import read_gguf_header
 from quantledger.hashing import sha256_file
+from quantledger.hf.manifest import build_manifest, folder_files
 from quantledger.v1 import registry_service_pb2 as pb
 from quantledger.v1 import registry_service_pb2_grpc as pb_grpc
 
@@ -112,9 +113,12 @@ def cmd_registry(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     if args.file.startswith("s3://"):
         return _verify_object(args)
+    if pathlib.Path(args.file).is_dir():  # a Hugging Face format's folder: its manifest's root digest
+        manifest = build_manifest(pathlib.Path(args.file), folder_files(pathlib.Path(args.file)))
+        return _verify_digest(args, sum(f.size_bytes for f in manifest.files), None, manifest.root_digest)
     header = read_gguf_header(args.file)  # refuses a non-GGUF file before hashing it
     digest = sha256_file(args.file)
-    return _verify_digest(args, header, digest)
+    return _verify_digest(args, header.file_size, header.file_type, digest)
 
 
 def _verify_object(args: argparse.Namespace) -> int:
@@ -130,18 +134,19 @@ def _verify_object(args: argparse.Namespace) -> int:
         local = pathlib.Path(folder) / pathlib.PurePosixPath(key).name
         stored = store.get_file(key, local, expected_sha256=None)
         header = read_gguf_header(str(local))
-        return _verify_digest(args, header, stored.sha256)
+        return _verify_digest(args, header.file_size, header.file_type, stored.sha256)
 
 
-def _verify_digest(args: argparse.Namespace, header: GgufHeader, digest: str) -> int:
+def _verify_digest(args: argparse.Namespace, size: int, file_type: int | None, digest: str) -> int:
+    """Ask the registry about ``digest``: its records must agree with ``size`` and (a GGUF's) ``file_type``."""
     response = _stub(args).VerifyDigest(
-        pb.VerifyDigestRequest(file_sha256=digest, attester=args.attester, size_bytes=header.file_size)
+        pb.VerifyDigestRequest(file_sha256=digest, attester=args.attester, size_bytes=size)
     )
     verdict = pb.VerifyDigestResponse.Verdict.Name(response.verdict)
     problems = [
-        f"{r.attester} recorded file type {r.file_type}; the header says {header.file_type}"
+        f"{r.attester} recorded file type {r.file_type}; the header says {file_type}"
         for r in response.valid_records
-        if header.file_type is not None and r.file_type != header.file_type
+        if file_type is not None and r.file_type != file_type
     ]
     if problems and len(problems) == len(response.valid_records):
         verdict = "VERDICT_MISMATCH"

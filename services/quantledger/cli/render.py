@@ -112,7 +112,16 @@ def describe_quality(quality: pb.QualityReport) -> str:
     if quality.kind == "embedding":
         return (
             f"cosine mean {quality.mean_cosine_similarity:.4f} min {quality.min_cosine_similarity:.4f}, "
-            f"top-k agreement {quality.topk_retrieval_agreement:.2f} ({quality.eval_set})"
+            f"top-k agreement {quality.topk_retrieval_agreement:.2f}, recall@10 {quality.recall_at_10:.2f}, "
+            f"MRR@10 {quality.mrr_at_10:.2f} ({quality.eval_set})"
+        )
+    if quality.kind == "reranker":
+        return (
+            f"vs unquantized: NDCG@5 {quality.ndcg_at_5:.4f} MAP {quality.mean_average_precision:.4f} "
+            f"P@5 {quality.precision_at_5:.2f} tau {quality.rank_agreement:.3f}; "
+            f"vs labels: NDCG@5 {quality.label_ndcg_at_5:.4f} (unquantized {quality.reference_label_ndcg_at_5:.4f}) "
+            f"MAP {quality.label_mean_average_precision:.4f} P@5 {quality.label_precision_at_5:.2f} "
+            f"({quality.eval_set})"
         )
     return (
         f"KLD mean {quality.mean_kl_divergence:.5f} ± {quality.kl_divergence_stderr:.5f} "
@@ -169,11 +178,13 @@ def print_job(job: pb.QuantizeJob, stream: TextIO | None = None) -> None:
         )
         if p.stage_unit:
             out(f"  {stage_name(job).lower():<12} {describe_stage(p)}\n")
-    for artifact in job.outputs:
+    for artifact in job.outputs:  # the size table: every output, GGUF file or Hugging Face folder
+        folder = artifact.format == "huggingface"
+        detail = f"{len(artifact.files)} files" if folder else f"fallbacks {artifact.fallback_tensor_count}"
         out(
-            f"  {artifact.quant_type:<12} {artifact.size_bytes:>14,} bytes  {artifact.bits_per_weight:6.3f} BPW  "
-            f"x{artifact.compression_ratio:.2f}  fallbacks {artifact.fallback_tensor_count}\n"
-            f"               sha256 {artifact.sha256}\n               {artifact.path}\n"
+            f"  {artifact.quant_type:<12} {artifact.total_size_bytes or artifact.size_bytes:>14,} bytes  "
+            f"{artifact.bits_per_weight:6.3f} BPW  x{artifact.compression_ratio:.2f}  {detail}\n"
+            f"               {'manifest' if folder else 'sha256'} {artifact.sha256}\n               {artifact.path}\n"
         )
         if artifact.HasField("quality"):
             out(f"               quality {describe_quality(artifact.quality)}\n")

@@ -3,6 +3,16 @@
 Llama-family q/k weights are permuted back from Hugging Face's rotary layout (halves) to the
 interleaved pairs llama.cpp's "llama" architecture expects, as llama.cpp's own converter does.
 Qwen2/Qwen3 use llama.cpp's NEOX rope and are not permuted.
+
+Cross-encoders (kind "reranker": BertForSequenceClassification, XLMRobertaForSequenceClassification)
+keep their classification head under the names llama.cpp's bert graph reads for rank pooling
+(``build_pooling``, LLAMA_POOLING_TYPE_RANK): the first token's hidden state goes through ``cls``
+(weight, bias, then tanh) and ``cls.output`` (weight, bias), one score per label. BERT's head is its
+pooler (``bert.pooler.dense``, tanh) then ``classifier``; RoBERTa's is ``classifier.dense`` (tanh) then
+``classifier.out_proj``: both map onto the same two tensors. (llama.cpp's own converter drops BERT's
+pooler, so its BERT cross-encoders score the first token's state without the pooler's dense + tanh.)
+RoBERTa position embeddings start at ``pad_token_id + 1``; the rows before are dropped, as llama.cpp's
+converter does, so llama.cpp's position 0 reads HF's position ``pad_token_id + 1``.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from quantledger.convert.model_checks import (
     config_float,
     config_int,
     decoder_shape,
+    reranker_labels,
+    roberta_position_offset,
 )
 
 Array = npt.NDArray[np.generic]
@@ -65,6 +77,20 @@ _BERT_GLOBAL = {
     "embeddings.LayerNorm.bias": "token_embd_norm.bias",
 }
 _BERT_SKIP = re.compile(r"^(embeddings\.position_ids|pooler\..*|cls\..*)$")
+# the classification heads of cross-encoders (names under the model's body prefix or beside it, as
+# Hugging Face writes them), as llama.cpp's LLM_TENSOR_CLS ("cls") and LLM_TENSOR_CLS_OUT ("cls.output")
+_BERT_HEAD = {  # BertForSequenceClassification: the pooler (dense, tanh), then classifier
+    "pooler.dense.weight": "cls.weight",
+    "pooler.dense.bias": "cls.bias",
+    "classifier.weight": "cls.output.weight",
+    "classifier.bias": "cls.output.bias",
+}
+_ROBERTA_HEAD = {  # RobertaClassificationHead: classifier.dense (tanh), then classifier.out_proj
+    "classifier.dense.weight": "cls.weight",
+    "classifier.dense.bias": "cls.bias",
+    "classifier.out_proj.weight": "cls.output.weight",
+    "classifier.out_proj.bias": "cls.output.bias",
+}
 
 
 def permute_rotary(weight: Array, n_head: int) -> Array:
@@ -73,16 +99,24 @@ def permute_rotary(weight: Array, n_head: int) -> Array:
     return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+def _no_rows_dropped(_name: str, _config: dict[str, Any]) -> int:
+    return 0
+
+
 @dataclass(frozen=True)
 class Architecture:
     hf_name: str
     gguf_name: str
-    kind: str  # "causal" | "embedding"
+    kind: str  # "causal" | "embedding" | "reranker"
     rename: Callable[[str], str | None]  # HF tensor name -> GGUF name, None to drop
     transform: Callable[[str, Array, dict[str, Any]], Array]
+    # hyper-parameters -> GGUF keys under the architecture's prefix (bool, int as u32, float as f32,
+    # a list of strings as a string array)
     hparams: Callable[[dict[str, Any]], dict[str, Any]]
     # config.json and the folder's tensor names -> the tensors the converter expects (model_checks.py)
     tensors: Callable[[dict[str, Any], Collection[str]], dict[str, TensorSpec]]
+    # leading rows (first dimension) of a tensor left out of the GGUF: RoBERTa's unused positions
+    dropped_rows: Callable[[str, dict[str, Any]], int] = _no_rows_dropped
 
 
 def _llama_rename(name: str) -> str | None:
@@ -106,6 +140,22 @@ def _bert_rename(name: str) -> str | None:
     if match and match[2] in _BERT_BLOCK:
         return f"blk.{match[1]}.{_BERT_BLOCK[match[2]]}.{match[3]}"
     raise KeyError(name)
+
+
+def _reranker_rename(body: str, heads: dict[str, str]) -> Callable[[str], str | None]:
+    """A cross-encoder's names: its classification head (``heads``: HF name without the ``body``
+    prefix -> GGUF name) and a BERT body under ``body`` ("bert." or "roberta.")."""
+
+    def rename(name: str) -> str | None:
+        if name in heads:
+            return heads[name]
+        if name.startswith(body) and name.removeprefix(body) in heads:
+            return heads[name.removeprefix(body)]
+        if not name.startswith(body):
+            raise KeyError(name)
+        return _bert_rename(name.removeprefix(body))
+
+    return rename
 
 
 def _llama_transform(name: str, weight: Array, config: dict[str, Any]) -> Array:
@@ -209,6 +259,48 @@ def _bert_tensors(config: dict[str, Any], names: Collection[str]) -> dict[str, T
     return {prefix + name: spec for name, spec in specs.items()}
 
 
+RANK_POOLING = 4  # llama.h LLAMA_POOLING_TYPE_RANK: the classification head scores the sequence
+
+
+def _reranker_hparams(family: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A cross-encoder's keys: BERT's, the context less RoBERTa's unused positions, rank pooling and the
+    classifier's one label (``{arch}.classifier.output_labels``, as llama.cpp's converter writes it)."""
+
+    def hparams(config: dict[str, Any]) -> dict[str, Any]:
+        values = _bert_hparams(config)
+        if family == "roberta":
+            values["context_length"] -= roberta_position_offset(config)
+        values["pooling_type"] = RANK_POOLING
+        values["classifier.output_labels"] = reranker_labels(config)
+        return values
+
+    return hparams
+
+
+TensorTable = Callable[[dict[str, Any], Collection[str]], dict[str, TensorSpec]]
+
+
+def _reranker_tensors(body: str, heads: dict[str, str]) -> TensorTable:
+    """A cross-encoder's tensors: the BERT body under ``body`` and its classification head, every one
+    required (a folder without its head is not a reranker)."""
+
+    def tensors(config: dict[str, Any], _names: Collection[str]) -> dict[str, TensorSpec]:
+        hidden, labels = bert_shape(config).hidden, len(reranker_labels(config))
+        specs = {body + name: spec for name, spec in _bert_tensors(config, ()).items()}
+        for name in heads:
+            rows = labels if heads[name].startswith("cls.output") else hidden
+            shape = (rows, hidden) if name.endswith(".weight") else (rows,)
+            specs[(body if name.startswith("pooler.") else "") + name] = TensorSpec(shape)
+        return specs
+
+    return tensors
+
+
+def _roberta_dropped_rows(name: str, config: dict[str, Any]) -> int:
+    """RoBERTa numbers positions from ``pad_token_id + 1``: the rows before it are never read."""
+    return roberta_position_offset(config) if name.endswith("embeddings.position_embeddings.weight") else 0
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "LlamaForCausalLM": Architecture(
         "LlamaForCausalLM",
@@ -235,4 +327,23 @@ ARCHITECTURES: dict[str, Architecture] = {
         "Qwen3ForCausalLM", "qwen3", "causal", _llama_rename, _keep, _decoder_hparams, _decoder_tensors("qk_norm")
     ),
     "BertModel": Architecture("BertModel", "bert", "embedding", _bert_rename, _keep, _bert_hparams, _bert_tensors),
+    "BertForSequenceClassification": Architecture(
+        "BertForSequenceClassification",
+        "bert",
+        "reranker",
+        _reranker_rename("bert.", _BERT_HEAD),
+        _keep,
+        _reranker_hparams("bert"),
+        _reranker_tensors("bert.", _BERT_HEAD),
+    ),
+    "XLMRobertaForSequenceClassification": Architecture(
+        "XLMRobertaForSequenceClassification",
+        "bert",
+        "reranker",
+        _reranker_rename("roberta.", _ROBERTA_HEAD),
+        _keep,
+        _reranker_hparams("roberta"),
+        _reranker_tensors("roberta.", _ROBERTA_HEAD),
+        _roberta_dropped_rows,
+    ),
 }

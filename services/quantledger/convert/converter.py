@@ -23,7 +23,7 @@ from quantledger.convert.safetensors_reader import SafetensorsFile, TensorEntry
 from quantledger.convert.vocab import Vocab, load_vocab, tokenizer_kind
 from quantledger.errors import ConversionFailed, SourceInvalid, UnsupportedArchitecture, quote_client
 from quantledger.gguf.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
-from quantledger.gguf.format import FLOAT32, INT32
+from quantledger.gguf.format import FLOAT32, INT32, UINT8
 from quantledger.gguf.q8_0 import quantize_q8_0
 from quantledger.gguf.types import ggml_types, ggml_types_by_name
 from quantledger.gguf.writer import GgufMetadata, TensorLayout, copy_from_file, plan_tensors, write_array, write_gguf
@@ -32,10 +32,19 @@ from registry_client.atomic_files import AtomicFile
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)
 # part of the conversion cache key: bump it whenever the bytes a conversion writes change
-CONVERTER_VERSION = "quantledger-convert-2"  # 2: written by gguf/writer.py instead of gguf-py
+# 2: written by gguf/writer.py instead of gguf-py; 3: unknown/padding token ids under llama.cpp's key names
+# (they were written as unk_/pad_token_id, which llama.cpp does not read), rerankers
+CONVERTER_VERSION = "quantledger-convert-3"
 OUT_TYPES = ("F32", "F16", "BF16", "Q8_0")  # ggml type names (gguf/types.py)
 FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7}
 POOLING = {"mean": 1, "cls": 2, "lasttoken": 3}
+# Vocab.special keys -> llama.cpp's names (tokenizer.ggml.{name}_token_id, llama-arch.cpp LLM_KV_TOKENIZER_*_ID)
+_SPECIAL_KEY_NAMES = {"unk": "unknown", "pad": "padding", "sep": "seperator"}
+# a cross-encoder's pair layout (llama.cpp: llama_model_chat_template(model, "rerank"))
+RERANK_TEMPLATE_KEY = "tokenizer.chat_template.rerank"
+# true when the model's segment embedding for token type 1 differs from type 0's, which llama.cpp uses
+# for every token: its scores are those of the model with every token typed 0 (docs/QUALITY.md)
+TOKEN_TYPES_DROPPED_KEY = "quantledger.token_types_dropped"
 # llama.cpp reads these as F32 only (its own converter keeps them so)
 ALWAYS_F32 = frozenset({"position_embd.weight", "token_types.weight"})
 
@@ -149,6 +158,24 @@ def _target(name: str, shape: tuple[int, ...], out_type: str) -> int:
     return _type_id(out_type)
 
 
+def _kept_shape(arch: Architecture, entry: TensorEntry, config: dict[str, Any]) -> tuple[int, ...]:
+    """The tensor's shape in the GGUF: the safetensors one less the rows the architecture drops."""
+    dropped = arch.dropped_rows(entry.name, config)
+    if not dropped:
+        return entry.shape
+    if len(entry.shape) != 2 or entry.shape[0] <= dropped:
+        raise SourceInvalid(f"{arch.hf_name}: tensor {entry.name} has shape {list(entry.shape)}")
+    return (entry.shape[0] - dropped, *entry.shape[1:])
+
+
+def _check_required(arch: Architecture, info: HfModelInfo, kept: Mapping[str, TensorEntry]) -> None:
+    """Every tensor the architecture requires is in the folder, before anything is written (a reranker
+    without its classification head, a decoder without a layer's MLP: SourceInvalid naming it)."""
+    for name, spec in arch.tensors(info.config, kept).items():
+        if spec.required and name not in kept:
+            raise SourceInvalid(f"{info.architecture}: required tensor {quote_client(name, 100)} is missing")
+
+
 def _moves_rows(arch: Architecture, name: str) -> bool:
     """Whether the architecture permutes this tensor (llama q/k rotary layout), so its bytes change."""
     return arch.gguf_name == "llama" and name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight"))
@@ -174,7 +201,12 @@ def _encode(array: np.ndarray[Any, Any], kind: int) -> np.ndarray[Any, Any]:
 
 
 def _metadata(
-    arch: Architecture, info: HfModelInfo, vocab: Vocab, out_type: str, metadata: Mapping[str, str]
+    arch: Architecture,
+    info: HfModelInfo,
+    vocab: Vocab,
+    out_type: str,
+    metadata: Mapping[str, str],
+    token_types_dropped: bool = False,
 ) -> GgufMetadata:
     """The converted file's keys, named and typed as llama.cpp's convert_hf_to_gguf.py writes them."""
     meta = GgufMetadata()
@@ -186,6 +218,8 @@ def _metadata(
             meta.boolean(full, value)
         elif isinstance(value, int):
             meta.u32(full, value)
+        elif isinstance(value, list):
+            meta.strings(full, [str(item) for item in value])
         else:
             meta.f32(full, float(value))
     meta.u32(f"{prefix}.vocab_size", len(vocab.tokens))
@@ -206,15 +240,49 @@ def _metadata(
         meta.strings("tokenizer.ggml.merges", vocab.merges)
     if vocab.token_type_count is not None:
         meta.u32("tokenizer.ggml.token_type_count", vocab.token_type_count)
+    if vocab.add_space_prefix is not None:
+        meta.boolean("tokenizer.ggml.add_space_prefix", vocab.add_space_prefix)
+    if vocab.remove_extra_whitespaces is not None:
+        meta.boolean("tokenizer.ggml.remove_extra_whitespaces", vocab.remove_extra_whitespaces)
+    if vocab.precompiled_charsmap:
+        meta.numbers("tokenizer.ggml.precompiled_charsmap", UINT8, np.frombuffer(vocab.precompiled_charsmap, np.uint8))
     for key, token_id in vocab.special.items():
-        meta.u32(f"tokenizer.ggml.{key if key != 'sep' else 'seperator'}_token_id", token_id)
+        meta.u32(f"tokenizer.ggml.{_SPECIAL_KEY_NAMES.get(key, key)}_token_id", token_id)
     if vocab.add_bos is not None:
         meta.boolean("tokenizer.ggml.add_bos_token", vocab.add_bos)
     if vocab.add_eos is not None:
         meta.boolean("tokenizer.ggml.add_eos_token", vocab.add_eos)
     if vocab.chat_template:
         meta.text("tokenizer.chat_template", vocab.chat_template)
+    if arch.kind == "reranker":
+        meta.text(RERANK_TEMPLATE_KEY, rerank_template(vocab))
+        if token_types_dropped:
+            meta.boolean(TOKEN_TYPES_DROPPED_KEY, True)
     return meta
+
+
+def rerank_template(vocab: Vocab) -> str:
+    """How a (query, passage) pair is laid out, as the model's tokenizer pairs them: BERT
+    ``[CLS] query [SEP] passage [SEP]``, RoBERTa ``<s> query </s></s> passage </s>``. llama.cpp's server
+    reads it (``tokenizer.chat_template.rerank``) for its /rerank route, and so does quantledger's scoring
+    (quality/rerank.py); without it llama.cpp would leave out the closing separator of a BERT pair."""
+    first = vocab.special.get("cls", vocab.special.get("bos"))
+    last = vocab.special.get("sep", vocab.special.get("eos"))
+    if first is None or last is None:
+        raise SourceInvalid("the tokenizer names no [CLS]/<s> or [SEP]/</s> token to lay out (query, passage) pairs")
+    bos, sep = vocab.tokens[first], vocab.tokens[last]
+    middle = sep if vocab.model == "bert" else sep + sep
+    return f"{bos}{{query}}{middle}{{document}}{sep}"
+
+
+def token_types_differ(source: SafetensorsFile, entry: TensorEntry) -> bool:
+    """Whether a BERT model's token-type (segment) embedding has a second row unlike the first: llama.cpp
+    adds row 0 to every token ("token types are hardcoded to zero"), so such a cross-encoder, trained
+    with its passage as segment 1, scores pairs in llama.cpp unlike in transformers (docs/QUALITY.md)."""
+    if len(entry.shape) != 2 or entry.shape[0] < 2:
+        return False
+    rows = _as_float32(source.read(entry.name), entry.dtype)
+    return bool(np.any(rows[1:] != rows[0]))
 
 
 def _pooling(folder: pathlib.Path) -> int | None:
@@ -247,6 +315,8 @@ def convert_hf_to_gguf(
     vocab = load_vocab(info.folder, info.tokenizer_kind, info.config)
     files = [SafetensorsFile(path) for path in info.weight_files]
     plan: list[tuple[SafetensorsFile, TensorEntry, str, int]] = []
+    shapes: dict[str, tuple[int, ...]] = {}  # the GGUF's, in Hugging Face order
+    token_types_dropped = False
     for source in files:
         for entry in source.entries():
             try:
@@ -255,8 +325,14 @@ def convert_hf_to_gguf(
                 raise UnsupportedArchitecture(
                     f"{info.architecture}: unexpected tensor {quote_client(entry.name, 100)}"
                 ) from exc
-            if name is not None:
-                plan.append((source, entry, name, _target(name, entry.shape, out_type)))
+            if name is None:
+                continue
+            shape = _kept_shape(arch, entry, info.config)
+            shapes[entry.name] = shape
+            plan.append((source, entry, name, _target(name, shape, out_type)))
+            if arch.kind == "reranker" and name == "token_types.weight":
+                token_types_dropped = token_types_differ(source, entry)
+    _check_required(arch, info, {e.name: e for _, e, _, _ in plan})
     final = pathlib.Path(out_path)
     total = sum(e.end - e.start for _, e, _, _ in plan)
     done = 0
@@ -266,21 +342,23 @@ def convert_hf_to_gguf(
         raise ConversionFailed(f"cannot write the conversion of {info.folder.name}: {exc.strerror}") from exc
     try:
         # ggml order: the row length (numpy's last dimension) first
-        layouts = plan_tensors((name, tuple(reversed(entry.shape)), kind) for _, entry, name, kind in plan)
+        layouts = plan_tensors((name, tuple(reversed(shapes[entry.name])), kind) for _, entry, name, kind in plan)
         steps = iter(plan)  # write_gguf asks for the tensors in file order, the plan's
 
         def write_data(layout: TensorLayout, out: BinaryIO) -> int:
             nonlocal done
             source, entry, _name, kind = next(steps)
+            dropped = arch.dropped_rows(entry.name, info.config)
             if tensor_transform is None and not _moves_rows(arch, entry.name) and _same_type(entry.dtype, kind):
+                skip = (entry.end - entry.start) // entry.shape[0] * dropped if dropped else 0
                 with source.open() as src:  # the same bytes: copied by the kernel, never through Python
-                    size = copy_from_file(out, src.fileno(), entry.start, entry.end - entry.start)
+                    size = copy_from_file(out, src.fileno(), entry.start + skip, entry.end - entry.start - skip)
             elif tensor_transform is None and _same_type(entry.dtype, kind):
-                raw = source.read(entry.name)
+                raw = source.read(entry.name)[dropped:]
                 # no arithmetic needed: keep the bytes (the rotary permutation only moves rows)
                 size = write_array(out, arch.transform(entry.name, raw, info.config))
             else:
-                weight = _as_float32(source.read(entry.name), entry.dtype)
+                weight = _as_float32(source.read(entry.name), entry.dtype)[dropped:]
                 if tensor_transform is not None:
                     weight = tensor_transform(entry.name, weight)
                 weight = arch.transform(entry.name, weight, info.config)
@@ -290,7 +368,8 @@ def convert_hf_to_gguf(
                 progress(done, total)
             return size
 
-        write_gguf(temp.file, _metadata(arch, info, vocab, out_type, metadata or {}), layouts, write_data)
+        header = _metadata(arch, info, vocab, out_type, metadata or {}, token_types_dropped)
+        write_gguf(temp.file, header, layouts, write_data)
         temp.commit()
     except (SourceInvalid, UnsupportedArchitecture):
         temp.abort()

@@ -10,6 +10,8 @@ SourceInvalid naming the first problem:
 - :func:`config_int` / :func:`config_float`: the one way hyper-parameters are read from config.json,
   typed and range-checked (a string, a negative or a huge value names its key);
 - :func:`decoder_shape` / :func:`bert_shape`: a config's hyper-parameters, checked for consistency;
+  :func:`reranker_labels` / :func:`roberta_position_offset`: a cross-encoder's one label and RoBERTa's
+  first position;
 - :func:`check_hf_tensors`: safetensors headers against the tensors the architecture table expects
   (names, shapes, float dtypes);
 - :func:`check_gguf_model`: a GGUF header against what llama.cpp's loader requires of the
@@ -25,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from quantledger.errors import SourceInvalid
+from quantledger.errors import SourceInvalid, UnsupportedArchitecture
 from quantledger.gguf.reader import GgufHeader
 
 MAX_VOCAB_SIZE = 1_000_000  # tokens; Gemma 3 has 262k, Llama 3 128k
@@ -184,6 +186,37 @@ def bert_shape(config: Mapping[str, Any]) -> BertShape:
         positions=config_int(config, "max_position_embeddings", default=512, maximum=MAX_CONTEXT),
         token_types=config_int(config, "type_vocab_size", default=2, maximum=MAX_TOKEN_TYPES),
     )
+
+
+def reranker_labels(config: Mapping[str, Any]) -> list[str]:
+    """The one label of a cross-encoder's classifier (config.json ``id2label``, else ``num_labels``; Hugging
+    Face's default is two). A classifier of several labels gives no single relevance score, so it is not
+    converted as a reranker (UnsupportedArchitecture)."""
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        count, labels = len(id2label), [str(label) for label in id2label.values()]
+    else:
+        count = config_int(config, "num_labels", default=2, maximum=MAX_VOCAB_SIZE)
+        labels = ["LABEL_0"]
+    if count != 1:
+        architecture = str((config.get("architectures") or [""])[0])
+        raise UnsupportedArchitecture(
+            f"{architecture} with {count} labels is a classifier, not a reranker: llama.cpp's rank pooling "
+            "gives one relevance score per (query, passage) pair, so only models with num_labels 1 are converted",
+            architecture=architecture,
+        )
+    return labels
+
+
+def roberta_position_offset(config: Mapping[str, Any]) -> int:
+    """RoBERTa's first position row: ``pad_token_id + 1`` (its positions count from the padding index)."""
+    offset = config_int(config, "pad_token_id", default=1, minimum=0, maximum=MAX_CONTEXT) + 1
+    positions = config_int(config, "max_position_embeddings", default=514, maximum=MAX_CONTEXT)
+    if offset >= positions:
+        raise SourceInvalid(
+            f"config.json: pad_token_id {offset - 1} leaves no positions of max_position_embeddings {positions}"
+        )
+    return offset
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Tokenizers into GGUF metadata: SentencePiece (tokenizer.model), BPE (tokenizer.json), WordPiece (BERT).
+"""Tokenizers into GGUF metadata: SentencePiece (tokenizer.model), BPE (tokenizer.json), WordPiece (BERT),
+XLM-RoBERTa's SentencePiece Unigram (sentencepiece.bpe.model).
 
 Token types follow llama.cpp: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
 """
@@ -36,6 +37,10 @@ class Vocab:
     add_eos: bool | None = None
     chat_template: str | None = None
     token_type_count: int | None = None
+    # SentencePiece Unigram ("t5", llama.cpp's UGM tokenizer): the model's normalizer
+    add_space_prefix: bool | None = None
+    remove_extra_whitespaces: bool | None = None
+    precompiled_charsmap: bytes | None = None
 
 
 def _token_text(value: object) -> str | None:
@@ -219,9 +224,66 @@ def wordpiece_vocab(folder: pathlib.Path, config: dict[str, Any]) -> Vocab:
     return vocab
 
 
+XLM_ROBERTA_SPM = "sentencepiece.bpe.model"
+_UNIGRAM = 1  # sentencepiece TrainerSpec.ModelType UNIGRAM
+
+
+def xlm_roberta_vocab(folder: pathlib.Path, config: dict[str, Any]) -> Vocab:
+    """XLM-RoBERTa's SentencePiece Unigram model (sentencepiece.bpe.model) for llama.cpp's UGM tokenizer
+    ("t5"), in the ids transformers gives it (fairseq's): ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3,
+    the model's own pieces from its id 3 on shifted up by one, ``<mask>`` last; the normalizer (its
+    precompiled character map, the dummy prefix, whitespace folding) as the model defines it."""
+    from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
+
+    with folder_file(folder, XLM_ROBERTA_SPM) as handle:
+        proto = read_capped(handle, MAX_TOKENIZER_MODEL_BYTES)
+    if len(proto) > MAX_TOKENIZER_MODEL_BYTES:
+        raise SourceInvalid(f"{XLM_ROBERTA_SPM} is larger than {MAX_TOKENIZER_MODEL_BYTES} bytes")
+    model = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated, no stubs
+    processor = SentencePieceProcessor()
+    try:
+        model.ParseFromString(proto)
+        processor.LoadFromSerializedProto(proto)
+    except Exception as exc:  # protobuf's DecodeError and sentencepiece's RuntimeError share no base
+        raise SourceInvalid(f"{XLM_ROBERTA_SPM} cannot be read: it is not a SentencePiece model") from exc
+    if model.trainer_spec.model_type != _UNIGRAM:
+        raise SourceInvalid(f"{XLM_ROBERTA_SPM} is not a Unigram model, as XLM-RoBERTa's is")
+    if (processor.unk_id(), processor.bos_id(), processor.eos_id()) != (0, 1, 2):
+        raise SourceInvalid(f"{XLM_ROBERTA_SPM} does not number <unk>, <s>, </s> 0, 1, 2 as XLM-RoBERTa's does")
+    size = processor.vocab_size()
+    tokens, scores, types = ["<s>", "<pad>", "</s>", "<unk>"], [0.0] * 4, [CONTROL, CONTROL, CONTROL, UNKNOWN]
+    for piece_id in range(3, size):
+        tokens.append(processor.IdToPiece(piece_id))
+        scores.append(float(processor.GetScore(piece_id)))
+        types.append(
+            CONTROL if processor.IsControl(piece_id) else
+            UNUSED if processor.IsUnused(piece_id) else
+            BYTE if processor.IsByte(piece_id) else
+            UNKNOWN if processor.IsUnknown(piece_id) else NORMAL
+        )  # fmt: skip
+    tokens.append("<mask>")
+    scores.append(0.0)
+    types.append(CONTROL)
+    vocab = Vocab("t5", tokens, types, scores=scores, add_bos=True, add_eos=True)
+    vocab.special = {"bos": 0, "cls": 0, "pad": 1, "eos": 2, "sep": 2, "unk": 3, "mask": len(tokens) - 1}
+    normalizer = model.normalizer_spec
+    vocab.add_space_prefix = bool(normalizer.add_dummy_prefix)
+    vocab.remove_extra_whitespaces = bool(normalizer.remove_extra_whitespaces)
+    vocab.precompiled_charsmap = bytes(normalizer.precompiled_charsmap) or None
+    vocab.token_type_count = config_int(config, "type_vocab_size", default=1, maximum=MAX_TOKEN_TYPES)
+    return vocab
+
+
 def tokenizer_kind(folder: pathlib.Path, architecture_kind: str, hf_architecture: str) -> str:
     if hf_architecture.startswith("Bert"):
         return "wordpiece"
+    if hf_architecture.startswith("XLMRoberta"):
+        if not folder_has(folder, XLM_ROBERTA_SPM):
+            raise SourceInvalid(
+                f"{folder.name} has no {XLM_ROBERTA_SPM}: an XLM-RoBERTa tokenizer is read from its SentencePiece "
+                "model (tokenizer.json alone is not converted)"
+            )
+        return "xlm-roberta"
     if folder_has(folder, "tokenizer.model"):
         return "spm"
     if folder_has(folder, "tokenizer.json"):
@@ -236,6 +298,8 @@ def load_vocab(folder: pathlib.Path, kind: str, config: dict[str, Any]) -> Vocab
         vocab = sentencepiece_vocab(folder)
     elif kind == "bpe":
         vocab = bpe_vocab(folder, str(config.get("model_type", "")))
+    elif kind == "xlm-roberta":
+        vocab = xlm_roberta_vocab(folder, config)
     else:
         vocab = wordpiece_vocab(folder, config)
     rows = config_int(config, "vocab_size", maximum=MAX_VOCAB_SIZE)

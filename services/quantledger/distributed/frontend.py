@@ -44,6 +44,7 @@ from quantledger.distributed import contract
 from quantledger.distributed.contract import JobStart, StoredFile, Timeouts
 from quantledger.errors import (
     BackendUnavailable,
+    FormatUnavailable,
     InvalidArgument,
     JobAlreadyFinished,
     JobNotFound,
@@ -54,12 +55,13 @@ from quantledger.errors import (
 from quantledger.hashing import sha256_file
 from quantledger.hf.manifest import SourceManifest, build_manifest
 from quantledger.hf.pipeline import HfSource, classify, materialize
+from quantledger.hf_export.formats import is_hf_format
 from quantledger.jobs import quotas
 from quantledger.jobs.model import Job, JobSpec, JobState, Progress, Scope, Stage
 from quantledger.jobs.stages import describe_hf_job, estimate_hf, typical_output_bytes
 from quantledger.jobs.store import SqliteJobStore
 from quantledger.paging import PageSize, PageTokens
-from quantledger.quantize.catalogue import QuantType, catalogue
+from quantledger.quantize.catalogue import QuantType, output_catalogue
 from quantledger.quantize.estimate import Estimate, estimate
 from quantledger.quantize.plan import QuantizePlan, make_plan
 from quantledger.registry.stage import apply_source_manifest, source_manifest
@@ -95,6 +97,17 @@ def reaching_temporal(address: str) -> Iterator[None]:
             f"the job backend (Temporal at {address}) did not answer: {exc.message}; no job was changed",
             address=address,
         ) from None
+
+
+def _refuse_hf_formats(spec: JobSpec) -> None:
+    """The workers of the distributed backend write GGUF only (docs/HF_EXPORT.md): FORMAT_UNAVAILABLE."""
+    formats = [name for name in spec.quant_types if is_hf_format(name)]
+    if formats:
+        raise FormatUnavailable(
+            f"{', '.join(formats)}: the distributed backend's workers write GGUF types only; "
+            "submit Hugging Face formats to an embedded server (quantledger up, or serve quantize)",
+            format=formats[0],
+        )
 
 
 class TemporalBackend:
@@ -155,6 +168,7 @@ class TemporalBackend:
             job = await self._validated(
                 deadline, partial(describe_hf_job, check_disk=False), settings, spec, request_id, job_id, hf
             )
+            _refuse_hf_formats(spec)
             job.output_dir = self._store.uri_for(f"jobs/{job_id}/")
             job.owner = principal.name
             job.scope = scope
@@ -403,7 +417,7 @@ class TemporalBackend:
         assert self.page_tokens is not None, "backend not started"
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative", field="page_size")
-        types = catalogue()
+        types = output_catalogue()
         begin = self.page_tokens.decode("quant-types", page_token) or 0
         end = len(types) if page_size == 0 else min(len(types), begin + page_size)
         return list(types[begin:end]), (self.page_tokens.encode("quant-types", end) if end < len(types) else "")

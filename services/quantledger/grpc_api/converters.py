@@ -78,6 +78,7 @@ def options_from_proto(message: pb.QuantizeOptions) -> Options:
         split_max_bytes=message.split_max_bytes,
         split_max_tensors=message.split_max_tensors,
         min_cosine_similarity=message.min_cosine_similarity,
+        min_ndcg=message.min_ndcg,
     )
 
 
@@ -109,6 +110,7 @@ def options_to_proto(options: Options) -> pb.QuantizeOptions:
         split_max_bytes=options.split_max_bytes,
         split_max_tensors=options.split_max_tensors,
         min_cosine_similarity=options.min_cosine_similarity,
+        min_ndcg=options.min_ndcg,
     )
 
 
@@ -159,6 +161,7 @@ def artifact_to_proto(artifact: Artifact) -> pb.QuantizedArtifact:
         file_type=artifact.file_type,
         files=[pb.OutputFile(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256) for f in artifact.files],
         total_size_bytes=artifact.total_size_bytes,
+        format="huggingface" if artifact.folder else "gguf",
         quality=quality_to_proto(artifact.quality),
         registry=registry_entry_to_proto(artifact.registry),
     )
@@ -261,6 +264,8 @@ def quant_type_to_proto(quant_type: QuantType) -> pb.QuantType:
         typical_bits_per_weight=quant_type.typical_bits_per_weight,
         description=quant_type.description,
         use_for=quant_type.use_for,
+        available=quant_type.available,
+        requires=quant_type.requires,
     )
 
 

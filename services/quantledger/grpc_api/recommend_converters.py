@@ -5,6 +5,7 @@ from __future__ import annotations
 from quantledger.errors import InvalidArgument
 from quantledger.recommend.hardware import Device
 from quantledger.recommend.models import ModelRef
+from quantledger.recommend.quality import QualityPrediction
 from quantledger.recommend.search import Option, Preference
 from quantledger.recommend.service import HardwareSpec, Recommendation, RecommendQuery
 from quantledger.recommend.shape import Hyperparameters
@@ -78,6 +79,7 @@ def query_from_proto(request: pb.RecommendRequest) -> RecommendQuery:
         max_options=request.max_options,
         disable_flash_attention=request.disable_flash_attention,
         full_swa_cache=request.full_swa_cache,
+        hf_formats=request.hf_formats,
     )
 
 
@@ -99,12 +101,16 @@ def option_to_proto(option: Option) -> pb.RecommendOption:
         kv_cache_bytes=option.kv_bytes,
         compute_buffer_bytes=option.compute_bytes,
         tokens_per_second=option.tokens_per_second,
-        quality=pb.PredictedQuality(
-            mean_kl_divergence=q.mean_kl_divergence, perplexity_change=q.perplexity_change, source=q.source
-        ),
+        quality=_quality(q),
         fits=option.fits,
         needs_imatrix=option.needs_imatrix,
         reasons=option.reasons,
+    )
+
+
+def _quality(q: QualityPrediction) -> pb.PredictedQuality:
+    return pb.PredictedQuality(
+        mean_kl_divergence=q.mean_kl_divergence, perplexity_change=q.perplexity_change, source=q.source
     )
 
 
@@ -116,4 +122,18 @@ def recommendation_to_proto(answer: Recommendation) -> pb.RecommendResponse:
         parameter_count=answer.parameter_count,
         exact_sizes=answer.exact_sizes,
         any_fits=answer.any_fits,
+        hf_formats=[
+            pb.HfFormatOption(
+                format=f.format,
+                weight_bytes=f.weight_bytes,
+                kv_cache_bytes=f.kv_cache_bytes,
+                memory_bytes=f.memory_bytes,
+                device=f.device,
+                bytes_available=f.bytes_available,
+                fits=f.fits,
+                quality=_quality(f.quality),
+                note=f.note,
+            )
+            for f in answer.hf_formats
+        ],
     )

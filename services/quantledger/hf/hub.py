@@ -35,6 +35,7 @@ ALLOW_PATTERNS = (
     "model.safetensors.index.json",
     "tokenizer.json",
     "tokenizer.model",
+    "sentencepiece.bpe.model",  # XLM-RoBERTa's tokenizer
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",

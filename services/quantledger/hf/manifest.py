@@ -42,6 +42,12 @@ def root_digest(files: Iterable[FileDigest]) -> str:
     return h.hexdigest()
 
 
+def folder_files(folder: pathlib.Path) -> list[str]:
+    """Every regular file under ``folder`` (links not followed), relative with "/" separators, sorted: what
+    an output folder's manifest hashes."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_symlink() and p.is_file())
+
+
 def build_manifest(
     folder: pathlib.Path, relative_paths: Iterable[str], progress: Callable[[int, int], None] | None = None
 ) -> SourceManifest:

@@ -44,11 +44,26 @@ def delete_outputs(job: Job) -> Deletion:
     for artifact in job.outputs:
         for path, size in _files_of(artifact):
             _remove(path, done, partial(_size_matches, size), size)
+        if artifact.folder:
+            _remove_empty_folders(artifact)
         provenance = _provenance_of(artifact)
         if provenance is not None:
             path, digest = provenance
             _remove(path, done, partial(_digest_matches, digest), 0)
     return done
+
+
+def _remove_empty_folders(artifact: Artifact) -> None:
+    """A Hugging Face output's folder and its sub-folders, deepest first, where removing its files left
+    them empty (rmdir never removes anything else, and a link is never followed)."""
+    top = pathlib.Path(artifact.path)
+    folders = {p for f in artifact.files for p in pathlib.Path(f.path).parents if p == top or top in p.parents}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not folder.is_symlink():
+            try:
+                folder.rmdir()
+            except OSError:
+                continue  # not empty: something the job did not write is in it
 
 
 def _files_of(artifact: Artifact) -> list[tuple[str, int]]:

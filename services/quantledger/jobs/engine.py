@@ -54,7 +54,7 @@ from quantledger.jobs.registration import RegistrationRetrier
 from quantledger.jobs.stages import describe_hf_job, estimate_hf, typical_output_bytes
 from quantledger.jobs.store import DuplicateRequestId, JobStore
 from quantledger.paging import PageSize, PageTokens
-from quantledger.quantize.catalogue import QuantType, catalogue
+from quantledger.quantize.catalogue import QuantType, output_catalogue
 from quantledger.quantize.estimate import Estimate, estimate
 from quantledger.quantize.plan import PARTIAL_SUFFIX, QuantizePlan, make_plan
 from quantledger.quantize.runner import WorkerProcess
@@ -312,7 +312,7 @@ class JobEngine:
         """The installed llama.cpp's types, one page (0 = all of them), and the next page's token."""
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative", field="page_size")
-        types = catalogue()
+        types = output_catalogue()
         start = self.page_tokens.decode("quant-types", page_token) or 0
         end = len(types) if page_size == 0 else min(len(types), start + page_size)
         return list(types[start:end]), (self.page_tokens.encode("quant-types", end) if end < len(types) else "")

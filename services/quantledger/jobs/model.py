@@ -59,6 +59,7 @@ class Options:
     lora_dir: str = ""
     max_kl_divergence: float = 0.0
     min_cosine_similarity: float = 0.0  # the embedders' gate: an output's mean cosine below it fails the job
+    min_ndcg: float = 0.0  # the rerankers' gate: an output's NDCG@5 against the reference below it fails the job
     skip_quality: bool = False
     intermediate_type: str = ""
     eval_text_path: str = ""
@@ -204,6 +205,20 @@ class Quality:
     items_evaluated: int = 0
     eval_set: str = ""
     kl_divergence_stderr: float | None = None  # standard error of mean_kl_divergence
+    # rerankers (kind "reranker", quality/rerank.py): against the reference's scores (NDCG@5 with them as
+    # graded relevance, MAP and precision@5 with its top 5 as the relevant passages, Kendall's tau-b), then
+    # against the shipped labels (the output's and the reference's NDCG@5)
+    ndcg_at_5: float | None = None
+    mean_average_precision: float | None = None
+    precision_at_5: float | None = None
+    rank_agreement: float | None = None
+    label_ndcg_at_5: float | None = None
+    label_mean_average_precision: float | None = None
+    label_precision_at_5: float | None = None
+    reference_label_ndcg_at_5: float | None = None
+    # embedders: the reference's top 10 found in the output's top 10, and 1 / rank of its first result
+    recall_at_10: float | None = None
+    mrr_at_10: float | None = None
     # why the evaluation of this output failed (kind is then empty); the output is kept all the same
     error: JobError | None = None
 
@@ -285,6 +300,15 @@ class Artifact:
     files: tuple[OutputFile, ...] = ()
     quality: Quality | None = None
     registry: RegistryEntry | None = None
+    # a Hugging Face format's folder (hf_export/): ``sha256`` is its root digest over ``files``
+    folder: bool = False
+
+    @property
+    def registered_digests(self) -> tuple[str, ...]:
+        """What the chain records of this output: the folder's root digest, or every file's SHA-256."""
+        if self.folder:
+            return (self.sha256,)
+        return tuple(f.sha256 for f in self.files) if self.files else (self.sha256,)
 
     @property
     def total_size_bytes(self) -> int:

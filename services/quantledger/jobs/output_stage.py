@@ -20,10 +20,9 @@ from quantledger.gguf.split import shard_counts, write_shards
 from quantledger.hashing import sha256_file
 from quantledger.jobs.model import Artifact, Job, OutputFile, Stage
 from quantledger.jobs.stages import StageHost
-from quantledger.quantize.catalogue import lookup
 from quantledger.quantize.estimate import throughput_for
 from quantledger.quantize.llama_log import fallback_count
-from quantledger.quantize.plan import PlannedOutput, QuantizePlan, refuse_another_jobs_output
+from quantledger.quantize.plan import PlannedOutput, QuantizePlan, output_name, refuse_another_jobs_output
 from registry_client.atomic_files import create_exclusive, open_directory
 
 PROGRESS_SAVE_SECONDS = 2.0
@@ -132,7 +131,7 @@ async def complete_output(
         file_type=output.quant_type.file_type,
         files=tuple(files),
     )
-    order = {lookup(name).name: i for i, name in enumerate(job.spec.quant_types)}  # aliases by their type
+    order = {output_name(name): i for i, name in enumerate(job.spec.quant_types)}  # aliases by their type
     job.outputs = sorted([*job.outputs, artifact], key=lambda a: order.get(a.quant_type, len(order)))
     host.touch(job)
 

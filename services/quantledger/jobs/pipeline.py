@@ -22,6 +22,7 @@ from typing import Any
 
 from quantledger.hf.pipeline import classify
 from quantledger.jobs.calibration import calibrate
+from quantledger.jobs.hf_outputs import export_formats
 from quantledger.jobs.model import Job, Stage
 from quantledger.jobs.output_stage import complete_output, quantize_output
 from quantledger.jobs.progress import HASH_BYTES_PER_SECOND
@@ -52,7 +53,7 @@ async def run_stages(host: StageHost, registrar: Registrar | None, job: Job, run
     if hf is not None:
         source, stem = await prepare_intermediate(host, job, hf, run.pins)
     # a job resumed after a restart keeps the outputs it finished (engine.recover_interrupted checked them)
-    kept = frozenset(pathlib.Path(f.path) for a in job.outputs for f in (a.files or (a,)))
+    kept = frozenset(pathlib.Path(p) for a in job.outputs for p in (a.path, *(f.path for f in a.files)))
     finished = {a.quant_type for a in job.outputs}
     plan = await asyncio.to_thread(
         partial(make_plan, source=source, stem=stem, kept=kept),
@@ -82,6 +83,7 @@ async def run_stages(host: StageHost, registrar: Registrar | None, job: Job, run
         result_events, seconds = await quantize_output(host, job, plan, index, output)
         timeline.hash_total += sum(p.stat().st_size for p in output.partial_paths if p.is_file())
         run.hashing.append(asyncio.create_task(complete_output(host, job, plan, output, result_events, seconds)))
+    await export_formats(host, job, plan)  # the Hugging Face formats, while the GGUF outputs hash
     if any(not t.done() for t in run.hashing):
         left = timeline.hash_total - timeline.hashed
         timeline.begin(

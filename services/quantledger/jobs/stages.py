@@ -25,7 +25,7 @@ from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, pr
 from quantledger.jobs.model import Job, JobError, JobSpec, Progress, Quality, SourceFile, SourceInfo, Stage
 from quantledger.jobs.store import JobStore
 from quantledger.json_files import read_hf_config
-from quantledger.quantize.catalogue import QuantType
+from quantledger.quantize.catalogue import QuantType, output_catalogue
 from quantledger.quantize.estimate import (
     WORKER_STARTUP_SECONDS,
     Estimate,
@@ -38,6 +38,7 @@ from quantledger.quantize.plan import (
     QuantizePlan,
     check_options,
     gains_from_imatrix,
+    requested_formats,
     requested_types,
     resolve_output_dir,
 )
@@ -59,7 +60,8 @@ def estimate_hf(settings: Settings, spec: JobSpec, hf: HfSource, store: JobStore
     assert job.source_info is not None
     parameters = _parameters(job.source_info)
     outputs = []
-    for quant_type in requested_types(spec):
+    formats = {f.name for f in requested_formats(spec)}
+    for quant_type in [*requested_types(spec), *(t for t in output_catalogue() if t.name in formats)]:
         bpw = quant_type.typical_bits_per_weight or 8.5
         throughput, measured = throughput_for(quant_type, store)
         outputs.append(
@@ -143,6 +145,7 @@ def describe_hf_job(
     """Validate a Hugging Face job before any weight download and describe it (INSUFFICIENT_DISK when
     ``check_disk`` and the conversion plus outputs cannot fit)."""
     types = requested_types(spec)
+    formats = requested_formats(spec)  # FORMAT_UNAVAILABLE before anything is fetched
     check_options(spec, settings)
     checked = preflight(hf)
     if spec.options.lora_dir and not builtin_converts(checked.architecture):
@@ -160,7 +163,8 @@ def describe_hf_job(
     parameters = checked.parameter_count or checked.weight_bytes // 2
     out_type = (spec.options.intermediate_type or "F16").upper()
     intermediate = parameters * {"F32": 4, "F16": 2, "BF16": 2, "Q8_0": 34 / 32}[out_type]
-    outputs = sum(parameters * (t.typical_bits_per_weight or 8.5) / 8 for t in types)
+    bits = [t.typical_bits_per_weight or 8.5 for t in types] + [f.typical_bits_per_weight for f in formats]
+    outputs = sum(parameters * b / 8 for b in bits)
     options = spec.options
     output_dir = resolve_output_dir(options.output_dir, settings) if options.output_dir else settings.artifacts / job_id
     needed = int(intermediate + outputs * 1.05)
@@ -192,7 +196,7 @@ def describe_hf_job(
         create_time=time.time(),
         source_info=info,
         output_dir=str(output_dir),
-        progress=Progress(outputs_total=len(types)),
+        progress=Progress(outputs_total=len(types) + len(formats)),
     )
 
 
@@ -341,16 +345,18 @@ async def evaluate_outputs(host: StageHost, job: Job, plan: QuantizePlan) -> Non
     run = _Evaluation(host, job, plan)
     host.timeline(job).begin(Stage.EVALUATING, 0, "tokens")
     host.touch(job)
-    if await asyncio.to_thread(is_embedding_model, plan.source.path):
-        for index in pending:
-            await run.whole(index, passes=len(pending))
-        return
     settings = host.settings_for(job)
     kept = pathlib.Path(settings.scratch_dir or settings.home / "scratch") / f"reference-{job.id}"
     shutil.rmtree(kept, ignore_errors=True)  # a read left by a run of this job before a restart
     kept.mkdir(parents=True)
-    started = time.monotonic()
     try:
+        if await asyncio.to_thread(is_embedding_model, plan.source.path):
+            # embedders and rerankers: one worker an output; a reranker's reference scores are kept in
+            # ``kept`` by the first and read by the others (quality/rerank.py)
+            for index in pending:
+                await run.whole(index, passes=len(pending), reference_scores=kept / "reference-scores.npy")
+            return
+        started = time.monotonic()
         await run.in_rounds(pending, kept)
         run.record_rate((time.monotonic() - started) / len(pending))
     finally:
@@ -426,13 +432,15 @@ class _Evaluation:
         if reference_bytes >= MIN_BYTES_FOR_EVALUATE_RATE and seconds_per_output > 0:
             self.host.store.record_throughput(EVALUATE_SAMPLE, reference_bytes, seconds_per_output)
 
-    async def whole(self, index: int, passes: int) -> None:
-        """Output ``index`` measured by one worker over all the data (reading the reference itself)."""
+    async def whole(self, index: int, passes: int, reference_scores: pathlib.Path | None = None) -> None:
+        """Output ``index`` measured by one worker over all the data (reading the reference itself, or a
+        reranker's from ``reference_scores`` once an earlier output's worker kept them there)."""
         started = time.monotonic()
         self.call_total = 0
-        quality, _ = await self._run(
-            index, {**self.base, "mode": "evaluate", "quantized": self.job.outputs[index].path}
-        )
+        request = {**self.base, "mode": "evaluate", "quantized": self.job.outputs[index].path}
+        if reference_scores is not None:
+            request["reference_scores"] = str(reference_scores)
+        quality, _ = await self._run(index, request)
         self.record(index, quality)
         if quality.error is None:
             self.record_rate(time.monotonic() - started)
@@ -477,34 +485,39 @@ class _Evaluation:
 
 
 def check_quality_gate(job: Job) -> None:
-    """QUALITY_GATE_FAILED when ``max_kl_divergence`` is set and an output is above it (or
-    ``min_cosine_similarity`` and an output's mean cosine is below it), or its evaluation failed so the gate
-    could not be checked (the message names those outputs and why)."""
+    """QUALITY_GATE_FAILED when a gate is set and an output is past it: ``max_kl_divergence`` (an output's
+    mean KL divergence above it), ``min_cosine_similarity`` (its mean cosine below it) or ``min_ndcg`` (its
+    NDCG@5 against the reference below it); or when an output's evaluation failed so the gate could not be
+    checked (the message names those outputs and why)."""
     options = job.spec.options
-    limit, floor = options.max_kl_divergence, options.min_cosine_similarity
-    if not limit and not floor:
-        return
-    worse = [
-        f"{a.quant_type} ({a.quality.mean_kl_divergence:.4f})"
-        for a in job.outputs
-        if limit and a.quality is not None and (a.quality.mean_kl_divergence or 0.0) > limit
+    gates = [  # (option, its bound, the report's figure, what it is called, whether above the bound fails)
+        ("max_kl_divergence", options.max_kl_divergence, "mean_kl_divergence", "mean KL divergence", True),
+        (
+            "min_cosine_similarity",
+            options.min_cosine_similarity,
+            "mean_cosine_similarity",
+            "mean cosine similarity",
+            False,
+        ),
+        ("min_ndcg", options.min_ndcg, "ndcg_at_5", "NDCG@5 against the reference", False),
     ]
-    below = [
-        f"{a.quant_type} ({a.quality.mean_cosine_similarity:.4f})"
-        for a in job.outputs
-        if floor
-        and a.quality is not None
-        and a.quality.error is None
-        and (a.quality.mean_cosine_similarity or 0.0) < floor
-    ]
-    unchecked = [a for a in job.outputs if a.quality is None or a.quality.error is not None]
-    if not worse and not below and not unchecked:
+    gates = [gate for gate in gates if gate[1]]
+    if not gates:
         return
     problems = []
-    if worse:
-        problems.append(f"mean KL divergence above {limit}: {', '.join(worse)}")
-    if below:
-        problems.append(f"mean cosine similarity below {floor}: {', '.join(below)}")
+    for _option, bound, figure, called, above_fails in gates:
+        past = []
+        for a in job.outputs:
+            if a.quality is None or a.quality.error is not None:
+                continue
+            value = getattr(a.quality, figure) or 0.0
+            if (value > bound) if above_fails else (value < bound):
+                past.append(f"{a.quant_type} ({value:.4f})")
+        if past:
+            problems.append(f"{called} {'above' if above_fails else 'below'} {bound}: {', '.join(past)}")
+    unchecked = [a for a in job.outputs if a.quality is None or a.quality.error is not None]
+    if not problems and not unchecked:
+        return
     if unchecked:
         reasons = ", ".join(
             f"{a.quant_type} ({a.quality.error.reason if a.quality and a.quality.error else 'not evaluated'})"
@@ -514,6 +527,6 @@ def check_quality_gate(job: Job) -> None:
     extra = {"unchecked": ",".join(a.quant_type for a in unchecked)} if unchecked else {}
     raise QualityGateFailed(
         "; ".join(problems) + "; the outputs are kept for inspection (and registered)",
-        **({"max_kl_divergence": str(limit)} if limit else {"min_cosine_similarity": str(floor)}),
+        **{option: str(bound) for option, bound, *_ in gates},
         **extra,
     )

@@ -8,7 +8,10 @@ The reference's read of the text is kept in a folder (quality/reference.py), so 
 each output costs one forward pass; a job reads it in rounds (jobs/stages.py, :func:`evaluate_more`).
 
 Embedding models: the pooled embedding of every sentence by both models, their cosine similarity
-(mean and minimum), and for each query whether the top-k retrieved sentences agree.
+(mean and minimum), for each query whether the top-k retrieved sentences agree, and recall@10 and
+MRR@10 of the output's retrieval against the reference's (:func:`retrieval_against_reference`).
+
+Rerankers (cross-encoders): quality/rerank.py.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy.typing as npt
 from quantledger.errors import InvalidArgument, SourceNotFound
 from quantledger.gguf.reader import GgufHeader, read_gguf_header
 from quantledger.jobs.model import Quality as QualityReport
+from quantledger.quality import ranking
 from quantledger.quality.reference import (
     Comparison,
     ReferenceLogits,
@@ -45,6 +49,7 @@ Progress = Callable[[int, int], None]
 # tokens per chunk and chunks of the evaluation text a causal model reads (docs/QUALITY.md says why)
 EVAL_CTX = 256
 EVAL_CHUNKS = 64
+RETRIEVAL_AT = 10  # the cut-off of an embedder's recall and MRR against the reference
 EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "jina-bert-v2", "modern-bert", "t5encoder"})
 
 
@@ -74,6 +79,12 @@ def is_embedding_model(path: str | os.PathLike[str]) -> bool:
     return is_embedding_header(read_gguf_header(path))
 
 
+def _pooling_type(header: GgufHeader) -> int:
+    """The GGUF's ``{arch}.pooling_type`` (llama.cpp's LLAMA_POOLING_TYPE; 0 when it records none)."""
+    value = header.metadata.get(f"{header.architecture}.pooling_type")
+    return value if isinstance(value, int) else 0
+
+
 def is_embedding_header(header: GgufHeader) -> bool:
     """Whether the model pools token embeddings (measured by cosine) rather than predicting tokens."""
     architecture = header.metadata.get("general.architecture")
@@ -83,12 +94,22 @@ def is_embedding_header(header: GgufHeader) -> bool:
 
 
 def _require(path: str | os.PathLike[str]) -> str:
-    if not pathlib.Path(path).is_file():
+    if not (pathlib.Path(path).is_file() or is_hf_folder(path)):
         raise SourceNotFound(f"model {path} does not exist")
     return str(path)
 
 
+def is_hf_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a Hugging Face output folder (hf_export/), read with transformers, not llama.cpp."""
+    return pathlib.Path(path, "config.json").is_file()
+
+
 def _load(path: str, *, n_ctx: int, threads: int, embedding: bool = False, vocab_only: bool = False) -> Any:
+    """The model at ``path``: a llama_cpp.Llama, or for an HF output folder its transformers stand-in."""
+    if is_hf_folder(path) and not embedding and not vocab_only:
+        from quantledger.hf_export.torch_models import TransformersCausal
+
+        return TransformersCausal(path, threads)
     import llama_cpp
 
     return llama_cpp.Llama(
@@ -234,8 +255,16 @@ def evaluate_more(
     return causal_report(scored, reference.eval_set), scored.measured
 
 
-def _embeddings(path: str, texts: Sequence[str], threads: int, embedded: Callable[[], None]) -> FloatArray:
-    model = _load(path, n_ctx=512, threads=threads, embedding=True)
+def _embeddings(
+    path: str, texts: Sequence[str], threads: int, embedded: Callable[[], None], pooling: int = 0
+) -> FloatArray:
+    """Every text's embedding, unit length; an HF output folder pools as ``pooling`` (the reference's)."""
+    if is_hf_folder(path):
+        from quantledger.hf_export.torch_models import TransformersEmbedder
+
+        model: Any = TransformersEmbedder(path, pooling, threads)
+    else:
+        model = _load(path, n_ctx=512, threads=threads, embedding=True)
     rows = []
     for text in texts:
         rows.append(model.embed(text))
@@ -246,6 +275,19 @@ def _embeddings(path: str, texts: Sequence[str], threads: int, embedded: Callabl
         raise InvalidArgument(f"{path} does not pool token embeddings into one vector per text")
     normalized: FloatArray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     return normalized
+
+
+def retrieval_against_reference(
+    reference: FloatArray, output: FloatArray, at: int = RETRIEVAL_AT
+) -> tuple[float, float]:
+    """(recall@at, MRR@at) of the output's retrieval, query by query (rows: queries, columns: corpus
+    sentences, values: similarities), against the reference's: the relevant sentences are the
+    reference's top ``at`` for recall and its first result for the reciprocal rank (quality/ranking.py)."""
+    recall = [ranking.recall_at_k(out, ranking.top_n(ref, at), at) for ref, out in zip(reference, output, strict=True)]
+    rr = [
+        ranking.reciprocal_rank_at_k(out, ranking.top_n(ref, 1), at) for ref, out in zip(reference, output, strict=True)
+    ]
+    return float(np.mean(recall)), float(np.mean(rr))
 
 
 def evaluate_embedding(
@@ -276,7 +318,8 @@ def evaluate_embedding(
     if progress is not None:
         progress(0, 2 * len(texts))
     ref = _embeddings(reference_path, texts, threads, embedded)
-    quant = _embeddings(quantized_path, texts, threads, embedded)
+    pooling = _pooling_type(read_gguf_header(reference_path))
+    quant = _embeddings(quantized_path, texts, threads, embedded, pooling)
     cosines = (ref * quant).sum(axis=1)
     corpus = len(sentences)
 
@@ -285,11 +328,14 @@ def evaluate_embedding(
         return [set(np.argsort(-row)[:k].tolist()) for row in scores]
 
     agreement = np.mean([len(a & b) / k for a, b in zip(top_k(ref), top_k(quant), strict=True)])
+    recall, mrr = retrieval_against_reference(ref[corpus:] @ ref[:corpus].T, quant[corpus:] @ quant[:corpus].T)
     return QualityReport(
         kind="embedding",
         mean_cosine_similarity=float(cosines.mean()),
         min_cosine_similarity=float(cosines.min()),
         topk_retrieval_agreement=float(agreement),
+        recall_at_10=recall,
+        mrr_at_10=mrr,
         items_evaluated=len(texts),
         eval_set=eval_set or data_label("sentences", json.dumps([list(sentences), list(queries)])),
     )

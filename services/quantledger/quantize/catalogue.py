@@ -110,6 +110,8 @@ class QuantType:
     typical_bits_per_weight: float
     description: str
     use_for: str = ""
+    available: bool = True  # whether this installation can write it (a format's extra may be missing)
+    requires: str = ""  # what it needs installed beyond the base install
 
 
 def _family(name: str) -> str:
@@ -191,6 +193,28 @@ def catalogue() -> tuple[QuantType, ...]:
             )
         )
     return tuple(sorted(types, key=lambda t: t.file_type))
+
+
+def output_catalogue() -> tuple[QuantType, ...]:
+    """What ListQuantTypes lists: the GGUF types, then the Hugging Face formats (family "huggingface",
+    file type -1) with whether their extra is installed."""
+    from quantledger.hf_export.formats import FORMATS
+
+    formats = tuple(
+        QuantType(
+            name=f.name,
+            file_type=-1,
+            family="huggingface",
+            requires_imatrix=False,
+            typical_bits_per_weight=f.typical_bits_per_weight,
+            description=f.description,
+            use_for=f.use_for,
+            available=f.available,
+            requires=f.requires,
+        )
+        for f in FORMATS
+    )
+    return catalogue() + formats
 
 
 def unsupported_names() -> list[str]:

@@ -41,6 +41,7 @@ _FAMILY_THROUGHPUT = {
     "i-quant": 15e6,
     "ternary": 60e6,
     "mxfp": 200e6,
+    "huggingface": 100e6,  # a Hugging Face format: transformers loads, (bitsandbytes quantizes,) saves
 }
 
 

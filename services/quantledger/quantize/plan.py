@@ -21,6 +21,7 @@ from quantledger.client_patterns import ClientPattern, compile_client_patterns, 
 from quantledger.config import Settings
 from quantledger.convert.model_checks import check_gguf_source
 from quantledger.errors import (
+    FormatNotApplicable,
     ImatrixRequired,
     InvalidArgument,
     OutputExists,
@@ -31,8 +32,10 @@ from quantledger.errors import (
 )
 from quantledger.gguf.reader import GgufHeader
 from quantledger.gguf.types import ggml_types_by_name
+from quantledger.hf_export.formats import HfFormat, is_hf_format, lookup_format, require_available
 from quantledger.jobs.model import JobSpec, Options
 from quantledger.quality.evaluate import is_embedding_header
+from quantledger.quality.rerank import is_reranker_header
 from quantledger.quantize.catalogue import COPY, QuantType, lookup
 from quantledger.quantize.quantize_flags import (
     Value,
@@ -129,6 +132,12 @@ class QuantizePlan:
     # imatrix_path "auto" and a type that gains from a matrix: stage CALIBRATING computes it (or finds it
     # cached), then the job is planned again with the file (jobs/calibration.py)
     calibrate: bool = False
+    # the Hugging Face formats (hf_export/), each written to the folder hf_output_path names
+    formats: tuple[HfFormat, ...] = ()
+    base_name: str = ""
+
+    def hf_output_path(self, fmt: HfFormat) -> pathlib.Path:
+        return self.output_dir / f"{self.base_name}-{fmt.name}"
 
     def worker_request(self, output: PlannedOutput, *, dry_run: bool = False) -> dict[str, Any]:
         request = dict(self.base_request)
@@ -171,17 +180,32 @@ INTERMEDIATE_TYPES = ("F16", "BF16", "F32", "Q8_0")
 
 
 def requested_types(spec: JobSpec) -> list[QuantType]:
-    """The types of ``spec``, validated: known to this llama.cpp, at least one, no duplicates."""
+    """The GGUF types of ``spec``, validated with its Hugging Face formats (``requested_formats``): at least
+    one output, no duplicates, every name known to this llama.cpp or the format catalogue."""
     if not spec.quant_types:
         raise InvalidArgument("quant_types is empty: name at least one type, such as Q4_K_M")
     if len(spec.quant_types) > MAX_TYPES_PER_JOB:
         raise InvalidArgument(f"at most {MAX_TYPES_PER_JOB} types per job")
-    types = [lookup(name) for name in spec.quant_types]
-    names = [t.name for t in types]
+    types = [lookup(name) for name in spec.quant_types if not is_hf_format(name)]
+    names = [t.name for t in types] + [lookup_format(n).name for n in spec.quant_types if is_hf_format(n)]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidArgument(f"quant_types names {', '.join(duplicates)} more than once")
     return types
+
+
+def requested_formats(spec: JobSpec) -> list[HfFormat]:
+    """The Hugging Face formats of ``spec`` (docs/HF_EXPORT.md), each installed (FORMAT_UNAVAILABLE names
+    the pip command otherwise)."""
+    formats = [lookup_format(name) for name in spec.quant_types if is_hf_format(name)]
+    for fmt in formats:
+        require_available(fmt)
+    return formats
+
+
+def output_name(name: str) -> str:
+    """The canonical name of a requested output, a GGUF type (aliases resolved) or a Hugging Face format."""
+    return lookup_format(name).name if is_hf_format(name) else lookup(name).name
 
 
 def _check_numbers(options: Options) -> None:
@@ -225,6 +249,10 @@ def check_options(spec: JobSpec, settings: Settings) -> None:
         )
     if options.min_cosine_similarity > 1:
         raise InvalidArgument("min_cosine_similarity lies in 0..1", field="min_cosine_similarity")
+    if options.min_ndcg and options.skip_quality:
+        raise InvalidArgument("min_ndcg needs the quality measurement that skip_quality turns off", field="min_ndcg")
+    if options.min_ndcg > 1:
+        raise InvalidArgument("min_ndcg lies in 0..1", field="min_ndcg")
     if options.split_max_bytes and options.split_max_tensors:
         raise InvalidArgument("split_max_bytes and split_max_tensors cannot be used together", field="split_max_bytes")
     if options.intermediate_type and options.intermediate_type.upper() not in INTERMEDIATE_TYPES:
@@ -296,7 +324,14 @@ def make_plan(
     check_options(spec, settings)
     options = spec.options
     if source is None:
+        refused = requested_formats(spec)
         source = open_source(spec.source, settings.allowed_roots)
+        if refused:
+            raise FormatNotApplicable(
+                f"{', '.join(f.name for f in refused)} are written from a Hugging Face model; "
+                f"{source.path.name} is a GGUF file: submit the Hugging Face folder or repo it came from",
+                format=refused[0].name,
+            )
     check_gguf_source(source.header)
     _check_gate_kind(options, source.header)
     prune = check_prune_layers(options.prune_layers, block_count(source.header))
@@ -354,6 +389,20 @@ def make_plan(
         )
         for t in types
     )
+    formats = tuple(requested_formats(spec))
+    for fmt in formats:
+        folder = output_dir / f"{base_name}-{fmt.name}"
+        if folder in kept:
+            continue
+        if _is_regular_file(f"{folder}{PROVENANCE_SUFFIX}"):
+            raise OutputExists(
+                f"{folder} is the output of an earlier job and is never overwritten: choose another output_dir",
+                path=str(folder),
+            )
+        if os.path.lexists(folder) and not options.overwrite:
+            raise OutputExists(
+                f"{folder} already exists: remove it, choose another output_dir or set overwrite", path=str(folder)
+            )
     for output in outputs:
         if output.splits_after:  # how many shards is known once the file is written: any set is taken
             taken = sorted(p for p in output_dir.glob(f"{output.stem}-[0-9]*-of-[0-9]*.gguf") if p not in kept)
@@ -399,23 +448,28 @@ def make_plan(
         "kv_overrides": [o.request() for o in parse_kv_overrides(options.kv_overrides)],
         "prune_layers": prune,
     }
-    return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request, calibrate)
+    return QuantizePlan(spec, source, outputs, output_dir, imatrix_path, base_request, calibrate, formats, base_name)
 
 
 def _check_gate_kind(options: Options, header: GgufHeader) -> None:
     """Each quality gate on the kind of model it measures: KL divergence for causal models, cosine
-    similarity for embedders (the other figure does not exist for them, so the gate would never fire)."""
-    embedder = is_embedding_header(header)
-    if options.max_kl_divergence and embedder:
-        raise InvalidArgument(
-            "max_kl_divergence gates causal models; this is an embedding model: use min_cosine_similarity",
-            field="max_kl_divergence",
-        )
-    if options.min_cosine_similarity and not embedder:
-        raise InvalidArgument(
-            "min_cosine_similarity gates embedding models; this is a causal model: use max_kl_divergence",
-            field="min_cosine_similarity",
-        )
+    similarity for embedders, NDCG@5 for rerankers (the figure does not exist for the other kinds, so the
+    gate would never fire)."""
+    kind = "reranker" if is_reranker_header(header) else "embedding" if is_embedding_header(header) else "causal"
+    gates = (("max_kl_divergence", "causal"), ("min_cosine_similarity", "embedding"), ("min_ndcg", "reranker"))
+    use = {gated: option for option, gated in gates}[kind]
+    for option, gated in gates:
+        if getattr(options, option) and gated != kind:
+            raise InvalidArgument(
+                f"{option} gates {_KIND_NAMES[gated][0]}; this is {_KIND_NAMES[kind][1]}: use {use}", field=option
+            )
+
+
+_KIND_NAMES = {
+    "causal": ("causal models", "a causal model"),
+    "embedding": ("embedding models", "an embedding model"),
+    "reranker": ("rerankers", "a reranker"),
+}
 
 
 def _copy_of(source: GgufSource) -> QuantType:

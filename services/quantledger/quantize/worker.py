@@ -7,7 +7,8 @@ cancel can kill it (and any thread llama.cpp started) at once; the worker asks t
 if the parent dies, so a killed server leaves no orphan writing files.
 
 Other modes (``"mode"``): convert, fetch, evaluate, calibrate (an importance matrix, calibrate.py),
-reference (the unquantized model's read of the evaluation text, kept for every output's evaluation).
+reference (the unquantized model's read of the evaluation text, kept for every output's evaluation),
+score_pairs (a reranker's scores of (query, passage) pairs, quality/rerank.py).
 The request is one run, or ``{"runs": [run, ...]}`` for several (dry runs of every type of a job
 share one process). Run fields: source, output, ftype, dry_run, threads, allow_requantize, quantize_output_tensor,
 pure, keep_split, output_tensor_type, token_embedding_type (ggml type ids, -1 for llama.cpp's
@@ -320,8 +321,9 @@ def reference(request: dict[str, Any], emit: _Emitter) -> None:
 def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
     """Measure an output against its unquantized reference (stage EVALUATING), or, given
     ``reference_logits`` (the folder of the reference's read), on chunks [start, stop) of it merged with
-    what ``state`` kept of the chunks before; ``eval_progress`` events (done, total, unit: "tokens" or
-    "texts") follow the work."""
+    what ``state`` kept of the chunks before; ``eval_progress`` events (done, total, unit: "tokens",
+    "texts" or "pairs") follow the work. A reranker's reference scores are read from ``reference_scores``
+    when an earlier output's worker kept them there, and kept there otherwise."""
     import dataclasses
 
     from quantledger.quality.evaluate import (
@@ -332,11 +334,18 @@ def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
         evaluate_more,
         is_embedding_model,
     )
+    from quantledger.quality.rerank import default_rank_set, evaluate_reranker, is_reranker_model, rank_set_text
 
     reference, quantized = request["reference"], request["quantized"]
     threads = int(request.get("threads") or 0)
 
-    if is_embedding_model(reference):
+    if is_reranker_model(reference):  # before embedders: a reranker is a BERT too
+        report = evaluate_reranker(
+            reference, quantized, default_rank_set(), threads=threads,
+            eval_set=data_label("quantledger-rank-set", rank_set_text()), progress=_progress_in(emit, "pairs"),
+            reference_scores=request.get("reference_scores") or None,
+        )  # fmt: skip
+    elif is_embedding_model(reference):
         sentences, queries = default_embedding_set()
         report = evaluate_embedding(
             reference, quantized, sentences, queries, threads=threads,
@@ -355,6 +364,49 @@ def evaluate(request: dict[str, Any], emit: _Emitter) -> None:
             reference, quantized, text, threads=threads, eval_set=label, progress=_progress_in(emit, "tokens")
         )
     emit({"event": "quality", **dataclasses.asdict(report)})
+
+
+def hf_merge(request: dict[str, Any], emit: _Emitter) -> None:
+    """A Hugging Face folder with a LoRA merged, for the job's Hugging Face formats (hf_export/export.py)."""
+    import pathlib
+
+    from quantledger.hf_export.export import merge_lora
+
+    merge_lora(pathlib.Path(request["folder"]), request["lora_dir"], pathlib.Path(request["output"]), emit)
+    emit({"event": "merged"})
+
+
+def hf_export(request: dict[str, Any], emit: _Emitter) -> None:
+    """One Hugging Face format of a folder, written to the new folder ``output`` (hf_export/export.py)."""
+    import pathlib
+
+    from quantledger.hf_export.export import export_folder
+    from quantledger.hf_export.formats import lookup_format
+
+    written = export_folder(
+        pathlib.Path(request["folder"]),
+        lookup_format(request["format"]),
+        pathlib.Path(request["output"]),
+        threads=int(request.get("threads") or 0),
+    )
+    emit({"event": "exported", **written})
+
+
+def score_pairs(request: dict[str, Any], emit: _Emitter) -> None:
+    """A reranker's llama.cpp score of every (query, passage) pair of ``pairs`` (quality/rerank.py):
+    ``eval_progress`` in pairs, then one ``scores`` event with them in order."""
+    from quantledger.quality.rerank import score_pairs as score
+
+    pairs = [(str(query), str(passage)) for query, passage in request["pairs"]]
+    done = 0
+
+    def scored(count: int) -> None:
+        nonlocal done
+        done += count
+        emit({"event": "eval_progress", "done": done, "total": len(pairs), "unit": "pairs"})
+
+    scores = score(request["model"], pairs, threads=int(request.get("threads") or 0), scored=scored)
+    emit({"event": "scores", "scores": scores.tolist()})
 
 
 def calibrate(request: dict[str, Any], emit: _Emitter) -> None:
@@ -425,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
             "fetch": fetch,
             "calibrate": calibrate,
             "reference": reference,
+            "score_pairs": score_pairs,
+            "hf_merge": hf_merge,
+            "hf_export": hf_export,
         }
         if mode in modes:
             try:

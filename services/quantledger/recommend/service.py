@@ -20,6 +20,7 @@ from quantledger.errors import InvalidArgument
 from quantledger.jobs.model import MAX_NAME_LENGTH, MAX_PATH_LENGTH, check_text
 from quantledger.recommend.explain import explain
 from quantledger.recommend.hardware import GIB, Device, Machine, tier_machine, with_overrides
+from quantledger.recommend.hf_formats import HfFormatFit, rate
 from quantledger.recommend.memory import KV_TYPE_BYTES, is_quantized_kv
 from quantledger.recommend.mixes import is_known_mix
 from quantledger.recommend.models import ModelRef, ModelResolver
@@ -83,6 +84,7 @@ class RecommendQuery:
     max_options: int = 0
     disable_flash_attention: bool = False
     full_swa_cache: bool = False
+    hf_formats: bool = False  # also rate the Hugging Face formats under transformers (recommend/hf_formats.py)
 
     def check_bounds(self) -> None:
         """Refuse a query by its size alone, before any model is looked at (INVALID_ARGUMENT); the same
@@ -113,6 +115,7 @@ class Recommendation:
     parameter_count: int
     exact_sizes: bool
     any_fits: bool
+    hf_formats: list[HfFormatFit] = field(default_factory=list)
 
 
 @dataclass
@@ -295,6 +298,7 @@ class Recommender:
             parameter_count=params,
             exact_sizes=shape.exact,
             any_fits=bool(shown) and shown[0].fits,
+            hf_formats=rate(shape, machine, n_ctx, query.imatrix) if query.hf_formats else [],
         )
 
 

@@ -85,6 +85,12 @@ def build_statement(
     subjects = [{"name": pathlib.Path(f.path).name, "digest": {"sha256": f.sha256}} for f in files] or [
         {"name": pathlib.Path(artifact.path).name, "digest": {"sha256": artifact.sha256}}
     ]
+    if artifact.folder:  # the folder by its root digest (the on-chain one), then each file by its path in it
+        folder = pathlib.Path(artifact.path)
+        inside = [(pathlib.Path(f.path).relative_to(folder).as_posix(), f.sha256) for f in files]
+        subjects = [{"name": folder.name, "digest": {"sha256": artifact.sha256}}] + [
+            {"name": f"{folder.name}/{name}", "digest": {"sha256": digest}} for name, digest in inside
+        ]
     options = {k: v for k, v in dataclasses.asdict(job.spec.options).items() if v not in ("", 0, 0.0, False, ())}
     options.pop("output_dir", None)
     byproducts: list[dict[str, Any]] = []

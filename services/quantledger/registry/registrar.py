@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from quantledger.jobs.model import Artifact, Job, JobError, SourceInfo
+from quantledger.jobs.model import Artifact, Job, JobError, OutputFile, SourceInfo
 from quantledger.registry.provenance import tool_version
 from registry_client import errors as registry_errors
 from registry_client.address_book import AddressBook
@@ -63,8 +63,9 @@ def registrations_for(job: Job, artifact: Artifact, info: SourceInfo) -> list[Re
     """One registration per file of the output; a split output's original size is shared out by file size."""
     entry = artifact.registry
     assert entry is not None
-    files = artifact.files or ()
     total = artifact.total_size_bytes
+    # a folder is one record of its root digest and its total size; a file (or each shard) its own
+    files = (OutputFile("", total, artifact.sha256),) if artifact.folder else artifact.files or ()
     result = []
     for file in files:
         share = artifact.source_size_bytes * file.size_bytes // total if total else 0
@@ -154,7 +155,7 @@ class Registrar:
         updated = {}
         for artifact in pending:
             # a split output whose files span two batches is complete with the later one
-            results = [registered_by[f.sha256] for f in artifact.files if f.sha256 in registered_by]
+            results = [registered_by[d] for d in artifact.registered_digests if d in registered_by]
             last = max(results, key=lambda r: r.block_number) if results else None
             updated[id(artifact)] = _with(
                 artifact,

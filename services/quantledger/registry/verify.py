@@ -1,4 +1,4 @@
-"""verify_file: is this file on disk one that somebody vouches for on chain?
+"""verify_file: is this file (or Hugging Face output folder) on disk one that somebody vouches for on chain?
 
 Order of work: the GGUF header first (cheap, and a non-GGUF file is refused before hashing), then the
 size against the expected record when the caller names a digest (a wrong size fails without hashing),
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from quantledger.gguf.reader import read_gguf_header
 from quantledger.hashing import sha256_file
+from quantledger.hf.manifest import build_manifest, folder_files
 from registry_client.records import Record, normalize_digest
 
 if TYPE_CHECKING:
@@ -86,9 +87,15 @@ def verify_file(
 ) -> FileVerification:
     """Check ``path`` against the registry; ``attester`` limits the answer to one attester's record."""
     file_path = pathlib.Path(path)
-    header = read_gguf_header(file_path)
-    file_type = header.file_type
-    size = file_path.stat().st_size
+    if file_path.is_dir():  # a Hugging Face format's folder: recorded by its root digest and total size
+        manifest = build_manifest(file_path, folder_files(file_path))
+        digest: str | None = manifest.root_digest
+        file_type = None
+        size = sum(f.size_bytes for f in manifest.files)
+    else:
+        digest = None
+        file_type = read_gguf_header(file_path).file_type
+        size = file_path.stat().st_size
     if expected_sha256 is not None:
         expected = normalize_digest(expected_sha256, "fileDigest")
         sizes = {r.quantized_size for r in client.records_of(expected)}
@@ -101,7 +108,7 @@ def verify_file(
                 Verdict.MISMATCH,
                 problems=[f"the file has {size} bytes; records of {expected} say {sorted(sizes)}"],
             )
-    digest = sha256_file(file_path)
+    digest = digest or sha256_file(file_path)
     records = client.records_of(digest)
     if attester is not None:
         records = [r for r in records if r.attester.lower() == attester.lower()]

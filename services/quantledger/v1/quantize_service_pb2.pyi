@@ -95,7 +95,7 @@ class QuantizeJob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ..., owner: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imatrix: _Optional[_Union[ComputedImatrix, _Mapping]] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
-    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx", "imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers", "split_max_bytes", "split_max_tensors", "min_cosine_similarity")
+    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx", "imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers", "split_max_bytes", "split_max_tensors", "min_cosine_similarity", "min_ndcg")
     THREADS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REQUANTIZE_FIELD_NUMBER: _ClassVar[int]
     LEAVE_OUTPUT_TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class QuantizeOptions(_message.Message):
     SPLIT_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     SPLIT_MAX_TENSORS_FIELD_NUMBER: _ClassVar[int]
     MIN_COSINE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    MIN_NDCG_FIELD_NUMBER: _ClassVar[int]
     threads: int
     allow_requantize: bool
     leave_output_tensor: bool
@@ -148,7 +149,8 @@ class QuantizeOptions(_message.Message):
     split_max_bytes: int
     split_max_tensors: int
     min_cosine_similarity: float
-    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ..., imatrix_include_weights: _Optional[_Iterable[str]] = ..., imatrix_exclude_weights: _Optional[_Iterable[str]] = ..., kv_overrides: _Optional[_Iterable[str]] = ..., prune_layers: _Optional[_Iterable[int]] = ..., split_max_bytes: _Optional[int] = ..., split_max_tensors: _Optional[int] = ..., min_cosine_similarity: _Optional[float] = ...) -> None: ...
+    min_ndcg: float
+    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ..., imatrix_include_weights: _Optional[_Iterable[str]] = ..., imatrix_exclude_weights: _Optional[_Iterable[str]] = ..., kv_overrides: _Optional[_Iterable[str]] = ..., prune_layers: _Optional[_Iterable[int]] = ..., split_max_bytes: _Optional[int] = ..., split_max_tensors: _Optional[int] = ..., min_cosine_similarity: _Optional[float] = ..., min_ndcg: _Optional[float] = ...) -> None: ...
 
 class TensorTypeOverride(_message.Message):
     __slots__ = ("pattern", "type")
@@ -213,7 +215,7 @@ class ComputedImatrix(_message.Message):
     def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., dataset: _Optional[str] = ..., calibration_sha256: _Optional[str] = ..., chunks: _Optional[int] = ..., chunk_size: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class QuantizedArtifact(_message.Message):
-    __slots__ = ("quant_type", "path", "size_bytes", "sha256", "bits_per_weight", "quality", "registry", "fallback_tensor_count", "tensor_count", "source_size_bytes", "compression_ratio", "quantize_duration", "file_type", "files", "total_size_bytes")
+    __slots__ = ("quant_type", "path", "size_bytes", "sha256", "bits_per_weight", "quality", "registry", "fallback_tensor_count", "tensor_count", "source_size_bytes", "compression_ratio", "quantize_duration", "file_type", "files", "total_size_bytes", "format")
     QUANT_TYPE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +231,7 @@ class QuantizedArtifact(_message.Message):
     FILE_TYPE_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     quant_type: str
     path: str
     size_bytes: int
@@ -244,7 +247,8 @@ class QuantizedArtifact(_message.Message):
     file_type: int
     files: _containers.RepeatedCompositeFieldContainer[OutputFile]
     total_size_bytes: int
-    def __init__(self, quant_type: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., bits_per_weight: _Optional[float] = ..., quality: _Optional[_Union[QualityReport, _Mapping]] = ..., registry: _Optional[_Union[RegistryRecord, _Mapping]] = ..., fallback_tensor_count: _Optional[int] = ..., tensor_count: _Optional[int] = ..., source_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., quantize_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., file_type: _Optional[int] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., total_size_bytes: _Optional[int] = ...) -> None: ...
+    format: str
+    def __init__(self, quant_type: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., bits_per_weight: _Optional[float] = ..., quality: _Optional[_Union[QualityReport, _Mapping]] = ..., registry: _Optional[_Union[RegistryRecord, _Mapping]] = ..., fallback_tensor_count: _Optional[int] = ..., tensor_count: _Optional[int] = ..., source_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., quantize_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., file_type: _Optional[int] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., total_size_bytes: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class SourceFile(_message.Message):
     __slots__ = ("path", "size_bytes", "sha256")
@@ -267,7 +271,7 @@ class OutputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class QualityReport(_message.Message):
-    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity", "kind", "perplexity_reference", "perplexity", "topk_retrieval_agreement", "items_evaluated", "eval_set", "error", "kl_divergence_stderr")
+    __slots__ = ("mean_kl_divergence", "p99_kl_divergence", "top1_agreement", "perplexity_delta", "mean_cosine_similarity", "min_cosine_similarity", "kind", "perplexity_reference", "perplexity", "topk_retrieval_agreement", "items_evaluated", "eval_set", "error", "kl_divergence_stderr", "ndcg_at_5", "mean_average_precision", "precision_at_5", "rank_agreement", "label_ndcg_at_5", "label_mean_average_precision", "label_precision_at_5", "reference_label_ndcg_at_5", "recall_at_10", "mrr_at_10")
     MEAN_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     P99_KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +286,16 @@ class QualityReport(_message.Message):
     EVAL_SET_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     KL_DIVERGENCE_STDERR_FIELD_NUMBER: _ClassVar[int]
+    NDCG_AT_5_FIELD_NUMBER: _ClassVar[int]
+    MEAN_AVERAGE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_AT_5_FIELD_NUMBER: _ClassVar[int]
+    RANK_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_NDCG_AT_5_FIELD_NUMBER: _ClassVar[int]
+    LABEL_MEAN_AVERAGE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_PRECISION_AT_5_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_LABEL_NDCG_AT_5_FIELD_NUMBER: _ClassVar[int]
+    RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    MRR_AT_10_FIELD_NUMBER: _ClassVar[int]
     mean_kl_divergence: float
     p99_kl_divergence: float
     top1_agreement: float
@@ -296,7 +310,17 @@ class QualityReport(_message.Message):
     eval_set: str
     error: _status_pb2.Status
     kl_divergence_stderr: float
-    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ..., kind: _Optional[str] = ..., perplexity_reference: _Optional[float] = ..., perplexity: _Optional[float] = ..., topk_retrieval_agreement: _Optional[float] = ..., items_evaluated: _Optional[int] = ..., eval_set: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., kl_divergence_stderr: _Optional[float] = ...) -> None: ...
+    ndcg_at_5: float
+    mean_average_precision: float
+    precision_at_5: float
+    rank_agreement: float
+    label_ndcg_at_5: float
+    label_mean_average_precision: float
+    label_precision_at_5: float
+    reference_label_ndcg_at_5: float
+    recall_at_10: float
+    mrr_at_10: float
+    def __init__(self, mean_kl_divergence: _Optional[float] = ..., p99_kl_divergence: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., perplexity_delta: _Optional[float] = ..., mean_cosine_similarity: _Optional[float] = ..., min_cosine_similarity: _Optional[float] = ..., kind: _Optional[str] = ..., perplexity_reference: _Optional[float] = ..., perplexity: _Optional[float] = ..., topk_retrieval_agreement: _Optional[float] = ..., items_evaluated: _Optional[int] = ..., eval_set: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., kl_divergence_stderr: _Optional[float] = ..., ndcg_at_5: _Optional[float] = ..., mean_average_precision: _Optional[float] = ..., precision_at_5: _Optional[float] = ..., rank_agreement: _Optional[float] = ..., label_ndcg_at_5: _Optional[float] = ..., label_mean_average_precision: _Optional[float] = ..., label_precision_at_5: _Optional[float] = ..., reference_label_ndcg_at_5: _Optional[float] = ..., recall_at_10: _Optional[float] = ..., mrr_at_10: _Optional[float] = ...) -> None: ...
 
 class RegistryRecord(_message.Message):
     __slots__ = ("chain_id", "contract", "tx_hash", "attester", "state", "block_number", "provenance_path", "provenance_sha256", "error", "attempts")
@@ -481,7 +505,7 @@ class ListQuantTypesResponse(_message.Message):
     def __init__(self, quant_types: _Optional[_Iterable[_Union[QuantType, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., llama_cpp_version: _Optional[str] = ..., llama_cpp_build: _Optional[str] = ...) -> None: ...
 
 class QuantType(_message.Message):
-    __slots__ = ("name", "file_type", "family", "requires_imatrix", "typical_bits_per_weight", "description", "use_for")
+    __slots__ = ("name", "file_type", "family", "requires_imatrix", "typical_bits_per_weight", "description", "use_for", "available", "requires")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FILE_TYPE_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -489,6 +513,8 @@ class QuantType(_message.Message):
     TYPICAL_BITS_PER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     USE_FOR_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_FIELD_NUMBER: _ClassVar[int]
     name: str
     file_type: int
     family: str
@@ -496,4 +522,6 @@ class QuantType(_message.Message):
     typical_bits_per_weight: float
     description: str
     use_for: str
-    def __init__(self, name: _Optional[str] = ..., file_type: _Optional[int] = ..., family: _Optional[str] = ..., requires_imatrix: _Optional[bool] = ..., typical_bits_per_weight: _Optional[float] = ..., description: _Optional[str] = ..., use_for: _Optional[str] = ...) -> None: ...
+    available: bool
+    requires: str
+    def __init__(self, name: _Optional[str] = ..., file_type: _Optional[int] = ..., family: _Optional[str] = ..., requires_imatrix: _Optional[bool] = ..., typical_bits_per_weight: _Optional[float] = ..., description: _Optional[str] = ..., use_for: _Optional[str] = ..., available: _Optional[bool] = ..., requires: _Optional[str] = ...) -> None: ...

@@ -110,7 +110,7 @@ class Hardware(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., cores: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., unified_memory: _Optional[bool] = ..., cpu_bandwidth_bytes_per_second: _Optional[float] = ..., cpu_only: _Optional[bool] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "hardware", "context_length", "batch_size", "kv_cache_type", "preference", "max_size_bytes", "max_kl_divergence", "imatrix", "max_options", "disable_flash_attention", "full_swa_cache")
+    __slots__ = ("model", "hardware", "context_length", "batch_size", "kv_cache_type", "preference", "max_size_bytes", "max_kl_divergence", "imatrix", "max_options", "disable_flash_attention", "full_swa_cache", "hf_formats")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class RecommendRequest(_message.Message):
     MAX_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     DISABLE_FLASH_ATTENTION_FIELD_NUMBER: _ClassVar[int]
     FULL_SWA_CACHE_FIELD_NUMBER: _ClassVar[int]
+    HF_FORMATS_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     hardware: Hardware
     context_length: int
@@ -135,7 +136,8 @@ class RecommendRequest(_message.Message):
     max_options: int
     disable_flash_attention: bool
     full_swa_cache: bool
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., context_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., kv_cache_type: _Optional[str] = ..., preference: _Optional[_Union[Preference, str]] = ..., max_size_bytes: _Optional[int] = ..., max_kl_divergence: _Optional[float] = ..., imatrix: _Optional[bool] = ..., max_options: _Optional[int] = ..., disable_flash_attention: _Optional[bool] = ..., full_swa_cache: _Optional[bool] = ...) -> None: ...
+    hf_formats: bool
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., context_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., kv_cache_type: _Optional[str] = ..., preference: _Optional[_Union[Preference, str]] = ..., max_size_bytes: _Optional[int] = ..., max_kl_divergence: _Optional[float] = ..., imatrix: _Optional[bool] = ..., max_options: _Optional[int] = ..., disable_flash_attention: _Optional[bool] = ..., full_swa_cache: _Optional[bool] = ..., hf_formats: _Optional[bool] = ...) -> None: ...
 
 class DeviceUsage(_message.Message):
     __slots__ = ("device", "bytes_used", "bytes_available", "layers")
@@ -196,17 +198,41 @@ class RecommendOption(_message.Message):
     def __init__(self, quant_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., bits_per_weight: _Optional[float] = ..., context_length: _Optional[int] = ..., kv_cache_type: _Optional[str] = ..., flash_attention: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceUsage, _Mapping]]] = ..., kv_cache_bytes: _Optional[int] = ..., compute_buffer_bytes: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., quality: _Optional[_Union[PredictedQuality, _Mapping]] = ..., fits: _Optional[bool] = ..., needs_imatrix: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("options", "model_summary", "hardware_summary", "parameter_count", "exact_sizes", "any_fits")
+    __slots__ = ("options", "model_summary", "hardware_summary", "parameter_count", "exact_sizes", "any_fits", "hf_formats")
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
     EXACT_SIZES_FIELD_NUMBER: _ClassVar[int]
     ANY_FITS_FIELD_NUMBER: _ClassVar[int]
+    HF_FORMATS_FIELD_NUMBER: _ClassVar[int]
     options: _containers.RepeatedCompositeFieldContainer[RecommendOption]
     model_summary: str
     hardware_summary: str
     parameter_count: int
     exact_sizes: bool
     any_fits: bool
-    def __init__(self, options: _Optional[_Iterable[_Union[RecommendOption, _Mapping]]] = ..., model_summary: _Optional[str] = ..., hardware_summary: _Optional[str] = ..., parameter_count: _Optional[int] = ..., exact_sizes: _Optional[bool] = ..., any_fits: _Optional[bool] = ...) -> None: ...
+    hf_formats: _containers.RepeatedCompositeFieldContainer[HfFormatOption]
+    def __init__(self, options: _Optional[_Iterable[_Union[RecommendOption, _Mapping]]] = ..., model_summary: _Optional[str] = ..., hardware_summary: _Optional[str] = ..., parameter_count: _Optional[int] = ..., exact_sizes: _Optional[bool] = ..., any_fits: _Optional[bool] = ..., hf_formats: _Optional[_Iterable[_Union[HfFormatOption, _Mapping]]] = ...) -> None: ...
+
+class HfFormatOption(_message.Message):
+    __slots__ = ("format", "weight_bytes", "kv_cache_bytes", "memory_bytes", "device", "bytes_available", "fits", "quality", "note")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    FITS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    weight_bytes: int
+    kv_cache_bytes: int
+    memory_bytes: int
+    device: str
+    bytes_available: int
+    fits: bool
+    quality: PredictedQuality
+    note: str
+    def __init__(self, format: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., device: _Optional[str] = ..., bytes_available: _Optional[int] = ..., fits: _Optional[bool] = ..., quality: _Optional[_Union[PredictedQuality, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...

@@ -358,6 +358,7 @@ function qualityText(quality) {
   if (!quality) return "";
   if (quality.error) return `not measured: ${quality.error.message || ""}`;
   if (quality.kind === "embedding") return `cosine ${Number(quality.mean_cosine_similarity || 0).toFixed(4)}`;
+  if (quality.kind === "reranker") return `NDCG@5 ${Number(quality.ndcg_at_5 || 0).toFixed(4)}`;
   const kl = `KL ${Number(quality.mean_kl_divergence || 0).toFixed(4)}`;
   return quality.perplexity_delta !== undefined ? `${kl} · Δppl ${Number(quality.perplexity_delta).toFixed(3)}` : kl;
 }
@@ -456,6 +457,9 @@ async function showJobs(page = 0) {
 
 function qualityAxis(outputs) {
   const embedding = outputs.some((o) => o.quality && o.quality.kind === "embedding");
+  if (outputs.some((o) => o.quality && o.quality.kind === "reranker")) {
+    return { title: "NDCG@5 against the unquantized model (higher is better)", value: (q) => q.ndcg_at_5 };
+  }
   return embedding
     ? { title: "mean cosine similarity (higher is better)", value: (q) => q.mean_cosine_similarity }
     : { title: "mean KL divergence (lower is better)", value: (q) => q.mean_kl_divergence };
