@@ -24,13 +24,16 @@ class Status(enum.IntEnum):
 
 
 class Flag(enum.IntFlag):
-    """Record flags; bit values match the contract's FLAG_* constants."""
+    """Record flags; bit values match the contract's FLAG_* constants. REPRODUCED is quantledger's own bit
+    (the contract stores a record's flags as given): the attester made the same bytes again from another
+    attester's provenance instead of originating them (docs/REGISTRY.md, "Trust")."""
 
     IMATRIX = 1
     PURE = 2
     LORA_MERGED = 4
     REQUANTIZED = 8
     OUTPUT_TENSOR_KEPT = 16
+    REPRODUCED = 32
 
 
 def normalize_digest(value: str | bytes, field: str) -> str:

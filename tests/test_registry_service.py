@@ -352,3 +352,67 @@ def test_split_outputs_are_shards_llama_cpp_loads_each_hashed_and_registered(up:
         model.eval([1, 5, 9])
         logits.append(model.scores[:3].copy())  # type: ignore[index]
     assert (logits[0] == logits[1]).all()
+
+
+@pytest.mark.node
+def test_a_quorum_of_attesters_over_grpc_the_cli_and_ethers(up: Up, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`verify --min-attesters K` is VALID only when K distinct, non-revoked attesters vouch for the bytes,
+    each listed as having originated or reproduced them; the ethers.js reader answers the same."""
+    from eth_account import Account
+
+    from registry_client.keys import read_key_file
+    from registry_client.records import Flag, Registration
+
+    job = submit(up, models.f16, "Q5_0", out=tmp_path / "out")
+    output = job["outputs"][0]
+    sha, path = output["sha256"], output["path"]
+    w3 = RegistryClient.web3_for(up.chain_url)
+    address = up.announcement["registry"]
+    admin = RegistryClient(w3, address, read_key_file(up.home / "keys" / "admin.key"))  # what `up` made
+    second = Account.create()
+    admin.grant_attester(second.address)
+    funding = {"to": second.address, "value": 10**18, "gas": 21000, "maxFeePerGas": 10**10,
+               "maxPriorityFeePerGas": 1, "chainId": w3.eth.chain_id, "nonce": w3.eth.get_transaction_count(admin.attester)}  # fmt: skip
+    signed = admin.account.sign_transaction(funding)  # type: ignore[union-attr]
+    w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction), timeout=60)
+    original = admin.get(sha, admin.attester)
+    reproducer = RegistryClient(w3, address, second)
+    # the second home made the same bytes from the first one's provenance (issue 17's reproducer writes this)
+    reproducer.register(
+        Registration(
+            file_sha256=sha, source_digest=original.source_digest, provenance_sha256=original.provenance_sha256,
+            quant_type=original.quant_type, tool_version=original.tool_version, file_type=original.file_type,
+            original_size=original.original_size, quantized_size=original.quantized_size,
+            source_revision=original.source_revision, flags=original.flags | Flag.REPRODUCED,
+        )
+    )  # fmt: skip
+    stub = up.registry_stub()
+
+    def ask(k: int) -> pb.VerifyDigestResponse:
+        return stub.VerifyDigest(pb.VerifyDigestRequest(file_sha256=sha, min_attesters=k))
+
+    two = ask(2)
+    assert two.verdict == pb.VerifyDigestResponse.VERDICT_VALID
+    assert [(v.attester, v.reproduced) for v in two.vouches] == [(admin.attester, False), (second.address, True)]
+    assert ask(3).verdict == pb.VerifyDigestResponse.VERDICT_TOO_FEW_ATTESTERS
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.VerifyDigest(pb.VerifyDigestRequest(file_sha256=sha, min_attesters=2, attester=admin.attester))
+    assert reason_of(caught.value) == "INVALID_ARGUMENT"
+
+    verified = cli("registry", "verify", path, "--min-attesters", "2", "--server", up.address, env=up.env)
+    assert verified.returncode == 0 and "(reproduced)" in verified.stdout, verified.stdout + verified.stderr
+    too_many = cli("registry", "verify", path, "--min-attesters", "3", "--json", "--server", up.address, env=up.env)
+    assert too_many.returncode != 0 and json.loads(too_many.stdout)["verdict"] == "VERDICT_TOO_FEW_ATTESTERS"
+
+    reader = REPO / "tests" / "node" / "registry_reader.js"
+    read = subprocess.run(
+        ["node", str(reader), up.chain_url, address, sha, "--min-attesters", "2"], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert read.returncode == 0, read.stderr
+    quorum = json.loads(read.stdout)["quorum"]
+    assert quorum["verdict"] == "VALID" and [v["reproduced"] for v in quorum["vouches"]] == [False, True]
+
+    reproducer.revoke(sha, "withdrawn")  # a revoked record no longer counts toward the quorum
+    assert ask(2).verdict == pb.VerifyDigestResponse.VERDICT_TOO_FEW_ATTESTERS
+    assert ask(1).verdict == pb.VerifyDigestResponse.VERDICT_VALID

@@ -1,17 +1,24 @@
 #!/usr/bin/env node
 // Reads a file's provenance records from any Ethereum JSON-RPC node with ethers.js alone (no quantledger
-// code): node registry_reader.js URL REGISTRY_ADDRESS FILE_SHA256 [ATTESTER]
-// Prints one JSON object: the records vouching for the file, how many attesters do, and (with ATTESTER)
-// that attester's verify() status.
+// code): node registry_reader.js URL REGISTRY_ADDRESS FILE_SHA256 [ATTESTER] [--min-attesters K]
+// Prints one JSON object: the records vouching for the file, how many attesters do, (with ATTESTER)
+// that attester's verify() status, and (with --min-attesters) the quorum's verdict: VALID only when K
+// distinct attesters hold valid records, each listed as having reproduced (flag bit 32) or originated
+// the bytes.
 'use strict';
 const fs = require('fs');
 const path = require('path');
 const { ethers } = require('ethers');
 
 const STATUS = ['Unknown', 'Valid', 'Revoked'];
+const FLAG_REPRODUCED = 32;
 
 async function main() {
-  const [url, address, sha256, attester] = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const quorumAt = args.indexOf('--min-attesters');
+  const minAttesters = quorumAt >= 0 ? Number(args.splice(quorumAt, 2)[1]) : 0;
+  if (!Number.isInteger(minAttesters) || minAttesters < 0) throw new Error('--min-attesters takes a count');
+  const [url, address, sha256, attester] = args;
   if (!url || !address || !/^(0x)?[0-9a-fA-F]{64}$/.test(sha256 || '')) {
     throw new Error('usage: registry_reader.js URL REGISTRY_ADDRESS FILE_SHA256 [ATTESTER]');
   }
@@ -41,6 +48,19 @@ async function main() {
     records,
   };
   if (attester) out.status = STATUS[Number(await registry.verify(digest, attester))];
+  if (quorumAt >= 0) {
+    const vouches = new Map();
+    for (const r of [...records].sort((a, b) => a.attestedAt - b.attestedAt)) {
+      const key = r.attester.toLowerCase();
+      if (!vouches.has(key)) vouches.set(key, { attester: r.attester, reproduced: (r.flags & FLAG_REPRODUCED) !== 0 });
+    }
+    const enough = vouches.size >= Math.max(minAttesters, 1);
+    out.quorum = {
+      minAttesters,
+      verdict: enough ? 'VALID' : records.length ? 'TOO_FEW_ATTESTERS' : 'UNKNOWN',
+      vouches: [...vouches.values()],
+    };
+  }
   process.stdout.write(JSON.stringify(out) + '\n');
 }
 

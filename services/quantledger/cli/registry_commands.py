@@ -47,8 +47,15 @@ def add_registry_parser(commands: Any, add_common: Any) -> None:
     show.add_argument("--attester", default="", help="attester address (with a SHA-256)")
     verify = actions.add_parser("verify", help="hash a local file and ask who vouches for it")
     add_common(verify)
-    verify.add_argument("file", help="a GGUF file, or an output's s3://BUCKET/KEY")
+    verify.add_argument("file", help="a GGUF file, a Hugging Face output folder, or an output's s3://BUCKET/KEY")
     verify.add_argument("--attester", default="", help="only this attester's record counts")
+    verify.add_argument(
+        "--min-attesters",
+        type=int,
+        default=0,
+        metavar="K",
+        help="VALID only when K independent, non-revoked attesters vouch for these bytes",
+    )
     revoke = actions.add_parser("revoke", help="revoke your own record of a file (signs a transaction)")
     add_common(revoke)
     revoke.add_argument("target", metavar="FILE|SHA256", help="the file (hashed here) or its SHA-256")
@@ -139,9 +146,10 @@ def _verify_object(args: argparse.Namespace) -> int:
 
 def _verify_digest(args: argparse.Namespace, size: int, file_type: int | None, digest: str) -> int:
     """Ask the registry about ``digest``: its records must agree with ``size`` and (a GGUF's) ``file_type``."""
-    response = _stub(args).VerifyDigest(
-        pb.VerifyDigestRequest(file_sha256=digest, attester=args.attester, size_bytes=size)
+    request = pb.VerifyDigestRequest(
+        file_sha256=digest, attester=args.attester, size_bytes=size, min_attesters=args.min_attesters
     )
+    response = _stub(args).VerifyDigest(request)
     verdict = pb.VerifyDigestResponse.Verdict.Name(response.verdict)
     problems = [
         f"{r.attester} recorded file type {r.file_type}; the header says {file_type}"
@@ -164,6 +172,11 @@ def _verify_digest(args: argparse.Namespace, size: int, file_type: int | None, d
         print(f"{args.file}: {verdict.removeprefix('VERDICT_')} (sha256 {digest})")
         for record in response.valid_records:
             print(f"  vouched for by {record.attester}: {record.quant_type} of source {record.source_digest[:16]}…")
+        if args.min_attesters > 1:
+            roles = ", ".join(
+                f"{v.attester} ({'reproduced' if v.reproduced else 'originated'})" for v in response.vouches
+            )
+            print(f"  {len(response.vouches)} of {args.min_attesters} attesters asked for: {roles or 'none'}")
         for record in response.revoked_records:
             print(f"  revoked by {record.attester} at {record.revoke_time.ToJsonString()}")
         for problem in problems:

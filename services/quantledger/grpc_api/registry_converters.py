@@ -41,6 +41,10 @@ def verification_to_proto(answer: DigestVerification) -> pb.VerifyDigestResponse
         revoked_records=[record_to_proto(r) for r in answer.revoked],
         chain_id=answer.chain_id,
         contract=answer.contract,
+        vouches=[
+            pb.Vouch(attester=v.attester, reproduced=v.reproduced, attest_time=_timestamp(v.attested_at))
+            for v in answer.vouches
+        ],
     )
 
 

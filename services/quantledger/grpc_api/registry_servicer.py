@@ -36,7 +36,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.VerifyDigestRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyDigestResponse:
         r = request
-        answer = await asyncio.to_thread(self._reader.verify_digest, r.file_sha256, r.attester, r.size_bytes)
+        answer = await asyncio.to_thread(
+            self._reader.verify_digest, r.file_sha256, r.attester, r.size_bytes, r.min_attesters
+        )
         return verification_to_proto(answer)
 
     @maps_domain_errors

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from quantledger.errors import InvalidArgument, quote_client
 from quantledger.paging import PageSize, PageTokens
-from quantledger.registry.verify import Verdict, verdict_for
+from quantledger.registry.verify import MAX_ATTESTERS, Verdict, Vouch, verdict_for, vouches, with_quorum
 from quantledger.resource_names import RecordName
 from registry_client.errors import ContractNotDeployed, RegistryUnavailable
 from registry_client.records import Record, normalize_digest
@@ -27,6 +27,11 @@ class DigestVerification:
     revoked: list[Record] = field(default_factory=list)
     chain_id: int = 0  # where the answer comes from
     contract: str = ""
+    min_attesters: int = 0  # the quorum asked for (verify.with_quorum)
+
+    @property
+    def vouches(self) -> list[Vouch]:
+        return vouches(self.valid)
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,10 @@ class RegistryReader:
     def get_record(self, name: RecordName) -> Record:
         return self._reconnecting(lambda: self.client.get(name.file_sha256, name.attester))
 
-    def verify_digest(self, file_sha256: str, attester: str = "", size_bytes: int = 0) -> DigestVerification:
-        return self._reconnecting(lambda: self._verify_digest(file_sha256, attester, size_bytes))
+    def verify_digest(
+        self, file_sha256: str, attester: str = "", size_bytes: int = 0, min_attesters: int = 0
+    ) -> DigestVerification:
+        return self._reconnecting(lambda: self._verify_digest(file_sha256, attester, size_bytes, min_attesters))
 
     def list_records(self, parent: str, page_size: int, page_token: str) -> tuple[list[Record], str]:
         return self._reconnecting(lambda: self._list_records(parent, page_size, page_token))
@@ -95,9 +102,15 @@ class RegistryReader:
         client = self.client
         return RegistryInfo(client.chain_id, self._chain_url, client.address, client.contract_version())
 
-    def _verify_digest(self, file_sha256: str, attester: str = "", size_bytes: int = 0) -> DigestVerification:
+    def _verify_digest(
+        self, file_sha256: str, attester: str = "", size_bytes: int = 0, min_attesters: int = 0
+    ) -> DigestVerification:
         if size_bytes < 0:
             raise InvalidArgument("size_bytes must not be negative", field="size_bytes")
+        if not 0 <= min_attesters <= MAX_ATTESTERS:
+            raise InvalidArgument(f"min_attesters lies in 0..{MAX_ATTESTERS}", field="min_attesters")
+        if attester and min_attesters > 1:
+            raise InvalidArgument("a quorum counts every attester: leave attester empty", field="attester")
         digest = _digest(file_sha256, "file_sha256")
         records = self.client.records_of(digest)
         if attester:
@@ -105,7 +118,8 @@ class RegistryReader:
         revoked = [r for r in records if r.revoked_at]
         valid = [r for r in records if not r.revoked_at and (not size_bytes or r.quantized_size == size_bytes)]
         client = self.client
-        return DigestVerification(verdict_for(records, valid), valid, revoked, client.chain_id, client.address)
+        verdict = with_quorum(verdict_for(records, valid), valid, min_attesters)
+        return DigestVerification(verdict, valid, revoked, client.chain_id, client.address, min_attesters)
 
     def _list_records(self, parent: str, page_size: int, page_token: str) -> tuple[list[Record], str]:
         size = RECORD_PAGES.of(page_size)

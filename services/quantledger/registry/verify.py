@@ -30,6 +30,39 @@ class Verdict(enum.Enum):
     REVOKED = "REVOKED"  # records exist for the digest but every one is revoked
     UNKNOWN = "UNKNOWN"  # nobody registered these bytes
     MISMATCH = "MISMATCH"  # records exist, but none agrees with the file's size or file type
+    TOO_FEW_ATTESTERS = "TOO_FEW_ATTESTERS"  # valid records, from fewer independent attesters than asked
+
+
+MAX_ATTESTERS = 100  # a quorum larger than this is no request a registry answers with one view
+
+
+@dataclass(frozen=True)
+class Vouch:
+    """One attester's valid record of the bytes, and whether it reproduced them or made them first."""
+
+    attester: str
+    reproduced: bool
+    attested_at: int
+
+
+def vouches(valid: list[Record]) -> list[Vouch]:
+    """The distinct attesters of ``valid`` records (non-revoked, agreeing with the file), oldest first."""
+    from registry_client.records import Flag
+
+    seen: dict[str, Vouch] = {}
+    for record in sorted(valid, key=lambda r: r.attested_at):
+        key = record.attester.lower()
+        if key not in seen:
+            seen[key] = Vouch(record.attester, bool(record.flags & Flag.REPRODUCED), record.attested_at)
+    return list(seen.values())
+
+
+def with_quorum(verdict: Verdict, valid: list[Record], min_attesters: int) -> Verdict:
+    """``verdict`` held to a quorum: VALID only when at least ``min_attesters`` distinct attesters vouch
+    (0 or 1: any one), else TOO_FEW_ATTESTERS."""
+    if verdict is Verdict.VALID and len(vouches(valid)) < min_attesters:
+        return Verdict.TOO_FEW_ATTESTERS
+    return verdict
 
 
 @dataclass(frozen=True)

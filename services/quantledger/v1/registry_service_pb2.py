@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%quantledger/v1/registry_service.proto\x12\x0equantledger.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n\x10ProvenanceRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ile_sha256\x18\x02 \x01(\t\x12\x10\n\x08\x61ttester\x18\x03 \x01(\t\x12\x15\n\rsource_digest\x18\x04 \x01(\t\x12\x17\n\x0fsource_revision\x18\x05 \x01(\t\x12\x19\n\x11provenance_sha256\x18\x06 \x01(\t\x12\x12\n\nquant_type\x18\x07 \x01(\t\x12\x14\n\x0ctool_version\x18\x08 \x01(\t\x12\x11\n\tfile_type\x18\t \x01(\x05\x12\r\n\x05\x66lags\x18\n \x03(\t\x12\x1b\n\x13original_size_bytes\x18\x0b \x01(\x03\x12\x1c\n\x14quantized_size_bytes\x18\x0c \x01(\x03\x12\x19\n\x11\x63ompression_ratio\x18\r \x01(\x01\x12/\n\x0b\x61ttest_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x06status\x18\x10 \x01(\x0e\x32\'.quantledger.v1.ProvenanceRecord.Status\"F\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATUS_VALID\x10\x01\x12\x12\n\x0eSTATUS_REVOKED\x10\x02\" \n\x10GetRecordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x13VerifyDigestRequest\x12\x13\n\x0b\x66ile_sha256\x18\x01 \x01(\t\x12\x10\n\x08\x61ttester\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xe4\x02\n\x14VerifyDigestResponse\x12=\n\x07verdict\x18\x01 \x01(\x0e\x32,.quantledger.v1.VerifyDigestResponse.Verdict\x12\x37\n\rvalid_records\x18\x02 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x39\n\x0frevoked_records\x18\x03 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x10\n\x08\x63hain_id\x18\x04 \x01(\x04\x12\x10\n\x08\x63ontract\x18\x05 \x01(\t\"u\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_VALID\x10\x01\x12\x13\n\x0fVERDICT_REVOKED\x10\x02\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x03\x12\x14\n\x10VERDICT_MISMATCH\x10\x04\"K\n\x12ListRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x13ListRecordsResponse\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x18\n\x16GetRegistryInfoRequest\"_\n\x0cRegistryInfo\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\x04\x12\x11\n\tchain_url\x18\x02 \x01(\t\x12\x10\n\x08\x63ontract\x18\x03 \x01(\t\x12\x18\n\x10\x63ontract_version\x18\x04 \x01(\t2\xda\x04\n\x0fRegistryService\x12\x82\x01\n\tGetRecord\x12 .quantledger.v1.GetRecordRequest\x1a .quantledger.v1.ProvenanceRecord\"1\x82\xd3\xe4\x93\x02+\x12)/api/v1/registry/{name=files/*/records/*}\x12\x8e\x01\n\x0cVerifyDigest\x12#.quantledger.v1.VerifyDigestRequest\x1a$.quantledger.v1.VerifyDigestResponse\"3\x82\xd3\xe4\x93\x02-\x12+/api/v1/registry/files/{file_sha256}:verify\x12\xb8\x01\n\x0bListRecords\x12\".quantledger.v1.ListRecordsRequest\x1a#.quantledger.v1.ListRecordsResponse\"`\x82\xd3\xe4\x93\x02Z\x12)/api/v1/registry/{parent=files/*}/recordsZ-\x12+/api/v1/registry/{parent=sources/*}/records\x12v\n\x0fGetRegistryInfo\x12&.quantledger.v1.GetRegistryInfoRequest\x1a\x1c.quantledger.v1.RegistryInfo\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/registry/infob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%quantledger/v1/registry_service.proto\x12\x0equantledger.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n\x10ProvenanceRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ile_sha256\x18\x02 \x01(\t\x12\x10\n\x08\x61ttester\x18\x03 \x01(\t\x12\x15\n\rsource_digest\x18\x04 \x01(\t\x12\x17\n\x0fsource_revision\x18\x05 \x01(\t\x12\x19\n\x11provenance_sha256\x18\x06 \x01(\t\x12\x12\n\nquant_type\x18\x07 \x01(\t\x12\x14\n\x0ctool_version\x18\x08 \x01(\t\x12\x11\n\tfile_type\x18\t \x01(\x05\x12\r\n\x05\x66lags\x18\n \x03(\t\x12\x1b\n\x13original_size_bytes\x18\x0b \x01(\x03\x12\x1c\n\x14quantized_size_bytes\x18\x0c \x01(\x03\x12\x19\n\x11\x63ompression_ratio\x18\r \x01(\x01\x12/\n\x0b\x61ttest_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x06status\x18\x10 \x01(\x0e\x32\'.quantledger.v1.ProvenanceRecord.Status\"F\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATUS_VALID\x10\x01\x12\x12\n\x0eSTATUS_REVOKED\x10\x02\" \n\x10GetRecordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"g\n\x13VerifyDigestRequest\x12\x13\n\x0b\x66ile_sha256\x18\x01 \x01(\t\x12\x10\n\x08\x61ttester\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x15\n\rmin_attesters\x18\x04 \x01(\x05\"\xac\x03\n\x14VerifyDigestResponse\x12=\n\x07verdict\x18\x01 \x01(\x0e\x32,.quantledger.v1.VerifyDigestResponse.Verdict\x12\x37\n\rvalid_records\x18\x02 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x39\n\x0frevoked_records\x18\x03 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x10\n\x08\x63hain_id\x18\x04 \x01(\x04\x12\x10\n\x08\x63ontract\x18\x05 \x01(\t\x12&\n\x07vouches\x18\x06 \x03(\x0b\x32\x15.quantledger.v1.Vouch\"\x94\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_VALID\x10\x01\x12\x13\n\x0fVERDICT_REVOKED\x10\x02\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x03\x12\x14\n\x10VERDICT_MISMATCH\x10\x04\x12\x1d\n\x19VERDICT_TOO_FEW_ATTESTERS\x10\x05\"^\n\x05Vouch\x12\x10\n\x08\x61ttester\x18\x01 \x01(\t\x12\x12\n\nreproduced\x18\x02 \x01(\x08\x12/\n\x0b\x61ttest_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x12ListRecordsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x13ListRecordsResponse\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .quantledger.v1.ProvenanceRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x18\n\x16GetRegistryInfoRequest\"_\n\x0cRegistryInfo\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\x04\x12\x11\n\tchain_url\x18\x02 \x01(\t\x12\x10\n\x08\x63ontract\x18\x03 \x01(\t\x12\x18\n\x10\x63ontract_version\x18\x04 \x01(\t2\xda\x04\n\x0fRegistryService\x12\x82\x01\n\tGetRecord\x12 .quantledger.v1.GetRecordRequest\x1a .quantledger.v1.ProvenanceRecord\"1\x82\xd3\xe4\x93\x02+\x12)/api/v1/registry/{name=files/*/records/*}\x12\x8e\x01\n\x0cVerifyDigest\x12#.quantledger.v1.VerifyDigestRequest\x1a$.quantledger.v1.VerifyDigestResponse\"3\x82\xd3\xe4\x93\x02-\x12+/api/v1/registry/files/{file_sha256}:verify\x12\xb8\x01\n\x0bListRecords\x12\".quantledger.v1.ListRecordsRequest\x1a#.quantledger.v1.ListRecordsResponse\"`\x82\xd3\xe4\x93\x02Z\x12)/api/v1/registry/{parent=files/*}/recordsZ-\x12+/api/v1/registry/{parent=sources/*}/records\x12v\n\x0fGetRegistryInfo\x12&.quantledger.v1.GetRegistryInfoRequest\x1a\x1c.quantledger.v1.RegistryInfo\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/registry/infob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,19 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRECORDREQUEST']._serialized_start=658
   _globals['_GETRECORDREQUEST']._serialized_end=690
   _globals['_VERIFYDIGESTREQUEST']._serialized_start=692
-  _globals['_VERIFYDIGESTREQUEST']._serialized_end=772
-  _globals['_VERIFYDIGESTRESPONSE']._serialized_start=775
-  _globals['_VERIFYDIGESTRESPONSE']._serialized_end=1131
-  _globals['_VERIFYDIGESTRESPONSE_VERDICT']._serialized_start=1014
-  _globals['_VERIFYDIGESTRESPONSE_VERDICT']._serialized_end=1131
-  _globals['_LISTRECORDSREQUEST']._serialized_start=1133
-  _globals['_LISTRECORDSREQUEST']._serialized_end=1208
-  _globals['_LISTRECORDSRESPONSE']._serialized_start=1210
-  _globals['_LISTRECORDSRESPONSE']._serialized_end=1307
-  _globals['_GETREGISTRYINFOREQUEST']._serialized_start=1309
-  _globals['_GETREGISTRYINFOREQUEST']._serialized_end=1333
-  _globals['_REGISTRYINFO']._serialized_start=1335
-  _globals['_REGISTRYINFO']._serialized_end=1430
-  _globals['_REGISTRYSERVICE']._serialized_start=1433
-  _globals['_REGISTRYSERVICE']._serialized_end=2035
+  _globals['_VERIFYDIGESTREQUEST']._serialized_end=795
+  _globals['_VERIFYDIGESTRESPONSE']._serialized_start=798
+  _globals['_VERIFYDIGESTRESPONSE']._serialized_end=1226
+  _globals['_VERIFYDIGESTRESPONSE_VERDICT']._serialized_start=1078
+  _globals['_VERIFYDIGESTRESPONSE_VERDICT']._serialized_end=1226
+  _globals['_VOUCH']._serialized_start=1228
+  _globals['_VOUCH']._serialized_end=1322
+  _globals['_LISTRECORDSREQUEST']._serialized_start=1324
+  _globals['_LISTRECORDSREQUEST']._serialized_end=1399
+  _globals['_LISTRECORDSRESPONSE']._serialized_start=1401
+  _globals['_LISTRECORDSRESPONSE']._serialized_end=1498
+  _globals['_GETREGISTRYINFOREQUEST']._serialized_start=1500
+  _globals['_GETREGISTRYINFOREQUEST']._serialized_end=1524
+  _globals['_REGISTRYINFO']._serialized_start=1526
+  _globals['_REGISTRYINFO']._serialized_end=1621
+  _globals['_REGISTRYSERVICE']._serialized_start=1624
+  _globals['_REGISTRYSERVICE']._serialized_end=2226
 # @@protoc_insertion_point(module_scope)

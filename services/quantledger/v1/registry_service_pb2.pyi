@@ -62,17 +62,19 @@ class GetRecordRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class VerifyDigestRequest(_message.Message):
-    __slots__ = ("file_sha256", "attester", "size_bytes")
+    __slots__ = ("file_sha256", "attester", "size_bytes", "min_attesters")
     FILE_SHA256_FIELD_NUMBER: _ClassVar[int]
     ATTESTER_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIN_ATTESTERS_FIELD_NUMBER: _ClassVar[int]
     file_sha256: str
     attester: str
     size_bytes: int
-    def __init__(self, file_sha256: _Optional[str] = ..., attester: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    min_attesters: int
+    def __init__(self, file_sha256: _Optional[str] = ..., attester: _Optional[str] = ..., size_bytes: _Optional[int] = ..., min_attesters: _Optional[int] = ...) -> None: ...
 
 class VerifyDigestResponse(_message.Message):
-    __slots__ = ("verdict", "valid_records", "revoked_records", "chain_id", "contract")
+    __slots__ = ("verdict", "valid_records", "revoked_records", "chain_id", "contract", "vouches")
     class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         VERDICT_UNSPECIFIED: _ClassVar[VerifyDigestResponse.Verdict]
@@ -80,22 +82,36 @@ class VerifyDigestResponse(_message.Message):
         VERDICT_REVOKED: _ClassVar[VerifyDigestResponse.Verdict]
         VERDICT_UNKNOWN: _ClassVar[VerifyDigestResponse.Verdict]
         VERDICT_MISMATCH: _ClassVar[VerifyDigestResponse.Verdict]
+        VERDICT_TOO_FEW_ATTESTERS: _ClassVar[VerifyDigestResponse.Verdict]
     VERDICT_UNSPECIFIED: VerifyDigestResponse.Verdict
     VERDICT_VALID: VerifyDigestResponse.Verdict
     VERDICT_REVOKED: VerifyDigestResponse.Verdict
     VERDICT_UNKNOWN: VerifyDigestResponse.Verdict
     VERDICT_MISMATCH: VerifyDigestResponse.Verdict
+    VERDICT_TOO_FEW_ATTESTERS: VerifyDigestResponse.Verdict
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     VALID_RECORDS_FIELD_NUMBER: _ClassVar[int]
     REVOKED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_FIELD_NUMBER: _ClassVar[int]
+    VOUCHES_FIELD_NUMBER: _ClassVar[int]
     verdict: VerifyDigestResponse.Verdict
     valid_records: _containers.RepeatedCompositeFieldContainer[ProvenanceRecord]
     revoked_records: _containers.RepeatedCompositeFieldContainer[ProvenanceRecord]
     chain_id: int
     contract: str
-    def __init__(self, verdict: _Optional[_Union[VerifyDigestResponse.Verdict, str]] = ..., valid_records: _Optional[_Iterable[_Union[ProvenanceRecord, _Mapping]]] = ..., revoked_records: _Optional[_Iterable[_Union[ProvenanceRecord, _Mapping]]] = ..., chain_id: _Optional[int] = ..., contract: _Optional[str] = ...) -> None: ...
+    vouches: _containers.RepeatedCompositeFieldContainer[Vouch]
+    def __init__(self, verdict: _Optional[_Union[VerifyDigestResponse.Verdict, str]] = ..., valid_records: _Optional[_Iterable[_Union[ProvenanceRecord, _Mapping]]] = ..., revoked_records: _Optional[_Iterable[_Union[ProvenanceRecord, _Mapping]]] = ..., chain_id: _Optional[int] = ..., contract: _Optional[str] = ..., vouches: _Optional[_Iterable[_Union[Vouch, _Mapping]]] = ...) -> None: ...
+
+class Vouch(_message.Message):
+    __slots__ = ("attester", "reproduced", "attest_time")
+    ATTESTER_FIELD_NUMBER: _ClassVar[int]
+    REPRODUCED_FIELD_NUMBER: _ClassVar[int]
+    ATTEST_TIME_FIELD_NUMBER: _ClassVar[int]
+    attester: str
+    reproduced: bool
+    attest_time: _timestamp_pb2.Timestamp
+    def __init__(self, attester: _Optional[str] = ..., reproduced: _Optional[bool] = ..., attest_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListRecordsRequest(_message.Message):
     __slots__ = ("parent", "page_size", "page_token")
