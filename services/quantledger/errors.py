@@ -19,6 +19,9 @@ re-exported here for the RecommendService. Every reason is defined by exactly on
     ├── UnknownQuantType                  INVALID_ARGUMENT     UNKNOWN_QUANT_TYPE
     ├── FormatUnavailable                 FAILED_PRECONDITION  FORMAT_UNAVAILABLE
     ├── FormatNotApplicable               FAILED_PRECONDITION  FORMAT_NOT_APPLICABLE
+    ├── ProvenanceMismatch                FAILED_PRECONDITION  PROVENANCE_MISMATCH
+    ├── SourceMismatch                    FAILED_PRECONDITION  SOURCE_MISMATCH
+    ├── ToolVersionMismatch               FAILED_PRECONDITION  TOOL_VERSION_MISMATCH
     ├── RequantizeRefused                 FAILED_PRECONDITION  REQUANTIZE_REFUSED
     ├── ImatrixRequired                   FAILED_PRECONDITION  IMATRIX_REQUIRED
     ├── ImatrixInvalid                    INVALID_ARGUMENT     IMATRIX_INVALID
@@ -127,6 +130,27 @@ class FormatNotApplicable(QuantledgerError):
 
     code = "FAILED_PRECONDITION"
     reason = "FORMAT_NOT_APPLICABLE"
+
+
+class ProvenanceMismatch(QuantledgerError):
+    """The provenance JSON is not the one the record names (its SHA-256 differs from every record's)."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "PROVENANCE_MISMATCH"
+
+
+class SourceMismatch(QuantledgerError):
+    """The reproducer's source (or LoRA adapter, or importance matrix) is not what the record was made from."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "SOURCE_MISMATCH"
+
+
+class ToolVersionMismatch(QuantledgerError):
+    """Another quantizer release than the record's is installed (``--any-version`` accepts it, recorded)."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "TOOL_VERSION_MISMATCH"
 
 
 class RequantizeRefused(QuantledgerError):

@@ -19,6 +19,7 @@ from typing import Any
 
 from quantledger.cli.channels import open_channel
 from quantledger.cli.render import human_bytes, print_json, to_json
+from quantledger.cli.reproduce_command import add_reproduce_parser
 from quantledger.config import Settings
 from quantledger.errors import SourceNotFound
 from quantledger.gguf.reader import read_gguf_header
@@ -56,6 +57,7 @@ def add_registry_parser(commands: Any, add_common: Any) -> None:
         metavar="K",
         help="VALID only when K independent, non-revoked attesters vouch for these bytes",
     )
+    add_reproduce_parser(actions, add_common)
     revoke = actions.add_parser("revoke", help="revoke your own record of a file (signs a transaction)")
     add_common(revoke)
     revoke.add_argument("target", metavar="FILE|SHA256", help="the file (hashed here) or its SHA-256")
@@ -114,6 +116,10 @@ def cmd_registry(args: argparse.Namespace) -> int:
         return 0
     if action == "verify":
         return _verify(args)
+    if action == "reproduce":
+        from quantledger.cli.reproduce_command import cmd_reproduce
+
+        return cmd_reproduce(args, _writing_client(args)[0], _revoke_target)
     return _revoke(args)
 
 
@@ -195,12 +201,14 @@ def _revoke_target(target: str) -> str:
     return digest
 
 
-def _revoke(args: argparse.Namespace) -> int:
+def _writing_client(args: argparse.Namespace) -> tuple[Any, str]:
+    """A registry client that signs with this home's key (QUANTLEDGER_CHAIN_KEY…, else the data dir's), on
+    ``--chain-url`` / $QUANTLEDGER_CHAIN_URL, else on the chain and contract the ``--server`` reads; and
+    that chain's URL."""
     from quantledger.registry.wiring import signing_account
     from registry_client.address_book import AddressBook
     from registry_client.client import RegistryClient
 
-    digest = _revoke_target(args.target)
     settings = Settings.from_env(chain_url=args.chain_url)
     url, address = settings.chain_url, settings.registry_address
     if not url:  # the chain the server reads, not a default that may be another one
@@ -212,6 +220,12 @@ def _revoke(args: argparse.Namespace) -> int:
         account=signing_account(settings),
         address_book=AddressBook.in_home(settings.home),
     )
+    return client, url
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    digest = _revoke_target(args.target)
+    client, url = _writing_client(args)
     result = client.revoke(digest, args.reason)
     if args.json:
         print_json(
