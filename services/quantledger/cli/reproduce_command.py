@@ -1,5 +1,7 @@
-"""``quantledger registry reproduce FILE|SHA256``: redo a recorded output from its provenance JSON alone and,
-with the same bytes, co-attest it from this home's own key (docs/REPRODUCE.md, docs/REGISTRY.md "Trust").
+"""``quantledger registry reproduce FILE|SHA256``: redo a recorded GGUF output from its provenance JSON alone
+and, with the same bytes, co-attest it from this home's own key (docs/REPRODUCE.md, docs/REGISTRY.md "Trust").
+Hugging Face format folders are not reproduced: their bytes depend on the torch and transformers releases,
+which their provenance does not pin.
 
 The checks come first (registry/reproduce.py): provenance digest, tool version, source, LoRA and
 importance-matrix digests; then the job runs in this process on the ordinary engine (as `quantledger
@@ -25,7 +27,8 @@ from typing import Any
 from quantledger.cli.render import print_json
 from quantledger.errors import QuantizeFailed, SourceNotFound
 from quantledger.hashing import sha256_file
-from quantledger.registry.provenance import SUFFIX, write_provenance
+from quantledger.registry.provenance import SUFFIX, canonical_bytes, write_provenance
+from registry_client.atomic_files import write_atomic
 
 
 def add_reproduce_parser(actions: Any, add_common: Any) -> None:
@@ -190,7 +193,8 @@ def cmd_reproduce(args: argparse.Namespace, client: Any, digest_of: Any) -> int:
         )
         if args.report:
             note = signed(mismatch_note(record, output.sha256, answer["first_difference"], tool), client.account)
-            note_path, _ = write_provenance(output.path + ".mismatch", note)
+            note_path = output.path + ".mismatch.json"  # beside the reproduced file
+            write_atomic(pathlib.Path(note_path), canonical_bytes(note))
             answer["report"] = note_path
     if args.json:
         print_json(answer)
