@@ -397,3 +397,31 @@ def test_recommend_reads_encoder_folders_rerankers_included(tmp_path: pathlib.Pa
         assert abs(answer.parameter_count - elements) <= 0.02 * elements, (answer.parameter_count, elements)
         assert all(o.kv_bytes == 0 for o in answer.options)
         assert all(f.kv_cache_bytes == 0 and f.fits for f in answer.hf_formats)
+
+
+def test_cancel_during_an_hf_export_leaves_no_partial_folder(hf_up: Up) -> None:
+    """Cancel while bitsandbytes writes a format: the worker is killed, its hidden partial folder removed,
+    the job CANCELLED, and the server keeps serving."""
+    import time
+
+    work = hf_up.home.parent / "cancel-source"
+    source = write_causal_folder(work, "LlamaForCausalLM", hidden=HIDDEN, ffn=FFN, layers=LAYERS)
+    out = hf_up.outputs / "cancelled"
+    stub = pb_grpc.QuantizeServiceStub(grpc.insecure_channel(hf_up.address))
+    job = pb.QuantizeJob(
+        source=str(source),
+        quant_types=["HF_BNB_NF4"],
+        options=pb.QuantizeOptions(output_dir=str(out), skip_quality=True),
+    )
+    name = stub.CreateQuantizeJob(pb.CreateQuantizeJobRequest(job=job)).name
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the export worker has started when its partial folder exists
+        if out.is_dir() and any(p.name.endswith(".partial") for p in out.iterdir()):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the export never started")
+    cancelled = stub.CancelQuantizeJob(pb.CancelQuantizeJobRequest(name=name))
+    assert cancelled.state == pb.QuantizeJob.STATE_CANCELLED, cancelled
+    assert not [p.name for p in out.iterdir()], "the partial folder is removed"
+    assert stub.ListQuantTypes(pb.ListQuantTypesRequest()).quant_types  # still serving

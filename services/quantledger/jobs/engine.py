@@ -25,6 +25,7 @@ import contextlib
 import copy
 import logging
 import pathlib
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -579,7 +580,10 @@ class JobEngine:
             return
         for leftover in directory.glob(f".*.{job.id}{PARTIAL_SUFFIX}*"):
             with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+                if leftover.is_dir() and not leftover.is_symlink():  # a Hugging Face format's folder
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
 
 
 def _source_vanished(job: Job) -> str:
