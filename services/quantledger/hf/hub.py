@@ -77,6 +77,17 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _cache_dir() -> str | None:
+    """The hub cache as the environment names it now (``HF_HUB_CACHE``, else ``HF_HOME``/hub): huggingface_hub
+    reads these once, when it is first imported, so a process that imported it earlier (transformers does)
+    would otherwise keep an older answer."""
+    if os.environ.get("HF_HUB_CACHE", "").strip():
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME", "").strip():
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return None
+
+
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Exception types meaning "the hub did not answer", whichever HTTP library huggingface_hub uses."""
     kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
@@ -140,6 +151,7 @@ def _fetch(ref: HubRef, patterns: tuple[str, ...]) -> pathlib.Path:
             revision=ref.revision,
             allow_patterns=list(patterns),
             local_files_only=_offline(),
+            cache_dir=_cache_dir(),
         )
     except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
         raise SourceNotFound(
