@@ -425,3 +425,18 @@ def test_cancel_during_an_hf_export_leaves_no_partial_folder(hf_up: Up) -> None:
     assert cancelled.state == pb.QuantizeJob.STATE_CANCELLED, cancelled
     assert not [p.name for p in out.iterdir()], "the partial folder is removed"
     assert stub.ListQuantTypes(pb.ListQuantTypesRequest()).quant_types  # still serving
+
+
+def test_a_side_file_linking_out_of_the_source_is_refused_and_nothing_is_written(tmp_path: pathlib.Path) -> None:
+    """The files copied beside the weights are opened as every file of a client's folder: a link that
+    leads outside the source folder (here to a secret) is PATH_NOT_ALLOWED, and no output folder remains."""
+    from quantledger.errors import PathNotAllowed
+    from quantledger.hf_export.export import export_folder
+    from quantledger.hf_export.formats import lookup_format
+
+    source = write_causal_folder(tmp_path / "model", "LlamaForCausalLM", hidden=64, ffn=128, layers=1)
+    (tmp_path / "secret.txt").write_text("not yours")
+    (source / "README.md").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(PathNotAllowed, match="leads outside its folder"):
+        export_folder(source, lookup_format("HF_F16"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -14,11 +14,13 @@ happen inside the functions: this module is imported only by the worker.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 from collections.abc import Callable
 from typing import Any
 
+from quantledger.client_files import folder_file
 from quantledger.errors import FormatNotApplicable, SourceInvalid
 from quantledger.hf_export.formats import HfFormat, require_available
 
@@ -88,18 +90,28 @@ def copy_side_files(source: pathlib.Path, target: pathlib.Path) -> list[str]:
     sentence-transformers) from ``source``: every regular file that is not a weight file and not written
     by save_pretrained, sub-folders included; returns the relative paths copied."""
     copied = []
-    for path in sorted(source.rglob("*")):
-        relative = path.relative_to(source)
-        if not path.is_file():
-            continue
-        if relative.as_posix() in WRITTEN or relative.suffix in WEIGHT_SUFFIXES or relative.parts[0].startswith("."):
-            continue
-        if (target / relative).exists():
-            continue
-        (target / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target / relative)
-        copied.append(relative.as_posix())
+    for directory, subdirectories, names in os.walk(source, followlinks=False):
+        subdirectories.sort()
+        for name in sorted(names):
+            relative = (pathlib.Path(directory) / name).relative_to(source)
+            if (
+                relative.as_posix() in WRITTEN
+                or relative.suffix in WEIGHT_SUFFIXES
+                or relative.parts[0].startswith(".")
+            ):
+                continue
+            if not (target / relative).exists():
+                copy_member(source, relative.as_posix(), target)
+                copied.append(relative.as_posix())
     return copied
+
+
+def copy_member(source: pathlib.Path, relative: str, target: pathlib.Path) -> None:
+    """Copy the file ``relative`` of ``source`` to the same place under ``target``, opened as every file of a
+    client's folder is (client_files.folder_file: a link leading out of the folder is PATH_NOT_ALLOWED)."""
+    (target / relative).parent.mkdir(parents=True, exist_ok=True)
+    with folder_file(source, relative, subfolders=True) as src, open(target / relative, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def export_folder(source: pathlib.Path, fmt: HfFormat, target: pathlib.Path, *, threads: int = 0) -> dict[str, Any]:
@@ -173,10 +185,10 @@ def merge_lora(source: pathlib.Path, lora_dir: str, target: pathlib.Path, emit: 
             if emit is not None:
                 emit({"event": "merge_progress", "files_done": index + 1, "files_total": len(files)})
         if (source / "model.safetensors.index.json").is_file():
-            shutil.copyfile(source / "model.safetensors.index.json", target / "model.safetensors.index.json")
+            copy_member(source, "model.safetensors.index.json", target)
         for name in ("config.json", "generation_config.json"):
             if (source / name).is_file():
-                shutil.copyfile(source / name, target / name)
+                copy_member(source, name, target)
         copy_side_files(source, target)
         left = merge.unmerged()
         if left:
