@@ -382,3 +382,34 @@ def test_a_frontend_stopped_mid_watch_loses_nothing(cluster: Cluster, models: Mo
     assert rest[0].progress.fraction >= first.progress.fraction
     cluster.frontends.remove(victim)
     cluster.start_frontend("frontend-b2")
+
+
+def test_every_catalogue_type_is_the_same_bytes_in_distributed_and_embedded_mode(
+    cluster: Cluster, server: RunningServer, models: Models
+) -> None:
+    """Reproduction across modes (docs/REPRODUCE.md): one job of every type the installed llama.cpp writes,
+    with one importance matrix, gives each type the same SHA-256 on the workers as in embedded mode."""
+    import numpy as np
+
+    from quantledger.gguf.reader import read_gguf_header
+    from quantledger.quantize.catalogue import catalogue
+    from quantledger.quantize.imatrix import write_imatrix_gguf
+
+    matrix = models.root / "every-type.imatrix.gguf"
+    rng = np.random.default_rng(7)
+    tensors = read_gguf_header(models.f16).tensors
+    write_imatrix_gguf(matrix, {t.name: np.exp(rng.standard_normal(t.shape[0])) for t in tensors if len(t.shape) == 2})
+    types = [t.name for t in catalogue()]
+    options = {"imatrix_path": str(matrix), "skip_quality": True}
+    with _stubs(cluster) as (a, _b):
+        job = _create(a, str(models.f16), types, **options)
+        done = _watch_until(a, job.name, _ended, timeout=900)
+    assert done.state == pb.QuantizeJob.STATE_SUCCEEDED, done.error
+    with server.channel() as channel:
+        embedded_stub = pb_grpc.QuantizeServiceStub(channel)
+        embedded = _create(embedded_stub, str(models.f16), types, **options)
+        embedded = wait_for_job(embedded_stub, embedded.name, timeout=900)
+    assert embedded.state == pb.QuantizeJob.STATE_SUCCEEDED, embedded.error
+    distributed = {o.quant_type: o.sha256 for o in done.outputs}
+    assert len(distributed) == len(types) >= 30
+    assert distributed == {o.quant_type: o.sha256 for o in embedded.outputs}

@@ -12,7 +12,9 @@ import hashlib
 import json
 import pathlib
 import shutil
+from typing import Any
 
+import grpc
 import pytest
 from eth_account import Account
 from hf_models import write_causal_folder
@@ -47,6 +49,16 @@ def second_attester(up: Up) -> str:
     signed = admin.account.sign_transaction(funding)  # type: ignore[union-attr]
     w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction), timeout=60)
     return str(account.key.hex())
+
+
+def made_by_a(home_a: Up, source: pathlib.Path, out: pathlib.Path, *types: str) -> list[dict[str, Any]]:
+    """The outputs of A's job of ``types`` (no quality measured) of ``source``, written to ``out``."""
+    out.mkdir(exist_ok=True)
+    args = [a for t in types for a in ("-q", t)]
+    done = cli("submit", str(source), *args, "--out", str(out), "--wait", "--json", "--no-quality",
+               "--server", home_a.address, env=home_a.env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout)["outputs"])
 
 
 def test_home_b_reproduces_home_as_output_and_co_attests_it(home_a: Up) -> None:
@@ -118,12 +130,7 @@ def test_a_record_whose_bytes_the_provenance_does_not_make_is_caught_with_a_sign
 
     root = home_a.home.parent
     source = write_causal_folder(root / "honest", "LlamaForCausalLM", hidden=256, ffn=512, layers=1)
-    out = home_a.outputs / "honest"
-    out.mkdir()
-    done = cli("submit", str(source), "-q", "Q8_0", "--out", str(out), "--wait", "--json", "--no-quality",
-               "--server", home_a.address, env=home_a.env)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    output = json.loads(done.stdout)["outputs"][0]
+    (output,) = made_by_a(home_a, source, home_a.outputs / "honest", "Q8_0")
     header = read_gguf_header(output["path"])
     victim = header.tensors[len(header.tensors) // 2]
     forged = root / "forged" / pathlib.Path(output["path"]).name
@@ -158,3 +165,123 @@ def test_a_record_whose_bytes_the_provenance_does_not_make_is_caught_with_a_sign
         == note["signer"]
     )
     assert note["note"]["fileSha256"] == forged_sha and note["note"]["firstDifference"]["tensor"] == victim.name
+
+
+def test_reproduce_artifact_is_a_job_on_a_second_server_that_co_attests(home_a: Up) -> None:
+    """ReproduceArtifact on home B's own server (its key, A's chain): a tampered provenance is refused as
+    PROVENANCE_MISMATCH before any job, and the server keeps serving; the honest one becomes a job (watched
+    as any other) whose verdict is REPRODUCED, registered from B's key with the REPRODUCED flag."""
+    from conftest import error_reason, start_server, wait_for_job
+
+    from quantledger.v1 import quantize_service_pb2 as pb
+    from registry_client.records import Flag
+
+    root = home_a.home.parent
+    source = write_causal_folder(root / "rpc-source", "LlamaForCausalLM", hidden=256, ffn=512, layers=1)
+    (output,) = made_by_a(home_a, source, home_a.outputs / "rpc", "Q8_0")
+    copy = root / "rpc-b-copies" / "another-name"  # B's copy, under a folder name of its own
+    shutil.copytree(source, copy)
+    key = second_attester(home_a)
+    env = {"QUANTLEDGER_CHAIN_URL": home_a.chain_url, "QUANTLEDGER_CHAIN_KEY": key,
+           "QUANTLEDGER_REGISTRY_ADDRESS": home_a.announcement["registry"]}  # fmt: skip
+    home_b = start_server(root / "rpc-b", [root / "rpc-b-copies", root / "rpc-b"], extra_env=env)
+    try:
+        stub = home_b.stub()
+        provenance = pathlib.Path(output["path"] + ".provenance.json").read_bytes()
+        request = pb.ReproduceArtifactRequest(
+            file_sha256=output["sha256"], provenance_json=provenance, source=str(copy)
+        )
+        tampered = pb.ReproduceArtifactRequest()
+        tampered.CopyFrom(request)
+        tampered.provenance_json = provenance + b"\n"  # still JSON, another digest
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ReproduceArtifact(tampered, timeout=60)
+        assert error_reason(refused.value) == "PROVENANCE_MISMATCH"
+        outside = pb.ReproduceArtifactRequest()
+        outside.CopyFrom(request)
+        outside.source = str(source)  # A's folder is not under B's roots
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.ReproduceArtifact(outside, timeout=60)
+        assert error_reason(denied.value) == "PATH_NOT_ALLOWED"
+
+        job = stub.ReproduceArtifact(request, timeout=120)
+        assert job.reproduction.original_attester == output["registry"]["attester"]
+        assert job.reproduction.verdict == pb.Reproduction.VERDICT_UNSPECIFIED  # decided at REGISTERING
+        finished = wait_for_job(stub, job.name)
+        assert finished.state == pb.QuantizeJob.STATE_SUCCEEDED, finished.error
+        assert finished.reproduction.verdict == pb.Reproduction.VERDICT_REPRODUCED
+        assert finished.outputs[0].sha256 == output["sha256"]
+        assert finished.outputs[0].registry.state == pb.RegistryRecord.STATE_REGISTERED
+        record = home_a.client.get(output["sha256"], finished.outputs[0].registry.attester)
+        assert record.flags & Flag.REPRODUCED and home_a.client.attestation_count(output["sha256"]) == 2
+        again = stub.GetQuantizeJob(pb.GetQuantizeJobRequest(name=job.name), timeout=30)
+        assert again.reproduction.verdict == pb.Reproduction.VERDICT_REPRODUCED  # kept in the store
+    finally:
+        home_b.stop()
+
+
+def _journal(path: pathlib.Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_the_reproducer_service_co_attests_new_records_and_a_crash_neither_repeats_nor_skips(home_a: Up) -> None:
+    """`serve reproducer` follows A's new records: the first is reproduced and co-attested; killed (SIGKILL)
+    and started again, it handles exactly the events registered meanwhile (two in one transaction), one
+    reproduced and one of a type it was not told to take journaled as skipped."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = home_a.home.parent
+    source = write_causal_folder(root / "svc-source", "LlamaForCausalLM", hidden=256, ffn=512, layers=1)
+    key = root / "svc.key"
+    key.write_text(second_attester(home_a))
+    key.chmod(0o600)
+    published = home_a.outputs / "svc"
+    published.mkdir()
+    first_block = home_a.client.w3.eth.block_number + 1
+    home = root / "svc-home"
+    journal = home / "reproducer" / "journal.jsonl"
+    argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "reproducer", "--attester-key", str(key),
+            "--chain-url", home_a.chain_url, "--registry", home_a.announcement["registry"],
+            "--provenance-dir", str(published), "--types", "Q8_0,Q4_0", "--from-block", str(first_block)]  # fmt: skip
+    env = {**os.environ, "QUANTLEDGER_HOME": str(home), "QUANTLEDGER_ALLOWED_ROOTS": str(root)}
+    home.mkdir()
+
+    def submit(*types: str) -> list[dict[str, Any]]:
+        return made_by_a(home_a, source, published, *types)
+
+    with open(home / "reproducer.log", "ab") as log:
+        running = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            (q8,) = submit("Q8_0")
+            deadline = time.monotonic() + 240
+            while not _journal(journal) and time.monotonic() < deadline and running.poll() is None:
+                time.sleep(0.5)
+            assert _journal(journal), (home / "reproducer.log").read_text()
+        finally:
+            running.kill()  # a crash, not a clean stop
+            running.wait(timeout=30)
+        later = submit("Q4_0", "Q5_0")  # one job: both records in one transaction
+        again = subprocess.run([*argv, "--until-idle"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+    assert again.returncode == 0, (home / "reproducer.log").read_text()
+
+    entries = _journal(journal)
+    positions = [(e["block"], e["logIndex"]) for e in entries]
+    assert positions == sorted(set(positions))  # in chain order, none twice
+    originals = [e for e in entries if e["attester"] == q8["registry"]["attester"]]
+    own = [e for e in entries if e not in originals]  # its own co-attestations, journaled as skipped
+    by_file = {e["fileSha256"]: e["outcome"] for e in originals}
+    assert len(originals) == 3 and set(by_file) == {q8["sha256"], *(o["sha256"] for o in later)}  # none skipped
+    assert [e["outcome"] for e in own] == [{"skipped": "this key's own record"}] * 2
+    q4 = next(o for o in later if o["quant_type"] == "Q4_0")
+    q5 = next(o for o in later if o["quant_type"] == "Q5_0")
+    for reproduced in (q8, q4):
+        outcome = by_file[reproduced["sha256"]]
+        assert outcome["verdict"] == "REPRODUCED", outcome
+        assert home_a.client.attestation_count(str(reproduced["sha256"])) == 2
+        assert pathlib.Path(outcome["provenance"]).is_file()
+    assert by_file[q5["sha256"]] == {"skipped": "quant type Q5_0 not chosen"}
+    assert home_a.client.attestation_count(str(q5["sha256"])) == 1
+    assert not list((home / "artifacts").rglob("*.gguf"))  # reproduced files deleted once journaled

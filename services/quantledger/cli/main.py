@@ -28,6 +28,7 @@ from quantledger.cli.imatrix_command import add_imatrix_parser, cmd_imatrix
 from quantledger.cli.recommend_command import add_recommend_parser, cmd_recommend
 from quantledger.cli.registry_commands import add_registry_parser, cmd_registry
 from quantledger.cli.render import ProgressBar, error_reason, print_job, print_json, state_name, to_json
+from quantledger.cli.reproducer_command import add_reproducer_flags, cmd_reproducer
 from quantledger.cli.tokens_command import add_tokens_parser, cmd_tokens
 from quantledger.config import AUTH_MODES, BACKENDS, DEFAULT_PORT, Settings, parse_duration
 from quantledger.errors import QuantledgerError
@@ -240,6 +241,9 @@ def _add_job_inputs(parser: argparse.ArgumentParser, *, out_required: bool = Fal
         choices=["", "F16", "BF16", "F32", "Q8_0"],
         help="GGUF type HF sources convert to",
     )
+    parser.add_argument(
+        "--model-name", default="", help="general.name of a HF source's outputs (default: the folder or repo name)"
+    )
     parser.add_argument("--eval-text", default="", metavar="FILE", help="evaluation text for causal models")
 
 
@@ -264,11 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "service",
         nargs="+",
-        choices=["quantize", "recommend", "registry", "chain"],
-        help="services to run in one server (chain runs alone)",
+        choices=["quantize", "recommend", "registry", "chain", "reproducer"],
+        help="services to run in one server (chain and reproducer run alone)",
     )
     _add_serve_flags(serve)
     _add_backend_flags(serve)
+    add_reproducer_flags(serve)
 
     worker = commands.add_parser(
         "worker", help="run distributed jobs' steps for a pool of frontends (Temporal + S3)", allow_abbrev=False
@@ -414,6 +419,7 @@ def job_request(args: argparse.Namespace) -> pb.QuantizeJob:
             min_ndcg=args.min_ndcg,
             skip_quality=args.no_quality,
             intermediate_type=args.intermediate_type,
+            model_name=args.model_name,
             eval_text_path=os.path.abspath(args.eval_text) if args.eval_text else "",
         ),
     )
@@ -606,6 +612,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.command == "up":
         everything = ["quantize", "recommend", "registry"]
         return run_services(settings, everything, as_json=args.json, embedded_chain=not settings.chain_url)
+    if "reproducer" in args.service:
+        if len(args.service) > 1:
+            raise CommandFailed("INVALID_ARGUMENT", "serve reproducer runs alone: start the other services separately")
+        return cmd_reproducer(args, settings)
     if "chain" in args.service and len(args.service) > 1:
         raise CommandFailed("INVALID_ARGUMENT", "serve chain runs alone: start the chain and the services separately")
     return run_services(settings, list(dict.fromkeys(args.service)), as_json=args.json, embedded_chain=False)

@@ -119,7 +119,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     if action == "reproduce":
         from quantledger.cli.reproduce_command import cmd_reproduce
 
-        return cmd_reproduce(args, _writing_client(args)[0], _revoke_target)
+        return cmd_reproduce(args, *_writing_client(args), _revoke_target)
     return _revoke(args)
 
 

@@ -15,20 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import os
 import pathlib
-import shutil
-import tempfile
-import urllib.parse
 from typing import Any
 
 from quantledger.cli.render import print_json
 from quantledger.errors import QuantizeFailed, SourceNotFound
-from quantledger.hashing import sha256_file
-from quantledger.registry.provenance import SUFFIX, canonical_bytes, write_provenance
-from registry_client.atomic_files import write_atomic
+from quantledger.registry.provenance import SUFFIX, tool_version
 
 
 def add_reproduce_parser(actions: Any, add_common: Any) -> None:
@@ -37,7 +30,9 @@ def add_reproduce_parser(actions: Any, add_common: Any) -> None:
     )
     add_common(reproduce)
     reproduce.add_argument("file", metavar="FILE|SHA256", help="the output (hashed here) or its SHA-256")
-    reproduce.add_argument("--provenance", default="", help="its provenance JSON (default: FILE.provenance.json)")
+    reproduce.add_argument(
+        "--provenance", default="", help="its provenance JSON, a path or an http(s) URL (default: FILE.provenance.json)"
+    )
     reproduce.add_argument("--source", default="", help="your copy of the source (default: the recorded path)")
     reproduce.add_argument("--lora", default="", help="your copy of the LoRA adapter (default: the recorded path)")
     reproduce.add_argument("--imatrix", default="", help="your copy of the importance matrix (default: recorded)")
@@ -51,40 +46,18 @@ def add_reproduce_parser(actions: Any, add_common: Any) -> None:
     )
 
 
-def _tupled(value: Any) -> Any:
-    """JSON lists back to the tuples the job's options hold."""
-    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
-
-
-def _staged(source: pathlib.Path, recorded_uri: str, stack: contextlib.ExitStack) -> pathlib.Path:
-    """``source`` under the folder name the record's source had: a local Hugging Face folder's name is the
-    model's ``general.name`` (and the outputs' stem), so a copy under another name makes other bytes. The
-    files a conversion reads are hard-linked (copied across file systems) into a temporary folder."""
-    from quantledger.hf.pipeline import needed_files
-
-    recorded_name = pathlib.PurePosixPath(urllib.parse.urlparse(recorded_uri).path).name
-    if not source.is_dir() or not recorded_name or source.resolve().name == recorded_name:
-        return source.resolve()
-    parent = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quantledger-reproduce-")))
-    staged = parent / recorded_name
-    for relative in needed_files(source):
-        target = staged / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source / relative, target)
-        except OSError:
-            shutil.copyfile(source / relative, target)
-    return staged
-
-
-def _run_job(spec: Any) -> Any:
+def _run_job(spec: Any, client: Any, url: str) -> Any:
+    """``spec`` on an in-process engine whose registrar signs with ``client``'s key on its registry."""
     from quantledger.config import Settings
     from quantledger.jobs.engine import JobEngine
     from quantledger.jobs.store import SqliteJobStore
+    from quantledger.registry.registrar import Registrar
+    from registry_client.address_book import AddressBook
 
     async def run() -> Any:
-        settings = dataclasses.replace(Settings.from_env(), allowed_roots=(pathlib.Path("/"),), chain_url="")
-        engine = JobEngine(settings, SqliteJobStore(":memory:"))
+        settings = dataclasses.replace(Settings.from_env(), allowed_roots=(pathlib.Path("/"),), chain_url=url)
+        registrar = Registrar(url, client.account, AddressBook.in_home(settings.home), address=client.address)
+        engine = JobEngine(settings, SqliteJobStore(":memory:"), registrar)
         await engine.start()
         try:
             job = await engine.create(spec)
@@ -97,109 +70,61 @@ def _run_job(spec: Any) -> Any:
     return asyncio.run(run())
 
 
-def cmd_reproduce(args: argparse.Namespace, client: Any, digest_of: Any) -> int:
-    from quantledger.convert.lora import load_lora
-    from quantledger.jobs.model import JobSpec, Options
-    from quantledger.registry.reproduce import (
-        check_digest,
-        check_tool_version,
-        first_difference,
-        mismatch_note,
-        original_record,
-        read_provenance,
-        recorded_job,
-        signed,
-        source_digest,
-    )
-    from registry_client.records import Flag, Registration
+def _optional_path(value: str) -> pathlib.Path | None:
+    return pathlib.Path(value).resolve() if value else None
+
+
+def cmd_reproduce(args: argparse.Namespace, client: Any, url: str, digest_of: Any) -> int:
+    from quantledger.registry.reproduce import ReproductionInputs, plan_reproduction
 
     sha = digest_of(args.file)
     if not args.provenance and not pathlib.Path(args.file).is_file():
         raise SourceNotFound("a SHA-256 alone needs --provenance: the provenance JSON of that output", path=args.file)
-    provenance_path = pathlib.Path(args.provenance or args.file + SUFFIX)
-    provenance_sha, statement = read_provenance(provenance_path)
-    record = original_record(client.records_of(sha), provenance_sha)
-    recorded = recorded_job(statement)
-    tool = check_tool_version(record, args.any_version)
-    source = pathlib.Path(args.source or recorded.source_uri.removeprefix("file://"))
-    if not source.exists():
-        raise SourceNotFound(f"the source {source} is not here: pass --source with your copy", path=str(source))
-    check_digest("the source", source, source_digest(source), record.source_digest)
-    options = {k: _tupled(v) for k, v in recorded.options.items() if k in {f.name for f in dataclasses.fields(Options)}}
-    if recorded.lora_sha256:
-        lora = pathlib.Path(args.lora or options.get("lora_dir", ""))
-        check_digest("the LoRA adapter", lora, load_lora(lora).sha256, recorded.lora_sha256)
-        options["lora_dir"] = str(lora.resolve())
-    if recorded.imatrix_sha256 and not recorded.imatrix_computed:
-        imatrix = pathlib.Path(args.imatrix or options.get("imatrix_path", ""))
-        check_digest("the importance matrix", imatrix, sha256_file(imatrix), recorded.imatrix_sha256)
-        options["imatrix_path"] = str(imatrix.resolve())
-    options.update(overwrite=True, skip_quality=True, output_dir="")  # default: the engine's, in the data dir
-    if args.out:
-        out = pathlib.Path(args.out).resolve()
-        out.mkdir(parents=True, exist_ok=True)
-        options["output_dir"] = str(out)
-    with contextlib.ExitStack() as stack:
-        staged = _staged(source, recorded.source_uri, stack)
-        spec = JobSpec(source=str(staged), quant_types=(recorded.quant_type,), options=Options(**options))
-        job = _run_job(spec)
-    if job.state.value != "SUCCEEDED" or not job.outputs:
+    provenance = _read_provenance(args.provenance or args.file + SUFFIX)
+    out = str(pathlib.Path(args.out).resolve()) if args.out else ""
+    inputs = ReproductionInputs(
+        source=_optional_path(args.source),
+        lora=_optional_path(args.lora),
+        imatrix=_optional_path(args.imatrix),
+        any_version=args.any_version,
+        report=args.report,
+        original_path=str(pathlib.Path(args.file).resolve()) if pathlib.Path(args.file).is_file() else "",
+        output_dir=out,
+    )
+    spec = plan_reproduction(provenance, client.records_of(sha), inputs)  # every check, before any work
+    if out:
+        pathlib.Path(out).mkdir(parents=True, exist_ok=True)
+    job = _run_job(spec, client, url)
+    if job.state.value != "SUCCEEDED" or not job.outputs or job.reproduced is None:
         raise QuantizeFailed(f"the reproduction job ended {job.state.value}: {job.error.message if job.error else ''}")
-    output = job.outputs[0]
+    output, verdict = job.outputs[0], job.reproduced
     answer: dict[str, Any] = {
         "file_sha256": sha,
-        "reproduced_sha256": output.sha256,
+        "verdict": verdict.verdict,
+        "reproduced_sha256": verdict.reproduced_sha256,
         "reproduced_path": output.path,
-        "original_attester": record.attester,
-        "tool_version": tool,
+        "original_attester": job.spec.reproduction.original_attester if job.spec.reproduction else "",
+        "tool_version": tool_version(),
     }
-    if output.sha256 == sha:
-        reproduction = {
-            "_type": statement["_type"],
-            "subject": statement["subject"],
-            "predicateType": statement["predicateType"],
-            "predicate": {
-                **statement["predicate"],
-                "reproducedFrom": {
-                    "attester": record.attester,
-                    "provenanceSha256": record.provenance_sha256,
-                    "tool": tool,
-                    "anyVersion": bool(args.any_version and tool != record.tool_version),
-                },
-            },
-        }
-        path, provenance_digest = write_provenance(output.path, reproduction)
-        result = client.register(
-            Registration(
-                file_sha256=sha, source_digest=record.source_digest, provenance_sha256=provenance_digest,
-                quant_type=record.quant_type, tool_version=tool, file_type=record.file_type,
-                original_size=record.original_size, quantized_size=record.quantized_size,
-                source_revision=record.source_revision, flags=record.flags | Flag.REPRODUCED,
-            )
-        )  # fmt: skip
+    entry = output.registry
+    if verdict.verdict == "REPRODUCED":
+        if entry is None or entry.state != "REGISTERED":
+            error = entry.error.message if entry is not None and entry.error else "no registry entry"
+            raise QuantizeFailed(f"the same bytes were made, but their record was not registered: {error}")
         answer.update(
-            verdict="REPRODUCED",
-            attester=client.attester,
-            transaction=result.transaction,
-            provenance_path=path,
+            attester=entry.attester,
+            transaction=entry.tx_hash,
+            provenance_path=entry.provenance_path,
             attestation_count=client.attestation_count(sha),
         )
     else:
-        answer.update(
-            verdict="DIFFERENT",
-            first_difference=first_difference(pathlib.Path(output.path), pathlib.Path(args.file))
-            if pathlib.Path(args.file).is_file()
-            else {},
-        )
-        if args.report:
-            note = signed(mismatch_note(record, output.sha256, answer["first_difference"], tool), client.account)
-            note_path = output.path + ".mismatch.json"  # beside the reproduced file
-            write_atomic(pathlib.Path(note_path), canonical_bytes(note))
-            answer["report"] = note_path
+        answer["first_difference"] = verdict.first_difference
+        if verdict.report_path:
+            answer["report"] = verdict.report_path
     if args.json:
         print_json(answer)
     else:
-        print(f"{args.file}: {answer['verdict']} (sha256 {output.sha256})")
+        print(f"{args.file}: {answer['verdict']} (sha256 {verdict.reproduced_sha256})")
         if answer["verdict"] == "REPRODUCED":
             print(
                 f"  registered by {answer['attester']} in {answer['transaction']}; "
@@ -208,3 +133,22 @@ def cmd_reproduce(args: argparse.Namespace, client: Any, digest_of: Any) -> int:
         else:
             print(f"  first difference: {answer['first_difference']}")
     return 0 if answer["verdict"] == "REPRODUCED" else 1
+
+
+def _read_provenance(location: str) -> bytes:
+    """The provenance JSON's bytes: a file, or an http(s) URL (read here, by the reproducer)."""
+    from quantledger.registry.reproduce import MAX_PROVENANCE_BYTES
+
+    if location.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(location, timeout=60) as response:
+                return bytes(response.read(MAX_PROVENANCE_BYTES + 1))
+        except OSError as exc:
+            raise SourceNotFound(f"{location}: the provenance JSON could not be fetched: {exc}", path=location) from exc
+    try:
+        with open(location, "rb") as handle:
+            return handle.read(MAX_PROVENANCE_BYTES + 1)
+    except OSError as exc:
+        raise SourceNotFound(f"{location}: the provenance JSON cannot be read: {exc}", path=location) from exc

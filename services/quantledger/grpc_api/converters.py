@@ -9,6 +9,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from quantledger.errors import DOMAIN
 from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, Options, Quality, RegistryEntry, SourceInfo
+from quantledger.jobs.reproduction import ReproduceRequest
 from quantledger.quantize.catalogue import LibraryVersions, QuantType
 from quantledger.quantize.estimate import Estimate
 from quantledger.v1 import quantize_service_pb2 as pb
@@ -79,6 +80,7 @@ def options_from_proto(message: pb.QuantizeOptions) -> Options:
         split_max_tensors=message.split_max_tensors,
         min_cosine_similarity=message.min_cosine_similarity,
         min_ndcg=message.min_ndcg,
+        model_name=message.model_name,
     )
 
 
@@ -108,6 +110,7 @@ def options_to_proto(options: Options) -> pb.QuantizeOptions:
         kv_overrides=list(options.kv_overrides),
         prune_layers=list(options.prune_layers),
         split_max_bytes=options.split_max_bytes,
+        model_name=options.model_name,
         split_max_tensors=options.split_max_tensors,
         min_cosine_similarity=options.min_cosine_similarity,
         min_ndcg=options.min_ndcg,
@@ -229,6 +232,51 @@ def job_to_proto(job: Job) -> pb.QuantizeJob:
         output_dir=job.output_dir,
         owner=job.owner,
         delete_time=_timestamp(job.delete_time),
+        reproduction=reproduction_to_proto(job),
+    )
+
+
+def reproduction_to_proto(job: Job) -> pb.Reproduction | None:
+    link, result = job.spec.reproduction, job.reproduced
+    if link is None:
+        return None
+    message = pb.Reproduction(
+        file_sha256=link.file_sha256,
+        original_attester=link.original_attester,
+        provenance_sha256=link.provenance_sha256,
+        recorded_tool_version=link.recorded_tool,
+        any_version=link.any_version,
+    )
+    if result is not None:
+        difference = result.first_difference
+        message.verdict = f"VERDICT_{result.verdict}"  # type: ignore[assignment]
+        message.reproduced_sha256 = result.reproduced_sha256
+        message.report_path = result.report_path
+        if difference:
+            message.first_difference.CopyFrom(
+                pb.FirstDifference(
+                    where=str(difference.get("where", "")),
+                    tensor=str(difference.get("tensor", "")),
+                    ggml_type=str(difference.get("type", "")),
+                    keys=[str(k) for k in difference.get("keys", ())],
+                    index=int(difference.get("index", 0)),
+                )
+            )
+    return message
+
+
+def reproduce_request_from_proto(request: pb.ReproduceArtifactRequest) -> ReproduceRequest:
+    return ReproduceRequest(
+        file_sha256=request.file_sha256,
+        file_path=request.file_path,
+        provenance_json=request.provenance_json,
+        provenance_path=request.provenance_path,
+        source=request.source,
+        lora_dir=request.lora_dir,
+        imatrix_path=request.imatrix_path,
+        output_dir=request.output_dir,
+        any_version=request.any_version,
+        report=request.report,
     )
 
 

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
+from quantledger.errors import ConfigInvalid
 from quantledger.grpc_api.auth import current_principal
 from quantledger.grpc_api.converters import (
     create_request_from_proto,
     estimate_to_proto,
     job_to_proto,
     quant_types_to_proto,
+    reproduce_request_from_proto,
     spec_from_proto,
 )
 from quantledger.grpc_api.errors import maps_domain_errors
@@ -98,6 +100,19 @@ class QuantizeServicer(pb_grpc.QuantizeServiceServicer):
         self, request: pb.DeleteQuantizeJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuantizeJob:
         return job_to_proto(await _resolved(self._engine.delete(JobName.parse(request.name).id, current_principal())))
+
+    @maps_domain_errors
+    async def ReproduceArtifact(
+        self, request: pb.ReproduceArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> pb.QuantizeJob:
+        if not isinstance(self._engine, JobEngine):
+            raise ConfigInvalid(
+                "the distributed backend does not reproduce records: run ReproduceArtifact on an embedded server"
+            )
+        job = await self._engine.reproduce(
+            reproduce_request_from_proto(request), request.request_id, context.time_remaining(), current_principal()
+        )
+        return job_to_proto(job)
 
     @maps_domain_errors
     async def ListQuantTypes(

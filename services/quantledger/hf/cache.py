@@ -1,6 +1,7 @@
 """The conversion cache: GGUF intermediates keyed by what went into them.
 
-Key = SHA-256 of (source root digest, converter version, output type, LoRA digest). An entry is a
+Key = SHA-256 of (source root digest, converter version, output type, LoRA digest, model name): the name
+is the intermediate's general.name, so the same files under another folder name are another entry. An entry is a
 complete ``{key}.gguf`` plus ``{key}.json`` (what it is) or nothing: entries are written under a
 temporary name and renamed. The cache keeps at most ``max_bytes``; when a new entry needs room the
 least recently used entries go first (use refreshes a file's mtime). Entries in use by a running job
@@ -29,8 +30,10 @@ class CacheEntry:
     size_bytes: int
 
 
-def cache_key(root_digest: str, converter_version: str, out_type: str, lora_digest: str = "") -> str:
-    material = json.dumps([root_digest, converter_version, out_type.upper(), lora_digest])
+def cache_key(
+    root_digest: str, converter_version: str, out_type: str, lora_digest: str = "", model_name: str = ""
+) -> str:
+    material = json.dumps([root_digest, converter_version, out_type.upper(), lora_digest, model_name])
     return hashlib.sha256(material.encode()).hexdigest()
 
 

@@ -215,9 +215,12 @@ def materialize(source: HfSource, progress: Callable[[int, int], None] | None = 
     return Materialized(source.folder, build_manifest(source.folder, needed_files(source.folder), progress), "")
 
 
-def general_metadata(source: HfSource, materialized: Materialized, config: dict[str, object]) -> dict[str, str]:
-    """general.* keys for the intermediate: name, source repo and revision, base model."""
-    metadata = {"general.name": source.display_name}
+def general_metadata(
+    source: HfSource, materialized: Materialized, config: dict[str, object], name: str = ""
+) -> dict[str, str]:
+    """general.* keys for the intermediate: name (``name``, else the folder's or repo's), source repo and
+    revision, base model."""
+    metadata = {"general.name": name or source.display_name}
     if source.hub is not None:
         metadata["general.source.url"] = source.hub.url
         metadata["general.source.repo_url"] = source.hub.url

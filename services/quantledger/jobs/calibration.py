@@ -23,7 +23,7 @@ from typing import Any
 from quantledger.hf.manifest import SourceManifest
 from quantledger.jobs.model import ComputedImatrix, Job, Stage
 from quantledger.jobs.stages import StageHost
-from quantledger.quantize.catalogue import llama_cpp_build
+from quantledger.llama_build import llama_cpp_build
 from quantledger.quantize.plan import QuantizePlan
 from quantledger.quantize.sources import resolve_allowed
 

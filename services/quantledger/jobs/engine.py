@@ -52,6 +52,7 @@ from quantledger.jobs.model import Artifact, Job, JobError, JobSpec, JobState, O
 from quantledger.jobs.pipeline import JobRun, run_stages
 from quantledger.jobs.progress import JobTimeline
 from quantledger.jobs.registration import RegistrationRetrier
+from quantledger.jobs.reproduction import ReproduceRequest, plan_request
 from quantledger.jobs.stages import describe_hf_job, estimate_hf, typical_output_bytes
 from quantledger.jobs.store import DuplicateRequestId, JobStore
 from quantledger.paging import PageSize, PageTokens
@@ -251,6 +252,18 @@ class JobEngine:
             ),
         )
         return await self._queue(job, fingerprint, principal, scope, sum(o.size_bytes for o in predicted.outputs))
+
+    async def reproduce(
+        self,
+        request: ReproduceRequest,
+        request_id: str = "",
+        deadline: float | None = None,
+        principal: Principal = LOCAL,
+    ) -> Job:
+        """ReproduceArtifact: the checks of a reproduction under ``principal``'s roots, then its job."""
+        settings = Scope.of(principal).settings(self._settings)
+        spec = await plan_request(request, settings, self.registrar)
+        return await self.create(spec, request_id, deadline, principal)
 
     async def _queue(self, job: Job, fingerprint: str, principal: Principal, scope: Scope, predicted_bytes: int) -> Job:
         job.owner = principal.name

@@ -79,6 +79,8 @@ class Options:
     # data a shard (--split-max-size), or this many tensors (--split-max-tensors); 0: one file
     split_max_bytes: int = 0
     split_max_tensors: int = 0
+    # general.name of a Hugging Face source's conversion (default: the folder's or the hub repo's name)
+    model_name: str = ""
 
     @property
     def imatrix_auto(self) -> bool:
@@ -99,12 +101,42 @@ class ComputedImatrix:
 
 
 @dataclass(frozen=True)
+class Reproduction:
+    """A job that redoes a recorded output to co-attest it (docs/REPRODUCE.md): the record it checks.
+
+    Set by ReproduceArtifact and ``registry reproduce`` after the checks of registry/reproduce.py passed;
+    the job itself is an ordinary quantization of the recorded source, type and options. At REGISTERING,
+    the same SHA-256 as ``file_sha256`` is registered from this server's key with the REPRODUCED flag;
+    other bytes are registered by nobody, and the job's ``reproduced`` says where they differ."""
+
+    file_sha256: str
+    provenance_sha256: str
+    original_attester: str
+    source_digest: str
+    recorded_tool: str
+    any_version: bool = False  # the installed llama-cpp-python is another release than the record's
+    report: bool = False  # different bytes: write a mismatch note signed by this server's key
+    original_path: str = ""  # the downloaded file, to find where different bytes first differ
+
+
+@dataclass(frozen=True)
+class ReproductionResult:
+    """How a reproduction ended: REPRODUCED (the same bytes, co-attested) or DIFFERENT."""
+
+    verdict: str
+    reproduced_sha256: str
+    first_difference: dict[str, Any] = field(default_factory=dict)
+    report_path: str = ""
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What a client asks for: the body that request_id idempotency compares."""
 
     source: str
     quant_types: tuple[str, ...]
     options: Options = Options()
+    reproduction: Reproduction | None = None
 
     def fingerprint(self) -> str:
         body = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
@@ -122,6 +154,7 @@ class JobSpec:
             check_text(path_field, getattr(options, path_field), MAX_PATH_LENGTH)
         for name_field in ("output_tensor_type", "token_embedding_type", "intermediate_type"):
             check_text(name_field, getattr(options, name_field), MAX_NAME_LENGTH)
+        check_text("model_name", options.model_name, MAX_PATTERN_LENGTH)
         if len(options.tensor_type_overrides) > MAX_TENSOR_OVERRIDES:
             raise InvalidArgument(
                 f"at most {MAX_TENSOR_OVERRIDES} tensor type overrides per job", field="tensor_type_overrides"
@@ -180,6 +213,7 @@ class SourceInfo:
     manifest: tuple[SourceFile, ...] = ()
     hf_architecture: str = ""
     conversion_cached: bool = False
+    converter: str = ""  # what converted a Hugging Face source: its version is part of the bytes
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourceInfo:
@@ -408,6 +442,7 @@ class Job:
     # when the job's output files were deleted (DeleteQuantizeJob or retention); the record stays
     delete_time: float | None = None
     imatrix: ComputedImatrix | None = None  # what imatrix_path "auto" computed
+    reproduced: ReproductionResult | None = None  # a reproduction's verdict (spec.reproduction), once registered
 
     @property
     def imatrix_file(self) -> str:
@@ -442,6 +477,7 @@ class Job:
                 source=spec["source"],
                 quant_types=tuple(spec["quant_types"]),
                 options=Options(**{k: v for k, v in options.items() if k in known}),
+                reproduction=Reproduction(**spec["reproduction"]) if spec.get("reproduction") else None,
             ),
             request_id=data.get("request_id", ""),
             create_time=data["create_time"],
@@ -459,6 +495,7 @@ class Job:
             scope=_scope_from_dict(data.get("scope") or {}, data.get("owner") or "local"),
             delete_time=data.get("delete_time"),
             imatrix=ComputedImatrix(**data["imatrix"]) if data.get("imatrix") else None,
+            reproduced=ReproductionResult(**data["reproduced"]) if data.get("reproduced") else None,
         )
 
 

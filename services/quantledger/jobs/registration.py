@@ -19,6 +19,7 @@ from quantledger.jobs.model import Job, JobError, JobState, RegistryEntry, Stage
 from quantledger.jobs.stages import StageHost
 from quantledger.jobs.store import JobStore
 from quantledger.registry.registrar import FAILED, PENDING, Registrar
+from quantledger.registry.reproduce import conclude
 from quantledger.registry.stage import attach_provenance
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ async def register_outputs(host: StageHost, registrar: Registrar | None, job: Jo
             job.outputs[index] = dataclasses.replace(artifact, registry=entry)
         timeline.advance(index + 1)
         host.touch(job, save=index + 1 == len(job.outputs))
+    reproduction = job.spec.reproduction
+    if reproduction is not None and job.outputs and job.reproduced is None:
+        account = registrar.account if registrar is not None else None
+        job.reproduced = await asyncio.to_thread(conclude, reproduction, job.outputs[0], account)
+        host.touch(job)
     if registrar is not None:
         job.outputs = await asyncio.to_thread(registrar.register, job, job.outputs)
         timeline.advance(steps)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from quantledger.config import Settings
-from quantledger.errors import InsufficientDisk, LoraInvalid, QualityGateFailed, QuantledgerError
+from quantledger.errors import InsufficientDisk, LoraInvalid, QualityGateFailed, QuantledgerError, SourceMismatch
 from quantledger.hf.cache import CacheEntry, ConversionCache, cache_key
 from quantledger.hf.manifest import FileDigest, SourceManifest
 from quantledger.hf.pipeline import HfSource, Materialized, general_metadata, preflight
@@ -182,7 +182,7 @@ def describe_hf_job(
         parameter_count=checked.parameter_count,
         file_type=-1,
         tensor_count=0,
-        model_name=hf.display_name,
+        model_name=spec.options.model_name or hf.display_name,
         tensor_bytes=0,
         kind=hf.kind,
         repo_id=hf.hub.repo_id if hf.hub else "",
@@ -223,7 +223,16 @@ async def prepare_intermediate(
         None if builtin_converts(job.source_info.hf_architecture) else usable_for(job.source_info.hf_architecture)
     )
     converter = CONVERTER_VERSION if fallback is None else converter_label(fallback)
-    key = cache_key(materialized.manifest.root_digest, converter, out_type, lora_digest)
+    reproduction = job.spec.reproduction
+    if reproduction is not None and materialized.manifest.root_digest != reproduction.source_digest:
+        raise SourceMismatch(
+            f"{job.spec.source} has digest {materialized.manifest.root_digest}; the record was made from "
+            f"{reproduction.source_digest}: nothing was converted or quantized",
+            expected=reproduction.source_digest,
+            actual=materialized.manifest.root_digest,
+        )
+    model_name = options.model_name or hf.display_name  # general.name: part of the intermediate's bytes
+    key = cache_key(materialized.manifest.root_digest, converter, out_type, lora_digest, model_name)
     pins.enter_context(host.cache.pinned(key))
     entry = host.cache.lookup(key)
     cached = entry is not None
@@ -243,6 +252,7 @@ async def prepare_intermediate(
         root_digest=materialized.manifest.root_digest,
         manifest=tuple(SourceFile(f.path, f.size_bytes, f.sha256) for f in materialized.manifest.files),
         conversion_cached=cached,
+        converter=converter,
         architecture=source.header.architecture or "",
     )
     job.progress = Progress(
@@ -303,7 +313,7 @@ async def _convert(
         "folder": str(materialized.folder),
         "output": str(temp),
         "out_type": out_type,
-        "metadata": general_metadata(hf, materialized, config),
+        "metadata": general_metadata(hf, materialized, config, job.spec.options.model_name),
         "lora_dir": str(resolve_allowed(job.spec.options.lora_dir, host.settings_for(job).allowed_roots))
         if job.spec.options.lora_dir
         else "",

@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass
 
 from quantledger.errors import UnknownQuantType
+from quantledger.llama_build import llama_cpp_build
 from quantledger.quantize.llama_log import IMATRIX_ERROR
 
 # llama.cpp decides per tensor whether an importance matrix is needed (IQ1/IQ2 tensor types, and the
@@ -275,28 +276,6 @@ class LibraryVersions:
 
     python_package: str  # "llama-cpp-python 0.3.36"
     llama_cpp: str  # "llama.cpp 0.5.0-dev (commit 0c1e570-dirty, ggml 0.25.3)"
-
-
-def _library_text(name: str) -> str:
-    """A ``const char * f(void)`` of the loaded llama.cpp library (libllama links ggml), or ""."""
-    import ctypes
-
-    from llama_cpp import llama_cpp as bindings
-
-    try:
-        function = getattr(bindings._lib, name)
-    except AttributeError:  # an older build without it
-        return ""
-    function.argtypes, function.restype = [], ctypes.c_char_p
-    value = function()
-    return value.decode(errors="replace") if value else ""
-
-
-def llama_cpp_build() -> str:
-    """llama.cpp's own version and the git commit it was built from, as the loaded library reports them."""
-    version, commit, ggml = _library_text("llama_version"), _library_text("ggml_commit"), _library_text("ggml_version")
-    details = ", ".join(part for part in (f"commit {commit}" if commit else "", f"ggml {ggml}" if ggml else "") if part)
-    return f"llama.cpp {version or 'unknown version'}" + (f" ({details})" if details else "")
 
 
 def llama_cpp_python_version() -> str:

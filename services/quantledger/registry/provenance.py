@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from quantledger.jobs.model import Artifact, Job, SourceInfo
+from quantledger.llama_build import llama_cpp_features
 from registry_client.atomic_files import write_atomic
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -30,6 +31,17 @@ def tool_version() -> str:
     from importlib.metadata import version
 
     return f"llama-cpp-python {version('llama-cpp-python')}"
+
+
+def builder_versions() -> dict[str, str]:
+    """The releases that made an output: the quantizer (its release pins llama.cpp's source; which build
+    flags do and do not change the bytes is in docs/REPRODUCE.md), llama.cpp as the library reports itself,
+    and quantledger (its converter's version is the source's ``converter`` annotation)."""
+    from importlib.metadata import version
+
+    from quantledger.llama_build import llama_cpp_build
+
+    return {"quantizer": tool_version(), "llamaCpp": llama_cpp_build(), "quantledger": version("quantledger")}
 
 
 def _time(seconds: float | None) -> str:
@@ -47,6 +59,8 @@ def _source_uri(info: SourceInfo) -> str:
 def _dependencies(job: Job, info: SourceInfo, imatrix_sha256: str, lora_sha256: str) -> list[dict[str, Any]]:
     source: dict[str, Any] = {"uri": _source_uri(info), "digest": {"sha256": info.root_digest}}
     annotations: dict[str, Any] = {"kind": info.kind, "architecture": info.architecture}
+    if info.converter:
+        annotations["converter"] = info.converter
     if info.commit_sha:
         source["digest"]["gitCommit"] = info.commit_sha
         annotations["revision"] = info.revision or info.commit_sha
@@ -63,8 +77,10 @@ def _dependencies(job: Job, info: SourceInfo, imatrix_sha256: str, lora_sha256: 
         }
         computed = job.imatrix
         if computed is not None:  # computed by the job (imatrix_path "auto"): from which text, how
+            # the build's CPU features change a computed matrix (not a quantization): bench/build_flags.py
             imatrix["annotations"] = {"computed": True, "dataset": computed.dataset, "chunks": computed.chunks,
-                                      "chunkSize": computed.chunk_size}  # fmt: skip
+                                      "chunkSize": computed.chunk_size,
+                                      "buildFeatures": llama_cpp_features()}  # fmt: skip
             calibration = pathlib.Path(job.spec.options.calibration_path).name or "quantledger-calibration"
             dependencies.append(
                 {"name": f"calibration:{calibration}", "digest": {"sha256": computed.calibration_sha256}}
@@ -119,7 +135,7 @@ def build_statement(
                 "resolvedDependencies": _dependencies(job, info, imatrix_sha256, lora_sha256),
             },
             "runDetails": {
-                "builder": {"id": BUILDER_ID, "version": {"quantizer": tool_version()}},
+                "builder": {"id": BUILDER_ID, "version": builder_versions()},
                 "metadata": {
                     "invocationId": job.name,
                     "startedOn": _time(job.start_time),

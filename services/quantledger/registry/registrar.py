@@ -56,6 +56,8 @@ def flags_for(job: Job) -> int:
         flags |= Flag.REQUANTIZED
     if options.leave_output_tensor:
         flags |= Flag.OUTPUT_TENSOR_KEPT
+    if job.spec.reproduction is not None:
+        flags |= Flag.REPRODUCED
     return int(flags)
 
 
@@ -66,6 +68,8 @@ def registrations_for(job: Job, artifact: Artifact, info: SourceInfo) -> list[Re
     total = artifact.total_size_bytes
     # a folder is one record of its root digest and its total size; a file (or each shard) its own
     files = (OutputFile("", total, artifact.sha256),) if artifact.folder else artifact.files or ()
+    if job.spec.reproduction is not None:  # a reproduction co-attests the recorded file, not its other shards
+        files = tuple(f for f in files if f.sha256 == job.spec.reproduction.file_sha256)
     result = []
     for file in files:
         share = artifact.source_size_bytes * file.size_bytes // total if total else 0

@@ -5,22 +5,40 @@ Order of the checks, cheapest and most telling first: the provenance JSON's SHA-
 on-chain digest (PROVENANCE_MISMATCH), the installed quantizer against the recorded one
 (TOOL_VERSION_MISMATCH unless allowed), then the source's digest, recomputed from the reproducer's own
 copy, against the record's (SOURCE_MISMATCH), and the LoRA adapter's and importance matrix's against the
-provenance's: all before a single tensor is quantized. The caller (cli/reproduce_command.py) runs the job.
+provenance's: all before a single tensor is quantized (a hub source, fetched by the job, is checked by the
+job before its conversion). ``plan_reproduction`` does them and returns the job to run: an ordinary
+quantization with a ``Reproduction`` link, run by the engine for ``registry reproduce``, ReproduceArtifact
+and ``serve reproducer`` alike; ``conclude`` decides, at the job's REGISTERING stage, what it proved.
+Hugging Face format folders are not reproduced: their bytes depend on torch and transformers releases,
+which their provenance does not pin (FORMAT_NOT_APPLICABLE).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from quantledger.errors import ProvenanceMismatch, SourceInvalid, SourceMismatch, ToolVersionMismatch
+from quantledger.errors import (
+    FormatNotApplicable,
+    ProvenanceMismatch,
+    SourceInvalid,
+    SourceMismatch,
+    SourceNotFound,
+    ToolVersionMismatch,
+)
 from quantledger.gguf.reader import read_gguf_header
 from quantledger.hf.manifest import FileDigest, build_manifest, root_digest
+from quantledger.hf_export.formats import is_hf_format
+from quantledger.jobs.model import Artifact, JobSpec, Options, Reproduction, ReproductionResult
 from quantledger.registry.provenance import canonical_bytes, tool_version
 from registry_client.records import Record
+
+MAX_PROVENANCE_BYTES = 1 << 20  # a provenance JSON is a few KB; a SHA-256-named file bigger than this is not one
 
 
 @dataclass(frozen=True)
@@ -36,17 +54,30 @@ class RecordedJob:
     imatrix_computed: bool
     lora_sha256: str
     statement: dict[str, Any]
+    imatrix_features: str = ""  # the CPU features of the build that computed the matrix
+    converter: str = ""  # what converted a Hugging Face source
 
 
 def read_provenance(path: pathlib.Path) -> tuple[str, dict[str, Any]]:
     """The provenance JSON at ``path``: the SHA-256 of its bytes and the statement."""
     try:
-        data = path.read_bytes()
-        statement = json.loads(data)
-    except (OSError, ValueError) as exc:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PROVENANCE_BYTES + 1)
+    except OSError as exc:
         raise SourceInvalid(f"{path}: not a readable provenance JSON: {exc}", path=str(path)) from exc
+    return parse_provenance(data, str(path))
+
+
+def parse_provenance(data: bytes, label: str = "the provenance") -> tuple[str, dict[str, Any]]:
+    """The SHA-256 of a provenance JSON's bytes and its statement."""
+    if len(data) > MAX_PROVENANCE_BYTES:
+        raise SourceInvalid(f"{label}: larger than {MAX_PROVENANCE_BYTES} bytes, not a provenance JSON", path=label)
+    try:
+        statement = json.loads(data)
+    except ValueError as exc:
+        raise SourceInvalid(f"{label}: not a readable provenance JSON: {exc}", path=label) from exc
     if not isinstance(statement, dict) or "predicate" not in statement:
-        raise SourceInvalid(f"{path}: not an in-toto provenance statement", path=str(path))
+        raise SourceInvalid(f"{label}: not an in-toto provenance statement", path=label)
     return hashlib.sha256(data).hexdigest(), statement
 
 
@@ -82,6 +113,8 @@ def recorded_job(statement: dict[str, Any]) -> RecordedJob:
             imatrix_computed=bool(imatrix and imatrix.get("annotations", {}).get("computed")),
             lora_sha256=str(lora["digest"]["sha256"]) if lora else "",
             statement=statement,
+            imatrix_features=str(imatrix.get("annotations", {}).get("buildFeatures", "")) if imatrix else "",
+            converter=str(source.get("annotations", {}).get("converter", "")),
         )
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise SourceInvalid(f"the provenance statement lacks what reproduction needs: {exc!r}") from exc
@@ -141,21 +174,6 @@ def first_difference(ours: pathlib.Path, theirs: pathlib.Path) -> dict[str, Any]
     return {"where": "padding"}
 
 
-def mismatch_note(record: Record, reproduced_sha256: str, difference: dict[str, Any], tool: str) -> dict[str, Any]:
-    """The body of a signed mismatch note: what was reproduced, from which record, and where it differs."""
-    return {
-        "type": "quantledger.dev/reproduction-mismatch/v1",
-        "fileSha256": record.file_sha256,
-        "reproducedSha256": reproduced_sha256,
-        "originalAttester": record.attester,
-        "provenanceSha256": record.provenance_sha256,
-        "quantType": record.quant_type,
-        "recordedTool": record.tool_version,
-        "reproducerTool": tool,
-        "firstDifference": difference,
-    }
-
-
 def signed(note: dict[str, Any], account: Any) -> dict[str, Any]:
     """``note`` with an EIP-191 signature of its canonical JSON by ``account`` (eth_account LocalAccount)."""
     from eth_account.messages import encode_defunct
@@ -163,3 +181,174 @@ def signed(note: dict[str, Any], account: Any) -> dict[str, Any]:
     message = canonical_bytes(note)
     signature = account.sign_message(encode_defunct(message)).signature.hex()
     return {"note": note, "signer": account.address, "signature": signature}
+
+
+@dataclass(frozen=True)
+class ReproductionInputs:
+    """The reproducer's own copies, each resolved and allowed by the caller; None: the recorded path."""
+
+    source: pathlib.Path | None = None
+    lora: pathlib.Path | None = None
+    imatrix: pathlib.Path | None = None
+    any_version: bool = False
+    report: bool = False
+    original_path: str = ""  # the downloaded file, to say where different bytes differ
+    output_dir: str = ""
+
+
+def recorded_source(recorded: RecordedJob) -> str:
+    """The source a job names for the recorded one: a hub repository at the recorded commit, or the path."""
+    uri = urllib.parse.urlparse(recorded.source_uri)
+    if recorded.source_kind == "hf_hub":
+        commit = recorded.statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"].get(
+            "gitCommit", ""
+        )
+        repo = uri.path.strip("/")
+        return f"{repo}@{commit}" if commit else repo
+    return urllib.parse.unquote(uri.path)
+
+
+def plan_reproduction(
+    provenance: bytes, records: list[Record], inputs: ReproductionInputs, allow: Any = None
+) -> JobSpec:
+    """The job that redoes the output a provenance JSON describes, after every check that needs no work.
+
+    ``records`` are the chain's records of the file; ``allow(path, what)`` resolves a path the provenance
+    names (the recorded source, LoRA, matrix) when no copy was given, refusing one outside the caller's
+    roots (default: taken as is)."""
+    provenance_sha, statement = parse_provenance(provenance)
+    record = original_record(records, provenance_sha)
+    recorded = recorded_job(statement)
+    if is_hf_format(recorded.quant_type):
+        raise FormatNotApplicable(
+            f"{recorded.quant_type} folders are not reproduced: their bytes depend on the torch and transformers "
+            "releases, which their provenance does not pin",
+            quant_type=recorded.quant_type,
+        )
+    tool = check_tool_version(record, inputs.any_version)
+    resolve = allow or (lambda path, _what: pathlib.Path(path))
+    if inputs.source is None and recorded.source_kind == "hf_hub":
+        source = recorded_source(recorded)  # fetched by the job, whose manifest is checked before conversion
+    else:
+        path = inputs.source or resolve(recorded_source(recorded), "source")
+        if not path.exists():
+            raise SourceNotFound(f"the source {path} is not here: give your copy of it", path=str(path))
+        check_digest("the source", path, source_digest(path), record.source_digest)  # before any work
+        source = str(path)
+    known = {f.name for f in dataclasses.fields(Options)}
+    options = {k: _tupled(v) for k, v in recorded.options.items() if k in known}
+    if recorded.lora_sha256:
+        from quantledger.convert.lora import load_lora
+
+        lora = inputs.lora or resolve(options.get("lora_dir", ""), "lora_dir")
+        check_digest("the LoRA adapter", lora, load_lora(lora).sha256, recorded.lora_sha256)
+        options["lora_dir"] = str(lora)
+    check_build(recorded, inputs)
+    if recorded.imatrix_sha256 and (inputs.imatrix is not None or not recorded.imatrix_computed):
+        from quantledger.hashing import sha256_file
+
+        # the client's matrix, or a copy of the one the job computed (then used instead of computing again)
+        imatrix = inputs.imatrix or resolve(options.get("imatrix_path", ""), "imatrix")
+        check_digest("the importance matrix", imatrix, sha256_file(imatrix), recorded.imatrix_sha256)
+        options["imatrix_path"] = str(imatrix)
+        for calibration in ("calibration_path", "calibration_chunks", "calibration_ctx"):
+            options.pop(calibration, None)
+    if recorded.source_kind == "hf_folder" and not options.get("model_name"):
+        # a local folder's name is the model's general.name, part of the bytes: the recorded folder's
+        options["model_name"] = pathlib.PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(
+            recorded.source_uri).path)).name  # fmt: skip
+    options.update(overwrite=True, skip_quality=True, output_dir=inputs.output_dir)
+    return JobSpec(
+        source=source,
+        quant_types=(recorded.quant_type,),
+        options=Options(**options),
+        reproduction=Reproduction(
+            file_sha256=record.file_sha256,
+            provenance_sha256=provenance_sha,
+            original_attester=record.attester,
+            source_digest=record.source_digest,
+            recorded_tool=record.tool_version,
+            any_version=inputs.any_version and tool != record.tool_version,
+            report=inputs.report,
+            original_path=inputs.original_path,
+        ),
+    )
+
+
+def check_build(recorded: RecordedJob, inputs: ReproductionInputs) -> None:
+    """Refuse (TOOL_VERSION_MISMATCH unless ``any_version``) what would make other bytes by construction:
+    another built-in converter release, or an importance matrix to compute again on a build with other CPU
+    features than the one that computed it (bench/build_flags.py: such builds compute other matrices, while
+    their quantizations of the same inputs are identical); giving a copy of the recorded matrix avoids it."""
+    from quantledger.convert.converter import CONVERTER_VERSION
+    from quantledger.llama_build import llama_cpp_features
+
+    if inputs.any_version:
+        return
+    if recorded.converter.startswith("quantledger-convert") and recorded.converter != CONVERTER_VERSION:
+        raise ToolVersionMismatch(
+            f"the source was converted by {recorded.converter}, this installation has {CONVERTER_VERSION}: install "
+            "that quantledger release, or pass --any-version",
+            recorded=recorded.converter,
+            installed=CONVERTER_VERSION,
+        )
+    features = llama_cpp_features()
+    if recorded.imatrix_computed and inputs.imatrix is None and recorded.imatrix_features not in ("", features):
+        raise ToolVersionMismatch(
+            f"the importance matrix was computed by a llama.cpp build with CPU features {recorded.imatrix_features}; "
+            f"this build has {features}, and computes other matrices: give a copy of the matrix (SHA-256 "
+            f"{recorded.imatrix_sha256}) with --imatrix, use a build with those features, or pass --any-version",
+            recorded=recorded.imatrix_features,
+            installed=features,
+        )
+
+
+def _tupled(value: Any) -> Any:
+    """JSON lists back to the tuples the job's options hold."""
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def matches(reproduction: Reproduction, artifact: Artifact) -> bool:
+    """Whether the job made the recorded bytes (a split output: one of its shards)."""
+    return reproduction.file_sha256 in {artifact.sha256, *(f.sha256 for f in artifact.files)}
+
+
+def reproduced_from(reproduction: Reproduction) -> dict[str, Any]:
+    """What a reproduction's provenance adds: the record it redid, and with which quantizer."""
+    return {
+        "fileSha256": reproduction.file_sha256,
+        "attester": reproduction.original_attester,
+        "provenanceSha256": reproduction.provenance_sha256,
+        "recordedTool": reproduction.recorded_tool,
+        "tool": tool_version(),
+        "anyVersion": reproduction.any_version,
+    }
+
+
+def conclude(reproduction: Reproduction, artifact: Artifact, account: Any) -> ReproductionResult:
+    """The verdict of a finished reproduction: REPRODUCED, or DIFFERENT with where the bytes first differ
+    (when the original file is at hand) and, asked for, a mismatch note signed by ``account`` beside it."""
+    if matches(reproduction, artifact):
+        return ReproductionResult("REPRODUCED", reproduction.file_sha256)
+    original = pathlib.Path(reproduction.original_path) if reproduction.original_path else None
+    difference = (
+        first_difference(pathlib.Path(artifact.path), original) if original is not None and original.is_file() else {}
+    )
+    report = ""
+    if reproduction.report and account is not None:
+        from registry_client.atomic_files import write_atomic
+
+        note = {
+            "type": "quantledger.dev/reproduction-mismatch/v1",
+            "fileSha256": reproduction.file_sha256,
+            "reproducedSha256": artifact.sha256,
+            "originalAttester": reproduction.original_attester,
+            "provenanceSha256": reproduction.provenance_sha256,
+            "quantType": artifact.quant_type,
+            "recordedTool": reproduction.recorded_tool,
+            "reproducerTool": tool_version(),
+            "firstDifference": difference,
+        }
+        report = artifact.path + ".mismatch.json"  # beside the reproduced file
+        write_atomic(pathlib.Path(report), canonical_bytes(signed(note, account)))
+    return ReproductionResult("DIFFERENT", artifact.sha256, difference, report)

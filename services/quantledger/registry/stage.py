@@ -18,6 +18,7 @@ from quantledger.hf.manifest import SourceManifest, build_manifest
 from quantledger.jobs.model import Artifact, Job, RegistryEntry, SourceFile
 from quantledger.registry.provenance import build_statement, write_provenance
 from quantledger.registry.registrar import PENDING, UNREGISTERED
+from quantledger.registry.reproduce import matches, reproduced_from
 
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -86,6 +87,10 @@ def attach_provenance(
 
         lora = load_lora(resolve_allowed(options.lora_dir, allowed, what="lora_dir")).sha256
     statement = build_statement(job, artifact, info, imatrix_sha256=imatrix, lora_sha256=lora)
+    reproduction = job.spec.reproduction
+    if reproduction is not None:  # the record this job redid; different bytes are registered by nobody
+        statement["predicate"]["reproducedFrom"] = reproduced_from(reproduction)
+        registering = registering and matches(reproduction, artifact)
     path, digest = write_provenance(artifact.path, statement)
     entry = RegistryEntry(
         state=PENDING if registering else UNREGISTERED, provenance_path=path, provenance_sha256=digest

@@ -23,7 +23,7 @@ THROUGHPUT_BASIS_MEASURED: ThroughputBasis
 THROUGHPUT_BASIS_DEFAULT: ThroughputBasis
 
 class QuantizeJob(_message.Message):
-    __slots__ = ("name", "source", "quant_types", "options", "state", "stage", "progress", "outputs", "error", "create_time", "start_time", "end_time", "request_id", "source_info", "output_dir", "owner", "delete_time", "imatrix")
+    __slots__ = ("name", "source", "quant_types", "options", "state", "stage", "progress", "outputs", "error", "create_time", "start_time", "end_time", "request_id", "source_info", "output_dir", "owner", "delete_time", "imatrix", "reproduction")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[QuantizeJob.State]
@@ -74,6 +74,7 @@ class QuantizeJob(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     IMATRIX_FIELD_NUMBER: _ClassVar[int]
+    REPRODUCTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     quant_types: _containers.RepeatedScalarFieldContainer[str]
@@ -92,10 +93,55 @@ class QuantizeJob(_message.Message):
     owner: str
     delete_time: _timestamp_pb2.Timestamp
     imatrix: ComputedImatrix
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ..., owner: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imatrix: _Optional[_Union[ComputedImatrix, _Mapping]] = ...) -> None: ...
+    reproduction: Reproduction
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., quant_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., state: _Optional[_Union[QuantizeJob.State, str]] = ..., stage: _Optional[_Union[QuantizeJob.Stage, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[QuantizedArtifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., source_info: _Optional[_Union[SourceInfo, _Mapping]] = ..., output_dir: _Optional[str] = ..., owner: _Optional[str] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imatrix: _Optional[_Union[ComputedImatrix, _Mapping]] = ..., reproduction: _Optional[_Union[Reproduction, _Mapping]] = ...) -> None: ...
+
+class Reproduction(_message.Message):
+    __slots__ = ("file_sha256", "original_attester", "provenance_sha256", "recorded_tool_version", "any_version", "verdict", "reproduced_sha256", "first_difference", "report_path")
+    class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        VERDICT_UNSPECIFIED: _ClassVar[Reproduction.Verdict]
+        VERDICT_REPRODUCED: _ClassVar[Reproduction.Verdict]
+        VERDICT_DIFFERENT: _ClassVar[Reproduction.Verdict]
+    VERDICT_UNSPECIFIED: Reproduction.Verdict
+    VERDICT_REPRODUCED: Reproduction.Verdict
+    VERDICT_DIFFERENT: Reproduction.Verdict
+    FILE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_ATTESTER_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_TOOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ANY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REPRODUCED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FIRST_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_PATH_FIELD_NUMBER: _ClassVar[int]
+    file_sha256: str
+    original_attester: str
+    provenance_sha256: str
+    recorded_tool_version: str
+    any_version: bool
+    verdict: Reproduction.Verdict
+    reproduced_sha256: str
+    first_difference: FirstDifference
+    report_path: str
+    def __init__(self, file_sha256: _Optional[str] = ..., original_attester: _Optional[str] = ..., provenance_sha256: _Optional[str] = ..., recorded_tool_version: _Optional[str] = ..., any_version: _Optional[bool] = ..., verdict: _Optional[_Union[Reproduction.Verdict, str]] = ..., reproduced_sha256: _Optional[str] = ..., first_difference: _Optional[_Union[FirstDifference, _Mapping]] = ..., report_path: _Optional[str] = ...) -> None: ...
+
+class FirstDifference(_message.Message):
+    __slots__ = ("where", "tensor", "ggml_type", "keys", "index")
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    GGML_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    where: str
+    tensor: str
+    ggml_type: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    index: int
+    def __init__(self, where: _Optional[str] = ..., tensor: _Optional[str] = ..., ggml_type: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., index: _Optional[int] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
-    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx", "imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers", "split_max_bytes", "split_max_tensors", "min_cosine_similarity", "min_ndcg")
+    __slots__ = ("threads", "allow_requantize", "leave_output_tensor", "pure", "output_tensor_type", "token_embedding_type", "tensor_type_overrides", "keep_split", "imatrix_path", "output_dir", "overwrite", "lora_dir", "max_kl_divergence", "skip_quality", "intermediate_type", "eval_text_path", "calibration_path", "calibration_chunks", "calibration_ctx", "imatrix_include_weights", "imatrix_exclude_weights", "kv_overrides", "prune_layers", "split_max_bytes", "split_max_tensors", "min_cosine_similarity", "min_ndcg", "model_name")
     THREADS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REQUANTIZE_FIELD_NUMBER: _ClassVar[int]
     LEAVE_OUTPUT_TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +169,7 @@ class QuantizeOptions(_message.Message):
     SPLIT_MAX_TENSORS_FIELD_NUMBER: _ClassVar[int]
     MIN_COSINE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     MIN_NDCG_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     threads: int
     allow_requantize: bool
     leave_output_tensor: bool
@@ -150,7 +197,8 @@ class QuantizeOptions(_message.Message):
     split_max_tensors: int
     min_cosine_similarity: float
     min_ndcg: float
-    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ..., imatrix_include_weights: _Optional[_Iterable[str]] = ..., imatrix_exclude_weights: _Optional[_Iterable[str]] = ..., kv_overrides: _Optional[_Iterable[str]] = ..., prune_layers: _Optional[_Iterable[int]] = ..., split_max_bytes: _Optional[int] = ..., split_max_tensors: _Optional[int] = ..., min_cosine_similarity: _Optional[float] = ..., min_ndcg: _Optional[float] = ...) -> None: ...
+    model_name: str
+    def __init__(self, threads: _Optional[int] = ..., allow_requantize: _Optional[bool] = ..., leave_output_tensor: _Optional[bool] = ..., pure: _Optional[bool] = ..., output_tensor_type: _Optional[str] = ..., token_embedding_type: _Optional[str] = ..., tensor_type_overrides: _Optional[_Iterable[_Union[TensorTypeOverride, _Mapping]]] = ..., keep_split: _Optional[bool] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., overwrite: _Optional[bool] = ..., lora_dir: _Optional[str] = ..., max_kl_divergence: _Optional[float] = ..., skip_quality: _Optional[bool] = ..., intermediate_type: _Optional[str] = ..., eval_text_path: _Optional[str] = ..., calibration_path: _Optional[str] = ..., calibration_chunks: _Optional[int] = ..., calibration_ctx: _Optional[int] = ..., imatrix_include_weights: _Optional[_Iterable[str]] = ..., imatrix_exclude_weights: _Optional[_Iterable[str]] = ..., kv_overrides: _Optional[_Iterable[str]] = ..., prune_layers: _Optional[_Iterable[int]] = ..., split_max_bytes: _Optional[int] = ..., split_max_tensors: _Optional[int] = ..., min_cosine_similarity: _Optional[float] = ..., min_ndcg: _Optional[float] = ..., model_name: _Optional[str] = ...) -> None: ...
 
 class TensorTypeOverride(_message.Message):
     __slots__ = ("pattern", "type")
@@ -401,6 +449,32 @@ class CreateQuantizeJobRequest(_message.Message):
     job: QuantizeJob
     request_id: str
     def __init__(self, job: _Optional[_Union[QuantizeJob, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ReproduceArtifactRequest(_message.Message):
+    __slots__ = ("file_sha256", "file_path", "provenance_json", "provenance_path", "source", "lora_dir", "imatrix_path", "output_dir", "any_version", "report", "request_id")
+    FILE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FILE_PATH_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_PATH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LORA_DIR_FIELD_NUMBER: _ClassVar[int]
+    IMATRIX_PATH_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    ANY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    file_sha256: str
+    file_path: str
+    provenance_json: bytes
+    provenance_path: str
+    source: str
+    lora_dir: str
+    imatrix_path: str
+    output_dir: str
+    any_version: bool
+    report: bool
+    request_id: str
+    def __init__(self, file_sha256: _Optional[str] = ..., file_path: _Optional[str] = ..., provenance_json: _Optional[bytes] = ..., provenance_path: _Optional[str] = ..., source: _Optional[str] = ..., lora_dir: _Optional[str] = ..., imatrix_path: _Optional[str] = ..., output_dir: _Optional[str] = ..., any_version: _Optional[bool] = ..., report: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetQuantizeJobRequest(_message.Message):
     __slots__ = ("name",)

@@ -75,6 +75,11 @@ class QuantizeServiceStub:
                 request_serializer=quantledger_dot_v1_dot_quantize__service__pb2.DeleteQuantizeJobRequest.SerializeToString,
                 response_deserializer=quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.FromString,
                 _registered_method=True)
+        self.ReproduceArtifact = channel.unary_unary(
+                '/quantledger.v1.QuantizeService/ReproduceArtifact',
+                request_serializer=quantledger_dot_v1_dot_quantize__service__pb2.ReproduceArtifactRequest.SerializeToString,
+                response_deserializer=quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.FromString,
+                _registered_method=True)
 
 
 class QuantizeServiceServicer:
@@ -152,6 +157,24 @@ class QuantizeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReproduceArtifact(self, request, context):
+        """Redoes a recorded output from its provenance JSON alone and, when the bytes are the same,
+        co-attests them from this server's own attester key (docs/REPRODUCE.md). Every check that needs
+        no work comes before the job exists: the provenance's SHA-256 must be a valid record's
+        (PROVENANCE_MISMATCH), the installed llama-cpp-python the record's (TOOL_VERSION_MISMATCH unless
+        any_version), the source's, LoRA adapter's and importance matrix's digests the recorded ones
+        (SOURCE_MISMATCH; a hub source is checked by the job after its download, before conversion).
+        The job is an ordinary quantization of the recorded source, type and options, with
+        QuantizeJob.reproduction set: Watch, Cancel and Delete work on it as on any job. At its
+        REGISTERING stage the same SHA-256 is registered with the REPRODUCED flag and a provenance naming
+        the original record; other bytes are registered by nobody and reproduction.first_difference says
+        where they differ. KEY_UNAVAILABLE when this server has no chain to register on; Hugging Face
+        format folders are FORMAT_NOT_APPLICABLE (their bytes depend on unpinned torch releases).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QuantizeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +216,11 @@ def add_QuantizeServiceServicer_to_server(servicer, server):
             'DeleteQuantizeJob': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteQuantizeJob,
                     request_deserializer=quantledger_dot_v1_dot_quantize__service__pb2.DeleteQuantizeJobRequest.FromString,
+                    response_serializer=quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.SerializeToString,
+            ),
+            'ReproduceArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReproduceArtifact,
+                    request_deserializer=quantledger_dot_v1_dot_quantize__service__pb2.ReproduceArtifactRequest.FromString,
                     response_serializer=quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.SerializeToString,
             ),
     }
@@ -412,6 +440,33 @@ class QuantizeService:
             target,
             '/quantledger.v1.QuantizeService/DeleteQuantizeJob',
             quantledger_dot_v1_dot_quantize__service__pb2.DeleteQuantizeJobRequest.SerializeToString,
+            quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReproduceArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantledger.v1.QuantizeService/ReproduceArtifact',
+            quantledger_dot_v1_dot_quantize__service__pb2.ReproduceArtifactRequest.SerializeToString,
             quantledger_dot_v1_dot_quantize__service__pb2.QuantizeJob.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,94 @@
+"""The checks a reproduction makes before any work (registry/reproduce.py ``plan_reproduction``), on
+provenance statements shaped as the service writes them and records as the chain returns them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+import pytest
+from conftest import Models
+
+from quantledger.errors import FormatNotApplicable, ToolVersionMismatch
+from quantledger.hashing import sha256_file
+from quantledger.llama_build import llama_cpp_features
+from quantledger.registry.provenance import canonical_bytes, tool_version
+from quantledger.registry.reproduce import ReproductionInputs, plan_reproduction, source_digest
+from registry_client.records import Record
+
+
+def statement(source: pathlib.Path, quant_type: str, imatrix: dict[str, object] | None) -> dict[str, object]:
+    dependencies: list[dict[str, object]] = [
+        {"uri": source.resolve().as_uri(), "digest": {"sha256": source_digest(source)}, "annotations": {"kind": "gguf"}}
+    ]
+    if imatrix is not None:
+        dependencies.append(imatrix)
+    options = {"imatrix_path": "auto", "calibration_chunks": 2} if imatrix else {}
+    return {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "out.gguf", "digest": {"sha256": "ab" * 32}}],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": {
+                "externalParameters": {"source": str(source), "quantType": quant_type, "options": options},
+                "resolvedDependencies": dependencies,
+            }
+        },
+    }
+
+
+def record_of(provenance: bytes, source: pathlib.Path, quant_type: str) -> Record:
+    return Record(
+        file_sha256="ab" * 32, attester="0x" + "11" * 20, source_digest=source_digest(source), source_revision="",
+        provenance_sha256=hashlib.sha256(provenance).hexdigest(), quant_type=quant_type, tool_version=tool_version(),
+        file_type=2, flags=1, original_size=10, quantized_size=5, attested_at=1, revoked_at=0,
+    )  # fmt: skip
+
+
+def computed_matrix(digest: str, features: str) -> dict[str, object]:
+    annotations = {"computed": True, "dataset": "quantledger-calibration", "chunks": 2, "buildFeatures": features}
+    return {"name": "imatrix:computed.gguf", "digest": {"sha256": digest}, "annotations": annotations}
+
+
+def test_a_matrix_computed_by_a_build_with_other_cpu_features_is_refused_unless_a_copy_is_given(
+    models: Models, tmp_path: pathlib.Path
+) -> None:
+    matrix = tmp_path / "computed.gguf"
+    matrix.write_bytes(b"GGUF matrix bytes of the original")
+    other = "SSE3 LLAMAFILE OPENMP REPACK"  # a build without AVX: computes other matrices
+    assert other != llama_cpp_features()
+    provenance = canonical_bytes(statement(models.f16, "Q4_K_M", computed_matrix(sha256_file(matrix), other)))
+    records = [record_of(provenance, models.f16, "Q4_K_M")]
+    with pytest.raises(ToolVersionMismatch) as refused:
+        plan_reproduction(provenance, records, ReproductionInputs())
+    assert refused.value.metadata["recorded"] == other and "--imatrix" in refused.value.message
+
+    spec = plan_reproduction(provenance, records, ReproductionInputs(imatrix=matrix))
+    assert spec.options.imatrix_path == str(matrix) and spec.options.calibration_chunks == 0
+    assert spec.reproduction is not None and spec.reproduction.file_sha256 == "ab" * 32
+    accepted = plan_reproduction(provenance, records, ReproductionInputs(any_version=True))
+    assert accepted.options.imatrix_path == "auto"  # computed again, on the user's word
+
+
+def test_the_same_build_computes_the_matrix_again(models: Models) -> None:
+    provenance = canonical_bytes(statement(models.f16, "Q4_K_M", computed_matrix("cd" * 32, llama_cpp_features())))
+    spec = plan_reproduction(provenance, [record_of(provenance, models.f16, "Q4_K_M")], ReproductionInputs())
+    assert spec.options.imatrix_path == "auto" and spec.options.calibration_chunks == 2
+    assert spec.quant_types == ("Q4_K_M",) and spec.options.skip_quality
+
+
+def test_hugging_face_format_folders_are_not_reproduced(models: Models) -> None:
+    provenance = canonical_bytes(statement(models.f16, "HF_BNB_NF4", None))
+    with pytest.raises(FormatNotApplicable):
+        plan_reproduction(provenance, [record_of(provenance, models.f16, "HF_BNB_NF4")], ReproductionInputs())
+
+
+def test_the_provenance_must_be_the_records_byte_for_byte(models: Models) -> None:
+    from quantledger.errors import ProvenanceMismatch
+
+    provenance = canonical_bytes(statement(models.f16, "Q8_0", None))
+    records = [record_of(provenance, models.f16, "Q8_0")]
+    reformatted = json.dumps(json.loads(provenance), indent=1).encode()  # the same statement, other bytes
+    with pytest.raises(ProvenanceMismatch):
+        plan_reproduction(reformatted, records, ReproductionInputs())
