@@ -61,12 +61,12 @@ def folder_job(hf_server: RunningServer) -> pb.QuantizeJob:
 
 @pytest.fixture(scope="module")
 def hub_job(hf_server: RunningServer, folder_job: pb.QuantizeJob) -> pb.QuantizeJob:
-    """The same model by hub id (from the offline cache), after the folder job."""
+    """The same model by hub id (from the offline cache), after the folder job, named as the folder is
+    (general.name is part of the bytes: the folder's name by default, the repo's for a hub id)."""
     stub = hf_server.stub()
     out = hf_server.home.parent / "out-hub"
-    job = wait_for_job(
-        stub, create(stub, "sentence-transformers/all-MiniLM-L6-v2@main", ["Q8_0"], output_dir=str(out)).name
-    )
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2@main"
+    job = wait_for_job(stub, create(stub, hub_id, ["Q8_0"], output_dir=str(out), model_name=MINILM.name).name)
     assert job.state == Job.STATE_SUCCEEDED, job.error
     return job
 
@@ -102,10 +102,33 @@ def test_a_hub_id_resolves_to_the_cached_commit(hf_server: RunningServer, hub_jo
 def test_the_same_bytes_by_hub_id_reuse_the_folder_conversion(
     folder_job: pb.QuantizeJob, hub_job: pb.QuantizeJob
 ) -> None:
-    """Same root digest, so the conversion cache answers and the outputs are identical."""
+    """Same root digest and name, so the conversion cache answers and the outputs are identical."""
     assert hub_job.source_info.root_digest == folder_job.source_info.root_digest
     assert hub_job.source_info.conversion_cached
     assert hub_job.outputs[0].sha256 == folder_job.outputs[0].sha256
+
+
+@pytest.mark.slow
+def test_a_copy_under_another_name_is_its_own_model_name_unless_told(
+    hf_server: RunningServer, folder_job: pb.QuantizeJob
+) -> None:
+    """The same files under another folder name are converted again, with their own general.name (the
+    cache used to hand them the first folder's intermediate, name included); with model_name set to the
+    first folder's name they take its conversion from the cache and make its bytes."""
+    from quantledger.gguf.reader import read_gguf_header
+
+    copy = hf_server.home.parent / "minilm-copy"
+    shutil.copytree(MINILM, copy)
+    stub = hf_server.stub()
+    own = wait_for_job(stub, create(stub, str(copy), ["Q8_0"], output_dir=str(copy.parent / "out-copy")).name)
+    assert own.state == Job.STATE_SUCCEEDED, own.error
+    assert not own.source_info.conversion_cached
+    assert read_gguf_header(own.outputs[0].path).metadata["general.name"] == "minilm-copy"
+    assert own.outputs[0].sha256 != folder_job.outputs[0].sha256
+    named = create(stub, str(copy), ["Q8_0"], output_dir=str(copy.parent / "out-named"), model_name=MINILM.name)
+    named = wait_for_job(stub, named.name)
+    assert named.state == Job.STATE_SUCCEEDED, named.error
+    assert named.source_info.conversion_cached and named.outputs[0].sha256 == folder_job.outputs[0].sha256
 
 
 @pytest.fixture(scope="module")

@@ -220,6 +220,10 @@ def test_reproduce_artifact_is_a_job_on_a_second_server_that_co_attests(home_a: 
         home_b.stop()
 
 
+def other_source(root: pathlib.Path) -> pathlib.Path:
+    return write_causal_folder(root / "svc-source-2", "LlamaForCausalLM", hidden=256, ffn=512, layers=2)
+
+
 def _journal(path: pathlib.Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
@@ -246,7 +250,8 @@ def test_the_reproducer_service_co_attests_new_records_and_a_crash_neither_repea
     argv = [sys.executable, "-m", "quantledger.cli.main", "serve", "reproducer", "--attester-key", str(key),
             "--chain-url", home_a.chain_url, "--registry", home_a.announcement["registry"],
             "--provenance-dir", str(published), "--types", "Q8_0,Q4_0", "--from-block", str(first_block)]  # fmt: skip
-    env = {**os.environ, "QUANTLEDGER_HOME": str(home), "QUANTLEDGER_ALLOWED_ROOTS": str(root)}
+    env = {**os.environ, "QUANTLEDGER_HOME": str(home), "QUANTLEDGER_ALLOWED_ROOTS": str(root),
+           "QUANTLEDGER_LOG_LEVEL": "INFO"}  # fmt: skip
     home.mkdir()
 
     def submit(*types: str) -> list[dict[str, Any]]:
@@ -285,3 +290,16 @@ def test_the_reproducer_service_co_attests_new_records_and_a_crash_neither_repea
     assert by_file[q5["sha256"]] == {"skipped": "quant type Q5_0 not chosen"}
     assert home_a.client.attestation_count(str(q5["sha256"])) == 1
     assert not list((home / "artifacts").rglob("*.gguf"))  # reproduced files deleted once journaled
+
+    # the budgets: a record whose source and output exceed the disk budget is skipped, and a reproduction
+    # that runs past the time budget is cancelled; neither registers anything
+    big, small = made_by_a(home_a, other_source(root), published, "Q8_0", "Q4_0")
+    budget = int(small["source_size_bytes"]) + int(small["size_bytes"]) + 1  # below Q8_0's, above Q4_0's
+    budgets = ["--until-idle", "--disk-budget", str(budget), "--time-budget", "0.001s"]
+    with open(home / "reproducer.log", "ab") as log:
+        limited = subprocess.run([*argv, *budgets], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+    assert limited.returncode == 0, (home / "reproducer.log").read_text()
+    outcomes = {e["fileSha256"]: e["outcome"] for e in _journal(journal)[len(entries) :]}
+    assert outcomes[big["sha256"]]["skipped"].endswith(f"exceed the disk budget {budget}")
+    assert outcomes[small["sha256"]]["verdict"] == "TIMED_OUT"
+    assert [home_a.client.attestation_count(str(o["sha256"])) for o in (big, small)] == [1, 1]

@@ -19,6 +19,7 @@ cancelled (``TIMED_OUT``). Reproduced files are deleted once their verdict is jo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from quantledger.errors import QuantledgerError
+from quantledger.errors import JobAlreadyFinished, QuantledgerError
 from quantledger.hf_export.formats import is_hf_format
 from quantledger.jobs.model import Job
 from quantledger.registry.follower import EventFollower, Journal
@@ -171,7 +172,9 @@ class Reproducer:
         return any(choice in names or choice == repo for choice in self.config.sources)
 
     async def _finished(self, job: Job) -> Job:
-        limit = self.config.time_budget_seconds or None
+        """The job once ended; cancelled when it runs past the time budget. The watch is never cancelled
+        itself (asyncio.wait, not wait_for: a cancellation racing the engine's frequent change notices could
+        be lost inside the watch, which then followed the job to its end), the job is."""
 
         async def last() -> Job:
             latest = job
@@ -179,11 +182,15 @@ class Reproducer:
                 latest = snapshot
             return latest
 
-        try:
-            return await asyncio.wait_for(last(), timeout=limit)
-        except TimeoutError:
-            await self.engine.cancel(job.id)
-            return self.engine.get(job.id)
+        watching = asyncio.ensure_future(last())
+        done, _ = await asyncio.wait({watching}, timeout=self.config.time_budget_seconds or None)
+        if not done:
+            log.warning(
+                "reproducer: %s ran past the time budget (%s s): cancelled", job.name, self.config.time_budget_seconds
+            )
+            with contextlib.suppress(JobAlreadyFinished):  # it ended meanwhile: keep its verdict
+                await self.engine.cancel(job.id)
+        return await watching
 
     async def _conclude(self, job: Job) -> dict[str, Any]:
         outcome: dict[str, Any] = {"job": job.name, "state": job.state.value}
