@@ -8,10 +8,15 @@ computed by the job); home B is another data dir with its own attester key, repr
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import http.server
 import json
 import pathlib
 import shutil
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -49,6 +54,19 @@ def second_attester(up: Up) -> str:
     signed = admin.account.sign_transaction(funding)  # type: ignore[union-attr]
     w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction), timeout=60)
     return str(account.key.hex())
+
+
+@contextlib.contextmanager
+def served(folder: pathlib.Path) -> Iterator[str]:
+    """``folder`` over HTTP on a free loopback port; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        finally:
+            httpd.shutdown()
 
 
 def made_by_a(home_a: Up, source: pathlib.Path, out: pathlib.Path, *types: str) -> list[dict[str, Any]]:
@@ -152,7 +170,9 @@ def test_a_record_whose_bytes_the_provenance_does_not_make_is_caught_with_a_sign
     )  # fmt: skip
     env_b = {"QUANTLEDGER_HOME": str(root / "b2"), "QUANTLEDGER_CHAIN_KEY": second_attester(home_a)}
     args = ["registry", "reproduce", str(forged), "--source", str(source), "--out", str(root / "b2-out"), "--report"]
-    caught = cli(*args, "--json", "--server", home_a.address, env=env_b)
+    with served(forged.parent) as base:  # the provenance as a downloader may get it: from a URL
+        args += ["--provenance", f"{base}/{forged.name}.provenance.json"]
+        caught = cli(*args, "--json", "--server", home_a.address, env=env_b)
     assert caught.returncode != 0, caught.stderr
     answer = json.loads(caught.stdout)
     assert answer["verdict"] == "DIFFERENT" and answer["reproduced_sha256"] == output["sha256"]
@@ -303,3 +323,27 @@ def test_the_reproducer_service_co_attests_new_records_and_a_crash_neither_repea
     assert outcomes[big["sha256"]]["skipped"].endswith(f"exceed the disk budget {budget}")
     assert outcomes[small["sha256"]]["verdict"] == "TIMED_OUT"
     assert [home_a.client.attestation_count(str(o["sha256"])) for o in (big, small)] == [1, 1]
+
+
+def test_the_provenance_can_come_from_the_job_that_made_the_file(home_a: Up) -> None:
+    """`registry reproduce SHA256 --provenance jobs/ID`: a third home, holding only the digest and its own
+    copy of the source, takes the provenance from the job on A's server and co-attests."""
+    root = home_a.home.parent
+    source = write_causal_folder(root / "job-source", "LlamaForCausalLM", hidden=256, ffn=512, layers=1)
+    out = home_a.outputs / "job-provenance"
+    out.mkdir()
+    done = cli("submit", str(source), "-q", "Q4_0", "--out", str(out), "--wait", "--json", "--no-quality",
+               "--server", home_a.address, env=home_a.env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    sha = job["outputs"][0]["sha256"]
+    shutil.copytree(source, root / "c-copy")
+    env_c = {"QUANTLEDGER_HOME": str(root / "c"), "QUANTLEDGER_CHAIN_KEY": second_attester(home_a)}
+    args = ["registry", "reproduce", sha, "--provenance", job["name"], "--source", str(root / "c-copy")]
+    reproduced = cli(*args, "--out", str(root / "c-out"), "--json", "--server", home_a.address, env=env_c)
+    assert reproduced.returncode == 0, reproduced.stderr + reproduced.stdout
+    answer = json.loads(reproduced.stdout)
+    assert answer["verdict"] == "REPRODUCED" and answer["attestation_count"] == 2
+    unknown = cli("registry", "reproduce", "ab" * 32, "--provenance", job["name"], "--server", home_a.address,
+                  env=env_c)  # fmt: skip
+    assert unknown.returncode != 0 and "SOURCE_NOT_FOUND" in unknown.stderr, unknown.stderr

@@ -31,7 +31,10 @@ def add_reproduce_parser(actions: Any, add_common: Any) -> None:
     add_common(reproduce)
     reproduce.add_argument("file", metavar="FILE|SHA256", help="the output (hashed here) or its SHA-256")
     reproduce.add_argument(
-        "--provenance", default="", help="its provenance JSON, a path or an http(s) URL (default: FILE.provenance.json)"
+        "--provenance",
+        default="",
+        help="its provenance JSON: a path, an http(s) URL, or jobs/ID (the job on --server that made it); "
+        "default: FILE.provenance.json",
     )
     reproduce.add_argument("--source", default="", help="your copy of the source (default: the recorded path)")
     reproduce.add_argument("--lora", default="", help="your copy of the LoRA adapter (default: the recorded path)")
@@ -80,7 +83,10 @@ def cmd_reproduce(args: argparse.Namespace, client: Any, url: str, digest_of: An
     sha = digest_of(args.file)
     if not args.provenance and not pathlib.Path(args.file).is_file():
         raise SourceNotFound("a SHA-256 alone needs --provenance: the provenance JSON of that output", path=args.file)
-    provenance = _read_provenance(args.provenance or args.file + SUFFIX)
+    location = args.provenance or args.file + SUFFIX
+    if location.startswith("jobs/"):
+        location = _job_provenance(args, location, sha)
+    provenance = _read_provenance(location)
     out = str(pathlib.Path(args.out).resolve()) if args.out else ""
     inputs = ReproductionInputs(
         source=_optional_path(args.source),
@@ -135,10 +141,29 @@ def cmd_reproduce(args: argparse.Namespace, client: Any, url: str, digest_of: An
     return 0 if answer["verdict"] == "REPRODUCED" else 1
 
 
+def _job_provenance(args: argparse.Namespace, name: str, sha: str) -> str:
+    """Where the job ``name`` on ``--server`` wrote the provenance of its output ``sha``: a path, or an
+    ``s3://`` object of the distributed backend's artifact store."""
+    from quantledger.cli.channels import open_channel
+    from quantledger.v1 import quantize_service_pb2 as qpb
+    from quantledger.v1 import quantize_service_pb2_grpc as qpb_grpc
+
+    job = qpb_grpc.QuantizeServiceStub(open_channel(args)).GetQuantizeJob(qpb.GetQuantizeJobRequest(name=name))
+    for output in job.outputs:
+        if sha in {output.sha256, *(f.sha256 for f in output.files)} and output.registry.provenance_path:
+            return str(output.registry.provenance_path)
+    raise SourceNotFound(f"{name} made no output with SHA-256 {sha} that has a provenance JSON", path=name)
+
+
 def _read_provenance(location: str) -> bytes:
     """The provenance JSON's bytes: a file, or an http(s) URL (read here, by the reproducer)."""
     from quantledger.registry.reproduce import MAX_PROVENANCE_BYTES
 
+    if location.startswith("s3://"):
+        from quantledger.artifacts.store import ArtifactStore
+
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+        return ArtifactStore.from_uri(f"s3://{bucket}").get_bytes(key, MAX_PROVENANCE_BYTES)
     if location.startswith(("http://", "https://")):
         import urllib.request
 
