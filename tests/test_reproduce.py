@@ -191,7 +191,11 @@ def test_reproduce_artifact_is_a_job_on_a_second_server_that_co_attests(home_a: 
     """ReproduceArtifact on home B's own server (its key, A's chain): a tampered provenance is refused as
     PROVENANCE_MISMATCH before any job, and the server keeps serving; the honest one becomes a job (watched
     as any other) whose verdict is REPRODUCED, registered from B's key with the REPRODUCED flag."""
-    from conftest import error_reason, start_server, wait_for_job
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from conftest import error_reason, free_port, start_server, wait_for_job
 
     from quantledger.v1 import quantize_service_pb2 as pb
     from registry_client.records import Flag
@@ -204,6 +208,8 @@ def test_reproduce_artifact_is_a_job_on_a_second_server_that_co_attests(home_a: 
     key = second_attester(home_a)
     env = {"QUANTLEDGER_CHAIN_URL": home_a.chain_url, "QUANTLEDGER_CHAIN_KEY": key,
            "QUANTLEDGER_REGISTRY_ADDRESS": home_a.announcement["registry"]}  # fmt: skip
+    http_port = free_port()
+    env["QUANTLEDGER_HTTP_PORT"] = str(http_port)
     home_b = start_server(root / "rpc-b", [root / "rpc-b-copies", root / "rpc-b"], extra_env=env)
     try:
         stub = home_b.stub()
@@ -217,6 +223,18 @@ def test_reproduce_artifact_is_a_job_on_a_second_server_that_co_attests(home_a: 
         with pytest.raises(grpc.RpcError) as refused:
             stub.ReproduceArtifact(tampered, timeout=60)
         assert error_reason(refused.value) == "PROVENANCE_MISMATCH"
+        over_http = urllib.request.Request(  # the same refusal on the HTTP route the proto's annotation names
+            f"http://127.0.0.1:{http_port}/api/v1/quantize/jobs:reproduce",
+            data=json.dumps({"file_sha256": output["sha256"],
+                             "provenance_json": base64.b64encode(tampered.provenance_json).decode()}).encode(),
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as http_refused:
+            urllib.request.urlopen(over_http, timeout=60)
+        details = json.loads(http_refused.value.read())["details"]
+        assert http_refused.value.code == 400 and [d["reason"] for d in details if "reason" in d] == [
+            "PROVENANCE_MISMATCH"
+        ]
         outside = pb.ReproduceArtifactRequest()
         outside.CopyFrom(request)
         outside.source = str(source)  # A's folder is not under B's roots

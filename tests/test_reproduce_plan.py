@@ -92,3 +92,25 @@ def test_the_provenance_must_be_the_records_byte_for_byte(models: Models) -> Non
     reformatted = json.dumps(json.loads(provenance), indent=1).encode()  # the same statement, other bytes
     with pytest.raises(ProvenanceMismatch):
         plan_reproduction(reformatted, records, ReproductionInputs())
+
+
+def test_paths_a_provenance_names_are_read_only_under_the_reproducers_roots(
+    models: Models, tmp_path: pathlib.Path
+) -> None:
+    """The reproducer service reads what a stranger's provenance names: a source outside its roots is
+    PATH_NOT_ALLOWED, and one that is a FIFO (it would be hashed forever) SOURCE_INVALID, before reading."""
+    import os
+
+    from quantledger.client_files import allowed_path
+    from quantledger.errors import PathNotAllowed, SourceInvalid
+
+    provenance = canonical_bytes(statement(models.f16, "Q8_0", None))
+    records = [record_of(provenance, models.f16, "Q8_0")]
+    with pytest.raises(PathNotAllowed):
+        plan_reproduction(
+            provenance, records, ReproductionInputs(), lambda raw, what: allowed_path(str(raw), [tmp_path], what)
+        )
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceInvalid):
+        plan_reproduction(provenance, records, ReproductionInputs(source=fifo))

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from quantledger.client_files import allowed_path
 from quantledger.errors import JobAlreadyFinished, QuantledgerError
 from quantledger.hf_export.formats import is_hf_format
 from quantledger.jobs.model import Job
@@ -161,7 +162,12 @@ class Reproducer:
         original = found.with_name(found.name.removesuffix(SUFFIX))
         inputs = ReproductionInputs(original_path=str(original) if original.is_file() else "")
         records = await asyncio.to_thread(client.records_of, event.file_sha256)
-        spec = await asyncio.to_thread(plan_reproduction, provenance, records, inputs)
+        roots = tuple(self.engine.settings.allowed_roots)
+
+        def allow(raw: str | pathlib.Path, what: str) -> pathlib.Path:  # paths a provenance names: only ours
+            return allowed_path(str(raw), roots, what=what)
+
+        spec = await asyncio.to_thread(plan_reproduction, provenance, records, inputs, allow)
         job = await self.engine.create(spec, request_id=f"event-{event.block_number}-{event.log_index}")
         return await self._conclude(await self._finished(job))
 

@@ -233,6 +233,8 @@ def plan_reproduction(
         path = inputs.source or resolve(recorded_source(recorded), "source")
         if not path.exists():
             raise SourceNotFound(f"the source {path} is not here: give your copy of it", path=str(path))
+        if not (path.is_dir() or path.is_file()):  # a provenance naming a device or a FIFO hashes forever
+            raise SourceInvalid(f"the source {path} is neither a folder nor a regular file", path=str(path))
         check_digest("the source", path, source_digest(path), record.source_digest)  # before any work
         source = str(path)
     known = {f.name for f in dataclasses.fields(Options)}
