@@ -59,8 +59,9 @@ def _source_uri(info: SourceInfo) -> str:
 def _dependencies(job: Job, info: SourceInfo, imatrix_sha256: str, lora_sha256: str) -> list[dict[str, Any]]:
     source: dict[str, Any] = {"uri": _source_uri(info), "digest": {"sha256": info.root_digest}}
     annotations: dict[str, Any] = {"kind": info.kind, "architecture": info.architecture}
-    if info.converter:
+    if info.converter:  # a Hugging Face source: what converted it, and the general.name it was given
         annotations["converter"] = info.converter
+        annotations["modelName"] = info.model_name
     if info.commit_sha:
         source["digest"]["gitCommit"] = info.commit_sha
         annotations["revision"] = info.revision or info.commit_sha

@@ -56,6 +56,7 @@ class RecordedJob:
     statement: dict[str, Any]
     imatrix_features: str = ""  # the CPU features of the build that computed the matrix
     converter: str = ""  # what converted a Hugging Face source
+    model_name: str = ""  # the general.name its conversion was given
 
 
 def read_provenance(path: pathlib.Path) -> tuple[str, dict[str, Any]]:
@@ -115,6 +116,7 @@ def recorded_job(statement: dict[str, Any]) -> RecordedJob:
             statement=statement,
             imatrix_features=str(imatrix.get("annotations", {}).get("buildFeatures", "")) if imatrix else "",
             converter=str(source.get("annotations", {}).get("converter", "")),
+            model_name=str(source.get("annotations", {}).get("modelName", "")),
         )
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise SourceInvalid(f"the provenance statement lacks what reproduction needs: {exc!r}") from exc
@@ -256,9 +258,12 @@ def plan_reproduction(
         for calibration in ("calibration_path", "calibration_chunks", "calibration_ctx"):
             options.pop(calibration, None)
     if recorded.source_kind == "hf_folder" and not options.get("model_name"):
-        # a local folder's name is the model's general.name, part of the bytes: the recorded folder's
-        options["model_name"] = pathlib.PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(
-            recorded.source_uri).path)).name  # fmt: skip
+        # general.name is part of the bytes, and a local folder's is its name: the recorded one (older
+        # provenances say it only by the folder's path)
+        options["model_name"] = (
+            recorded.model_name
+            or pathlib.PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(recorded.source_uri).path)).name
+        )
     options.update(overwrite=True, skip_quality=True, output_dir=inputs.output_dir)
     return JobSpec(
         source=source,
