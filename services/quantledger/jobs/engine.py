@@ -419,8 +419,14 @@ class JobEngine:
         while not job.state.finished:
             changed = self._changed
             if self._version(job_id) == job.version:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=5)
+                # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancellation of the watcher that
+                # comes as the event is set (as it is on every change of a starting job), and the cancelled
+                # watch ran on to the job's end (tests/test_watch_cancel.py)
+                waiter = asyncio.ensure_future(changed.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=5)
+                finally:
+                    waiter.cancel()
             latest = self.get(job_id, principal)
             if latest.version != job.version:
                 job = latest
