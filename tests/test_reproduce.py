@@ -13,6 +13,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import pathlib
 import shutil
 import threading
@@ -37,7 +38,18 @@ pytestmark = [pytest.mark.chain, pytest.mark.slow]
 def home_a(tmp_path_factory: pytest.TempPathFactory) -> Up:  # type: ignore[misc]
     root = tmp_path_factory.mktemp("reproduce")
     (root / "a").mkdir()
-    running = Up(root / "a", [root])
+    (root / "hub-a").mkdir()
+    hub = {"HF_HUB_CACHE": str(root / "hub-a"), "HF_HUB_OFFLINE": "1"}  # A's hub: its own offline cache
+    saved = {name: os.environ.get(name) for name in hub}
+    os.environ.update(hub)  # for the server `up` starts, which takes this process's environment
+    try:
+        running = Up(root / "a", [root])
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     yield running
     running.stop()
 
@@ -69,7 +81,7 @@ def served(folder: pathlib.Path) -> Iterator[str]:
             httpd.shutdown()
 
 
-def made_by_a(home_a: Up, source: pathlib.Path, out: pathlib.Path, *types: str) -> list[dict[str, Any]]:
+def made_by_a(home_a: Up, source: pathlib.Path | str, out: pathlib.Path, *types: str) -> list[dict[str, Any]]:
     """The outputs of A's job of ``types`` (no quality measured) of ``source``, written to ``out``."""
     out.mkdir(exist_ok=True)
     args = [a for t in types for a in ("-q", t)]
@@ -365,3 +377,39 @@ def test_the_provenance_can_come_from_the_job_that_made_the_file(home_a: Up) -> 
     unknown = cli("registry", "reproduce", "ab" * 32, "--provenance", job["name"], "--server", home_a.address,
                   env=env_c)  # fmt: skip
     assert unknown.returncode != 0 and "SOURCE_NOT_FOUND" in unknown.stderr, unknown.stderr
+
+
+def test_a_hub_source_is_fetched_at_the_recorded_commit_and_checked_before_conversion(home_a: Up) -> None:
+    """A quantizes a hub repository (its offline cache); B, with its own cache of the same commit,
+    reproduces from the file and its provenance alone (no --source): the same bytes, co-attested. A cache
+    whose config.json differs by one byte at that commit is SOURCE_MISMATCH after the download, before any
+    conversion or quantization."""
+    from hub_cache import add_repo
+
+    root = home_a.home.parent
+    folder = write_causal_folder(root / "hub-source" / "tiny", "LlamaForCausalLM", hidden=256, ffn=512, layers=1)
+    commit = add_repo(root / "hub-a", "acme/tiny", folder)
+    (output,) = made_by_a(home_a, "acme/tiny@main", home_a.outputs / "hub", "Q8_0")
+    provenance = json.loads(pathlib.Path(output["path"] + ".provenance.json").read_text())
+    recorded = provenance["predicate"]["buildDefinition"]["resolvedDependencies"][0]
+    assert recorded["digest"]["gitCommit"] == commit and recorded["annotations"]["kind"] == "hf_hub"
+
+    add_repo(root / "hub-b", "acme/tiny", folder, commit=commit)
+    key = second_attester(home_a)
+    env_b = {"QUANTLEDGER_HOME": str(root / "hub-home-b"), "QUANTLEDGER_CHAIN_KEY": key,
+             "HF_HUB_CACHE": str(root / "hub-b"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    reproduced = cli("registry", "reproduce", output["path"], "--out", str(root / "hub-b-out"), "--json",
+                     "--server", home_a.address, env=env_b)  # fmt: skip
+    assert reproduced.returncode == 0, reproduced.stderr + reproduced.stdout
+    answer = json.loads(reproduced.stdout)
+    assert answer["verdict"] == "REPRODUCED" and answer["attestation_count"] == 2
+
+    changed = root / "hub-changed" / "tiny"
+    shutil.copytree(folder, changed)
+    (changed / "config.json").write_text((changed / "config.json").read_text() + " ")
+    add_repo(root / "hub-c", "acme/tiny", changed, commit=commit)
+    env_c = {**env_b, "QUANTLEDGER_HOME": str(root / "hub-home-c"), "HF_HUB_CACHE": str(root / "hub-c")}
+    refused = cli("registry", "reproduce", output["path"], "--out", str(root / "hub-c-out"), "--server",
+                  home_a.address, env=env_c)  # fmt: skip
+    assert refused.returncode != 0 and "SOURCE_MISMATCH" in refused.stderr, refused.stderr
+    assert not list((root / "hub-c-out").rglob("*.gguf")) and not list((root / "hub-home-c").rglob("*.gguf"))

@@ -20,7 +20,7 @@ import pathlib
 from typing import Any
 
 from quantledger.cli.render import print_json
-from quantledger.errors import QuantizeFailed, SourceNotFound
+from quantledger.errors import QuantizeFailed, QuantledgerError, SourceNotFound
 from quantledger.registry.provenance import SUFFIX, tool_version
 
 
@@ -40,7 +40,7 @@ def add_reproduce_parser(actions: Any, add_common: Any) -> None:
     reproduce.add_argument("--lora", default="", help="your copy of the LoRA adapter (default: the recorded path)")
     reproduce.add_argument("--imatrix", default="", help="your copy of the importance matrix (default: recorded)")
     reproduce.add_argument(
-        "--out", default="", help="folder for the reproduced file (default: <data dir>/reproductions)"
+        "--out", default="", help="folder for the reproduced file (default: <data dir>/artifacts/<job id>)"
     )
     reproduce.add_argument("--any-version", action="store_true", help="accept another llama-cpp-python release")
     reproduce.add_argument("--report", action="store_true", help="on different bytes, write a signed mismatch note")
@@ -73,6 +73,17 @@ def _run_job(spec: Any, client: Any, url: str) -> Any:
     return asyncio.run(run())
 
 
+def _error_class(reason: str) -> type[QuantledgerError]:
+    """The error class that defines ``reason`` (each reason has exactly one), else QuantizeFailed."""
+    pending: list[type[QuantledgerError]] = [QuantledgerError]
+    while pending:
+        cls = pending.pop()
+        if cls.reason == reason:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return QuantizeFailed
+
+
 def _optional_path(value: str) -> pathlib.Path | None:
     return pathlib.Path(value).resolve() if value else None
 
@@ -101,8 +112,10 @@ def cmd_reproduce(args: argparse.Namespace, client: Any, url: str, digest_of: An
     if out:
         pathlib.Path(out).mkdir(parents=True, exist_ok=True)
     job = _run_job(spec, client, url)
+    if job.error is not None:  # raised again with its own reason (SOURCE_MISMATCH of a hub download, …)
+        raise _error_class(job.error.reason)(f"the reproduction job failed: {job.error.message}", **job.error.metadata)
     if job.state.value != "SUCCEEDED" or not job.outputs or job.reproduced is None:
-        raise QuantizeFailed(f"the reproduction job ended {job.state.value}: {job.error.message if job.error else ''}")
+        raise QuantizeFailed(f"the reproduction job ended {job.state.value} without a verdict")
     output, verdict = job.outputs[0], job.reproduced
     answer: dict[str, Any] = {
         "file_sha256": sha,
