@@ -33,7 +33,7 @@ def registration(i: int) -> Registration:
 
 
 class ChainProcess:
-    def __init__(self, directory: pathlib.Path, port: int) -> None:
+    def __init__(self, directory: pathlib.Path, port: int, *extra: str) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -44,6 +44,7 @@ class ChainProcess:
             str(port),
             "--fund",
             ADMIN.address,
+            *extra,
         ]
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.process.stdout is not None
