@@ -114,3 +114,23 @@ def test_paths_a_provenance_names_are_read_only_under_the_reproducers_roots(
     os.mkfifo(fifo)
     with pytest.raises(SourceInvalid):
         plan_reproduction(provenance, records, ReproductionInputs(source=fifo))
+
+
+def test_another_quantizer_release_is_refused_unless_accepted_and_then_recorded(models: Models) -> None:
+    import dataclasses
+
+    from quantledger.registry.reproduce import reproduced_from
+
+    provenance = canonical_bytes(statement(models.f16, "Q8_0", None))
+    older = dataclasses.replace(record_of(provenance, models.f16, "Q8_0"), tool_version="llama-cpp-python 0.2.90")
+    with pytest.raises(ToolVersionMismatch) as refused:
+        plan_reproduction(provenance, [older], ReproductionInputs())
+    assert refused.value.metadata == {"recorded": "llama-cpp-python 0.2.90", "installed": tool_version()}
+    spec = plan_reproduction(provenance, [older], ReproductionInputs(any_version=True))
+    assert spec.reproduction is not None and spec.reproduction.any_version
+    link = reproduced_from(spec.reproduction)  # what the reproduction's provenance says of it
+    assert link["anyVersion"] is True and link["recordedTool"] == "llama-cpp-python 0.2.90"
+    same = plan_reproduction(
+        provenance, [record_of(provenance, models.f16, "Q8_0")], ReproductionInputs(any_version=True)
+    )
+    assert same.reproduction is not None and not same.reproduction.any_version  # nothing was accepted
