@@ -20,7 +20,7 @@ import pathlib
 from typing import Any
 
 from quantledger.cli.render import print_json
-from quantledger.errors import QuantizeFailed, QuantledgerError, SourceNotFound
+from quantledger.errors import QuantizeFailed, SourceNotFound
 from quantledger.registry.provenance import SUFFIX, tool_version
 
 
@@ -73,17 +73,6 @@ def _run_job(spec: Any, client: Any, url: str) -> Any:
     return asyncio.run(run())
 
 
-def _error_class(reason: str) -> type[QuantledgerError]:
-    """The error class that defines ``reason`` (each reason has exactly one), else QuantizeFailed."""
-    pending: list[type[QuantledgerError]] = [QuantledgerError]
-    while pending:
-        cls = pending.pop()
-        if cls.reason == reason:
-            return cls
-        pending.extend(cls.__subclasses__())
-    return QuantizeFailed
-
-
 def _optional_path(value: str) -> pathlib.Path | None:
     return pathlib.Path(value).resolve() if value else None
 
@@ -113,7 +102,10 @@ def cmd_reproduce(args: argparse.Namespace, client: Any, url: str, digest_of: An
         pathlib.Path(out).mkdir(parents=True, exist_ok=True)
     job = _run_job(spec, client, url)
     if job.error is not None:  # raised again with its own reason (SOURCE_MISMATCH of a hub download, …)
-        raise _error_class(job.error.reason)(f"the reproduction job failed: {job.error.message}", **job.error.metadata)
+        from quantledger.quantize.runner import error_for_reason
+
+        message = f"the reproduction job failed: {job.error.message}"
+        raise error_for_reason(job.error.reason, message, **job.error.metadata)
     if job.state.value != "SUCCEEDED" or not job.outputs or job.reproduced is None:
         raise QuantizeFailed(f"the reproduction job ended {job.state.value} without a verdict")
     output, verdict = job.outputs[0], job.reproduced
@@ -170,7 +162,7 @@ def _job_provenance(args: argparse.Namespace, name: str, sha: str) -> str:
 
 def _read_provenance(location: str) -> bytes:
     """The provenance JSON's bytes: a file, or an http(s) URL (read here, by the reproducer)."""
-    from quantledger.registry.reproduce import MAX_PROVENANCE_BYTES
+    from quantledger.registry.reproduce import MAX_PROVENANCE_BYTES, read_provenance
 
     if location.startswith("s3://"):
         from quantledger.artifacts.store import ArtifactStore
@@ -185,8 +177,4 @@ def _read_provenance(location: str) -> bytes:
                 return bytes(response.read(MAX_PROVENANCE_BYTES + 1))
         except OSError as exc:
             raise SourceNotFound(f"{location}: the provenance JSON could not be fetched: {exc}", path=location) from exc
-    try:
-        with open(location, "rb") as handle:
-            return handle.read(MAX_PROVENANCE_BYTES + 1)
-    except OSError as exc:
-        raise SourceNotFound(f"{location}: the provenance JSON cannot be read: {exc}", path=location) from exc
+    return read_provenance(location)

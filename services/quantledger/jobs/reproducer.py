@@ -40,6 +40,7 @@ from quantledger.registry.reproduce import (
     ReproductionInputs,
     parse_provenance,
     plan_reproduction,
+    read_provenance,
     recorded_job,
     recorded_source,
 )
@@ -156,7 +157,7 @@ class Reproducer:
         found = await asyncio.to_thread(self.index.find, record.provenance_sha256)
         if found is None:
             return {"skipped": f"no provenance JSON with SHA-256 {record.provenance_sha256} in the provenance folders"}
-        provenance = await asyncio.to_thread(found.read_bytes)
+        provenance = await asyncio.to_thread(read_provenance, found)
         if self.config.sources and not self._source_chosen(record.source_digest, provenance):
             return {"skipped": "source not chosen"}
         original = found.with_name(found.name.removesuffix(SUFFIX))

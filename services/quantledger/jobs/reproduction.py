@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from quantledger.client_files import allowed_path, open_client_file
 from quantledger.errors import InvalidArgument
-from quantledger.jobs.model import JobSpec, check_text
+from quantledger.jobs.model import MAX_PATH_LENGTH, JobSpec, check_text
 from quantledger.registry.provenance import SUFFIX
 from quantledger.registry.reproduce import MAX_PROVENANCE_BYTES, ReproductionInputs, plan_reproduction
 from registry_client.errors import KeyUnavailable
@@ -43,7 +43,7 @@ class ReproduceRequest:
 
     def check_bounds(self) -> None:
         for name in ("file_path", "provenance_path", "source", "lora_dir", "imatrix_path", "output_dir"):
-            check_text(name, getattr(self, name), 4096)
+            check_text(name, getattr(self, name), MAX_PATH_LENGTH)
         if len(self.provenance_json) > MAX_PROVENANCE_BYTES:
             raise InvalidArgument(
                 f"provenance_json is larger than {MAX_PROVENANCE_BYTES} bytes", field="provenance_json"

@@ -164,15 +164,16 @@ def last_error_line(log_path: str, start: int) -> str:
     return ""
 
 
-def error_for_reason(reason: str, message: str) -> QuantledgerError:
-    """The QuantledgerError subclass that carries ``reason`` (a worker reports errors by reason)."""
+def error_for_reason(reason: str, message: str, **metadata: str) -> QuantledgerError:
+    """The QuantledgerError subclass that carries ``reason`` (a worker reports errors by reason, a finished
+    job keeps them as JobError), with ``metadata``."""
     pending: list[type[QuantledgerError]] = [QuantledgerError]
     while pending:
         cls = pending.pop()
         if cls.reason == reason:
-            return cls(message)
+            return cls(message, **metadata)
         pending.extend(cls.__subclasses__())
-    return QuantizeFailed(message)
+    return QuantizeFailed(message, **metadata)
 
 
 def run_worker_sync(request: dict[str, Any], timeout: float = 120) -> list[dict[str, Any]]:

@@ -59,14 +59,14 @@ class RecordedJob:
     model_name: str = ""  # the general.name its conversion was given
 
 
-def read_provenance(path: pathlib.Path) -> tuple[str, dict[str, Any]]:
-    """The provenance JSON at ``path``: the SHA-256 of its bytes and the statement."""
+def read_provenance(path: str | pathlib.Path) -> bytes:
+    """The bytes of the provenance JSON at ``path``, at most one more than MAX_PROVENANCE_BYTES (so that
+    ``parse_provenance`` refuses a larger file without all of it being read)."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_PROVENANCE_BYTES + 1)
+            return handle.read(MAX_PROVENANCE_BYTES + 1)
     except OSError as exc:
-        raise SourceInvalid(f"{path}: not a readable provenance JSON: {exc}", path=str(path)) from exc
-    return parse_provenance(data, str(path))
+        raise SourceNotFound(f"{path}: the provenance JSON cannot be read: {exc}", path=str(path)) from exc
 
 
 def parse_provenance(data: bytes, label: str = "the provenance") -> tuple[str, dict[str, Any]]:
@@ -260,10 +260,7 @@ def plan_reproduction(
     if recorded.source_kind == "hf_folder" and not options.get("model_name"):
         # general.name is part of the bytes, and a local folder's is its name: the recorded one (older
         # provenances say it only by the folder's path)
-        options["model_name"] = (
-            recorded.model_name
-            or pathlib.PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(recorded.source_uri).path)).name
-        )
+        options["model_name"] = recorded.model_name or pathlib.PurePosixPath(recorded_source(recorded)).name
     options.update(overwrite=True, skip_quality=True, output_dir=inputs.output_dir)
     return JobSpec(
         source=source,
