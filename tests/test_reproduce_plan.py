@@ -134,3 +134,20 @@ def test_another_quantizer_release_is_refused_unless_accepted_and_then_recorded(
         provenance, [record_of(provenance, models.f16, "Q8_0")], ReproductionInputs(any_version=True)
     )
     assert same.reproduction is not None and not same.reproduction.any_version  # nothing was accepted
+
+
+def test_the_reproducers_provenance_index_finds_by_digest_and_never_opens_a_fifo(tmp_path: pathlib.Path) -> None:
+    """A provenance folder is shared: a FIFO named like a provenance JSON would block a read forever."""
+    import os
+
+    from quantledger.jobs.reproducer import ProvenanceIndex
+
+    folder = tmp_path / "published"
+    (folder / "deep").mkdir(parents=True)
+    os.mkfifo(folder / "a-trap.provenance.json")
+    wanted = folder / "deep" / "model-Q8_0.gguf.provenance.json"
+    wanted.write_bytes(b'{"predicate": {}}')
+    (folder / "other.provenance.json").write_bytes(b'{"predicate": {"x": 1}}')
+    index = ProvenanceIndex((folder,))
+    assert index.find(hashlib.sha256(wanted.read_bytes()).hexdigest()) == wanted
+    assert index.find("00" * 32) is None

@@ -27,6 +27,7 @@ import pathlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
 from quantledger.client_files import allowed_path
@@ -91,6 +92,8 @@ class ProvenanceIndex:
         try:
             stat = path.stat()
         except OSError:
+            return ""
+        if not S_ISREG(stat.st_mode):  # a FIFO or device in a shared folder would block the read forever
             return ""
         known = self._seen.get(path)
         if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
