@@ -151,3 +151,14 @@ def test_the_reproducers_provenance_index_finds_by_digest_and_never_opens_a_fifo
     index = ProvenanceIndex((folder,))
     assert index.find(hashlib.sha256(wanted.read_bytes()).hexdigest()) == wanted
     assert index.find("00" * 32) is None
+
+
+def test_a_hostile_provenance_json_is_source_invalid_before_it_is_parsed(models: Models) -> None:
+    """A client sends the provenance (ReproduceArtifact.provenance_json): too deep (the scanner's recursion
+    could overflow the C stack), too large, or not an in-toto statement, each is a typed refusal."""
+    from quantledger.errors import SourceInvalid
+
+    records = [record_of(b"{}", models.f16, "Q8_0")]
+    for hostile in (b"[" * 400_000 + b"]" * 400_000, b" " * (1 << 20) + b"{}", b"[1, 2]", b"{not json"):
+        with pytest.raises(SourceInvalid):
+            plan_reproduction(hostile, records, ReproductionInputs())

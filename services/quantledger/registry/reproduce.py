@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pathlib
 import urllib.parse
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from quantledger.hf.manifest import FileDigest, build_manifest, root_digest
 from quantledger.hf_export.formats import is_hf_format
 from quantledger.jobs.model import Artifact, JobSpec, Options, Reproduction, ReproductionResult
 from quantledger.registry.provenance import canonical_bytes, tool_version
+from registry_client.bounded_json import JsonRefused, parse_bounded_json
 from registry_client.records import Record
 
 MAX_PROVENANCE_BYTES = 1 << 20  # a provenance JSON is a few KB; a SHA-256-named file bigger than this is not one
@@ -71,12 +71,10 @@ def read_provenance(path: str | pathlib.Path) -> bytes:
 
 def parse_provenance(data: bytes, label: str = "the provenance") -> tuple[str, dict[str, Any]]:
     """The SHA-256 of a provenance JSON's bytes and its statement."""
-    if len(data) > MAX_PROVENANCE_BYTES:
-        raise SourceInvalid(f"{label}: larger than {MAX_PROVENANCE_BYTES} bytes, not a provenance JSON", path=label)
-    try:
-        statement = json.loads(data)
-    except ValueError as exc:
-        raise SourceInvalid(f"{label}: not a readable provenance JSON: {exc}", path=label) from exc
+    try:  # bounded in size and depth before parsing: a deep [[[[… would overflow the C stack (bounded_json)
+        statement = parse_bounded_json(data, max_bytes=MAX_PROVENANCE_BYTES)
+    except JsonRefused as exc:
+        raise SourceInvalid(f"{label}: not a provenance JSON: {exc}", path=label) from exc
     if not isinstance(statement, dict) or "predicate" not in statement:
         raise SourceInvalid(f"{label}: not an in-toto provenance statement", path=label)
     return hashlib.sha256(data).hexdigest(), statement
