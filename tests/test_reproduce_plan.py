@@ -162,3 +162,43 @@ def test_a_hostile_provenance_json_is_source_invalid_before_it_is_parsed(models:
     for hostile in (b"[" * 400_000 + b"]" * 400_000, b" " * (1 << 20) + b"{}", b"[1, 2]", b"{not json"):
         with pytest.raises(SourceInvalid):
             plan_reproduction(hostile, records, ReproductionInputs())
+
+
+def test_recorded_options_of_another_kind_and_a_fifo_matrix_are_source_invalid(
+    models: Models, tmp_path: pathlib.Path
+) -> None:
+    """What a stranger's provenance says is checked before it becomes a job: an option of the wrong kind
+    (it would fail the job, or the reproducer, with an untyped error) and a matrix that is a FIFO (its
+    hash would never end) are refused as SOURCE_INVALID."""
+    import os
+
+    from quantledger.errors import SourceInvalid
+
+    for name, value in (
+        ("threads", "two"),
+        ("pure", 1),
+        ("tensor_type_overrides", [["ffn"]]),
+        ("prune_layers", [True]),
+    ):
+        document = statement(models.f16, "Q8_0", None)
+        document["predicate"]["buildDefinition"]["externalParameters"]["options"] = {name: value}  # type: ignore[index]
+        provenance = canonical_bytes(document)
+        with pytest.raises(SourceInvalid) as refused:
+            plan_reproduction(provenance, [record_of(provenance, models.f16, "Q8_0")], ReproductionInputs())
+        assert refused.value.metadata["field"] == name
+    good = statement(models.f16, "Q8_0", None)
+    options = {"threads": 2, "max_kl_divergence": 1, "tensor_type_overrides": [["ffn", "Q8_0"]], "future": "x"}
+    good["predicate"]["buildDefinition"]["externalParameters"]["options"] = options  # type: ignore[index]
+    provenance = canonical_bytes(good)
+    spec = plan_reproduction(provenance, [record_of(provenance, models.f16, "Q8_0")], ReproductionInputs())
+    assert spec.options.threads == 2 and spec.options.max_kl_divergence == 1.0
+    assert spec.options.tensor_type_overrides == (("ffn", "Q8_0"),)
+
+    fifo = tmp_path / "matrix.gguf"
+    os.mkfifo(fifo)
+    matrix = {"name": "imatrix:matrix.gguf", "digest": {"sha256": "cd" * 32}}
+    document = statement(models.f16, "Q4_K_M", matrix)
+    document["predicate"]["buildDefinition"]["externalParameters"]["options"] = {"imatrix_path": str(fifo)}  # type: ignore[index]
+    provenance = canonical_bytes(document)
+    with pytest.raises(SourceInvalid):
+        plan_reproduction(provenance, [record_of(provenance, models.f16, "Q4_K_M")], ReproductionInputs())

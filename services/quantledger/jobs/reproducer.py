@@ -12,8 +12,10 @@ What is not reproduced is journaled with the reason (``skipped``): this key's ow
 key already vouches for, revoked ones, Hugging Face format folders, quant types and sources not chosen,
 outputs over the disk budget, and records whose provenance JSON is not in the provenance folders (a
 provenance is found by its SHA-256, the record's provenance digest). A reproduction that fails its checks
-(SOURCE_MISMATCH, TOOL_VERSION_MISMATCH…) is journaled with its reason; one past the time budget is
-cancelled (``TIMED_OUT``). Reproduced files are deleted once their verdict is journaled unless ``keep``.
+(SOURCE_MISMATCH, TOOL_VERSION_MISMATCH…) is journaled with its reason, an unexpected exception as
+INTERNAL (logged with its traceback: one record's surprise must not stop the service at every restart);
+one past the time budget is cancelled (``TIMED_OUT``). Reproduced files are deleted once their verdict is
+journaled unless ``keep``.
 """
 
 from __future__ import annotations
@@ -138,6 +140,9 @@ class Reproducer:
         except QuantledgerError as exc:
             log.warning("reproducer: %s by %s: %s", event.file_sha256, event.attester, exc.message)
             return {"error": exc.reason, "message": exc.message}
+        except Exception as exc:  # one record's surprise is journaled, not a crash that repeats on every restart
+            log.exception("reproducer: %s by %s failed unexpectedly", event.file_sha256, event.attester)
+            return {"error": "INTERNAL", "message": f"{type(exc).__name__}: {exc}"[:1000]}
 
     async def _handle(self, event: RegisteredEvent) -> dict[str, Any]:
         if event.attester == self.attester:

@@ -237,8 +237,7 @@ def plan_reproduction(
             raise SourceInvalid(f"the source {path} is neither a folder nor a regular file", path=str(path))
         check_digest("the source", path, source_digest(path), record.source_digest)  # before any work
         source = str(path)
-    known = {f.name for f in dataclasses.fields(Options)}
-    options = {k: _tupled(v) for k, v in recorded.options.items() if k in known}
+    options = recorded_options(recorded.options)
     if recorded.lora_sha256:
         from quantledger.convert.lora import load_lora
 
@@ -247,11 +246,13 @@ def plan_reproduction(
         options["lora_dir"] = str(lora)
     check_build(recorded, inputs)
     if recorded.imatrix_sha256 and (inputs.imatrix is not None or not recorded.imatrix_computed):
-        from quantledger.hashing import sha256_file
+        from quantledger.client_files import open_resolved
 
         # the client's matrix, or a copy of the one the job computed (then used instead of computing again)
         imatrix = inputs.imatrix or resolve(options.get("imatrix_path", ""), "imatrix")
-        check_digest("the importance matrix", imatrix, sha256_file(imatrix), recorded.imatrix_sha256)
+        with open_resolved(imatrix, what="imatrix") as handle:  # a regular file: never a FIFO read forever
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        check_digest("the importance matrix", imatrix, digest, recorded.imatrix_sha256)
         options["imatrix_path"] = str(imatrix)
         for calibration in ("calibration_path", "calibration_chunks", "calibration_ctx"):
             options.pop(calibration, None)
@@ -308,6 +309,45 @@ def check_build(recorded: RecordedJob, inputs: ReproductionInputs) -> None:
 def _tupled(value: Any) -> Any:
     """JSON lists back to the tuples the job's options hold."""
     return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fits(name: str, value: Any, default: Any) -> bool:
+    """Whether a recorded option has the kind of value its field holds (JSON lists read as tuples)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return _is_int(value)
+    if isinstance(default, float):
+        return _is_int(value) or isinstance(value, float)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if not isinstance(value, tuple):
+        return False
+    if name == "tensor_type_overrides":
+        return all(isinstance(v, tuple) and len(v) == 2 and all(isinstance(p, str) for p in v) for v in value)
+    if name == "prune_layers":
+        return all(_is_int(v) for v in value)
+    return all(isinstance(v, str) for v in value)
+
+
+def recorded_options(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The job options a provenance records, each of its field's kind (SOURCE_INVALID otherwise: a record
+    is a stranger's, and an option of another kind would fail the job, or the reproducer, untyped); keys
+    this release does not know are left out, as a job never had them."""
+    fields = {f.name: f.default for f in dataclasses.fields(Options)}
+    options = {}
+    for name, raw in recorded.items():
+        if name not in fields:
+            continue
+        value = _tupled(raw)
+        if not _fits(name, value, fields[name]):
+            raise SourceInvalid(f"the provenance's option {name} is not what the option holds", field=name)
+        options[name] = float(value) if isinstance(fields[name], float) else value
+    return options
 
 
 def matches(reproduction: Reproduction, artifact: Artifact) -> bool:
