@@ -49,7 +49,7 @@ from quantledger.registry.reproduce import (
 )
 from registry_client.errors import RegistryUnavailable
 from registry_client.events import RegisteredEvent
-from registry_client.records import Flag, Status
+from registry_client.records import Flag
 
 if TYPE_CHECKING:
     from quantledger.jobs.engine import JobEngine
@@ -148,10 +148,12 @@ class Reproducer:
         if event.attester == self.attester:
             return {"skipped": "this key's own record"}
         client = await asyncio.to_thread(self.client_factory)
-        record = await asyncio.to_thread(client.get, event.file_sha256, event.attester)
-        if record.revoked_at:
+        records = await asyncio.to_thread(client.records_of, event.file_sha256)  # the file's, revoked included
+        by_attester = {r.attester.lower(): r for r in records}
+        record = by_attester.get(event.attester.lower())
+        if record is None or record.revoked_at:
             return {"skipped": "revoked"}
-        if await asyncio.to_thread(client.verify, event.file_sha256, self.attester) is not Status.UNKNOWN:
+        if self.attester.lower() in by_attester:
             return {"skipped": "this key already vouches for the file"}
         if record.flags & Flag.REPRODUCED:
             return {"skipped": "a reproduction (reproduce the original record)"}
@@ -170,7 +172,6 @@ class Reproducer:
             return {"skipped": "source not chosen"}
         original = found.with_name(found.name.removesuffix(SUFFIX))
         inputs = ReproductionInputs(original_path=str(original) if original.is_file() else "")
-        records = await asyncio.to_thread(client.records_of, event.file_sha256)
         roots = tuple(self.engine.settings.allowed_roots)
 
         def allow(raw: str | pathlib.Path, what: str) -> pathlib.Path:  # paths a provenance names: only ours
